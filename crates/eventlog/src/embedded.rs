@@ -1,0 +1,882 @@
+//! The embedded adapter: a durable, append-only file log in a data directory.
+//!
+//! Layout of the directory: `events.log` (frames, see `codec`), `index.snap` (the in-memory
+//! index as of the last clean close, so reopening does not rescan), and `LOCK` (held while open,
+//! so two processes never write one log).
+//!
+//! Writes: appenders validate, sequence and encode under a short lock into a pending buffer; one
+//! sync thread writes the buffer and `fdatasync`s it, so concurrent appends share one sync (group
+//! commit). An append returns, and its events become visible to readers, only after that sync.
+//! A failed write or sync poisons the log: the page cache can no longer be trusted, so every later
+//! append fails until the log is reopened (and recovery decides what is on disk).
+//!
+//! Recovery on open: frames are checked (length, CRC-32, position, version) from the end of the
+//! snapshot on. A bad frame within the last unsynced window (`MAX_UNSYNCED_BYTES`) with nothing
+//! valid after it is a torn write: the log is truncated to the last complete append. Anything else
+//! is corruption and the open fails, so no event after it is ever served.
+//!
+//! Limits: the index lives in memory, about 70 bytes per event plus the stream names (1M events
+//! ≈ 70 MB); a single log file; reads verify each frame's CRC, `verify` checks the hash chains.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::codec::{self, FRAME_HEADER_BYTES};
+use crate::error::LogError;
+use crate::event::{AppendResult, EventHash, ExpectedVersion, NewEvent, RecordedEvent};
+use crate::index::{self, IdEntry, Index, Outcome, StreamState};
+use crate::limits::{Limits, MAX_UNSYNCED_BYTES};
+use crate::store::EventStore;
+
+const LOG_FILE: &str = "events.log";
+const SNAPSHOT_FILE: &str = "index.snap";
+const LOCK_FILE: &str = "LOCK";
+const QUARANTINE_DIR: &str = "quarantine";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"PLIDX\0\0\x01";
+/// One read never pulls more than this from disk (a page of `read_all` is cut short instead).
+const MAX_READ_BYTES: u64 = 16 * 1024 * 1024;
+/// Reads larger than this leave the async runtime for a blocking thread.
+const INLINE_READ_BYTES: u64 = 64 * 1024;
+/// The recovery scan reads the file in chunks of this size.
+const SCAN_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    pub limits: Limits,
+    /// Open even when recovery finds corruption: move everything from the last good append on
+    /// into `quarantine/` and truncate. For operators repairing a damaged disk, never a default.
+    pub repair: bool,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            repair: false,
+        }
+    }
+}
+
+/// The durable file-backed event log. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct EmbeddedLog {
+    shared: Arc<Shared>,
+    sync_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    file: File,
+    state: Mutex<State>,
+    wake_sync: Condvar,
+    /// Committed count plus failure flags, for appenders waiting on their sync.
+    commit: watch::Sender<CommitState>,
+    /// Committed count only, for subscribers (the port's `watch_head`).
+    head: watch::Sender<u64>,
+    limits: Limits,
+    _lock: File,
+}
+
+enum Enqueued {
+    /// Sequenced into the pending buffer: wait on the receiver for the sync covering it.
+    Sequenced(AppendResult, watch::Receiver<CommitState>),
+    /// The pending buffer is full: wait for the next sync, then try again.
+    Full(watch::Receiver<CommitState>),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct CommitState {
+    committed: u64,
+    failed: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    index: Index,
+    /// Byte offset of every assigned frame, committed or pending, by position.
+    offsets: Vec<u64>,
+    /// Frames assigned but not yet written, starting at `committed_offset`.
+    pending: Vec<u8>,
+    spare: Vec<u8>,
+    /// Positions below this are durable and visible to readers.
+    committed: u64,
+    committed_offset: u64,
+    poisoned: Option<String>,
+    closing: bool,
+}
+
+impl State {
+    fn assigned_end_offset(&self) -> u64 {
+        self.committed_offset + self.pending.len() as u64
+    }
+
+    /// End offset of the frame at `position` (which must be assigned).
+    fn frame_end(&self, position: u64) -> u64 {
+        self.offsets
+            .get(position as usize + 1)
+            .copied()
+            .unwrap_or_else(|| self.assigned_end_offset())
+    }
+}
+
+impl EmbeddedLog {
+    /// Opens (creating if needed) the log in `dir`, recovering from any crash.
+    pub fn open(dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self, LogError> {
+        let limits = options.limits;
+        if limits.max_append_bytes > MAX_UNSYNCED_BYTES || limits.max_event_bytes > limits.max_append_bytes {
+            return Err(LogError::LimitExceeded {
+                what: "configured max_append_bytes (must hold one event and stay within the unsynced window)",
+                actual: limits.max_append_bytes as u64,
+                limit: MAX_UNSYNCED_BYTES as u64,
+            });
+        }
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        if lock.try_lock().is_err() {
+            return Err(LogError::Locked {
+                path: dir.display().to_string(),
+            });
+        }
+        let log_path = dir.join(LOG_FILE);
+        let created = !log_path.exists();
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&log_path)?;
+        if created {
+            sync_dir(&dir)?;
+        }
+        let mut state = load_snapshot(&dir, &file).unwrap_or_default();
+        recover(&dir, &file, &mut state, &limits, options.repair)?;
+        let committed = state.committed;
+        tracing::info!(
+            dir = %dir.display(),
+            events = committed,
+            streams = state.index.streams.len(),
+            bytes = state.committed_offset,
+            "event log opened"
+        );
+        let shared = Arc::new(Shared {
+            dir,
+            file,
+            state: Mutex::new(state),
+            wake_sync: Condvar::new(),
+            commit: watch::Sender::new(CommitState {
+                committed,
+                failed: false,
+            }),
+            head: watch::Sender::new(committed),
+            limits,
+            _lock: lock,
+        });
+        let worker = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name("eventlog-sync".into())
+            .spawn(move || worker.sync_loop())?;
+        Ok(Self {
+            shared,
+            sync_thread: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Flushes pending appends, stops the sync thread and writes the index snapshot, so the
+    /// next open is fast. Appends after this fail with [`LogError::Closed`]. Idempotent.
+    pub fn close(&self) -> Result<(), LogError> {
+        let Some(handle) = self.sync_thread.lock().take() else {
+            return Ok(());
+        };
+        self.shared.state.lock().closing = true;
+        self.shared.wake_sync.notify_one();
+        if handle.join().is_err() {
+            return Err(LogError::Io("sync thread panicked".into()));
+        }
+        let state = self.shared.state.lock();
+        if state.poisoned.is_some() {
+            // What is on disk is decided by recovery on the next open, not by our memory.
+            return Ok(());
+        }
+        write_snapshot(&self.shared.dir, &self.shared.file, &state)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+}
+
+impl Drop for EmbeddedLog {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(error = %e, "event log close failed");
+        }
+    }
+}
+
+impl Shared {
+    #[allow(clippy::disallowed_methods)] // the store stamps recorded_at; domain code never does
+    fn now_ns() -> i64 {
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+    }
+
+    fn failure(&self) -> LogError {
+        let st = self.state.lock();
+        match &st.poisoned {
+            Some(reason) => LogError::Poisoned {
+                reason: reason.clone(),
+            },
+            None => LogError::Closed,
+        }
+    }
+
+    /// Sequences the append into the pending buffer and returns what to wait for. Validation
+    /// happens before the lock; nothing is buffered when it fails.
+    fn enqueue(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Enqueued, LogError> {
+        let validated = index::validate(stream, events, &self.limits)?;
+        let rx = self.commit.subscribe();
+        let mut st = self.state.lock();
+        if let Some(reason) = &st.poisoned {
+            return Err(LogError::Poisoned {
+                reason: reason.clone(),
+            });
+        }
+        if st.closing {
+            return Err(LogError::Closed);
+        }
+        // Bound the bytes written but not yet synced (recovery relies on the bound).
+        if !st.pending.is_empty() && st.pending.len() + validated.bytes > MAX_UNSYNCED_BYTES {
+            return Ok(Enqueued::Full(rx));
+        }
+        let base_offset = st.assigned_end_offset();
+        let State {
+            index,
+            offsets,
+            pending,
+            ..
+        } = &mut *st;
+        let pending_start = pending.len();
+        let outcome = index.append(stream, expected, events, &validated, Self::now_ns(), |_, flags, c| {
+            offsets.push(base_offset + (pending.len() - pending_start) as u64);
+            codec::encode_frame(pending, offsets.len() as u64 - 1, flags, c)
+        })?;
+        let result = match outcome {
+            Outcome::Duplicate(r) => r,
+            Outcome::Appended(r) => {
+                drop(st);
+                self.wake_sync.notify_one();
+                r
+            }
+        };
+        Ok(Enqueued::Sequenced(result, rx))
+    }
+
+    /// The group-commit loop: write whatever is pending, sync once, publish.
+    fn sync_loop(&self) {
+        loop {
+            let (mut buf, end_position, write_offset) = {
+                let mut st = self.state.lock();
+                while st.pending.is_empty() && !st.closing {
+                    self.wake_sync.wait(&mut st);
+                }
+                if st.pending.is_empty() {
+                    return;
+                }
+                let spare = std::mem::take(&mut st.spare);
+                let buf = std::mem::replace(&mut st.pending, spare);
+                (buf, st.index.next_position, st.committed_offset)
+            };
+            let written = self
+                .file
+                .write_all_at(&buf, write_offset)
+                .and_then(|()| self.file.sync_data());
+            let mut st = self.state.lock();
+            if let Err(e) = written {
+                tracing::error!(error = %e, offset = write_offset, "event log write failed; log poisoned");
+                st.poisoned = Some(e.to_string());
+                drop(st);
+                self.commit.send_modify(|c| c.failed = true);
+                return;
+            }
+            st.committed = end_position;
+            st.committed_offset = write_offset + buf.len() as u64;
+            // Appenders rebase pending offsets on committed_offset, which moved by exactly buf.
+            buf.clear();
+            if buf.capacity() <= 2 * MAX_UNSYNCED_BYTES {
+                st.spare = buf;
+            }
+            drop(st);
+            self.commit.send_modify(|c| c.committed = end_position);
+            self.head.send_replace(end_position);
+        }
+    }
+
+    fn read_range(&self, start: u64, end: u64) -> Result<Bytes, LogError> {
+        let mut buf = vec![0u8; (end - start) as usize];
+        self.file.read_exact_at(&mut buf, start)?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn read_all_sync(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, LogError> {
+        let (from, end, start_off, end_off) = {
+            let st = self.state.lock();
+            let end = from.saturating_add(limit as u64).min(st.committed);
+            if from >= end {
+                return Ok(Vec::new());
+            }
+            let start_off = st.offsets[from as usize];
+            // Cut the page short rather than read more than MAX_READ_BYTES (but always one).
+            let window = &st.offsets[from as usize + 1..end as usize];
+            let fits = window.partition_point(|&o| o - start_off <= MAX_READ_BYTES);
+            let end = from + 1 + fits as u64;
+            (from, end, start_off, st.frame_end(end - 1))
+        };
+        let chunk = self.read_range(start_off, end_off)?;
+        let mut events = Vec::with_capacity((end - from) as usize);
+        let mut at = 0usize;
+        for position in from..end {
+            let ev = decode_at(&chunk, at, start_off, position, &self.limits)?;
+            at += FRAME_HEADER_BYTES
+                + u32::from_le_bytes([chunk[at], chunk[at + 1], chunk[at + 2], chunk[at + 3]]) as usize;
+            events.push(ev);
+        }
+        Ok(events)
+    }
+
+    fn read_stream_sync(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        // (position, start offset, end offset) of each wanted frame.
+        let frames: Vec<(u64, u64, u64)> = {
+            let st = self.state.lock();
+            let Some(s) = st.index.streams.get(stream) else {
+                return Ok(Vec::new());
+            };
+            let from = usize::try_from(from_version).unwrap_or(usize::MAX);
+            s.positions
+                .iter()
+                .skip(from)
+                .take_while(|&&p| p < st.committed)
+                .take(limit)
+                .map(|&p| (p, st.offsets[p as usize], st.frame_end(p)))
+                .collect()
+        };
+        let mut events = Vec::with_capacity(frames.len());
+        let mut i = 0;
+        while i < frames.len() {
+            // Coalesce frames that sit next to each other on disk into one read.
+            let (_, run_start, mut run_end) = frames[i];
+            let mut j = i + 1;
+            while j < frames.len() && frames[j].1 == run_end && frames[j].2 - run_start <= MAX_READ_BYTES {
+                run_end = frames[j].2;
+                j += 1;
+            }
+            let chunk = self.read_range(run_start, run_end)?;
+            for &(position, start, _) in &frames[i..j] {
+                events.push(decode_at(&chunk, (start - run_start) as usize, run_start, position, &self.limits)?);
+            }
+            i = j;
+        }
+        Ok(events)
+    }
+}
+
+fn decode_at(
+    chunk: &Bytes,
+    at: usize,
+    chunk_offset: u64,
+    position: u64,
+    limits: &Limits,
+) -> Result<RecordedEvent, LogError> {
+    let corrupt = |reason: String| LogError::Corrupt {
+        offset: chunk_offset + at as u64,
+        reason,
+    };
+    let range = codec::frame_payload(chunk, at, limits.max_event_bytes).map_err(|e| corrupt(e.reason))?;
+    let decoded = codec::decode_payload(&chunk.slice(range)).map_err(|e| corrupt(e.reason))?;
+    if decoded.event.position != position {
+        return Err(corrupt(format!(
+            "frame holds position {}, index expects {position}",
+            decoded.event.position
+        )));
+    }
+    Ok(decoded.event)
+}
+
+#[async_trait]
+impl EventStore for EmbeddedLog {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, LogError> {
+        let shared = &self.shared;
+        let (result, mut rx) = loop {
+            match shared.enqueue(stream, expected, &events)? {
+                Enqueued::Sequenced(result, rx) => break (result, rx),
+                Enqueued::Full(mut rx) => {
+                    // Wait for the sync thread to drain the pending buffer, then try again.
+                    rx.changed().await.map_err(|_| LogError::Closed)?;
+                }
+            }
+        };
+        let last = result.last_position;
+        let state = rx
+            .wait_for(|c| c.committed > last || c.failed)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        if state.committed > last {
+            Ok(result)
+        } else {
+            Err(shared.failure())
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        index::validate_stream_name(stream, &self.shared.limits)?;
+        let limit = self.shared.limits.read_limit(limit);
+        let shared = Arc::clone(&self.shared);
+        let stream = stream.to_owned();
+        tokio::task::spawn_blocking(move || shared.read_stream_sync(&stream, from_version, limit))
+            .await
+            .map_err(|e| LogError::Io(format!("read task failed: {e}")))?
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        let limit = self.shared.limits.read_limit(limit);
+        let small = {
+            let st = self.shared.state.lock();
+            let end = from_position.saturating_add(limit as u64).min(st.committed);
+            from_position >= end
+                || st.frame_end(end - 1) - st.offsets[from_position as usize] <= INLINE_READ_BYTES
+        };
+        if small {
+            return self.shared.read_all_sync(from_position, limit);
+        }
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.read_all_sync(from_position, limit))
+            .await
+            .map_err(|e| LogError::Io(format!("read task failed: {e}")))?
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<Option<u64>, LogError> {
+        let st = self.shared.state.lock();
+        let Some(s) = st.index.streams.get(stream) else {
+            return Ok(None);
+        };
+        let visible = s.positions.partition_point(|&p| p < st.committed);
+        Ok(visible.checked_sub(1).map(|v| v as u64))
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.shared.head.subscribe()
+    }
+
+    fn limits(&self) -> Limits {
+        self.shared.limits
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Replays frames from `state.committed_offset` to the end of the file into `state`,
+/// truncating a torn tail and refusing corruption (see the module docs).
+fn recover(dir: &Path, file: &File, state: &mut State, limits: &Limits, repair: bool) -> Result<(), LogError> {
+    let file_len = file.metadata()?.len();
+    let mut batch: Vec<(u64, RecordedEvent)> = Vec::new();
+    let mut batch_start = state.committed_offset;
+    let max_payload = limits.max_event_bytes.max(MAX_UNSYNCED_BYTES);
+    let mut scan = Scan {
+        file,
+        file_len,
+        chunk: Vec::new(),
+        chunk_offset: state.committed_offset,
+        at: 0,
+    };
+    let failure: Option<(u64, String)> = loop {
+        let frame_offset = scan.offset();
+        if frame_offset >= file_len {
+            break None;
+        }
+        if !scan.ensure(FRAME_HEADER_BYTES)? {
+            break Some((frame_offset, "frame header runs past the end of the file".into()));
+        }
+        let len = scan.frame_len();
+        if len > max_payload {
+            break Some((frame_offset, format!("implausible frame length {len}")));
+        }
+        if !scan.ensure(FRAME_HEADER_BYTES + len)? {
+            break Some((frame_offset, "frame runs past the end of the file".into()));
+        }
+        let (chunk, at) = (&scan.chunk, scan.at);
+        let range = match codec::frame_payload(chunk, at, max_payload) {
+            Ok(r) => r,
+            Err(e) => break Some((frame_offset, e.reason)),
+        };
+        let payload = Bytes::copy_from_slice(&chunk[range.clone()]);
+        let decoded = match codec::decode_payload(&payload) {
+            Ok(d) => d,
+            Err(e) => break Some((frame_offset, e.reason)),
+        };
+        let expected_position = state.index.next_position + batch.len() as u64;
+        if decoded.event.position != expected_position {
+            return Err(LogError::Corrupt {
+                offset: frame_offset,
+                reason: format!(
+                    "frame holds position {}, expected {expected_position}",
+                    decoded.event.position
+                ),
+            });
+        }
+        let last_in_append = decoded.flags & codec::FLAG_LAST_IN_APPEND != 0;
+        batch.push((frame_offset, decoded.event));
+        scan.at = range.end;
+        if last_in_append {
+            for (offset, ev) in batch.drain(..) {
+                restore(state, offset, &ev)?;
+            }
+            batch_start = scan.offset();
+            state.committed_offset = batch_start;
+        }
+    };
+    debug_assert_eq!(state.committed_offset, batch_start);
+    if batch_start == file_len {
+        return Ok(());
+    }
+    let (bad_offset, reason) = failure.unwrap_or((batch_start, "the last append is incomplete".into()));
+    let tail_bytes = file_len - batch_start;
+    let torn = tail_bytes <= MAX_UNSYNCED_BYTES as u64
+        && !any_valid_frame_after(file, bad_offset + 1, file_len, max_payload)?;
+    if !torn && !repair {
+        return Err(LogError::Corrupt {
+            offset: bad_offset,
+            reason: format!(
+                "{reason}; {tail_bytes} bytes follow the last good append at offset {batch_start} \
+                 and cannot be a torn write (open with repair to quarantine them)"
+            ),
+        });
+    }
+    if !torn {
+        quarantine(dir, file, batch_start, file_len)?;
+    }
+    tracing::warn!(
+        offset = batch_start,
+        bytes = tail_bytes,
+        reason = %reason,
+        repaired = !torn,
+        "truncating the event log tail"
+    );
+    file.set_len(batch_start)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// A forward reader over the log file for the recovery scan.
+struct Scan<'a> {
+    file: &'a File,
+    file_len: u64,
+    chunk: Vec<u8>,
+    /// File offset of `chunk[0]`.
+    chunk_offset: u64,
+    /// Parse cursor within `chunk`.
+    at: usize,
+}
+
+impl Scan<'_> {
+    fn offset(&self) -> u64 {
+        self.chunk_offset + self.at as u64
+    }
+
+    /// Makes `n` bytes from the cursor available; false when the file ends first.
+    fn ensure(&mut self, n: usize) -> Result<bool, LogError> {
+        if self.chunk.len() - self.at >= n {
+            return Ok(true);
+        }
+        self.chunk.drain(..self.at);
+        self.chunk_offset += self.at as u64;
+        self.at = 0;
+        let read_from = self.chunk_offset + self.chunk.len() as u64;
+        let want = (n.max(SCAN_CHUNK_BYTES) - self.chunk.len()) as u64;
+        let take = want.min(self.file_len - read_from) as usize;
+        let old = self.chunk.len();
+        self.chunk.resize(old + take, 0);
+        self.file.read_exact_at(&mut self.chunk[old..], read_from)?;
+        Ok(self.chunk.len() >= n)
+    }
+
+    fn frame_len(&self) -> usize {
+        let h = &self.chunk[self.at..self.at + 4];
+        u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize
+    }
+}
+
+fn restore(state: &mut State, offset: u64, ev: &RecordedEvent) -> Result<(), LogError> {
+    let corrupt = |reason: String| LogError::Corrupt { offset, reason };
+    let fingerprint = codec::fingerprint_recorded(ev)?;
+    let stream = state.index.streams.entry(ev.stream.clone()).or_default();
+    if ev.version != stream.positions.len() as u64 {
+        return Err(corrupt(format!(
+            "stream {} jumps to version {} after {} events",
+            ev.stream,
+            ev.version,
+            stream.positions.len()
+        )));
+    }
+    stream.positions.push(ev.position);
+    stream.last_hash = ev.hash;
+    let previous = state.index.ids.insert(
+        ev.id,
+        IdEntry {
+            position: ev.position,
+            fingerprint,
+        },
+    );
+    if previous.is_some() {
+        return Err(corrupt(format!("event id {} is stored twice", ev.id)));
+    }
+    let recorded_at_ns = ev.recorded_at.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    state.index.last_recorded_at_ns = state.index.last_recorded_at_ns.max(recorded_at_ns);
+    state.index.next_position += 1;
+    state.offsets.push(offset);
+    state.committed = state.index.next_position;
+    Ok(())
+}
+
+/// Is there any frame with a valid checksum in `[from, end)`? If so the bad bytes before it are
+/// not a torn tail but damage in the middle of acknowledged data.
+fn any_valid_frame_after(file: &File, from: u64, end: u64, max_payload: usize) -> Result<bool, LogError> {
+    if from >= end {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; (end - from) as usize];
+    file.read_exact_at(&mut buf, from)?;
+    Ok((0..buf.len()).any(|at| codec::frame_payload(&buf, at, max_payload).is_ok()))
+}
+
+fn quarantine(dir: &Path, file: &File, from: u64, end: u64) -> Result<(), LogError> {
+    let qdir = dir.join(QUARANTINE_DIR);
+    std::fs::create_dir_all(&qdir)?;
+    let path = qdir.join(format!("events.log.{from}-{end}"));
+    let mut out = File::create(&path)?;
+    let mut src = file.try_clone()?;
+    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(from))?;
+    std::io::copy(&mut src.take(end - from), &mut out)?;
+    out.sync_all()?;
+    sync_dir(&qdir)?;
+    tracing::error!(path = %path.display(), bytes = end - from, "quarantined damaged log tail");
+    Ok(())
+}
+
+// ----- index snapshot -------------------------------------------------------------------------
+
+fn write_snapshot(dir: &Path, file: &File, st: &State) -> Result<(), LogError> {
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut hasher = Sha256::new();
+    let mut w = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, File::create(&tmp)?),
+        hasher: &mut hasher,
+    };
+    w.put(SNAPSHOT_MAGIC)?;
+    w.put(&st.committed.to_le_bytes())?;
+    w.put(&st.committed_offset.to_le_bytes())?;
+    w.put(&st.index.last_recorded_at_ns.to_le_bytes())?;
+    // The hash of the last event ties the snapshot to this very log file.
+    let last_hash = match st.committed.checked_sub(1) {
+        Some(p) => read_frame_hash(file, st.offsets[p as usize], st.frame_end(p))?,
+        None => EventHash([0; 32]),
+    };
+    w.put(&last_hash.0)?;
+    for &o in &st.offsets[..st.committed as usize] {
+        w.put(&o.to_le_bytes())?;
+    }
+    w.put(&(st.index.streams.len() as u64).to_le_bytes())?;
+    for (name, s) in &st.index.streams {
+        w.put(&(name.len() as u16).to_le_bytes())?;
+        w.put(name.as_bytes())?;
+        w.put(&s.last_hash.0)?;
+        w.put(&(s.positions.len() as u64).to_le_bytes())?;
+        for p in &s.positions {
+            w.put(&p.to_le_bytes())?;
+        }
+    }
+    for (id, e) in &st.index.ids {
+        w.put(id.as_bytes())?;
+        w.put(&e.position.to_le_bytes())?;
+        w.put(&e.fingerprint)?;
+    }
+    let HashingWriter { mut inner, .. } = w;
+    let digest: [u8; 32] = hasher.finalize().into();
+    inner.write_all(&digest)?;
+    let out = inner.into_inner().map_err(|e| LogError::Io(e.to_string()))?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    sync_dir(dir)
+}
+
+struct HashingWriter<'a> {
+    inner: BufWriter<File>,
+    hasher: &'a mut Sha256,
+}
+
+impl HashingWriter<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), LogError> {
+        self.hasher.update(bytes);
+        self.inner.write_all(bytes)?;
+        Ok(())
+    }
+}
+
+fn read_frame_hash(file: &File, start: u64, end: u64) -> Result<EventHash, LogError> {
+    if end < start + 32 {
+        return Err(LogError::Corrupt {
+            offset: start,
+            reason: "frame too short".into(),
+        });
+    }
+    let mut h = [0u8; 32];
+    file.read_exact_at(&mut h, end - 32)?;
+    Ok(EventHash(h))
+}
+
+/// Loads the snapshot if it is intact and matches the log; `None` means "scan from the start",
+/// which is always correct, only slower.
+fn load_snapshot(dir: &Path, file: &File) -> Option<State> {
+    let bytes = std::fs::read(dir.join(SNAPSHOT_FILE)).ok()?;
+    let (body, digest) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    let computed: [u8; 32] = Sha256::digest(body).into();
+    if computed.as_slice() != digest {
+        tracing::warn!("index snapshot checksum mismatch; rescanning the log");
+        return None;
+    }
+    let mut r = SnapReader { buf: body, at: 0 };
+    if r.take(8)? != SNAPSHOT_MAGIC {
+        return None;
+    }
+    let committed = r.u64()?;
+    let committed_offset = r.u64()?;
+    let last_recorded_at_ns = i64::from_le_bytes(r.array()?);
+    let last_hash = EventHash(r.array()?);
+    let n = usize::try_from(committed).ok()?;
+    if n.checked_mul(8)? > body.len() {
+        return None;
+    }
+    let mut offsets = Vec::with_capacity(n);
+    for _ in 0..n {
+        offsets.push(r.u64()?);
+    }
+    let n_streams = r.u64()?;
+    let mut streams = std::collections::HashMap::new();
+    for _ in 0..n_streams {
+        let len = usize::from(u16::from_le_bytes(r.array()?));
+        let name = std::str::from_utf8(r.take(len)?).ok()?.to_owned();
+        let last = EventHash(r.array()?);
+        let count = usize::try_from(r.u64()?).ok()?;
+        if count > n {
+            return None;
+        }
+        let mut positions = Vec::with_capacity(count);
+        for _ in 0..count {
+            positions.push(r.u64()?);
+        }
+        streams.insert(
+            name,
+            StreamState {
+                positions,
+                last_hash: last,
+            },
+        );
+    }
+    let mut ids = std::collections::HashMap::with_capacity(n);
+    for _ in 0..n {
+        let id = Uuid::from_bytes(r.array()?);
+        let position = r.u64()?;
+        let fingerprint = r.array()?;
+        ids.insert(id, IdEntry { position, fingerprint });
+    }
+    if r.at != body.len() {
+        return None;
+    }
+    // The snapshot must describe a prefix of this file: same length covered, same last event.
+    let file_len = file.metadata().ok()?.len();
+    if committed_offset > file_len {
+        return None;
+    }
+    let state = State {
+        index: Index {
+            streams,
+            ids,
+            next_position: committed,
+            last_recorded_at_ns,
+        },
+        offsets,
+        committed,
+        committed_offset,
+        ..State::default()
+    };
+    if let Some(p) = committed.checked_sub(1) {
+        let found = read_frame_hash(file, state.offsets[p as usize], committed_offset).ok()?;
+        if found != last_hash {
+            tracing::warn!("index snapshot does not match the log; rescanning");
+            return None;
+        }
+    }
+    Some(state)
+}
+
+struct SnapReader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl SnapReader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let s = self.buf.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Some(a)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.array()?))
+    }
+}

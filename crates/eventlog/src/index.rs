@@ -1,0 +1,324 @@
+//! The sequencer shared by the embedded and memory adapters: validates an append, decides
+//! whether it is an idempotent retry, checks the expected version, and assigns versions,
+//! positions, `recorded_at` and the hash chain. It holds every stream's head in memory.
+
+use std::collections::{HashMap, HashSet};
+
+use uuid::Uuid;
+
+use crate::codec::{self, Canonical};
+use crate::error::LogError;
+use crate::event::{AppendResult, EventHash, ExpectedVersion, NewEvent, GENESIS_HASH};
+use crate::limits::Limits;
+
+#[derive(Debug, Default)]
+pub(crate) struct StreamState {
+    /// Global position of each version, in version order (so also ascending).
+    pub positions: Vec<u64>,
+    pub last_hash: EventHash,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdEntry {
+    pub position: u64,
+    pub fingerprint: [u8; 16],
+}
+
+/// What `validate` learned about an append, reused under the lock.
+#[derive(Debug)]
+pub(crate) struct Validated {
+    pub occurred_ns: Vec<i64>,
+    pub fingerprints: Vec<[u8; 16]>,
+    pub bytes: usize,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    pub streams: HashMap<String, StreamState>,
+    pub ids: HashMap<Uuid, IdEntry>,
+    /// Position the next event will get (= number of events assigned so far).
+    pub next_position: u64,
+    /// `recorded_at` never goes backwards, even if the wall clock does, so "known at recording
+    /// time R" and "known at position P" agree.
+    pub last_recorded_at_ns: i64,
+}
+
+pub(crate) enum Outcome {
+    /// Every event was already stored by an earlier identical append.
+    Duplicate(AppendResult),
+    Appended(AppendResult),
+}
+
+/// Checks an append against the limits without touching any state, so it can run before the
+/// lock is taken. Nothing is written when this fails.
+pub(crate) fn validate(
+    stream: &str,
+    events: &[NewEvent],
+    limits: &Limits,
+) -> Result<Validated, LogError> {
+    validate_stream_name(stream, limits)?;
+    if events.is_empty() {
+        return Err(LogError::LimitExceeded {
+            what: "events in append (must be at least 1)",
+            actual: 0,
+            limit: limits.max_events_per_append as u64,
+        });
+    }
+    if events.len() > limits.max_events_per_append {
+        return Err(LogError::LimitExceeded {
+            what: "events in append",
+            actual: events.len() as u64,
+            limit: limits.max_events_per_append as u64,
+        });
+    }
+    let mut seen = HashSet::with_capacity(events.len());
+    let mut out = Validated {
+        occurred_ns: Vec::with_capacity(events.len()),
+        fingerprints: Vec::with_capacity(events.len()),
+        bytes: 0,
+    };
+    for ev in events {
+        if !seen.insert(ev.id) {
+            return Err(LogError::InvalidEvent {
+                event_id: ev.id,
+                reason: "event id appears twice in one append".into(),
+            });
+        }
+        validate_event(ev, limits)?;
+        let size = codec::frame_len(stream, ev);
+        if size > limits.max_event_bytes {
+            return Err(LogError::LimitExceeded {
+                what: "encoded event bytes",
+                actual: size as u64,
+                limit: limits.max_event_bytes as u64,
+            });
+        }
+        out.bytes += size;
+        let occurred = codec::to_nanos(ev.metadata.occurred_at, ev.id, "occurred_at")?;
+        out.fingerprints.push(codec::fingerprint(
+            &ev.event_type,
+            ev.schema_version,
+            &ev.data,
+            &ev.metadata,
+            occurred,
+        ));
+        out.occurred_ns.push(occurred);
+    }
+    if out.bytes > limits.max_append_bytes {
+        return Err(LogError::LimitExceeded {
+            what: "encoded append bytes",
+            actual: out.bytes as u64,
+            limit: limits.max_append_bytes as u64,
+        });
+    }
+    Ok(out)
+}
+
+pub(crate) fn validate_stream_name(stream: &str, limits: &Limits) -> Result<(), LogError> {
+    let reason = if stream.is_empty() {
+        "stream name is empty".to_owned()
+    } else if stream.len() > limits.max_stream_name_bytes {
+        format!(
+            "stream name is {} bytes, limit {}",
+            stream.len(),
+            limits.max_stream_name_bytes
+        )
+    } else if stream.starts_with('$') {
+        "stream names starting with '$' are reserved for the store".to_owned()
+    } else if stream.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        "stream name contains whitespace or a control character".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(LogError::InvalidStreamName { reason })
+}
+
+fn validate_event(ev: &NewEvent, limits: &Limits) -> Result<(), LogError> {
+    let invalid = |reason: String| LogError::InvalidEvent {
+        event_id: ev.id,
+        reason,
+    };
+    if ev.id.is_nil() {
+        return Err(invalid("event id is the nil uuid".into()));
+    }
+    if ev.event_type.is_empty() || ev.event_type.len() > limits.max_event_type_bytes {
+        return Err(invalid(format!(
+            "event type must be 1..={} bytes, got {}",
+            limits.max_event_type_bytes,
+            ev.event_type.len()
+        )));
+    }
+    if ev.event_type.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid("event type contains whitespace or a control character".into()));
+    }
+    if ev.metadata.trace_context.len() > limits.max_trace_entries {
+        return Err(invalid(format!(
+            "trace context has {} entries, limit {}",
+            ev.metadata.trace_context.len(),
+            limits.max_trace_entries
+        )));
+    }
+    for (k, v) in &ev.metadata.trace_context {
+        if k.len() > limits.max_trace_value_bytes || v.len() > limits.max_trace_value_bytes {
+            return Err(invalid(format!(
+                "trace context entry {k:?} exceeds {} bytes",
+                limits.max_trace_value_bytes
+            )));
+        }
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&ev.data) {
+        return Err(invalid(format!("data is not valid json: {e}")));
+    }
+    Ok(())
+}
+
+impl Index {
+    pub fn stream_last_version(&self, stream: &str) -> Option<u64> {
+        self.streams
+            .get(stream)
+            .and_then(|s| s.positions.len().checked_sub(1))
+            .map(|v| v as u64)
+    }
+
+    /// Decides the append and, unless it is a duplicate, assigns every event its place and
+    /// hands it to `sink` (which stores it and returns its hash) in order.
+    pub fn append(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        v: &Validated,
+        now_ns: i64,
+        mut sink: impl FnMut(u64, u8, &Canonical<'_>) -> EventHash,
+    ) -> Result<Outcome, LogError> {
+        if let Some(result) = self.duplicate_of(stream, expected, events, v)? {
+            return Ok(Outcome::Duplicate(result));
+        }
+        let actual = self.stream_last_version(stream);
+        let ok = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual.is_none(),
+            ExpectedVersion::Exact(n) => actual == Some(n),
+        };
+        if !ok {
+            return Err(LogError::WrongExpectedVersion {
+                stream: stream.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        let recorded_at_ns = now_ns.max(self.last_recorded_at_ns);
+        let first_position = self.next_position;
+        let state = self.streams.entry(stream.to_owned()).or_default();
+        let first_version = state.positions.len() as u64;
+        let mut prev_hash = if state.positions.is_empty() {
+            GENESIS_HASH
+        } else {
+            state.last_hash
+        };
+        for (i, ev) in events.iter().enumerate() {
+            let position = first_position + i as u64;
+            let flags = if i + 1 == events.len() {
+                codec::FLAG_LAST_IN_APPEND
+            } else {
+                0
+            };
+            let c = Canonical {
+                stream,
+                version: first_version + i as u64,
+                id: ev.id,
+                event_type: &ev.event_type,
+                schema_version: ev.schema_version,
+                recorded_at_ns,
+                metadata: &ev.metadata,
+                occurred_at_ns: v.occurred_ns[i],
+                data: &ev.data,
+                prev_hash,
+            };
+            prev_hash = sink(position, flags, &c);
+            state.positions.push(position);
+            self.ids.insert(
+                ev.id,
+                IdEntry {
+                    position,
+                    fingerprint: v.fingerprints[i],
+                },
+            );
+        }
+        state.last_hash = prev_hash;
+        let n = events.len() as u64;
+        self.next_position += n;
+        self.last_recorded_at_ns = recorded_at_ns;
+        Ok(Outcome::Appended(AppendResult {
+            last_version: first_version + n - 1,
+            first_position,
+            last_position: first_position + n - 1,
+        }))
+    }
+
+    /// An append whose first event id is already stored is either an exact retry (same ids, same
+    /// bodies, same place in the same stream) or a conflict; never a partial write.
+    fn duplicate_of(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+        v: &Validated,
+    ) -> Result<Option<AppendResult>, LogError> {
+        let stored: Vec<Option<&IdEntry>> = events.iter().map(|e| self.ids.get(&e.id)).collect();
+        if stored.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let conflict = |event_id: Uuid, reason: &str| LogError::EventIdConflict {
+            event_id,
+            reason: reason.to_owned(),
+        };
+        let Some(state) = self.streams.get(stream) else {
+            let id = events
+                .iter()
+                .zip(&stored)
+                .find(|(_, s)| s.is_some())
+                .map_or(events[0].id, |(e, _)| e.id);
+            return Err(conflict(id, "the id belongs to an event of another stream"));
+        };
+        let mut first_version = None;
+        for (i, (ev, entry)) in events.iter().zip(&stored).enumerate() {
+            let Some(entry) = entry else {
+                return Err(conflict(
+                    events[0].id,
+                    "only some of the append's events are already stored",
+                ));
+            };
+            let Ok(version) = state.positions.binary_search(&entry.position) else {
+                return Err(conflict(ev.id, "the id belongs to an event of another stream"));
+            };
+            let version = version as u64;
+            let first = *first_version.get_or_insert(version);
+            if version != first + i as u64 {
+                return Err(conflict(ev.id, "the ids are stored in a different order"));
+            }
+            if entry.fingerprint != v.fingerprints[i] {
+                return Err(conflict(ev.id, "the id was stored with a different body"));
+            }
+        }
+        let first = first_version.unwrap_or(0);
+        let same_place = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => first == 0,
+            ExpectedVersion::Exact(n) => first == n + 1,
+        };
+        if !same_place {
+            return Err(LogError::WrongExpectedVersion {
+                stream: stream.to_owned(),
+                expected,
+                actual: self.stream_last_version(stream),
+            });
+        }
+        let last = first + events.len() as u64 - 1;
+        Ok(Some(AppendResult {
+            last_version: last,
+            first_position: state.positions[first as usize],
+            last_position: state.positions[last as usize],
+        }))
+    }
+}

@@ -1,0 +1,38 @@
+//! The event-store port and its adapters: the only place where Partner Ledger's truth is written.
+//!
+//! Streams are append-only sequences of events with optimistic concurrency
+//! ([`ExpectedVersion`]), idempotent re-appends by event id, a SHA-256 hash chain per stream
+//! ([`verify`]), reads by stream and in global order, and catch-up [`Subscription`]s. Three
+//! adapters pass one conformance suite: [`EmbeddedLog`] (the durable file log, the default),
+//! [`MemoryLog`] (fast tests) and, behind the `eventstoredb` feature, EventStoreDB/KurrentDB.
+//!
+//! This crate knows nothing of the domain: it never interprets event data beyond checking that
+//! it is JSON, and it never deletes or rewrites an acknowledged event. Only the adapters read
+//! the clock (to stamp `recorded_at`); callers supply business time in [`EventMetadata`].
+
+#![forbid(unsafe_code)]
+
+mod codec;
+mod embedded;
+mod error;
+mod event;
+mod index;
+mod limits;
+mod memory;
+mod store;
+mod subscription;
+mod verify;
+
+#[cfg(feature = "eventstoredb")]
+pub mod eventstoredb;
+
+pub use embedded::{EmbeddedLog, EmbeddedOptions};
+pub use error::LogError;
+pub use event::{
+    AppendResult, EventHash, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, GENESIS_HASH,
+};
+pub use limits::Limits;
+pub use memory::MemoryLog;
+pub use store::{EventStore, SharedStore};
+pub use subscription::{Subscription, SubscriptionFilter};
+pub use verify::{verify, verify_stream, ChainBreak, ChainBreakKind, VerifyReport};
