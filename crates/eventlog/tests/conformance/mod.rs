@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pl_eventlog::{
-    verify, verify_stream, EventMetadata, EventStore, ExpectedVersion, LogError, NewEvent,
+    verify, verify_stream, EventMetadata, ExpectedVersion, LogError, NewEvent,
     SharedStore, Subscription, SubscriptionFilter,
 };
 use serde_json::json;
