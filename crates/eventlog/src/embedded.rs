@@ -107,8 +107,11 @@ struct State {
     index: Index,
     /// Byte offset of every assigned frame, committed or pending, by position.
     offsets: Vec<u64>,
-    /// Frames assigned but not yet written, starting at `committed_offset`.
+    /// Frames assigned but not yet handed to the sync thread; they end at `assigned_end`.
     pending: Vec<u8>,
+    /// Byte offset just past the last assigned frame. Between `committed_offset` and the start
+    /// of `pending` lies the buffer the sync thread is writing right now.
+    assigned_end: u64,
     spare: Vec<u8>,
     /// Positions below this are durable and visible to readers.
     committed: u64,
@@ -119,7 +122,7 @@ struct State {
 
 impl State {
     fn assigned_end_offset(&self) -> u64 {
-        self.committed_offset + self.pending.len() as u64
+        self.assigned_end
     }
 
     /// End offset of the frame at `position` (which must be assigned).
@@ -269,11 +272,12 @@ impl Shared {
         if !st.pending.is_empty() && st.pending.len() + validated.bytes > MAX_UNSYNCED_BYTES {
             return Ok(Enqueued::Full(rx));
         }
-        let base_offset = st.assigned_end_offset();
+        let base_offset = st.assigned_end;
         let State {
             index,
             offsets,
             pending,
+            assigned_end,
             ..
         } = &mut *st;
         let pending_start = pending.len();
@@ -281,6 +285,7 @@ impl Shared {
             offsets.push(base_offset + (pending.len() - pending_start) as u64);
             codec::encode_frame(pending, offsets.len() as u64 - 1, flags, c)
         })?;
+        *assigned_end = base_offset + (pending.len() - pending_start) as u64;
         let result = match outcome {
             Outcome::Duplicate(r) => r,
             Outcome::Appended(r) => {
@@ -305,7 +310,9 @@ impl Shared {
                 }
                 let spare = std::mem::take(&mut st.spare);
                 let buf = std::mem::replace(&mut st.pending, spare);
-                (buf, st.index.next_position, st.committed_offset)
+                let write_offset = st.assigned_end - buf.len() as u64;
+                debug_assert_eq!(write_offset, st.committed_offset);
+                (buf, st.index.next_position, write_offset)
             };
             let written = self
                 .file
@@ -321,7 +328,6 @@ impl Shared {
             }
             st.committed = end_position;
             st.committed_offset = write_offset + buf.len() as u64;
-            // Appenders rebase pending offsets on committed_offset, which moved by exactly buf.
             buf.clear();
             if buf.capacity() <= 2 * MAX_UNSYNCED_BYTES {
                 st.spare = buf;
@@ -574,6 +580,7 @@ fn recover(dir: &Path, file: &File, state: &mut State, limits: &Limits, repair: 
             }
             batch_start = scan.offset();
             state.committed_offset = batch_start;
+            state.assigned_end = batch_start;
         }
     };
     debug_assert_eq!(state.committed_offset, batch_start);
@@ -848,6 +855,7 @@ fn load_snapshot(dir: &Path, file: &File) -> Option<State> {
         offsets,
         committed,
         committed_offset,
+        assigned_end: committed_offset,
         ..State::default()
     };
     if let Some(p) = committed.checked_sub(1) {
