@@ -5,7 +5,11 @@
 //! Environment: `BENCH_SECONDS` per append workload (default 3), `BENCH_REPLAY_EVENTS` (default
 //! 1,000,000), `BENCH_DIR` for the data (default a temporary directory under /var/tmp).
 
-#![allow(clippy::disallowed_methods, clippy::disallowed_types, clippy::float_arithmetic)] // timing code
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    clippy::float_arithmetic
+)] // timing code
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
 use std::os::unix::fs::FileExt;
@@ -20,7 +24,10 @@ use pl_eventlog::{
 use uuid::Uuid;
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A 300-byte JSON event body, like a commission accrual.
@@ -195,7 +202,9 @@ async fn fill(dir: &std::path::Path, events: u64) -> Duration {
                     let batch: Vec<_> = (n..(n + BATCH).min(per_writer)).map(new_event).collect();
                     n += batch.len() as u64;
                     let stream = format!("partner-{}", (w * 7919 + n) % 5000);
-                    log.append(&stream, ExpectedVersion::Any, batch).await.unwrap();
+                    log.append(&stream, ExpectedVersion::Any, batch)
+                        .await
+                        .unwrap();
                 }
             })
         })
@@ -241,16 +250,21 @@ async fn main() {
     std::fs::create_dir_all(&base).unwrap();
     let tmp = tempfile::tempdir_in(&base).unwrap();
     let dir = tmp.path();
-    println!("event log benchmark on {} (data in {})", machine(), dir.display());
+    println!(
+        "event log benchmark on {} (data in {})",
+        machine(),
+        dir.display()
+    );
 
     let fsync_us = fsync_p50_us(dir);
     let mut rows = Vec::new();
     for writers in [1usize, 64] {
         let ours = embedded_appends(&dir.join(format!("log-{writers}")), writers, run_for).await;
         let sqlite_path = dir.join(format!("sqlite-{writers}.db"));
-        let peer = tokio::task::spawn_blocking(move || sqlite_appends(&sqlite_path, writers, run_for))
-            .await
-            .unwrap();
+        let peer =
+            tokio::task::spawn_blocking(move || sqlite_appends(&sqlite_path, writers, run_for))
+                .await
+                .unwrap();
         rows.push(Row {
             workload: format!("durable appends/s, {writers} writer(s), 300 B, 1 event/append"),
             ours: fmt_rate(ours.per_sec),

@@ -26,13 +26,15 @@ pub(crate) const FRAME_HEADER_BYTES: usize = 8;
 const FORMAT_V1: u8 = 1;
 pub(crate) const FLAG_LAST_IN_APPEND: u8 = 1;
 /// Envelope bytes of a frame beyond the variable-length fields.
-const FIXED_PAYLOAD_BYTES: usize = 1 + 1 + 8 + 2 + 8 + 16 + 2 + 4 + 8 + 8 + 17 + 17 + 2 + 4 + 32 + 32;
+const FIXED_PAYLOAD_BYTES: usize =
+    1 + 1 + 8 + 2 + 8 + 16 + 2 + 4 + 8 + 8 + 17 + 17 + 2 + 4 + 32 + 32;
 
 pub(crate) fn to_nanos(at: DateTime<Utc>, event_id: Uuid, field: &str) -> Result<i64, LogError> {
-    at.timestamp_nanos_opt().ok_or_else(|| LogError::InvalidEvent {
-        event_id,
-        reason: format!("{field} is outside 1677-09-21..2262-04-11"),
-    })
+    at.timestamp_nanos_opt()
+        .ok_or_else(|| LogError::InvalidEvent {
+            event_id,
+            reason: format!("{field} is outside 1677-09-21..2262-04-11"),
+        })
 }
 
 /// Size of the frame that `encode_frame` will write for this event; limits are checked on it.
@@ -43,7 +45,12 @@ pub(crate) fn frame_len(stream: &str, ev: &NewEvent) -> usize {
         .iter()
         .map(|(k, v)| 4 + k.len() + v.len())
         .sum();
-    FRAME_HEADER_BYTES + FIXED_PAYLOAD_BYTES + stream.len() + ev.event_type.len() + trace + ev.data.len()
+    FRAME_HEADER_BYTES
+        + FIXED_PAYLOAD_BYTES
+        + stream.len()
+        + ev.event_type.len()
+        + trace
+        + ev.data.len()
 }
 
 /// The fields that the canonical encoding covers, borrowed from either envelope type.
@@ -147,11 +154,22 @@ pub(crate) fn fingerprint(
 
 pub(crate) fn fingerprint_recorded(ev: &RecordedEvent) -> Result<[u8; 16], LogError> {
     let occurred = to_nanos(ev.metadata.occurred_at, ev.id, "occurred_at")?;
-    Ok(fingerprint(&ev.event_type, ev.schema_version, &ev.data, &ev.metadata, occurred))
+    Ok(fingerprint(
+        &ev.event_type,
+        ev.schema_version,
+        &ev.data,
+        &ev.metadata,
+        occurred,
+    ))
 }
 
 /// Appends one frame for `canonical` and returns the event's hash.
-pub(crate) fn encode_frame(out: &mut Vec<u8>, position: u64, flags: u8, c: &Canonical<'_>) -> EventHash {
+pub(crate) fn encode_frame(
+    out: &mut Vec<u8>,
+    position: u64,
+    flags: u8,
+    c: &Canonical<'_>,
+) -> EventHash {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
     out.push(FORMAT_V1);
@@ -215,7 +233,10 @@ pub(crate) struct Decoded {
 /// Decodes a checksummed payload. `payload` is a slice of a larger buffer, so the event data is
 /// shared rather than copied.
 pub(crate) fn decode_payload(payload: &Bytes) -> Result<Decoded, FrameError> {
-    let mut r = Reader { buf: payload, at: 0 };
+    let mut r = Reader {
+        buf: payload,
+        at: 0,
+    };
     let format = r.u8()?;
     if format != FORMAT_V1 {
         return Err(bad(format!("unknown frame format {format}")));
@@ -414,7 +435,28 @@ mod tests {
         for i in 0..buf.len() {
             let mut copy = buf.clone();
             copy[i] ^= 0x10;
-            assert!(frame_payload(&copy, 0, 1 << 20).is_err(), "flip at byte {i} went unnoticed");
+            assert!(
+                frame_payload(&copy, 0, 1 << 20).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the disk hands back, decoding returns an error instead of panicking.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let buf = Bytes::from(bytes);
+            if let Ok(range) = frame_payload(&buf, 0, 1 << 20) {
+                let _ = decode_payload(&buf.slice(range));
+            }
+            let _ = decode_payload(&buf);
         }
     }
 }

@@ -51,21 +51,12 @@ const INLINE_READ_BYTES: u64 = 64 * 1024;
 /// The recovery scan reads the file in chunks of this size.
 const SCAN_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EmbeddedOptions {
     pub limits: Limits,
     /// Open even when recovery finds corruption: move everything from the last good append on
     /// into `quarantine/` and truncate. For operators repairing a damaged disk, never a default.
     pub repair: bool,
-}
-
-impl Default for EmbeddedOptions {
-    fn default() -> Self {
-        Self {
-            limits: Limits::default(),
-            repair: false,
-        }
-    }
 }
 
 /// The durable file-backed event log. Cheap to share behind an `Arc`.
@@ -138,7 +129,9 @@ impl EmbeddedLog {
     /// Opens (creating if needed) the log in `dir`, recovering from any crash.
     pub fn open(dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self, LogError> {
         let limits = options.limits;
-        if limits.max_append_bytes > MAX_UNSYNCED_BYTES || limits.max_event_bytes > limits.max_append_bytes {
+        if limits.max_append_bytes > MAX_UNSYNCED_BYTES
+            || limits.max_event_bytes > limits.max_append_bytes
+        {
             return Err(LogError::LimitExceeded {
                 what: "configured max_append_bytes (must hold one event and stay within the unsynced window)",
                 actual: limits.max_append_bytes as u64,
@@ -281,10 +274,17 @@ impl Shared {
             ..
         } = &mut *st;
         let pending_start = pending.len();
-        let outcome = index.append(stream, expected, events, &validated, Self::now_ns(), |_, flags, c| {
-            offsets.push(base_offset + (pending.len() - pending_start) as u64);
-            codec::encode_frame(pending, offsets.len() as u64 - 1, flags, c)
-        })?;
+        let outcome = index.append(
+            stream,
+            expected,
+            events,
+            &validated,
+            Self::now_ns(),
+            |_, flags, c| {
+                offsets.push(base_offset + (pending.len() - pending_start) as u64);
+                codec::encode_frame(pending, offsets.len() as u64 - 1, flags, c)
+            },
+        )?;
         *assigned_end = base_offset + (pending.len() - pending_start) as u64;
         let result = match outcome {
             Outcome::Duplicate(r) => r,
@@ -364,7 +364,8 @@ impl Shared {
         for position in from..end {
             let ev = decode_at(&chunk, at, start_off, position, &self.limits)?;
             at += FRAME_HEADER_BYTES
-                + u32::from_le_bytes([chunk[at], chunk[at + 1], chunk[at + 2], chunk[at + 3]]) as usize;
+                + u32::from_le_bytes([chunk[at], chunk[at + 1], chunk[at + 2], chunk[at + 3]])
+                    as usize;
             events.push(ev);
         }
         Ok(events)
@@ -397,13 +398,22 @@ impl Shared {
             // Coalesce frames that sit next to each other on disk into one read.
             let (_, run_start, mut run_end) = frames[i];
             let mut j = i + 1;
-            while j < frames.len() && frames[j].1 == run_end && frames[j].2 - run_start <= MAX_READ_BYTES {
+            while j < frames.len()
+                && frames[j].1 == run_end
+                && frames[j].2 - run_start <= MAX_READ_BYTES
+            {
                 run_end = frames[j].2;
                 j += 1;
             }
             let chunk = self.read_range(run_start, run_end)?;
             for &(position, start, _) in &frames[i..j] {
-                events.push(decode_at(&chunk, (start - run_start) as usize, run_start, position, &self.limits)?);
+                events.push(decode_at(
+                    &chunk,
+                    (start - run_start) as usize,
+                    run_start,
+                    position,
+                    &self.limits,
+                )?);
             }
             i = j;
         }
@@ -422,7 +432,8 @@ fn decode_at(
         offset: chunk_offset + at as u64,
         reason,
     };
-    let range = codec::frame_payload(chunk, at, limits.max_event_bytes).map_err(|e| corrupt(e.reason))?;
+    let range =
+        codec::frame_payload(chunk, at, limits.max_event_bytes).map_err(|e| corrupt(e.reason))?;
     let decoded = codec::decode_payload(&chunk.slice(range)).map_err(|e| corrupt(e.reason))?;
     if decoded.event.position != position {
         return Err(corrupt(format!(
@@ -524,7 +535,13 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
 
 /// Replays frames from `state.committed_offset` to the end of the file into `state`,
 /// truncating a torn tail and refusing corruption (see the module docs).
-fn recover(dir: &Path, file: &File, state: &mut State, limits: &Limits, repair: bool) -> Result<(), LogError> {
+fn recover(
+    dir: &Path,
+    file: &File,
+    state: &mut State,
+    limits: &Limits,
+    repair: bool,
+) -> Result<(), LogError> {
     let file_len = file.metadata()?.len();
     let mut batch: Vec<(u64, RecordedEvent)> = Vec::new();
     let mut batch_start = state.committed_offset;
@@ -542,7 +559,10 @@ fn recover(dir: &Path, file: &File, state: &mut State, limits: &Limits, repair: 
             break None;
         }
         if !scan.ensure(FRAME_HEADER_BYTES)? {
-            break Some((frame_offset, "frame header runs past the end of the file".into()));
+            break Some((
+                frame_offset,
+                "frame header runs past the end of the file".into(),
+            ));
         }
         let len = scan.frame_len();
         if len > max_payload {
@@ -587,7 +607,8 @@ fn recover(dir: &Path, file: &File, state: &mut State, limits: &Limits, repair: 
     if batch_start == file_len {
         return Ok(());
     }
-    let (bad_offset, reason) = failure.unwrap_or((batch_start, "the last append is incomplete".into()));
+    let (bad_offset, reason) =
+        failure.unwrap_or((batch_start, "the last append is incomplete".into()));
     let tail_bytes = file_len - batch_start;
     let torn = tail_bytes <= MAX_UNSYNCED_BYTES as u64
         && !any_valid_frame_after(file, bad_offset + 1, file_len, max_payload)?;
@@ -688,7 +709,12 @@ fn restore(state: &mut State, offset: u64, ev: &RecordedEvent) -> Result<(), Log
 
 /// Is there any frame with a valid checksum in `[from, end)`? If so the bad bytes before it are
 /// not a torn tail but damage in the middle of acknowledged data.
-fn any_valid_frame_after(file: &File, from: u64, end: u64, max_payload: usize) -> Result<bool, LogError> {
+fn any_valid_frame_after(
+    file: &File,
+    from: u64,
+    end: u64,
+    max_payload: usize,
+) -> Result<bool, LogError> {
     if from >= end {
         return Ok(false);
     }
@@ -751,7 +777,9 @@ fn write_snapshot(dir: &Path, file: &File, st: &State) -> Result<(), LogError> {
     let HashingWriter { mut inner, .. } = w;
     let digest: [u8; 32] = hasher.finalize().into();
     inner.write_all(&digest)?;
-    let out = inner.into_inner().map_err(|e| LogError::Io(e.to_string()))?;
+    let out = inner
+        .into_inner()
+        .map_err(|e| LogError::Io(e.to_string()))?;
     out.sync_all()?;
     std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
     sync_dir(dir)
@@ -835,7 +863,13 @@ fn load_snapshot(dir: &Path, file: &File) -> Option<State> {
         let id = Uuid::from_bytes(r.array()?);
         let position = r.u64()?;
         let fingerprint = r.array()?;
-        ids.insert(id, IdEntry { position, fingerprint });
+        ids.insert(
+            id,
+            IdEntry {
+                position,
+                fingerprint,
+            },
+        );
     }
     if r.at != body.len() {
         return None;

@@ -148,8 +148,14 @@ fn validate_event(ev: &NewEvent, limits: &Limits) -> Result<(), LogError> {
             ev.event_type.len()
         )));
     }
-    if ev.event_type.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(invalid("event type contains whitespace or a control character".into()));
+    if ev
+        .event_type
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(invalid(
+            "event type contains whitespace or a control character".into(),
+        ));
     }
     if ev.metadata.trace_context.len() > limits.max_trace_entries {
         return Err(invalid(format!(
@@ -290,7 +296,10 @@ impl Index {
                 ));
             };
             let Ok(version) = state.positions.binary_search(&entry.position) else {
-                return Err(conflict(ev.id, "the id belongs to an event of another stream"));
+                return Err(conflict(
+                    ev.id,
+                    "the id belongs to an event of another stream",
+                ));
             };
             let version = version as u64;
             let first = *first_version.get_or_insert(version);

@@ -58,24 +58,31 @@ impl EventStore for MemoryLog {
         let Inner { index, events: log } = &mut *guard;
         // Every earlier event is in `log`, so an event's position is its index there.
         let first_position = log.len() as u64;
-        let outcome = index.append(stream, expected, &events, &validated, Self::now_ns(), |position, _, c| {
-            let hash = c.hash();
-            let ev = &events[(position - first_position) as usize];
-            log.push(RecordedEvent {
-                stream: c.stream.to_owned(),
-                version: c.version,
-                position,
-                recorded_at: chrono::DateTime::from_timestamp_nanos(c.recorded_at_ns),
-                id: ev.id,
-                event_type: ev.event_type.clone(),
-                schema_version: ev.schema_version,
-                data: ev.data.clone(),
-                metadata: ev.metadata.clone(),
-                prev_hash: c.prev_hash,
-                hash,
-            });
-            hash
-        })?;
+        let outcome = index.append(
+            stream,
+            expected,
+            &events,
+            &validated,
+            Self::now_ns(),
+            |position, _, c| {
+                let hash = c.hash();
+                let ev = &events[(position - first_position) as usize];
+                log.push(RecordedEvent {
+                    stream: c.stream.to_owned(),
+                    version: c.version,
+                    position,
+                    recorded_at: chrono::DateTime::from_timestamp_nanos(c.recorded_at_ns),
+                    id: ev.id,
+                    event_type: ev.event_type.clone(),
+                    schema_version: ev.schema_version,
+                    data: ev.data.clone(),
+                    metadata: ev.metadata.clone(),
+                    prev_hash: c.prev_hash,
+                    hash,
+                });
+                hash
+            },
+        )?;
         let result = match outcome {
             Outcome::Duplicate(r) => r,
             Outcome::Appended(r) => {
@@ -118,7 +125,13 @@ impl EventStore for MemoryLog {
         let limit = self.limits.read_limit(limit);
         let inner = self.inner.lock();
         let from = usize::try_from(from_position).unwrap_or(usize::MAX);
-        Ok(inner.events.iter().skip(from).take(limit).cloned().collect())
+        Ok(inner
+            .events
+            .iter()
+            .skip(from)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn stream_version(&self, stream: &str) -> Result<Option<u64>, LogError> {
@@ -133,4 +146,3 @@ impl EventStore for MemoryLog {
         self.limits
     }
 }
-

@@ -41,8 +41,11 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<RecordedEvent>, LogError>;
 
     /// Up to `limit` events at global positions `>= from_position`, in order.
-    async fn read_all(&self, from_position: u64, limit: usize)
-        -> Result<Vec<RecordedEvent>, LogError>;
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError>;
 
     /// Version of the stream's last committed event, `None` if the stream does not exist.
     async fn stream_version(&self, stream: &str) -> Result<Option<u64>, LogError>;
@@ -52,5 +55,4 @@ pub trait EventStore: Send + Sync + 'static {
     fn watch_head(&self) -> watch::Receiver<u64>;
 
     fn limits(&self) -> Limits;
-
 }

@@ -36,9 +36,15 @@ pub struct ChainBreak {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainBreakKind {
     /// The event's fields do not hash to the hash stored with it: the event was altered.
-    HashMismatch { stored: EventHash, computed: EventHash },
+    HashMismatch {
+        stored: EventHash,
+        computed: EventHash,
+    },
     /// The event does not point at its predecessor: an event was removed, inserted or altered.
-    PrevHashMismatch { expected: EventHash, found: EventHash },
+    PrevHashMismatch {
+        expected: EventHash,
+        found: EventHash,
+    },
     /// Stream versions must run 0, 1, 2, ... with no gap.
     VersionGap { expected: u64, found: u64 },
     /// Global positions must strictly increase.

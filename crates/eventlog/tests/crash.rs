@@ -2,6 +2,8 @@
 //! kill it with SIGKILL at random moments, reopen the log, and check that every acknowledged
 //! event is there, nothing torn is visible, positions are gap-free and every hash chain verifies.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -104,7 +106,8 @@ async fn every_acknowledged_append_survives_repeated_sigkill() {
         for (i, e) in all.iter().enumerate() {
             assert_eq!(e.position, i as u64, "round {round}: gap in positions");
         }
-        let by_id: HashMap<Uuid, &pl_eventlog::RecordedEvent> = all.iter().map(|e| (e.id, e)).collect();
+        let by_id: HashMap<Uuid, &pl_eventlog::RecordedEvent> =
+            all.iter().map(|e| (e.id, e)).collect();
         for (id, ack) in &acked {
             let e = by_id
                 .get(id)
@@ -120,7 +123,7 @@ async fn every_acknowledged_append_survives_repeated_sigkill() {
         for e in &all {
             let data = e.data_as::<serde_json::Value>().unwrap();
             let n = data["n"].as_u64().unwrap();
-            if n % 5 == 0 {
+            if n.is_multiple_of(5) {
                 let run = data["run"].as_str().unwrap().to_owned();
                 *batches.entry((run, e.stream.clone(), n)).or_default() += 1;
             }
@@ -130,7 +133,11 @@ async fn every_acknowledged_append_survives_repeated_sigkill() {
         }
         let report = verify(&log).await.unwrap();
         assert!(report.is_intact(), "round {round}: {report:?}");
-        eprintln!("round {round}: killed after {} acks; log holds {} events", lines.len(), all.len());
+        eprintln!(
+            "round {round}: killed after {} acks; log holds {} events",
+            lines.len(),
+            all.len()
+        );
         drop(log);
     }
     assert!(!acked.is_empty(), "the writer never acknowledged anything");

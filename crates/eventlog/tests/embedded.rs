@@ -2,6 +2,8 @@
 //! durability across reopen, torn-tail recovery, refusal of mid-file corruption, the index
 //! snapshot, and the directory lock.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 mod conformance;
 
 use std::fs::OpenOptions;
@@ -63,8 +65,14 @@ async fn events_survive_a_clean_reopen_with_positions_and_hashes_intact() {
     let log = open(dir.path()).unwrap();
     let after = all_events(log.as_ref()).await;
     assert_eq!(before, after);
-    assert!(after.iter().enumerate().all(|(i, e)| e.position == i as u64));
-    let r = log.append("s-0", ExpectedVersion::Exact(19), vec![ev("E", 99)]).await.unwrap();
+    assert!(after
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.position == i as u64));
+    let r = log
+        .append("s-0", ExpectedVersion::Exact(19), vec![ev("E", 99)])
+        .await
+        .unwrap();
     assert_eq!((r.last_version, r.first_position), (20, 60));
     assert!(verify(log.as_ref()).await.unwrap().is_intact());
 }
@@ -89,7 +97,10 @@ async fn a_reopen_without_the_snapshot_rebuilds_the_same_index_from_the_log() {
         data: first.data,
         metadata: first.metadata,
     };
-    let r = log.append("s-0", ExpectedVersion::NoStream, vec![again]).await.unwrap();
+    let r = log
+        .append("s-0", ExpectedVersion::NoStream, vec![again])
+        .await
+        .unwrap();
     assert_eq!(r.first_position, 0);
 }
 
@@ -98,9 +109,13 @@ async fn a_torn_tail_is_truncated_to_the_last_complete_append() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path()).unwrap();
     fill(&log, 1, 5).await;
-    log.append("s-1", ExpectedVersion::Any, vec![ev("Batch", 1), ev("Batch", 2), ev("Batch", 3)])
-        .await
-        .unwrap();
+    log.append(
+        "s-1",
+        ExpectedVersion::Any,
+        vec![ev("Batch", 1), ev("Batch", 2), ev("Batch", 3)],
+    )
+    .await
+    .unwrap();
     drop(log);
     std::fs::remove_file(dir.path().join("index.snap")).unwrap();
     let path = dir.path().join("events.log");
@@ -116,17 +131,25 @@ async fn a_torn_tail_is_truncated_to_the_last_complete_append() {
     assert_eq!(log.stream_version("s-1").await.unwrap(), None);
     assert!(verify(log.as_ref()).await.unwrap().is_intact());
     // The log keeps working after recovery.
-    log.append("s-1", ExpectedVersion::NoStream, vec![ev("After", 1)]).await.unwrap();
+    log.append("s-1", ExpectedVersion::NoStream, vec![ev("After", 1)])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn zeroed_or_garbage_bytes_at_the_tail_are_discarded() {
-    for garbage in [vec![0u8; 4096], b"\x55\x01\x00\x00garbage-after-crash".to_vec()] {
+    for garbage in [
+        vec![0u8; 4096],
+        b"\x55\x01\x00\x00garbage-after-crash".to_vec(),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let log = open(dir.path()).unwrap();
         fill(&log, 2, 5).await;
         drop(log);
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("events.log")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("events.log"))
+            .unwrap();
         f.write_all(&garbage).unwrap();
         drop(f);
         let log = open(dir.path()).unwrap();
@@ -162,7 +185,12 @@ async fn corruption_followed_by_valid_events_refuses_to_open_instead_of_serving_
     let events = all_events(&repaired).await;
     assert!(!events.is_empty() && events.len() < 40);
     assert!(verify(&repaired).await.unwrap().is_intact());
-    assert_eq!(std::fs::read_dir(dir.path().join("quarantine")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("quarantine"))
+            .unwrap()
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -176,7 +204,10 @@ async fn a_corrupted_frame_is_reported_on_read_not_served() {
     let f = OpenOptions::new().write(true).open(&path).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &[bytes[40] ^ 0x01], 40).unwrap();
     let err = log.read_all(0, 10).await.unwrap_err();
-    assert!(matches!(err, LogError::Corrupt { offset: 0, .. }), "{err:?}");
+    assert!(
+        matches!(err, LogError::Corrupt { offset: 0, .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -192,7 +223,10 @@ async fn appends_after_close_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path()).unwrap();
     log.close().unwrap();
-    let err = log.append("s", ExpectedVersion::Any, vec![ev("E", 1)]).await.unwrap_err();
+    let err = log
+        .append("s", ExpectedVersion::Any, vec![ev("E", 1)])
+        .await
+        .unwrap_err();
     assert_eq!(err, LogError::Closed);
 }
 
@@ -217,7 +251,10 @@ async fn positions_are_dense_from_zero_under_concurrent_writers() {
     }
     let events = all_events(log.as_ref()).await;
     assert_eq!(events.len(), 640);
-    assert!(events.iter().enumerate().all(|(i, e)| e.position == i as u64));
+    assert!(events
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.position == i as u64));
     assert!(verify(log.as_ref()).await.unwrap().is_intact());
 }
 
@@ -233,7 +270,9 @@ async fn events_sequenced_during_a_sync_are_readable_before_and_after_reopen() {
             tokio::spawn(async move {
                 for i in 0..40 {
                     let batch = (0..1 + (i + w) % 3).map(|k| ev("E", i * 10 + k)).collect();
-                    log.append(&format!("w-{w}"), ExpectedVersion::Any, batch).await.unwrap();
+                    log.append(&format!("w-{w}"), ExpectedVersion::Any, batch)
+                        .await
+                        .unwrap();
                 }
             })
         })
@@ -251,4 +290,56 @@ async fn events_sequenced_during_a_sync_are_readable_before_and_after_reopen() {
         let s = log.read_stream(&format!("w-{w}"), 0, 4096).await.unwrap();
         assert!(s.iter().enumerate().all(|(v, e)| e.version == v as u64));
     }
+}
+
+/// Rewrites one byte of the event at `position` inside `events.log` and fixes up the frame's
+/// CRC, as a careful forger would: only the hash chain can catch it.
+fn forge(dir: &Path, position: u64, from: &[u8], to: &[u8]) {
+    let path = dir.join("events.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut at = 0usize;
+    for _ in 0..position {
+        at += 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let payload = &mut bytes[at + 8..at + 8 + len];
+    let i = payload
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("pattern in frame");
+    payload[i..i + to.len()].copy_from_slice(to);
+    let crc = crc32fast::hash(payload);
+    bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn verify_reports_the_first_forged_event_with_stream_version_and_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path()).unwrap();
+    fill(&log, 3, 4).await; // positions 0..12; stream s-1 holds positions 4..8
+    drop(log);
+    forge(
+        dir.path(),
+        6,
+        br#""amount":"12.34""#,
+        br#""amount":"92.34""#,
+    );
+
+    let log = open(dir.path()).unwrap();
+    let report = verify(log.as_ref()).await.unwrap();
+    let brk = report.first_break.expect("forgery detected");
+    assert_eq!(
+        (brk.stream.as_str(), brk.version, brk.position),
+        ("s-1", 2, 6)
+    );
+    assert!(
+        matches!(brk.kind, pl_eventlog::ChainBreakKind::HashMismatch { .. }),
+        "{brk}"
+    );
+    assert_eq!(report.events_checked, 7);
+    let stream_report = pl_eventlog::verify_stream(log.as_ref(), "s-0")
+        .await
+        .unwrap();
+    assert!(stream_report.is_intact(), "other streams still verify");
 }

@@ -1,5 +1,7 @@
 //! The conformance suite against the in-memory adapter.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
 mod conformance;
 
 use std::sync::Arc;

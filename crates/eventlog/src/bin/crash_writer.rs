@@ -9,7 +9,9 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use pl_eventlog::{EmbeddedLog, EmbeddedOptions, EventMetadata, EventStore, ExpectedVersion, NewEvent};
+use pl_eventlog::{
+    EmbeddedLog, EmbeddedOptions, EventMetadata, EventStore, ExpectedVersion, NewEvent,
+};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -18,7 +20,9 @@ const MAX_RUN: Duration = Duration::from_secs(60);
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().ok_or("usage: pl-eventlog-crash-writer <dir> <writers>")?;
+    let dir = args
+        .next()
+        .ok_or("usage: pl-eventlog-crash-writer <dir> <writers>")?;
     let writers: u32 = args.next().unwrap_or_else(|| "8".into()).parse()?;
     let log = std::sync::Arc::new(EmbeddedLog::open(&dir, EmbeddedOptions::default())?);
     let (tx, mut rx) = mpsc::channel::<String>(1024);
@@ -35,18 +39,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 n += 1;
                 let stream = format!("crash-{w}");
                 // Every fifth append carries three events, to exercise atomic multi-event appends.
-                let count = if n % 5 == 0 { 3 } else { 1 };
+                let count = if n.is_multiple_of(5) { 3 } else { 1 };
                 let events: Vec<NewEvent> = (0..count)
                     .map(|i| {
                         let id = Uuid::new_v5(&run, format!("{w}-{n}-{i}").as_bytes());
                         let pad = "x".repeat(((n * 37 + u64::from(w)) % 1500) as usize);
                         let md = EventMetadata::at(chrono::DateTime::UNIX_EPOCH);
-                        NewEvent::json(id, "CrashTest", 1, &serde_json::json!({ "run": run, "n": n, "pad": pad }), md)
+                        NewEvent::json(
+                            id,
+                            "CrashTest",
+                            1,
+                            &serde_json::json!({ "run": run, "n": n, "pad": pad }),
+                            md,
+                        )
                     })
                     .collect::<Result<_, _>>()
                     .map_err(|e| e.to_string())?;
                 let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-                let r = log.append(&stream, ExpectedVersion::Any, events).await.map_err(|e| e.to_string())?;
+                let r = log
+                    .append(&stream, ExpectedVersion::Any, events)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let mut line = String::new();
                 for (i, id) in ids.iter().enumerate() {
                     let version = r.last_version + 1 + i as u64 - ids.len() as u64;
@@ -63,7 +76,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(tx);
     let mut out = std::io::stdout().lock();
     while let Some(line) = rx.recv().await {
-        if out.write_all(line.as_bytes()).and_then(|()| out.flush()).is_err() {
+        if out
+            .write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             break;
         }
     }
