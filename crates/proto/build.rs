@@ -1,0 +1,26 @@
+//! Compiles `proto/` with protox (pure Rust, so no system `protoc` is needed) and generates the
+//! tonic/prost bindings plus the encoded descriptor set that server reflection serves.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let files = [
+        "partnerledger/common/v1/common.proto",
+        "partnerledger/crm/v1/crm.proto",
+        "partnerledger/attribution/v1/attribution.proto",
+        "partnerledger/commissions/v1/commissions.proto",
+        "partnerledger/compliance/v1/compliance.proto",
+    ];
+    let fds = protox::compile(files.iter().map(|f| root.join(f)), [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    println!("cargo:rerun-if-changed={}", root.display());
+    Ok(())
+}

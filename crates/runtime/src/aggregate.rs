@@ -1,0 +1,367 @@
+//! Deciders and the loop that runs them against the event log.
+//!
+//! An [`Aggregate`] is pure: `decide(&state, &command)` returns events or a domain error, and
+//! `evolve(state, &event)` folds one event in. [`execute`] loads the stream, decides, and appends
+//! with the stream version it decided on; a concurrent writer makes the append fail, and the
+//! command is re-decided on fresh state (bounded retries), never written over.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use pl_eventlog::{EventMetadata, EventStore, ExpectedVersion, LogError, NewEvent, RecordedEvent};
+use serde::{de::DeserializeOwned, Serialize};
+use uuid::Uuid;
+
+/// Retries of a command that lost an optimistic-concurrency race before giving up (ABORTED).
+pub const MAX_CONFLICT_RETRIES: usize = 5;
+/// Events read per page when loading a stream.
+const LOAD_PAGE_EVENTS: usize = 1024;
+
+/// An event enum of one aggregate, stored as `{event_type: variant name, data: fields}`.
+///
+/// Implementations are `#[serde(tag = "type", content = "data")]` enums; the variant name is the
+/// event type in the log and `schema_version` lets old shapes be upcast in `upcast`.
+pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync {
+    /// Schema version written with every new event of this type.
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    /// Rewrites the JSON of an older schema version into the current shape. The default accepts
+    /// only the current version's shape as is.
+    fn upcast(
+        _event_type: &str,
+        _schema_version: u32,
+        data: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        Ok(data)
+    }
+}
+
+pub trait Aggregate {
+    type State: Default + Send;
+    type Command: Send + Sync;
+    type Event: DomainEvent;
+    type Error: std::error::Error + Send;
+
+    fn decide(
+        state: &Self::State,
+        command: &Self::Command,
+    ) -> Result<Vec<Self::Event>, Self::Error>;
+    fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
+}
+
+/// Splits a domain event into the log's `(event_type, data)`.
+pub fn encode_event<E: DomainEvent>(event: &E) -> Result<(String, Bytes), serde_json::Error> {
+    let value = serde_json::to_value(event)?;
+    let serde_json::Value::Object(mut obj) = value else {
+        return Err(serde::ser::Error::custom(
+            "domain events must be tagged enums",
+        ));
+    };
+    let event_type = match obj.remove("type") {
+        Some(serde_json::Value::String(t)) => t,
+        _ => {
+            return Err(serde::ser::Error::custom(
+                "domain event has no string `type` tag",
+            ))
+        }
+    };
+    let data = obj.remove("data").unwrap_or(serde_json::Value::Null);
+    Ok((event_type, Bytes::from(serde_json::to_vec(&data)?)))
+}
+
+/// Rebuilds a domain event from a stored one, upcasting older schema versions.
+pub fn decode_event<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, String> {
+    let data: serde_json::Value = serde_json::from_slice(&recorded.data)
+        .map_err(|e| format!("event {} data: {e}", recorded.id))?;
+    let data = E::upcast(&recorded.event_type, recorded.schema_version, data)?;
+    serde_json::from_value(serde_json::json!({ "type": recorded.event_type, "data": data }))
+        .map_err(|e| format!("event {} ({}): {e}", recorded.id, recorded.event_type))
+}
+
+/// What a command carries besides its payload: business time, correlation, trace context, and
+/// where the ids of the events it produces come from.
+#[derive(Debug, Clone)]
+pub struct CommandMeta {
+    /// Event ids are UUIDv5(`id_seed`, index): the same request (same idempotency key, or the
+    /// same consumed event) always produces the same ids, so the log deduplicates a retry.
+    pub id_seed: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub trace_context: BTreeMap<String, String>,
+}
+
+impl CommandMeta {
+    pub fn event_id(&self, index: usize) -> Uuid {
+        Uuid::new_v5(&self.id_seed, index.to_string().as_bytes())
+    }
+
+    fn metadata(&self) -> EventMetadata {
+        EventMetadata {
+            occurred_at: self.occurred_at,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            trace_context: self.trace_context.clone(),
+        }
+    }
+}
+
+/// A stream's state as of its last event.
+#[derive(Debug)]
+pub struct Loaded<S> {
+    pub state: S,
+    /// Version of the last event, `None` when the stream does not exist.
+    pub version: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError<E> {
+    #[error(transparent)]
+    Domain(E),
+    #[error("stream {stream} kept changing under the command ({retries} retries)")]
+    Conflict { stream: String, retries: usize },
+    #[error("stored event is unreadable: {0}")]
+    Decode(String),
+    #[error(transparent)]
+    Store(LogError),
+}
+
+/// The outcome of a command: the state after it, and the events it appended (empty when the
+/// decider found nothing to do).
+#[derive(Debug)]
+pub struct Executed<S, E> {
+    pub state: S,
+    pub version: Option<u64>,
+    pub events: Vec<E>,
+}
+
+pub async fn load<A: Aggregate>(
+    store: &dyn EventStore,
+    stream: &str,
+) -> Result<Loaded<A::State>, ExecuteError<A::Error>> {
+    load_noting::<A>(store, stream, None)
+        .await
+        .map(|(loaded, _)| loaded)
+}
+
+/// Loads the stream and also returns the events already appended by the command `meta`
+/// describes (ids derived from its seed), so a retried command answers instead of re-deciding.
+async fn load_noting<A: Aggregate>(
+    store: &dyn EventStore,
+    stream: &str,
+    meta: Option<&CommandMeta>,
+) -> Result<(Loaded<A::State>, Vec<A::Event>), ExecuteError<A::Error>> {
+    let first_id = meta.map(|m| m.event_id(0));
+    let mut applied: Vec<A::Event> = Vec::new();
+    let mut state = A::State::default();
+    let mut version = None;
+    let mut from = 0;
+    loop {
+        let page = store
+            .read_stream(stream, from, LOAD_PAGE_EVENTS)
+            .await
+            .map_err(ExecuteError::Store)?;
+        let Some(last) = page.last() else {
+            return Ok((Loaded { state, version }, applied));
+        };
+        from = last.version + 1;
+        version = Some(last.version);
+        for recorded in &page {
+            let event = decode_event::<A::Event>(recorded).map_err(ExecuteError::Decode)?;
+            if let (Some(first), Some(meta)) = (first_id, meta) {
+                let ours = if applied.is_empty() {
+                    recorded.id == first
+                } else {
+                    recorded.id == meta.event_id(applied.len())
+                };
+                if ours {
+                    let again = decode_event::<A::Event>(recorded).map_err(ExecuteError::Decode)?;
+                    applied.push(again);
+                }
+            }
+            state = A::evolve(state, &event);
+        }
+    }
+}
+
+/// Load, decide, append at the decided version; on a lost race, repeat on fresh state.
+pub async fn execute<A: Aggregate>(
+    store: &dyn EventStore,
+    stream: &str,
+    command: &A::Command,
+    meta: &CommandMeta,
+) -> Result<Executed<A::State, A::Event>, ExecuteError<A::Error>> {
+    for _ in 0..=MAX_CONFLICT_RETRIES {
+        let (loaded, applied) = load_noting::<A>(store, stream, Some(meta)).await?;
+        if !applied.is_empty() {
+            // This very command was appended before (a retry after a lost response or a
+            // redelivered message): answer with what it did, never decide it twice.
+            return Ok(Executed {
+                state: loaded.state,
+                version: loaded.version,
+                events: applied,
+            });
+        }
+        let events = A::decide(&loaded.state, command).map_err(ExecuteError::Domain)?;
+        if events.is_empty() {
+            return Ok(Executed {
+                state: loaded.state,
+                version: loaded.version,
+                events,
+            });
+        }
+        let mut new_events = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let (event_type, data) =
+                encode_event(event).map_err(|e| ExecuteError::Decode(e.to_string()))?;
+            new_events.push(NewEvent {
+                id: meta.event_id(i),
+                event_type,
+                schema_version: event.schema_version(),
+                data,
+                metadata: meta.metadata(),
+            });
+        }
+        let expected = loaded
+            .version
+            .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+        match store.append(stream, expected, new_events).await {
+            Ok(result) => {
+                let state = events.iter().fold(loaded.state, A::evolve);
+                return Ok(Executed {
+                    state,
+                    version: Some(result.last_version),
+                    events,
+                });
+            }
+            Err(e) if e.is_conflict() => {
+                tracing::debug!(stream, "append lost a concurrency race; re-deciding");
+            }
+            Err(e) => return Err(ExecuteError::Store(e)),
+        }
+    }
+    Err(ExecuteError::Conflict {
+        stream: stream.to_owned(),
+        retries: MAX_CONFLICT_RETRIES,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pl_eventlog::MemoryLog;
+    use serde::Deserialize;
+
+    use super::*;
+
+    /// A counter that refuses to go above a limit: enough to exercise decide/evolve/execute.
+    struct Counter;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(tag = "type", content = "data")]
+    enum CounterEvent {
+        Incremented { by: u32 },
+    }
+    impl DomainEvent for CounterEvent {}
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("limit reached")]
+    struct LimitReached;
+
+    impl Aggregate for Counter {
+        type State = u32;
+        type Command = u32;
+        type Event = CounterEvent;
+        type Error = LimitReached;
+
+        fn decide(state: &u32, by: &u32) -> Result<Vec<CounterEvent>, LimitReached> {
+            if state + by > 10 {
+                return Err(LimitReached);
+            }
+            Ok(vec![CounterEvent::Incremented { by: *by }])
+        }
+
+        fn evolve(state: u32, event: &CounterEvent) -> u32 {
+            match event {
+                CounterEvent::Incremented { by } => state + by,
+            }
+        }
+    }
+
+    fn meta(seed: u128) -> CommandMeta {
+        CommandMeta {
+            id_seed: Uuid::from_u128(seed),
+            occurred_at: DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+            correlation_id: None,
+            causation_id: None,
+            trace_context: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_appends_its_events_and_returns_the_new_state() {
+        let store = MemoryLog::default();
+        let r = execute::<Counter>(&store, "counter-1", &3, &meta(1))
+            .await
+            .unwrap();
+        assert_eq!((r.state, r.version), (3, Some(0)));
+        let r = execute::<Counter>(&store, "counter-1", &4, &meta(2))
+            .await
+            .unwrap();
+        assert_eq!((r.state, r.version), (7, Some(1)));
+        let stored = store.read_stream("counter-1", 0, 10).await.unwrap();
+        assert_eq!(stored[1].event_type, "Incremented");
+        assert_eq!(
+            decode_event::<CounterEvent>(&stored[1]).unwrap(),
+            CounterEvent::Incremented { by: 4 }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rule_violation_appends_nothing() {
+        let store = MemoryLog::default();
+        execute::<Counter>(&store, "counter-1", &8, &meta(1))
+            .await
+            .unwrap();
+        let err = execute::<Counter>(&store, "counter-1", &3, &meta(2))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExecuteError::Domain(LimitReached)));
+        assert_eq!(store.stream_version("counter-1").await.unwrap(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn concurrent_commands_are_re_decided_not_overwritten() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryLog::default());
+        let tasks: Vec<_> = (0..8u128)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    execute::<Counter>(store.as_ref(), "c", &1, &meta(100 + i)).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let loaded = load::<Counter>(store.as_ref(), "c").await.unwrap();
+        assert_eq!((loaded.state, loaded.version), (8, Some(7)));
+    }
+
+    #[tokio::test]
+    async fn a_retried_command_answers_with_what_it_did_instead_of_applying_twice() {
+        let store = MemoryLog::default();
+        let m = meta(7);
+        let first = execute::<Counter>(&store, "c", &2, &m).await.unwrap();
+        // A retry after a lost response finds its own events (ids derive from the request) and
+        // answers with them instead of incrementing again.
+        let retry = execute::<Counter>(&store, "c", &2, &m).await.unwrap();
+        assert_eq!(retry.events, first.events);
+        assert_eq!((retry.state, retry.version), (2, Some(0)));
+        assert_eq!(store.stream_version("c").await.unwrap(), Some(0));
+    }
+}
