@@ -1,0 +1,199 @@
+//! Idempotent consumers: the consumer runner and derived event ids.
+//!
+//! Delivery is at least once (a crash before the ack, a lost ack, an ack wait that expires while
+//! the handler is still working: each means the same message again). A handler is idempotent
+//! by construction when every event it appends has an id derived from the consumed message's id
+//! with [`derived_event_id`]: on a redelivery it appends the very same events, and the event
+//! log's idempotent re-append returns the original result and writes nothing. A handler that
+//! appends with `ExpectedVersion::Exact` should treat a version conflict whose cause is its own
+//! earlier append as success (re-read, find its derived id, ack).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::BusError;
+use crate::message::Message;
+use crate::port::Consumer;
+
+/// Namespace of every derived event id: UUIDv5 of `urn:partner-ledger:derived-event-id` in the
+/// URL namespace. Never change it: stored ids were derived with it.
+pub const DERIVED_EVENT_ID_NAMESPACE: Uuid =
+    Uuid::from_u128(0x5fcbe6a5_7024_5bf1_9559_c170ad886021);
+
+/// The id of an event written in reaction to `consumed_event_id`, one per `purpose` (a handler
+/// writing several events uses a purpose for each, e.g. `"accrue:partner-42"`). Deterministic,
+/// so a redelivered message yields the same ids and appends nothing new.
+pub fn derived_event_id(consumed_event_id: Uuid, purpose: &str) -> Uuid {
+    let mut name = Vec::with_capacity(16 + 1 + purpose.len());
+    name.extend_from_slice(consumed_event_id.as_bytes());
+    // The id is fixed-width, so no separator is needed to keep (id, purpose) pairs distinct;
+    // one is kept anyway so the name reads well in a hex dump.
+    name.push(b':');
+    name.extend_from_slice(purpose.as_bytes());
+    Uuid::new_v5(&DERIVED_EVENT_ID_NAMESPACE, &name)
+}
+
+/// Why a handler did not handle a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    /// May succeed later (a dependency is down, a version conflict): nak with backoff. After
+    /// the consumer's `max_deliver` deliveries it is dead-lettered.
+    #[error("retryable: {0}")]
+    Retry(String),
+    /// Will never succeed (malformed payload, unknown schema version): dead-letter now.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// Timing of [`run_consumer_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerConfig {
+    /// Nak delay after the first failed delivery; doubled per delivery up to the max.
+    pub retry_backoff_min_ms: u64,
+    pub retry_backoff_max_ms: u64,
+    /// A handler still running after this long counts as a retryable failure.
+    pub handler_timeout_ms: u64,
+    /// Wait between attempts while the bus itself is failing (doubles up to this).
+    pub bus_backoff_max_ms: u64,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            retry_backoff_min_ms: 100,
+            retry_backoff_max_ms: 30_000,
+            handler_timeout_ms: 30_000,
+            bus_backoff_max_ms: 2_000,
+        }
+    }
+}
+
+/// [`run_consumer_with`] with [`RunnerConfig::default`].
+pub async fn run_consumer<H, Fut>(
+    consumer: Box<dyn Consumer>,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), BusError>
+where
+    H: FnMut(Message) -> Fut + Send,
+    Fut: Future<Output = Result<(), HandleError>> + Send,
+{
+    run_consumer_with(consumer, handler, shutdown, RunnerConfig::default()).await
+}
+
+/// Hands each delivered message to `handler`, one at a time, until `shutdown`: `Ok` acks,
+/// [`HandleError::Retry`] (or a handler timeout) naks with capped exponential backoff,
+/// [`HandleError::Permanent`] dead-letters. Bus outages are waited out with backoff; only a
+/// non-retryable bus error ends the loop early. A message in hand when `shutdown` fires is
+/// finished first.
+pub async fn run_consumer_with<H, Fut>(
+    mut consumer: Box<dyn Consumer>,
+    mut handler: H,
+    shutdown: CancellationToken,
+    config: RunnerConfig,
+) -> Result<(), BusError>
+where
+    H: FnMut(Message) -> Fut + Send,
+    Fut: Future<Output = Result<(), HandleError>> + Send,
+{
+    let mut bus_backoff_ms = 0_u64;
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Ok(d) => {
+                bus_backoff_ms = 0;
+                d
+            }
+            Err(e) if e.is_retryable() => {
+                bus_backoff_ms = (bus_backoff_ms * 2).clamp(50, config.bus_backoff_max_ms.max(50));
+                tracing::warn!(error = %e, backoff_ms = bus_backoff_ms, "consumer receive failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_millis(bus_backoff_ms)) => continue,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let message_id = delivery.message.id;
+        let delivered_count = delivery.delivered_count;
+        let outcome = tokio::time::timeout(
+            Duration::from_millis(config.handler_timeout_ms),
+            handler(delivery.message.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(HandleError::Retry("handler timed out".to_owned())));
+        let settled = match outcome {
+            Ok(()) => delivery.ack().await,
+            Err(HandleError::Retry(reason)) => {
+                let delay_ms = retry_delay_ms(&config, delivered_count);
+                tracing::info!(%message_id, delivered_count, delay_ms, reason, "handler failed, retrying");
+                delivery.nak(delay_ms).await
+            }
+            Err(HandleError::Permanent(reason)) => delivery.dead_letter(&reason).await,
+        };
+        if let Err(e) = settled {
+            // Unsettled means redelivered after the ack wait: the idempotent handler absorbs it.
+            tracing::warn!(%message_id, error = %e, "settling a delivery failed");
+        }
+    }
+}
+
+fn retry_delay_ms(config: &RunnerConfig, delivered_count: u32) -> u64 {
+    let doublings = delivered_count.saturating_sub(1).min(32);
+    config
+        .retry_backoff_min_ms
+        .saturating_mul(1_u64 << doublings)
+        .min(config.retry_backoff_max_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_namespace_is_the_documented_v5_name() {
+        assert_eq!(
+            DERIVED_EVENT_ID_NAMESPACE,
+            Uuid::new_v5(&Uuid::NAMESPACE_URL, b"urn:partner-ledger:derived-event-id")
+        );
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct_per_purpose() {
+        let consumed = Uuid::from_u128(42);
+        assert_eq!(
+            derived_event_id(consumed, "accrue"),
+            derived_event_id(consumed, "accrue")
+        );
+        assert_ne!(
+            derived_event_id(consumed, "accrue"),
+            derived_event_id(consumed, "hold")
+        );
+        assert_ne!(
+            derived_event_id(consumed, "accrue"),
+            derived_event_id(Uuid::from_u128(43), "accrue")
+        );
+        assert_eq!(derived_event_id(consumed, "accrue").get_version_num(), 5);
+    }
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_cap() {
+        let c = RunnerConfig {
+            retry_backoff_min_ms: 100,
+            retry_backoff_max_ms: 1000,
+            ..RunnerConfig::default()
+        };
+        assert_eq!(retry_delay_ms(&c, 1), 100);
+        assert_eq!(retry_delay_ms(&c, 2), 200);
+        assert_eq!(retry_delay_ms(&c, 4), 800);
+        assert_eq!(retry_delay_ms(&c, 5), 1000);
+        assert_eq!(retry_delay_ms(&c, u32::MAX), 1000);
+    }
+}

@@ -1,0 +1,474 @@
+//! The in-process bus for `up` mode (one process, no servers): JetStream's consumer semantics
+//! (durable consumers, wildcard filters, dedupe by id, ack wait, nak delay, max deliver then
+//! dead letter) over a bounded in-memory queue.
+//!
+//! Retention is by interest: a message is kept until every consumer whose filters match it has
+//! acked (or dead-lettered) it, and dropped at once when no consumer matches it. A new durable
+//! consumer therefore sees only messages published after it was created, so a composition root
+//! creates its consumers before it starts the relay. Hard caps (`max_messages`, `max_bytes`)
+//! bound memory: when a slow consumer holds the oldest message, `publish` returns
+//! [`BusError::Full`] (backpressure; the relay retries) instead of growing.
+//!
+//! Nothing survives the process: unacked messages are lost on exit. The event log is the truth
+//! and the relay's checkpoint says what was published, so `up` mode trades at-least-once across
+//! a crash for having no servers; use [`crate::NatsBus`] where that matters.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::error::BusError;
+use crate::message::{check_token, dead_letter_subject, subject_matches, Message};
+use crate::port::{dead_letter_message, Acker, Bus, Consumer, ConsumerSpec, Delivery};
+
+/// Bounds of the in-process bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InProcessConfig {
+    /// Every subject is under `<subject_prefix>.`, like the NATS stream's `<prefix>.>`.
+    pub subject_prefix: String,
+    /// Messages retained (waiting for some consumer's ack) before `publish` returns `Full`.
+    pub max_messages: usize,
+    /// Payload bytes retained before `publish` returns `Full`.
+    pub max_bytes: usize,
+    pub max_payload_bytes: usize,
+    /// A re-published id within this time is dropped as a duplicate...
+    pub duplicate_window_ms: u64,
+    /// ...as long as it is among the last this many ids (bounds the dedupe set's memory).
+    pub max_duplicate_ids: usize,
+    pub max_consumers: usize,
+}
+
+impl InProcessConfig {
+    pub fn new(subject_prefix: impl Into<String>) -> Self {
+        Self {
+            subject_prefix: subject_prefix.into(),
+            max_messages: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+            max_payload_bytes: 1024 * 1024,
+            duplicate_window_ms: 10 * 60 * 1000,
+            max_duplicate_ids: 1_000_000,
+            max_consumers: 256,
+        }
+    }
+}
+
+/// See the module docs. Cheap to clone; clones share one bus.
+#[derive(Debug, Clone)]
+pub struct InProcessBus {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: InProcessConfig,
+    state: Mutex<State>,
+    /// Bumped on every change a waiting consumer may care about (publish, ack, nak).
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Retained messages; the front has sequence `first_seq`.
+    messages: VecDeque<Message>,
+    first_seq: u64,
+    retained_bytes: usize,
+    dedupe: HashSet<Uuid>,
+    dedupe_order: VecDeque<(Uuid, Instant)>,
+    consumers: BTreeMap<String, ConsumerState>,
+}
+
+#[derive(Debug)]
+struct ConsumerState {
+    spec: ConsumerSpec,
+    /// The next sequence this consumer has not looked at yet.
+    cursor: u64,
+    /// Delivered, not yet acked, by sequence.
+    pending: BTreeMap<u64, Pending>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    delivered_count: u32,
+    /// When it is due for (re)delivery.
+    due: Instant,
+}
+
+impl ConsumerState {
+    fn matches(&self, subject: &str) -> bool {
+        self.spec
+            .filter_subjects
+            .iter()
+            .any(|f| subject_matches(f, subject))
+    }
+
+    /// True when this consumer no longer needs the message at `seq`.
+    fn done_with(&self, seq: u64, subject: &str) -> bool {
+        !self.matches(subject) || (seq < self.cursor && !self.pending.contains_key(&seq))
+    }
+}
+
+enum Next {
+    Deliver(Message, u32, u64),
+    DeadLetter(Message, u32, u64),
+    Wait(Option<Instant>),
+}
+
+impl State {
+    fn next_seq(&self) -> u64 {
+        self.first_seq + self.messages.len() as u64
+    }
+
+    /// Drops messages from the front that no consumer needs any more.
+    fn trim(&mut self) {
+        while let Some(front) = self.messages.front() {
+            let seq = self.first_seq;
+            if !self
+                .consumers
+                .values()
+                .all(|c| c.done_with(seq, &front.subject))
+            {
+                break;
+            }
+            self.retained_bytes -= front.payload.len();
+            self.messages.pop_front();
+            self.first_seq += 1;
+        }
+    }
+
+    fn expire_dedupe(&mut self, now: Instant, window: Duration) {
+        while let Some(&(id, at)) = self.dedupe_order.front() {
+            if now.duration_since(at) < window {
+                break;
+            }
+            self.dedupe.remove(&id);
+            self.dedupe_order.pop_front();
+        }
+    }
+
+    fn append(
+        &mut self,
+        config: &InProcessConfig,
+        msg: Message,
+        now: Instant,
+    ) -> Result<(), BusError> {
+        self.expire_dedupe(now, Duration::from_millis(config.duplicate_window_ms));
+        if self.dedupe.contains(&msg.id) {
+            tracing::debug!(message_id = %msg.id, "duplicate publish dropped");
+            return Ok(());
+        }
+        self.trim();
+        if self.messages.len() >= config.max_messages {
+            return Err(BusError::Full {
+                what: "retained messages",
+                actual: self.messages.len() as u64,
+                limit: config.max_messages as u64,
+            });
+        }
+        let bytes = self.retained_bytes + msg.payload.len();
+        if bytes > config.max_bytes {
+            return Err(BusError::Full {
+                what: "retained bytes",
+                actual: bytes as u64,
+                limit: config.max_bytes as u64,
+            });
+        }
+        self.dedupe.insert(msg.id);
+        self.dedupe_order.push_back((msg.id, now));
+        while self.dedupe_order.len() > config.max_duplicate_ids {
+            if let Some((old, _)) = self.dedupe_order.pop_front() {
+                self.dedupe.remove(&old);
+            }
+        }
+        self.retained_bytes = bytes;
+        self.messages.push_back(msg);
+        // A message nobody is interested in goes at once.
+        self.trim();
+        Ok(())
+    }
+
+    fn next_for(&mut self, name: &str, now: Instant) -> Next {
+        let State {
+            messages,
+            first_seq,
+            consumers,
+            ..
+        } = self;
+        let first_seq = *first_seq;
+        let message_at = |seq: u64| {
+            usize::try_from(seq.checked_sub(first_seq)?)
+                .ok()
+                .and_then(|i| messages.get(i))
+        };
+        let Some(c) = consumers.get_mut(name) else {
+            return Next::Wait(None);
+        };
+        let ack_wait = Duration::from_millis(c.spec.ack_wait_ms);
+        // Redeliveries first, oldest sequence first.
+        if let Some((&seq, p)) = c.pending.iter_mut().find(|(_, p)| p.due <= now) {
+            let count = p.delivered_count;
+            if count >= c.spec.max_deliver {
+                // Delivered max_deliver times without an ack (the handler crashed or hung).
+                c.pending.remove(&seq);
+                return match message_at(seq) {
+                    Some(m) => Next::DeadLetter(m.clone(), count, seq),
+                    None => Next::Wait(None),
+                };
+            }
+            p.delivered_count += 1;
+            p.due = now + ack_wait;
+            return match message_at(seq) {
+                Some(m) => Next::Deliver(m.clone(), count + 1, seq),
+                None => Next::Wait(None),
+            };
+        }
+        if c.pending.len() < c.spec.max_ack_pending as usize {
+            c.cursor = c.cursor.max(first_seq);
+            while let Some(m) = message_at(c.cursor) {
+                let seq = c.cursor;
+                c.cursor += 1;
+                if c.matches(&m.subject) {
+                    c.pending.insert(
+                        seq,
+                        Pending {
+                            delivered_count: 1,
+                            due: now + ack_wait,
+                        },
+                    );
+                    return Next::Deliver(m.clone(), 1, seq);
+                }
+            }
+        }
+        Next::Wait(c.pending.values().map(|p| p.due).min())
+    }
+}
+
+impl InProcessBus {
+    pub fn new(config: InProcessConfig) -> Result<Self, BusError> {
+        check_token(&config.subject_prefix)
+            .map_err(|reason| BusError::InvalidConfig(format!("subject prefix: {reason}")))?;
+        if config.max_messages == 0 || config.max_bytes == 0 || config.max_duplicate_ids == 0 {
+            return Err(BusError::InvalidConfig(
+                "max_messages, max_bytes and max_duplicate_ids must be positive".to_owned(),
+            ));
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                state: Mutex::new(State {
+                    messages: VecDeque::new(),
+                    first_seq: 1,
+                    retained_bytes: 0,
+                    dedupe: HashSet::new(),
+                    dedupe_order: VecDeque::new(),
+                    consumers: BTreeMap::new(),
+                }),
+                changed: watch::Sender::new(0),
+            }),
+        })
+    }
+
+    /// Messages currently retained (published, not yet acked by every interested consumer).
+    pub fn retained_messages(&self) -> usize {
+        self.shared.state.lock().messages.len()
+    }
+}
+
+impl Shared {
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn publish(&self, msg: Message) -> Result<(), BusError> {
+        msg.validate(&self.config.subject_prefix, self.config.max_payload_bytes)?;
+        self.state
+            .lock()
+            .append(&self.config, msg, Instant::now())?;
+        self.notify();
+        Ok(())
+    }
+
+    fn settle(&self, name: &str, seq: u64, settle: Settle) {
+        let mut state = self.state.lock();
+        if let Some(c) = state.consumers.get_mut(name) {
+            match settle {
+                Settle::Ack => {
+                    c.pending.remove(&seq);
+                }
+                Settle::Nak(delay) => {
+                    if let Some(p) = c.pending.get_mut(&seq) {
+                        p.due = Instant::now() + delay;
+                    }
+                }
+            }
+        }
+        state.trim();
+        drop(state);
+        self.notify();
+    }
+}
+
+enum Settle {
+    Ack,
+    Nak(Duration),
+}
+
+#[async_trait]
+impl Bus for InProcessBus {
+    async fn publish(&self, msg: Message) -> Result<(), BusError> {
+        self.shared.publish(msg)
+    }
+
+    async fn consumer(&self, spec: ConsumerSpec) -> Result<Box<dyn Consumer>, BusError> {
+        spec.validate()?;
+        let mut state = self.shared.state.lock();
+        let next_seq = state.next_seq();
+        let count = state.consumers.len();
+        match state.consumers.get_mut(&spec.durable_name) {
+            Some(existing) => existing.spec = spec.clone(),
+            None => {
+                if count >= self.shared.config.max_consumers {
+                    return Err(BusError::Full {
+                        what: "consumers",
+                        actual: count as u64,
+                        limit: self.shared.config.max_consumers as u64,
+                    });
+                }
+                state.consumers.insert(
+                    spec.durable_name.clone(),
+                    ConsumerState {
+                        spec: spec.clone(),
+                        cursor: next_seq,
+                        pending: BTreeMap::new(),
+                    },
+                );
+            }
+        }
+        drop(state);
+        Ok(Box::new(InProcessConsumer {
+            shared: Arc::clone(&self.shared),
+            changed: self.shared.changed.subscribe(),
+            dead_letter_subject: dead_letter_subject(
+                &self.shared.config.subject_prefix,
+                &spec.durable_name,
+            ),
+            spec,
+        }))
+    }
+}
+
+struct InProcessConsumer {
+    shared: Arc<Shared>,
+    changed: watch::Receiver<u64>,
+    spec: ConsumerSpec,
+    dead_letter_subject: String,
+}
+
+#[async_trait]
+impl Consumer for InProcessConsumer {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            // Mark the current version seen before looking, so a change made after the look
+            // wakes the wait below.
+            self.changed.borrow_and_update();
+            let now = Instant::now();
+            let next = self
+                .shared
+                .state
+                .lock()
+                .next_for(&self.spec.durable_name, now);
+            match next {
+                Next::Deliver(message, delivered_count, seq) => {
+                    let acker = InProcessAcker {
+                        shared: Arc::clone(&self.shared),
+                        name: self.spec.durable_name.clone(),
+                        seq,
+                    };
+                    return Ok(Delivery::new(
+                        message,
+                        delivered_count,
+                        &self.spec,
+                        self.dead_letter_subject.clone(),
+                        Box::new(acker),
+                    ));
+                }
+                Next::DeadLetter(message, delivered_count, seq) => {
+                    let letter = dead_letter_message(
+                        &message,
+                        &self.dead_letter_subject,
+                        &self.spec.durable_name,
+                        delivered_count,
+                        "not acknowledged after max_deliver deliveries",
+                    );
+                    tracing::warn!(
+                        consumer = %self.spec.durable_name,
+                        message_id = %message.id,
+                        delivered_count,
+                        "dead-lettering unacknowledged message"
+                    );
+                    if let Err(e) = self.shared.publish(letter) {
+                        // Put it back so it is dead-lettered once there is room.
+                        let mut state = self.shared.state.lock();
+                        if let Some(c) = state.consumers.get_mut(&self.spec.durable_name) {
+                            c.pending.insert(
+                                seq,
+                                Pending {
+                                    delivered_count,
+                                    due: now + Duration::from_millis(self.spec.ack_wait_ms),
+                                },
+                            );
+                        }
+                        return Err(e);
+                    }
+                    self.shared
+                        .settle(&self.spec.durable_name, seq, Settle::Ack);
+                }
+                Next::Wait(deadline) => {
+                    let sleep = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = self.changed.changed() => {}
+                        () = sleep => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct InProcessAcker {
+    shared: Arc<Shared>,
+    name: String,
+    seq: u64,
+}
+
+#[async_trait]
+impl Acker for InProcessAcker {
+    async fn ack(&self) -> Result<(), BusError> {
+        self.shared.settle(&self.name, self.seq, Settle::Ack);
+        Ok(())
+    }
+
+    async fn nak(&self, delay: Duration) -> Result<(), BusError> {
+        self.shared.settle(&self.name, self.seq, Settle::Nak(delay));
+        Ok(())
+    }
+
+    async fn term(&self) -> Result<(), BusError> {
+        self.shared.settle(&self.name, self.seq, Settle::Ack);
+        Ok(())
+    }
+
+    async fn publish(&self, msg: Message) -> Result<(), BusError> {
+        self.shared.publish(msg)
+    }
+}
