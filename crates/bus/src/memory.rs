@@ -162,6 +162,13 @@ impl State {
             tracing::debug!(message_id = %msg.id, "duplicate publish dropped");
             return Ok(());
         }
+        let interested = self.consumers.values().any(|c| c.matches(&msg.subject));
+        if !interested {
+            // Nobody would ever see it: remember the id (a later duplicate is still one), keep
+            // nothing else.
+            self.remember(config, msg.id, now);
+            return Ok(());
+        }
         self.trim();
         if self.messages.len() >= config.max_messages {
             return Err(BusError::Full {
@@ -178,18 +185,20 @@ impl State {
                 limit: config.max_bytes as u64,
             });
         }
-        self.dedupe.insert(msg.id);
-        self.dedupe_order.push_back((msg.id, now));
+        self.remember(config, msg.id, now);
+        self.retained_bytes = bytes;
+        self.messages.push_back(msg);
+        Ok(())
+    }
+
+    fn remember(&mut self, config: &InProcessConfig, id: Uuid, now: Instant) {
+        self.dedupe.insert(id);
+        self.dedupe_order.push_back((id, now));
         while self.dedupe_order.len() > config.max_duplicate_ids {
             if let Some((old, _)) = self.dedupe_order.pop_front() {
                 self.dedupe.remove(&old);
             }
         }
-        self.retained_bytes = bytes;
-        self.messages.push_back(msg);
-        // A message nobody is interested in goes at once.
-        self.trim();
-        Ok(())
     }
 
     fn next_for(&mut self, name: &str, now: Instant) -> Next {

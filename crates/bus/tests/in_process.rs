@@ -1,0 +1,290 @@
+//! The in-process bus keeps JetStream's consumer semantics within hard memory bounds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use common::{assert_quiet, msg, next, spec};
+use pl_bus::{
+    run_consumer, Bus, BusError, ConsumerSpec, HandleError, InProcessBus, InProcessConfig,
+    DLQ_ORIGINAL_ID_HEADER, DLQ_ORIGINAL_SUBJECT_HEADER, DLQ_REASON_HEADER,
+};
+use tokio_util::sync::CancellationToken;
+
+fn bus() -> InProcessBus {
+    InProcessBus::new(InProcessConfig::new("pl")).unwrap()
+}
+
+#[tokio::test]
+async fn every_durable_consumer_sees_every_matching_message() {
+    let bus = bus();
+    let mut a = bus.consumer(spec("a", &["pl.crm.>"])).await.unwrap();
+    let mut b = bus.consumer(spec("b", &["pl.crm.>"])).await.unwrap();
+    for n in 1..=3 {
+        bus.publish(msg("pl.crm.PartnerApproved", n)).await.unwrap();
+    }
+    for consumer in [&mut a, &mut b] {
+        for n in 1..=3 {
+            let d = next(consumer).await;
+            assert_eq!(d.message.id.as_u128(), n);
+            assert_eq!(d.delivered_count, 1);
+            d.ack().await.unwrap();
+        }
+    }
+    assert_eq!(bus.retained_messages(), 0, "acked by all, so released");
+}
+
+#[tokio::test]
+async fn wildcard_filters_select_by_token() {
+    let bus = bus();
+    let mut star = bus
+        .consumer(spec("star", &["pl.*.Approved"]))
+        .await
+        .unwrap();
+    let mut many = bus
+        .consumer(spec("many", &["pl.crm.>", "pl.compliance.HoldPlaced"]))
+        .await
+        .unwrap();
+    bus.publish(msg("pl.crm.Approved", 1)).await.unwrap();
+    bus.publish(msg("pl.attribution.Approved", 2))
+        .await
+        .unwrap();
+    bus.publish(msg("pl.crm.deep.Other", 3)).await.unwrap();
+    bus.publish(msg("pl.compliance.HoldPlaced", 4))
+        .await
+        .unwrap();
+    bus.publish(msg("pl.compliance.HoldReleased", 5))
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let d = next(&mut star).await;
+        seen.push(d.message.id.as_u128());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(seen, [1, 2]);
+    assert_quiet(&mut star, 50).await;
+
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut many).await;
+        seen.push(d.message.id.as_u128());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(seen, [1, 3, 4]);
+    assert_quiet(&mut many, 50).await;
+    assert_eq!(bus.retained_messages(), 0);
+}
+
+#[tokio::test]
+async fn a_republished_id_is_delivered_once() {
+    let bus = bus();
+    let mut c = bus.consumer(spec("c", &["pl.>"])).await.unwrap();
+    bus.publish(msg("pl.crm.X", 7)).await.unwrap();
+    bus.publish(msg("pl.crm.X", 7)).await.unwrap();
+    bus.publish(msg("pl.crm.X", 8)).await.unwrap();
+    let d = next(&mut c).await;
+    assert_eq!(d.message.id.as_u128(), 7);
+    d.ack().await.unwrap();
+    // Still a duplicate after the first copy was acked and released.
+    bus.publish(msg("pl.crm.X", 7)).await.unwrap();
+    let d = next(&mut c).await;
+    assert_eq!(d.message.id.as_u128(), 8);
+    d.ack().await.unwrap();
+    assert_quiet(&mut c, 50).await;
+}
+
+#[tokio::test]
+async fn a_nak_redelivers_after_its_delay() {
+    let bus = bus();
+    let mut c = bus.consumer(spec("c", &["pl.>"])).await.unwrap();
+    bus.publish(msg("pl.crm.X", 1)).await.unwrap();
+    bus.publish(msg("pl.crm.X", 2)).await.unwrap();
+    let first = next(&mut c).await;
+    assert_eq!(first.message.id.as_u128(), 1);
+    first.nak(100).await.unwrap();
+    // The other message is not held up by the delayed one.
+    let second = next(&mut c).await;
+    assert_eq!(second.message.id.as_u128(), 2);
+    second.ack().await.unwrap();
+    let again = next(&mut c).await;
+    assert_eq!(again.message.id.as_u128(), 1);
+    assert_eq!(again.delivered_count, 2);
+    again.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unacked_delivery_comes_back_after_ack_wait_even_to_a_new_handle() {
+    let bus = bus();
+    let s = ConsumerSpec {
+        ack_wait_ms: 150,
+        ..spec("c", &["pl.>"])
+    };
+    let mut c = bus.consumer(s.clone()).await.unwrap();
+    bus.publish(msg("pl.crm.X", 1)).await.unwrap();
+    let d = next(&mut c).await;
+    drop(d); // a crash: never settled
+    drop(c);
+    let mut c = bus.consumer(s).await.unwrap();
+    let d = next(&mut c).await;
+    assert_eq!(d.message.id.as_u128(), 1);
+    assert_eq!(d.delivered_count, 2);
+    d.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_failing_max_deliver_times_goes_to_the_dead_letter_subject() {
+    let bus = bus();
+    let mut dlq = bus
+        .consumer(spec("dlq-reader", &["pl.dlq.>"]))
+        .await
+        .unwrap();
+    let mut c = bus
+        .consumer(ConsumerSpec {
+            max_deliver: 3,
+            ..spec("worker", &["pl.crm.>"])
+        })
+        .await
+        .unwrap();
+    bus.publish(msg("pl.crm.Bad", 1)).await.unwrap();
+    for attempt in 1..=3 {
+        let d = next(&mut c).await;
+        assert_eq!(d.delivered_count, attempt);
+        d.nak(0).await.unwrap();
+    }
+    assert_quiet(&mut c, 50).await;
+    let letter = next(&mut dlq).await;
+    assert_eq!(letter.message.subject, "pl.dlq.worker");
+    assert_eq!(
+        letter.message.headers[DLQ_ORIGINAL_SUBJECT_HEADER],
+        "pl.crm.Bad"
+    );
+    assert_eq!(
+        letter.message.headers[DLQ_ORIGINAL_ID_HEADER],
+        msg("pl.crm.Bad", 1).id.to_string()
+    );
+    assert_eq!(letter.message.payload, msg("pl.crm.Bad", 1).payload);
+    letter.ack().await.unwrap();
+    assert_eq!(bus.retained_messages(), 0);
+}
+
+#[tokio::test]
+async fn a_message_never_acked_is_dead_lettered_after_max_deliver() {
+    let bus = bus();
+    let mut dlq = bus
+        .consumer(spec("dlq-reader", &["pl.dlq.>"]))
+        .await
+        .unwrap();
+    let mut c = bus
+        .consumer(ConsumerSpec {
+            max_deliver: 2,
+            ack_wait_ms: 50,
+            ..spec("worker", &["pl.crm.>"])
+        })
+        .await
+        .unwrap();
+    bus.publish(msg("pl.crm.Hang", 1)).await.unwrap();
+    for attempt in 1..=2 {
+        let d = next(&mut c).await;
+        assert_eq!(d.delivered_count, attempt);
+        drop(d); // handler hung or crashed
+    }
+    // The wait for a third delivery is what dead-letters it.
+    assert_quiet(&mut c, 200).await;
+    let letter = next(&mut dlq).await;
+    assert_eq!(
+        letter.message.headers[DLQ_ORIGINAL_SUBJECT_HEADER],
+        "pl.crm.Hang"
+    );
+    assert!(letter.message.headers[DLQ_REASON_HEADER].contains("max_deliver"));
+}
+
+#[tokio::test]
+async fn publish_pushes_back_when_a_slow_consumer_holds_the_cap() {
+    let bus = InProcessBus::new(InProcessConfig {
+        max_messages: 3,
+        ..InProcessConfig::new("pl")
+    })
+    .unwrap();
+    let mut c = bus.consumer(spec("slow", &["pl.crm.>"])).await.unwrap();
+    for n in 1..=3 {
+        bus.publish(msg("pl.crm.X", n)).await.unwrap();
+    }
+    let full = bus.publish(msg("pl.crm.X", 4)).await.unwrap_err();
+    assert!(matches!(full, BusError::Full { .. }), "{full}");
+    assert!(full.is_retryable());
+    next(&mut c).await.ack().await.unwrap();
+    bus.publish(msg("pl.crm.X", 4)).await.unwrap();
+    // Nobody is interested in this subject, so it is not retained at all.
+    bus.publish(msg("pl.other", 5)).await.unwrap();
+    assert_eq!(bus.retained_messages(), 3);
+}
+
+#[tokio::test]
+async fn messages_outside_the_prefix_or_with_reserved_headers_are_refused() {
+    let bus = bus();
+    let wrong = bus.publish(msg("other.crm.X", 1)).await.unwrap_err();
+    assert!(matches!(wrong, BusError::InvalidSubject { .. }), "{wrong}");
+    let mut m = msg("pl.crm.X", 2);
+    m.headers.insert("Nats-Msg-Id".into(), "x".into());
+    assert!(!bus.publish(m).await.unwrap_err().is_retryable());
+    let bad = bus.consumer(spec("a.b", &["pl.>"])).await.err().unwrap();
+    assert!(matches!(bad, BusError::InvalidConfig(_)), "{bad}");
+}
+
+#[tokio::test]
+async fn the_runner_acks_retries_and_dead_letters_by_handler_outcome() {
+    let bus = bus();
+    let mut dlq = bus
+        .consumer(spec("dlq-reader", &["pl.dlq.>"]))
+        .await
+        .unwrap();
+    let consumer = bus
+        .consumer(ConsumerSpec {
+            max_deliver: 5,
+            ..spec("runner", &["pl.crm.>"])
+        })
+        .await
+        .unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let handler = {
+        let attempts = attempts.clone();
+        move |m: pl_bus::Message| {
+            let attempts = attempts.clone();
+            let done_tx = done_tx.clone();
+            async move {
+                match m.id.as_u128() {
+                    // Fails twice, then succeeds.
+                    1 if attempts.fetch_add(1, Ordering::SeqCst) < 2 => {
+                        Err(HandleError::Retry("not yet".into()))
+                    }
+                    2 => Err(HandleError::Permanent("malformed".into())),
+                    n => {
+                        done_tx.send(n).await.unwrap();
+                        Ok(())
+                    }
+                }
+            }
+        }
+    };
+    let runner = tokio::spawn(run_consumer(consumer, handler, shutdown.clone()));
+    bus.publish(msg("pl.crm.X", 1)).await.unwrap();
+    bus.publish(msg("pl.crm.X", 2)).await.unwrap();
+    let handled = tokio::time::timeout(common::STEP_TIMEOUT, done_rx.recv())
+        .await
+        .unwrap();
+    assert_eq!(handled, Some(1));
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    let letter = next(&mut dlq).await;
+    assert_eq!(letter.message.headers[DLQ_REASON_HEADER], "malformed");
+    letter.ack().await.unwrap();
+    shutdown.cancel();
+    runner.await.unwrap().unwrap();
+    assert_eq!(bus.retained_messages(), 0);
+}
