@@ -23,7 +23,7 @@ pub type SharedStore = Arc<dyn EventStore>;
 /// - Reads return only committed events; `read_all` is in global order with positions strictly
 ///   increasing.
 #[async_trait]
-pub trait EventStore: Send + Sync + 'static {
+pub trait EventStore: Send + Sync + std::fmt::Debug + 'static {
     async fn append(
         &self,
         stream: &str,

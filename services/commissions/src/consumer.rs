@@ -1,0 +1,100 @@
+//! Integration events from other services, turned into commands. Every event this handler
+//! writes gets an id derived from the consumed event, so a redelivered message appends nothing.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use pl_bus::{derived_event_id, HandleError, IntegrationEvent, Message};
+use pl_eventlog::EventStore;
+use pl_runtime::aggregate::{execute, ExecuteError};
+use pl_runtime::CommandMeta;
+use serde::Deserialize;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::domain::{self, Account, Opening};
+
+/// The durable consumer name of this service.
+pub const DURABLE_NAME: &str = "commissions";
+
+/// Subjects (under the bus prefix) this service consumes.
+pub fn filter_subjects(prefix: &str) -> Vec<String> {
+    vec![format!("{prefix}.crm.PartnerApplied")]
+}
+
+/// What commissions needs of partner CRM's `PartnerApplied` (its own reading of the contract,
+/// so the two services share no code).
+#[derive(Debug, Deserialize)]
+struct PartnerApplied {
+    partner_id: Uuid,
+    program_id: Uuid,
+}
+
+/// Handles one bus message: `Ok` to ack, `Retry` for transient failures, `Permanent` for
+/// messages that can never be handled (they go to the dead-letter subject).
+pub async fn handle(store: &dyn EventStore, message: Message) -> Result<(), HandleError> {
+    let event = IntegrationEvent::from_message(&message)
+        .map_err(|e| HandleError::Permanent(format!("not an integration event: {e}")))?;
+    let span = tracing::info_span!("consume", event_type = %event.event_type, event_id = %event.id);
+    pl_telemetry::set_parent(&span, &message.headers);
+    let trace_context = pl_telemetry::inject(&span);
+    async move {
+        match event.event_type.as_str() {
+            "PartnerApplied" => open_account(store, &event, trace_context).await,
+            other => {
+                // A subject filter let through something this version does not know: skip it.
+                tracing::debug!(event_type = other, "ignoring event type");
+                Ok(())
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn open_account(
+    store: &dyn EventStore,
+    event: &IntegrationEvent,
+    trace_context: BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    let applied: PartnerApplied = serde_json::from_str(event.data.get()).map_err(|e| {
+        HandleError::Permanent(format!("PartnerApplied v{}: {e}", event.schema_version))
+    })?;
+    let opening = Opening {
+        partner_id: applied.partner_id,
+        program_id: applied.program_id,
+        opened_at: event.occurred_at,
+        source_event_id: event.id,
+    };
+    let meta = meta_for(event, "open-account", event.occurred_at, trace_context);
+    match execute::<Account>(store, &domain::stream(applied.partner_id), &opening, &meta).await {
+        Ok(done) => {
+            tracing::info!(partner_id = %applied.partner_id, opened = !done.events.is_empty(), "account opening handled");
+            Ok(())
+        }
+        Err(ExecuteError::Domain(never)) => match never {},
+        Err(ExecuteError::Conflict { stream, .. }) => {
+            Err(HandleError::Retry(format!("conflict on {stream}")))
+        }
+        Err(ExecuteError::Store(e)) if e.is_invalid_input() => {
+            Err(HandleError::Permanent(e.to_string()))
+        }
+        Err(ExecuteError::Store(e)) => Err(HandleError::Retry(e.to_string())),
+        Err(ExecuteError::Decode(e)) => Err(HandleError::Permanent(e)),
+    }
+}
+
+fn meta_for(
+    event: &IntegrationEvent,
+    purpose: &str,
+    occurred_at: DateTime<Utc>,
+    trace_context: BTreeMap<String, String>,
+) -> CommandMeta {
+    CommandMeta {
+        id_seed: derived_event_id(event.id, &format!("{}:{purpose}", crate::SERVICE)),
+        occurred_at,
+        correlation_id: event.correlation_id,
+        causation_id: Some(event.id),
+        trace_context,
+    }
+}

@@ -1,0 +1,20 @@
+//! Commissions: commission plans, accruals, holds, maturity, clawbacks and payouts, and the
+//! double-entry ledger that owns every partner's balance.
+//!
+//! `domain` is pure (deciders: no I/O, no clock); `consumer` turns other services' integration
+//! events into commands with ids derived from the consumed event, so redelivery changes
+//! nothing; `grpc` answers queries. Writes only `account-*` streams; reads no other service's
+//! streams — what it knows of partners arrives over the bus.
+
+#![forbid(unsafe_code)]
+
+pub mod consumer;
+pub mod domain;
+pub mod grpc;
+
+pub use grpc::CommissionsService;
+
+pub const SERVICE: &str = "commissions";
+pub const STREAM_PREFIX: &str = "account-";
+/// Event types other services may consume.
+pub const INTEGRATION_EVENTS: &[&str] = &["AccountOpened"];

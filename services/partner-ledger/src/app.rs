@@ -1,0 +1,349 @@
+//! Wiring: open the store and the bus, start the relay and the consumers, serve the gRPC
+//! services, and shut all of it down in order.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pl_bus::{
+    ConsumerSpec, InProcessBus, InProcessConfig, NatsBus, NatsConfig, Relay, RelayConfig, Route,
+    SharedBus,
+};
+use pl_eventlog::{EmbeddedLog, EmbeddedOptions, SharedStore};
+use pl_runtime::server::{self, ServerConfig};
+use pl_runtime::{Clock, SystemClock};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+
+use crate::config::{BusKind, ServeArgs, ServerArgs, ServiceName, StoreKind, UpArgs};
+
+/// Used by `up` when no salt is configured, so a laptop run needs no set-up. Never for
+/// production: `serve attribution` refuses to start without a configured salt.
+const DEV_HASH_SALT: &str = "partner-ledger-development-salt";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("event store: {0}")]
+    Store(#[from] pl_eventlog::LogError),
+    #[error("bus: {0}")]
+    Bus(#[from] pl_bus::BusError),
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+/// What one process runs.
+struct Plan {
+    services: Vec<ServiceName>,
+    store: SharedStore,
+    /// The embedded log, when that is the store: flushed and closed last.
+    embedded: Option<Arc<EmbeddedLog>>,
+    bus: SharedBus,
+    server: ServerArgs,
+    hash_salt: String,
+}
+
+/// A started process: where it listens, and how to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub local_addr: SocketAddr,
+    pub services: Vec<ServiceName>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), AppError>>,
+}
+
+impl Running {
+    /// Begins a graceful shutdown (what SIGTERM does).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the process has drained and flushed.
+    pub async fn wait(self) -> Result<(), AppError> {
+        self.task.await.map_err(|e| AppError::Task(e.to_string()))?
+    }
+}
+
+pub fn server_config(args: &ServerArgs) -> ServerConfig {
+    ServerConfig {
+        listen: args.listen,
+        grace_period_ms: args.grace_period_ms,
+        request_timeout_ms: args.request_timeout_ms,
+        max_request_bytes: args.max_request_bytes,
+        max_concurrent_requests_per_connection: args.max_concurrent_requests,
+        ..ServerConfig::default()
+    }
+}
+
+fn open_embedded(dir: &std::path::Path) -> Result<Arc<EmbeddedLog>, AppError> {
+    Ok(Arc::new(EmbeddedLog::open(
+        dir,
+        EmbeddedOptions::default(),
+    )?))
+}
+
+/// `up`: everything in one process on the embedded log and the in-process bus.
+pub async fn start_up(args: &UpArgs) -> Result<Running, AppError> {
+    let embedded = open_embedded(&args.data_dir)?;
+    let bus: SharedBus = Arc::new(InProcessBus::new(InProcessConfig::new(
+        args.server.subject_prefix.clone(),
+    ))?);
+    let hash_salt = args
+        .server
+        .attribution_hash_salt
+        .clone()
+        .unwrap_or_else(|| {
+            tracing::warn!("no attribution hash salt configured; using the development salt");
+            DEV_HASH_SALT.to_owned()
+        });
+    start(Plan {
+        services: vec![
+            ServiceName::Crm,
+            ServiceName::Attribution,
+            ServiceName::Commissions,
+            ServiceName::Compliance,
+        ],
+        store: embedded.clone(),
+        embedded: Some(embedded),
+        bus,
+        server: args.server.clone(),
+        hash_salt,
+    })
+    .await
+}
+
+/// `serve <service>`: one service, store and bus from configuration.
+pub async fn start_serve(args: &ServeArgs) -> Result<Running, AppError> {
+    let hash_salt = match (args.service, &args.server.attribution_hash_salt) {
+        (ServiceName::Attribution, None) => {
+            return Err(AppError::Config(
+                "serve attribution needs --attribution-hash-salt (PL_ATTRIBUTION_HASH_SALT)".into(),
+            ))
+        }
+        (_, salt) => salt.clone().unwrap_or_default(),
+    };
+    let (store, embedded): (SharedStore, _) = match args.store {
+        StoreKind::Embedded => {
+            let log = open_embedded(&args.data_dir)?;
+            (log.clone(), Some(log))
+        }
+        StoreKind::Eventstoredb => (open_eventstoredb(args).await?, None),
+    };
+    let bus: SharedBus = match args.bus {
+        BusKind::InProcess => Arc::new(InProcessBus::new(InProcessConfig::new(
+            args.server.subject_prefix.clone(),
+        ))?),
+        BusKind::Nats => {
+            let mut cfg = NatsConfig::new(
+                &args.nats_url,
+                &args.nats_stream,
+                &args.server.subject_prefix,
+            );
+            cfg.replicas = args.nats_replicas;
+            Arc::new(NatsBus::connect(cfg).await?)
+        }
+    };
+    start(Plan {
+        services: vec![args.service],
+        store,
+        embedded,
+        bus,
+        server: args.server.clone(),
+        hash_salt,
+    })
+    .await
+}
+
+#[cfg(feature = "eventstoredb")]
+async fn open_eventstoredb(args: &ServeArgs) -> Result<SharedStore, AppError> {
+    let url = args.eventstore_url.as_deref().ok_or_else(|| {
+        AppError::Config("--store eventstoredb needs --eventstore-url (PL_EVENTSTORE_URL)".into())
+    })?;
+    let log =
+        pl_eventlog::eventstoredb::EventStoreDbLog::connect(url, pl_eventlog::Limits::default())
+            .await?;
+    Ok(Arc::new(log))
+}
+
+#[cfg(not(feature = "eventstoredb"))]
+async fn open_eventstoredb(_args: &ServeArgs) -> Result<SharedStore, AppError> {
+    Err(AppError::Config(
+        "this binary was built without EventStoreDB support (cargo feature `eventstoredb`)".into(),
+    ))
+}
+
+/// The streams each service owns and the events it publishes.
+fn route(service: ServiceName) -> Route {
+    let (prefix, events) = match service {
+        ServiceName::Crm => (
+            pl_partner_crm::STREAM_PREFIX,
+            pl_partner_crm::INTEGRATION_EVENTS,
+        ),
+        ServiceName::Attribution => (
+            pl_attribution::STREAM_PREFIX,
+            pl_attribution::INTEGRATION_EVENTS,
+        ),
+        ServiceName::Commissions => (
+            pl_commissions::STREAM_PREFIX,
+            pl_commissions::INTEGRATION_EVENTS,
+        ),
+        ServiceName::Compliance => (
+            pl_compliance::STREAM_PREFIX,
+            pl_compliance::INTEGRATION_EVENTS,
+        ),
+    };
+    Route {
+        stream_prefix: prefix.to_owned(),
+        context: service.as_str().to_owned(),
+        event_types: Some(
+            events
+                .iter()
+                .map(|e| (*e).to_owned())
+                .collect::<BTreeSet<_>>(),
+        ),
+    }
+}
+
+async fn start(plan: Plan) -> Result<Running, AppError> {
+    let config = server_config(&plan.server);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let max = config.max_request_bytes;
+    let mut routes = RoutesBuilder::default();
+    let mut names = Vec::new();
+    for service in &plan.services {
+        match service {
+            ServiceName::Crm => {
+                routes.add_service(
+                    pl_partner_crm::CrmService::new(plan.store.clone(), clock.clone())
+                        .into_server(max),
+                );
+                names.push(pl_partner_crm::grpc::SERVICE_NAME);
+            }
+            ServiceName::Attribution => {
+                let svc = pl_attribution::AttributionService::new(
+                    plan.store.clone(),
+                    clock.clone(),
+                    &plan.hash_salt,
+                );
+                routes.add_service(svc.into_server(max));
+                names.push(pl_attribution::grpc::SERVICE_NAME);
+            }
+            ServiceName::Commissions => {
+                routes.add_service(
+                    pl_commissions::CommissionsService::new(plan.store.clone()).into_server(max),
+                );
+                names.push(pl_commissions::grpc::SERVICE_NAME);
+            }
+            ServiceName::Compliance => {
+                routes.add_service(
+                    pl_compliance::ComplianceService::new(plan.store.clone(), clock.clone())
+                        .into_server(max),
+                );
+                names.push(pl_compliance::grpc::SERVICE_NAME);
+            }
+        }
+    }
+
+    let shutdown = CancellationToken::new();
+    // Background work stops only after the server has drained, so in-flight commands' events
+    // still get relayed and consumed up to the moment the process stops.
+    let background = CancellationToken::new();
+    let mut tasks: Vec<JoinHandle<Result<(), AppError>>> = Vec::new();
+
+    let relay_name = match plan.services.as_slice() {
+        [one] => one.as_str().to_owned(),
+        _ => "all".to_owned(),
+    };
+    let relay = Relay::new(
+        plan.store.clone(),
+        plan.bus.clone(),
+        RelayConfig {
+            name: relay_name,
+            subject_prefix: plan.server.subject_prefix.clone(),
+            routes: plan.services.iter().map(|s| route(*s)).collect(),
+            checkpoint_every_events: 1000,
+            checkpoint_every_ms: 1000,
+            retry_backoff_max_ms: 5000,
+        },
+    )?;
+    let token = background.clone();
+    tasks.push(tokio::spawn(async move {
+        relay.run(token).await.map_err(AppError::from)
+    }));
+
+    if plan.services.contains(&ServiceName::Commissions) {
+        let spec = ConsumerSpec::new(
+            pl_commissions::consumer::DURABLE_NAME,
+            pl_commissions::consumer::filter_subjects(&plan.server.subject_prefix),
+        );
+        let consumer = plan.bus.consumer(spec).await?;
+        let store = plan.store.clone();
+        let token = background.clone();
+        tasks.push(tokio::spawn(async move {
+            pl_bus::run_consumer(
+                consumer,
+                move |message| {
+                    let store = store.clone();
+                    async move { pl_commissions::consumer::handle(store.as_ref(), message).await }
+                },
+                token,
+            )
+            .await
+            .map_err(AppError::from)
+        }));
+    }
+
+    let bound = server::bind(config.listen).await?;
+    let local_addr = bound.local_addr;
+    let server_shutdown = shutdown.clone();
+    let services = plan.services.clone();
+    let embedded = plan.embedded.clone();
+    let task = tokio::spawn(async move {
+        let served = server::serve(
+            &config,
+            bound,
+            routes.routes(),
+            names,
+            pl_telemetry::GrpcTraceLayer::new(),
+            server_shutdown,
+        )
+        .await;
+        background.cancel();
+        let mut first_error = served.err().map(AppError::from);
+        for t in tasks {
+            let outcome = t
+                .await
+                .map_err(|e| AppError::Task(e.to_string()))
+                .and_then(|r| r);
+            if let Err(e) = outcome {
+                tracing::error!(error = %e, "background task failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(log) = embedded {
+            // Flush pending appends and persist the index, so the next start is fast.
+            let closed = tokio::task::spawn_blocking(move || log.close())
+                .await
+                .map_err(|e| AppError::Task(e.to_string()))?;
+            if let Err(e) = closed {
+                first_error.get_or_insert(e.into());
+            }
+        }
+        tracing::info!("stopped");
+        first_error.map_or(Ok(()), Err)
+    });
+    Ok(Running {
+        local_addr,
+        services,
+        shutdown,
+        task,
+    })
+}

@@ -1,0 +1,255 @@
+//! `up` as a user meets it: all services on one port, over real gRPC.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
+use std::time::Duration;
+
+use partner_ledger::app::{self, Running};
+use partner_ledger::config::{Cli, Command};
+use pl_proto::commissions::v1::commissions_service_client::CommissionsServiceClient;
+use pl_proto::commissions::v1::GetPartnerAccountRequest;
+use pl_proto::common::v1::RequestContext;
+use pl_proto::crm::v1::partner_crm_service_client::PartnerCrmServiceClient;
+use pl_proto::crm::v1::{ApplyPartnerRequest, GetPartnerRequest, PartnerType};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+async fn start(dir: &std::path::Path) -> (Running, Channel) {
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "partner-ledger",
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--grace-period-ms",
+        "2000",
+    ])
+    .unwrap();
+    let Command::Up(args) = cli.command else {
+        unreachable!()
+    };
+    let running = app::start_up(&args).await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", running.local_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (running, channel)
+}
+
+fn apply(key: &str, partner_id: Uuid, name: &str) -> ApplyPartnerRequest {
+    ApplyPartnerRequest {
+        context: Some(RequestContext {
+            idempotency_key: key.into(),
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_767_225_600,
+                nanos: 0,
+            }),
+            correlation_id: String::new(),
+        }),
+        partner_id: partner_id.to_string(),
+        program_id: Uuid::from_u128(77).to_string(),
+        display_name: name.into(),
+        partner_type: PartnerType::Affiliate.into(),
+        email: "Ops@Acme.example".into(),
+        country: "DE".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_reports_serving_and_is_listed_by_reflection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, channel) = start(dir.path()).await;
+    let mut health = HealthClient::new(channel.clone());
+    for service in [
+        "",
+        "partnerledger.crm.v1.PartnerCrmService",
+        "partnerledger.attribution.v1.AttributionService",
+        "partnerledger.commissions.v1.CommissionsService",
+        "partnerledger.compliance.v1.ComplianceService",
+    ] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = format!("{:?}", responses.message().await.unwrap().unwrap());
+    for name in [
+        "PartnerCrmService",
+        "AttributionService",
+        "CommissionsService",
+        "ComplianceService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(listed.contains(name), "{name} missing from {listed}");
+    }
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_request_returns_the_original_and_a_reused_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, channel) = start(dir.path()).await;
+    let mut crm = PartnerCrmServiceClient::new(channel);
+    let id = Uuid::from_u128(1);
+    let first = crm
+        .apply_partner(apply("apply-1", id, "Acme Media"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.email, "ops@acme.example");
+    let again = crm
+        .apply_partner(apply("apply-1", id, "Acme Media"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, again);
+    let reused = crm
+        .apply_partner(apply("apply-1", id, "Other Name"))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), tonic::Code::InvalidArgument);
+    let bad = reused.get_error_details();
+    assert_eq!(
+        bad.bad_request().unwrap().field_violations[0].field,
+        "context.idempotency_key"
+    );
+    // A new key for the same partner is a new operation, refused by the domain rule.
+    let dup = crm
+        .apply_partner(apply("apply-2", id, "Acme Media"))
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), tonic::Code::AlreadyExists);
+    let got = crm
+        .get_partner(GetPartnerRequest {
+            partner_id: id.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, first);
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_every_field_violation_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, channel) = start(dir.path()).await;
+    let mut crm = PartnerCrmServiceClient::new(channel);
+    let mut req = apply("", Uuid::nil(), " padded ");
+    req.email = "not-an-email".into();
+    req.country = "germany".into();
+    let err = crm.apply_partner(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let fields: Vec<String> = err
+        .get_error_details()
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|f| f.field.clone())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "context.idempotency_key",
+            "partner_id",
+            "display_name",
+            "email",
+            "country"
+        ]
+    );
+    let missing = crm
+        .get_partner(GetPartnerRequest {
+            partner_id: Uuid::from_u128(5).to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_applied_in_crm_opens_an_account_in_commissions_through_the_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, channel) = start(dir.path()).await;
+    let mut crm = PartnerCrmServiceClient::new(channel.clone());
+    let mut commissions = CommissionsServiceClient::new(channel);
+    let id = Uuid::from_u128(42);
+    crm.apply_partner(apply("apply-42", id, "Acme Media"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let account = loop {
+        match commissions
+            .get_partner_account(GetPartnerAccountRequest {
+                partner_id: id.to_string(),
+            })
+            .await
+        {
+            Ok(a) => break a.into_inner(),
+            Err(s)
+                if s.code() == tonic::Code::NotFound && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("account never opened: {s}"),
+        }
+    };
+    assert_eq!(account.program_id, Uuid::from_u128(77).to_string());
+    running.shutdown();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_a_graceful_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = Uuid::from_u128(9);
+    {
+        let (running, channel) = start(dir.path()).await;
+        PartnerCrmServiceClient::new(channel)
+            .apply_partner(apply("apply-9", id, "Acme Media"))
+            .await
+            .unwrap();
+        running.shutdown();
+        running.wait().await.unwrap();
+    }
+    let (running, channel) = start(dir.path()).await;
+    let got = PartnerCrmServiceClient::new(channel)
+        .get_partner(GetPartnerRequest {
+            partner_id: id.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.display_name, "Acme Media");
+    running.shutdown();
+    running.wait().await.unwrap();
+}
