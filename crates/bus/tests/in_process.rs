@@ -288,3 +288,51 @@ async fn the_runner_acks_retries_and_dead_letters_by_handler_outcome() {
     runner.await.unwrap().unwrap();
     assert_eq!(bus.retained_messages(), 0);
 }
+
+const FILTERS: [&str; 5] = ["pl.>", "pl.crm.*", "pl.*.A", "pl.crm.A", "pl.x.>"];
+const CONTEXTS: [&str; 3] = ["crm", "x", "att"];
+const TYPES: [&str; 3] = ["A", "B", "C"];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    #[test]
+    fn each_consumer_gets_each_distinct_matching_message_once_in_publish_order(
+        published in proptest::collection::vec((0..CONTEXTS.len(), 0..TYPES.len(), 0_u128..24), 0..48),
+        filters in proptest::collection::vec(0..FILTERS.len(), 1..4),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            let bus = bus();
+            let mut consumers = Vec::new();
+            for (i, f) in filters.iter().enumerate() {
+                let c = bus.consumer(spec(&format!("c{i}"), &[FILTERS[*f]])).await.unwrap();
+                consumers.push((FILTERS[*f], c));
+            }
+            let mut first_seen = Vec::new();
+            for (c, t, id) in &published {
+                let m = msg(&format!("pl.{}.{}", CONTEXTS[*c], TYPES[*t]), *id);
+                if !first_seen.iter().any(|(seen, _): &(u128, String)| seen == id) {
+                    first_seen.push((*id, m.subject.clone()));
+                }
+                bus.publish(m).await.unwrap();
+            }
+            for (filter, consumer) in &mut consumers {
+                let expected: Vec<u128> = first_seen
+                    .iter()
+                    .filter(|(_, s)| pl_bus::subject_matches(filter, s))
+                    .map(|(id, _)| *id)
+                    .collect();
+                let mut got = Vec::new();
+                for _ in 0..expected.len() {
+                    let d = next(consumer).await;
+                    got.push(d.message.id.as_u128());
+                    d.ack().await.unwrap();
+                }
+                assert_eq!(got, expected, "filter {filter}");
+            }
+            // Everything delivered was acked by everyone interested, so nothing is retained.
+            assert_eq!(bus.retained_messages(), 0);
+        });
+    }
+}

@@ -15,7 +15,7 @@ use pl_bus::{
     SharedBus, DLQ_ORIGINAL_ID_HEADER, DLQ_ORIGINAL_SUBJECT_HEADER, DLQ_REASON_HEADER,
     EVENT_TYPE_HEADER, SCHEMA_VERSION_HEADER,
 };
-use pl_eventlog::{EventMetadata, EventStore, ExpectedVersion, MemoryLog, NewEvent, SharedStore};
+use pl_eventlog::{EventMetadata, ExpectedVersion, MemoryLog, NewEvent, SharedStore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
