@@ -12,12 +12,8 @@ pub enum BusError {
     #[error("bus unavailable: {0}")]
     Unavailable(String),
     /// A retention bound is reached; publish again once consumers have caught up.
-    #[error("bus full: {what} is {actual}, limit {limit}")]
-    Full {
-        what: &'static str,
-        actual: u64,
-        limit: u64,
-    },
+    #[error("bus full: {0}")]
+    Full(String),
     #[error("invalid subject {subject:?}: {reason}")]
     InvalidSubject { subject: String, reason: String },
     #[error("invalid message {id}: {reason}")]
@@ -36,7 +32,7 @@ impl BusError {
     /// when the request itself is wrong.
     pub fn is_retryable(&self) -> bool {
         match self {
-            BusError::Unavailable(_) | BusError::Full { .. } | BusError::Backend(_) => true,
+            BusError::Unavailable(_) | BusError::Full(_) | BusError::Backend(_) => true,
             // Only infrastructure hiccups; a poisoned, corrupt or closed log needs an operator.
             BusError::Log(e) => matches!(e, LogError::Io(_) | LogError::Backend(_)),
             BusError::InvalidSubject { .. }

@@ -171,19 +171,18 @@ impl State {
         }
         self.trim();
         if self.messages.len() >= config.max_messages {
-            return Err(BusError::Full {
-                what: "retained messages",
-                actual: self.messages.len() as u64,
-                limit: config.max_messages as u64,
-            });
+            return Err(BusError::Full(format!(
+                "{} messages retained, limit {}",
+                self.messages.len(),
+                config.max_messages
+            )));
         }
         let bytes = self.retained_bytes + msg.payload.len();
         if bytes > config.max_bytes {
-            return Err(BusError::Full {
-                what: "retained bytes",
-                actual: bytes as u64,
-                limit: config.max_bytes as u64,
-            });
+            return Err(BusError::Full(format!(
+                "{bytes} payload bytes would be retained, limit {}",
+                config.max_bytes
+            )));
         }
         self.remember(config, msg.id, now);
         self.retained_bytes = bytes;
@@ -342,11 +341,10 @@ impl Bus for InProcessBus {
             Some(existing) => existing.spec = spec.clone(),
             None => {
                 if count >= self.shared.config.max_consumers {
-                    return Err(BusError::Full {
-                        what: "consumers",
-                        actual: count as u64,
-                        limit: self.shared.config.max_consumers as u64,
-                    });
+                    return Err(BusError::Full(format!(
+                        "{count} consumers, limit {}",
+                        self.shared.config.max_consumers
+                    )));
                 }
                 state.consumers.insert(
                     spec.durable_name.clone(),

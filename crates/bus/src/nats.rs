@@ -326,11 +326,7 @@ fn publish_error(id: Uuid, e: &jetstream::context::PublishError) -> BusError {
         | PublishErrorKind::MaxAckPending => BusError::Unavailable(text),
         PublishErrorKind::MaxPayloadExceeded => BusError::InvalidMessage { id, reason: text },
         // JetStream's discard-new refusals: "maximum messages exceeded", "maximum bytes exceeded".
-        _ if text.contains("maximum") => BusError::Full {
-            what: "stream",
-            actual: 0,
-            limit: 0,
-        },
+        _ if text.contains("maximum") => BusError::Full(text),
         _ => BusError::Backend(text),
     }
 }

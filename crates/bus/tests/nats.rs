@@ -180,6 +180,24 @@ async fn publish_fails_as_unavailable_while_nats_is_down_and_works_after_restart
     assert_eq!(stored_messages(&bus).await, 1);
 }
 
+#[tokio::test]
+async fn a_full_stream_refuses_new_messages_as_backpressure_instead_of_dropping_old_ones() {
+    let server = NatsServer::start().await.unwrap();
+    let bus = NatsBus::connect(NatsConfig {
+        max_messages: 2,
+        request_timeout_ms: 1_000,
+        ..NatsConfig::new(server.url(), STREAM, "pl")
+    })
+    .await
+    .unwrap();
+    bus.publish(msg("pl.crm.X", 1)).await.unwrap();
+    bus.publish(msg("pl.crm.X", 2)).await.unwrap();
+    let err = bus.publish(msg("pl.crm.X", 3)).await.unwrap_err();
+    assert!(matches!(err, BusError::Full(_)), "{err}");
+    assert!(err.is_retryable());
+    assert_eq!(stored_messages(&bus).await, 2);
+}
+
 fn relay_config(name: &str) -> RelayConfig {
     RelayConfig {
         name: name.to_owned(),
