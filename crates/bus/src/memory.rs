@@ -2,12 +2,14 @@
 //! (durable consumers, wildcard filters, dedupe by id, ack wait, nak delay, max deliver then
 //! dead letter) over a bounded in-memory queue.
 //!
-//! Retention is by interest: a message is kept until every consumer whose filters match it has
-//! acked (or dead-lettered) it, and dropped at once when no consumer matches it. A new durable
-//! consumer therefore sees only messages published after it was created, so a composition root
-//! creates its consumers before it starts the relay. Hard caps (`max_messages`, `max_bytes`)
-//! bound memory: when a slow consumer holds the oldest message, `publish` returns
-//! [`BusError::Full`] (backpressure; the relay retries) instead of growing.
+//! Retention works like the NATS stream's limits with discard-new: the bus keeps up to
+//! `max_messages` messages and `max_bytes` payload bytes. To make room it drops the oldest
+//! messages that every existing consumer is done with (acked, dead-lettered or not matching its
+//! filters); when the oldest one is still needed (a slow consumer has not acked it), `publish`
+//! returns [`BusError::Full`] (backpressure: the relay retries) instead of growing or dropping
+//! it. A new durable consumer starts at the oldest retained message, so a consumer created just
+//! after the relay started still sees what was published before it existed. Memory is bounded
+//! by the two caps plus the dedupe set (`max_duplicate_ids`).
 //!
 //! Nothing survives the process: unacked messages are lost on exit. The event log is the truth
 //! and the relay's checkpoint says what was published, so `up` mode trades at-least-once across
@@ -48,8 +50,8 @@ impl InProcessConfig {
     pub fn new(subject_prefix: impl Into<String>) -> Self {
         Self {
             subject_prefix: subject_prefix.into(),
-            max_messages: 100_000,
-            max_bytes: 256 * 1024 * 1024,
+            max_messages: 20_000,
+            max_bytes: 64 * 1024 * 1024,
             max_payload_bytes: 1024 * 1024,
             duplicate_window_ms: 10 * 60 * 1000,
             max_duplicate_ids: 1_000_000,
@@ -120,18 +122,18 @@ enum Next {
 }
 
 impl State {
-    fn next_seq(&self) -> u64 {
-        self.first_seq + self.messages.len() as u64
-    }
-
-    /// Drops messages from the front that no consumer needs any more.
-    fn trim(&mut self) {
+    /// Drops messages from the front, oldest first, while the bus is over a cap with room for
+    /// `incoming_bytes` more and no consumer needs the oldest any more.
+    fn make_room(&mut self, config: &InProcessConfig, incoming_bytes: usize) {
         while let Some(front) = self.messages.front() {
+            let over = self.messages.len() >= config.max_messages
+                || self.retained_bytes + incoming_bytes > config.max_bytes;
             let seq = self.first_seq;
-            if !self
-                .consumers
-                .values()
-                .all(|c| c.done_with(seq, &front.subject))
+            if !over
+                || !self
+                    .consumers
+                    .values()
+                    .all(|c| c.done_with(seq, &front.subject))
             {
                 break;
             }
@@ -162,14 +164,7 @@ impl State {
             tracing::debug!(message_id = %msg.id, "duplicate publish dropped");
             return Ok(());
         }
-        let interested = self.consumers.values().any(|c| c.matches(&msg.subject));
-        if !interested {
-            // Nobody would ever see it: remember the id (a later duplicate is still one), keep
-            // nothing else.
-            self.remember(config, msg.id, now);
-            return Ok(());
-        }
-        self.trim();
+        self.make_room(config, msg.payload.len());
         if self.messages.len() >= config.max_messages {
             return Err(BusError::Full(format!(
                 "{} messages retained, limit {}",
@@ -281,7 +276,7 @@ impl InProcessBus {
         })
     }
 
-    /// Messages currently retained (published, not yet acked by every interested consumer).
+    /// Messages currently retained (see the module docs).
     pub fn retained_messages(&self) -> usize {
         self.shared.state.lock().messages.len()
     }
@@ -315,7 +310,6 @@ impl Shared {
                 }
             }
         }
-        state.trim();
         drop(state);
         self.notify();
     }
@@ -335,7 +329,7 @@ impl Bus for InProcessBus {
     async fn consumer(&self, spec: ConsumerSpec) -> Result<Box<dyn Consumer>, BusError> {
         spec.validate()?;
         let mut state = self.shared.state.lock();
-        let next_seq = state.next_seq();
+        let first_seq = state.first_seq;
         let count = state.consumers.len();
         match state.consumers.get_mut(&spec.durable_name) {
             Some(existing) => existing.spec = spec.clone(),
@@ -350,7 +344,7 @@ impl Bus for InProcessBus {
                     spec.durable_name.clone(),
                     ConsumerState {
                         spec: spec.clone(),
-                        cursor: next_seq,
+                        cursor: first_seq,
                         pending: BTreeMap::new(),
                     },
                 );
