@@ -11,6 +11,7 @@
 //! outage surfaces as [`BusError::Unavailable`] instead of a hang.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +64,10 @@ pub struct NatsConfig {
     pub connect_timeout_ms: u64,
     /// Reconnect attempts back off linearly up to this.
     pub reconnect_delay_max_ms: u64,
+    /// When NATS cannot be reached at start, connect in the background and create the stream
+    /// and consumers on first use, instead of failing: a service then starts (and its commands
+    /// succeed) while NATS is down, and the relay catches up later (principle 10).
+    pub start_without_server: bool,
 }
 
 impl NatsConfig {
@@ -84,6 +89,7 @@ impl NatsConfig {
             request_timeout_ms: 5_000,
             connect_timeout_ms: 5_000,
             reconnect_delay_max_ms: 2_000,
+            start_without_server: true,
         }
     }
 
@@ -134,6 +140,9 @@ struct Inner {
     config: NatsConfig,
     client: async_nats::Client,
     js: jetstream::Context,
+    /// Set once the stream is known to exist with our config; cleared when the server says it
+    /// does not (a server restarted with an empty store), so the next call re-creates it.
+    stream_ready: AtomicBool,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -154,24 +163,58 @@ fn ms(v: u64) -> Duration {
 }
 
 impl NatsBus {
-    /// Connects and creates or updates the stream. Fails with [`BusError::Unavailable`] when
-    /// the server cannot be reached within `connect_timeout_ms`.
+    /// Connects and creates or updates the stream. When the server cannot be reached within
+    /// `connect_timeout_ms` this fails with [`BusError::Unavailable`], unless
+    /// `start_without_server` is set: then the client keeps connecting in the background and the
+    /// stream is created on first use.
     pub async fn connect(config: NatsConfig) -> Result<Self, BusError> {
         config.validate()?;
         let reconnect_max = ms(config.reconnect_delay_max_ms);
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new()
             .name("pl-bus")
             .connection_timeout(ms(config.connect_timeout_ms))
             .request_timeout(Some(ms(config.request_timeout_ms)))
             .reconnect_delay_callback(move |attempts| {
                 ms(100_u64.saturating_mul(attempts as u64)).min(reconnect_max)
-            })
+            });
+        if config.start_without_server {
+            options = options.retry_on_initial_connect();
+        }
+        let client = options
             .connect(config.url.as_str())
             .await
             .map_err(unavailable)?;
         let js = jetstream::ContextBuilder::new()
             .timeout(ms(config.request_timeout_ms))
             .build(client.clone());
+        let bus = Self {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                js,
+                stream_ready: AtomicBool::new(false),
+            }),
+        };
+        match bus.ensure_stream().await {
+            Ok(()) => {}
+            Err(BusError::Unavailable(reason)) if bus.inner.config.start_without_server => {
+                tracing::warn!(
+                    url = %bus.inner.config.url,
+                    reason,
+                    "nats unavailable at start; connecting in the background"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(bus)
+    }
+
+    /// Creates or updates the stream unless that is already done.
+    async fn ensure_stream(&self) -> Result<(), BusError> {
+        if self.inner.stream_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let config = &self.inner.config;
         let stream = jetstream::stream::Config {
             name: config.stream_name.clone(),
             subjects: vec![format!("{}.>", config.subject_prefix)],
@@ -186,22 +229,27 @@ impl NatsBus {
             num_replicas: config.replicas,
             ..Default::default()
         };
-        js.create_or_update_stream(stream).await.map_err(|e| {
+        let created = tokio::time::timeout(
+            self.timeout(),
+            self.inner.js.create_or_update_stream(stream),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable("creating the stream timed out".to_owned()))?;
+        created.map_err(|e| {
             use async_nats::jetstream::context::CreateStreamErrorKind as K;
             match e.kind() {
                 K::TimedOut | K::JetStreamUnavailable => unavailable(&e),
                 _ => BusError::Backend(format!("creating stream: {e}")),
             }
         })?;
+        self.inner.stream_ready.store(true, Ordering::Release);
         tracing::info!(
             url = %config.url,
             stream = %config.stream_name,
             prefix = %config.subject_prefix,
-            "connected to nats jetstream"
+            "nats jetstream stream ready"
         );
-        Ok(Self {
-            inner: Arc::new(Inner { config, client, js }),
-        })
+        Ok(())
     }
 
     pub fn config(&self) -> &NatsConfig {
@@ -227,7 +275,7 @@ impl NatsBus {
         (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
     }
 
-    fn pull_config(&self, spec: &ConsumerSpec) -> Result<pull::Config, BusError> {
+    fn pull_config(spec: &ConsumerSpec) -> pull::Config {
         let mut config = pull::Config {
             durable_name: Some(spec.durable_name.clone()),
             deliver_policy: DeliverPolicy::All,
@@ -241,22 +289,21 @@ impl NatsBus {
         };
         match spec.filter_subjects.as_slice() {
             [one] => config.filter_subject = one.clone(),
-            many => {
-                // Before 2.10 the server ignores `filter_subjects` and would deliver everything.
-                if self.server_version() < (2, 10) {
-                    return Err(BusError::InvalidConfig(format!(
-                        "consumer {}: several filter subjects need nats-server 2.10 or later",
-                        spec.durable_name
-                    )));
-                }
-                config.filter_subjects = many.to_vec();
-            }
+            many => config.filter_subjects = many.to_vec(),
         }
-        Ok(config)
+        config
     }
 
     async fn create_consumer(&self, config: &pull::Config) -> Result<PullConsumer, BusError> {
         use async_nats::jetstream::stream::ConsumerErrorKind as K;
+        self.ensure_stream().await?;
+        // Before 2.10 the server ignores `filter_subjects` and would deliver everything.
+        if config.filter_subjects.len() > 1 && self.server_version() < (2, 10) {
+            return Err(BusError::InvalidConfig(format!(
+                "consumer {}: several filter subjects need nats-server 2.10 or later",
+                config.durable_name.as_deref().unwrap_or_default()
+            )));
+        }
         self.inner
             .js
             .create_consumer_on_stream(config.clone(), self.inner.config.stream_name.as_str())
@@ -273,6 +320,7 @@ impl Bus for NatsBus {
     async fn publish(&self, msg: Message) -> Result<(), BusError> {
         let config = &self.inner.config;
         msg.validate(&config.subject_prefix, config.max_payload_bytes)?;
+        self.ensure_stream().await?;
         let mut headers = HeaderMap::new();
         for (name, value) in &msg.headers {
             headers.insert(name.as_str(), value.as_str());
@@ -290,7 +338,12 @@ impl Bus for NatsBus {
         };
         let ack = match tokio::time::timeout(self.timeout(), sent).await {
             Err(_) => return Err(BusError::Unavailable("publish ack timed out".to_owned())),
-            Ok(Err(e)) => return Err(publish_error(id, &e)),
+            Ok(Err(e)) => {
+                if e.kind() == PublishErrorKind::StreamNotFound {
+                    self.inner.stream_ready.store(false, Ordering::Release);
+                }
+                return Err(publish_error(id, &e));
+            }
             Ok(Ok(ack)) => ack,
         };
         if ack.duplicate {
@@ -301,8 +354,16 @@ impl Bus for NatsBus {
 
     async fn consumer(&self, spec: ConsumerSpec) -> Result<Box<dyn Consumer>, BusError> {
         spec.validate()?;
-        let config = self.pull_config(&spec)?;
-        let consumer = self.create_consumer(&config).await?;
+        let config = Self::pull_config(&spec);
+        let consumer = match self.create_consumer(&config).await {
+            Ok(c) => Some(c),
+            // Created on the first `next` once the server is back.
+            Err(BusError::Unavailable(reason)) if self.inner.config.start_without_server => {
+                tracing::warn!(consumer = %spec.durable_name, reason, "nats unavailable; consumer will be created on first use");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Box::new(NatsConsumer {
             bus: self.clone(),
             dead_letter_subject: dead_letter_subject(
@@ -311,7 +372,7 @@ impl Bus for NatsBus {
             ),
             spec,
             config,
-            consumer: Some(consumer),
+            consumer,
             messages: None,
         }))
     }

@@ -198,6 +198,48 @@ async fn a_full_stream_refuses_new_messages_as_backpressure_instead_of_dropping_
     assert_eq!(stored_messages(&bus).await, 2);
 }
 
+#[tokio::test]
+async fn a_bus_started_while_nats_is_down_delivers_once_nats_is_up() {
+    let mut server = NatsServer::start().await.unwrap();
+    server.stop().await.unwrap();
+    let strict = NatsBus::connect(NatsConfig {
+        start_without_server: false,
+        connect_timeout_ms: 500,
+        ..NatsConfig::new(server.url(), STREAM, "pl")
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(strict, BusError::Unavailable(_)), "{strict}");
+
+    // The default: start anyway; the stream and the consumer are created on first use.
+    let bus = connect(&server).await;
+    let mut consumer = bus.consumer(spec("late", &["pl.crm.>"])).await.unwrap();
+    let err = bus.publish(msg("pl.crm.X", 1)).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    server.restart().await.unwrap();
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    while let Err(e) = bus.publish(msg("pl.crm.X", 1)).await {
+        assert!(
+            e.is_retryable() && tokio::time::Instant::now() < deadline,
+            "{e}"
+        );
+    }
+    let d = loop {
+        match tokio::time::timeout(STEP_TIMEOUT, consumer.next())
+            .await
+            .unwrap()
+        {
+            Ok(d) => break d,
+            Err(e) => assert!(
+                e.is_retryable() && tokio::time::Instant::now() < deadline,
+                "{e}"
+            ),
+        }
+    };
+    assert_eq!(d.message.id.as_u128(), 1);
+    d.ack().await.unwrap();
+}
+
 fn relay_config(name: &str) -> RelayConfig {
     RelayConfig {
         name: name.to_owned(),
