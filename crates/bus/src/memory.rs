@@ -214,21 +214,21 @@ impl State {
         let ack_wait = Duration::from_millis(c.spec.ack_wait_ms);
         // Redeliveries first, oldest sequence first.
         if let Some((&seq, p)) = c.pending.iter_mut().find(|(_, p)| p.due <= now) {
+            let Some(m) = message_at(seq) else {
+                // Only possible after the consumer's filters changed and the message was
+                // dropped: nothing left to deliver, look again.
+                c.pending.remove(&seq);
+                return Next::Wait(Some(now));
+            };
             let count = p.delivered_count;
             if count >= c.spec.max_deliver {
                 // Delivered max_deliver times without an ack (the handler crashed or hung).
                 c.pending.remove(&seq);
-                return match message_at(seq) {
-                    Some(m) => Next::DeadLetter(m.clone(), count, seq),
-                    None => Next::Wait(None),
-                };
+                return Next::DeadLetter(m.clone(), count, seq);
             }
             p.delivered_count += 1;
             p.due = now + ack_wait;
-            return match message_at(seq) {
-                Some(m) => Next::Deliver(m.clone(), count + 1, seq),
-                None => Next::Wait(None),
-            };
+            return Next::Deliver(m.clone(), count + 1, seq);
         }
         if c.pending.len() < c.spec.max_ack_pending as usize {
             c.cursor = c.cursor.max(first_seq);
