@@ -1,17 +1,28 @@
-# Partner Ledger developer loop. `make test` and `make lint` are what CI runs (.ci/run); both install
-# what they need on a fresh machine (cargo-nextest) and need no running server.
+# Partner Ledger developer loop. `make test` and `make lint` are what CI runs (.ci/run); they
+# install what they need on a fresh machine (cargo-nextest, nats-server) and need no running
+# server: tests start their own nats-server on a free port.
 CARGO ?= cargo
 NEXTEST_PROFILE ?= default
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: build test lint bench tools fmt
+DATA_DIR ?= ./data
+LISTEN ?= 127.0.0.1:50051
+
+.PHONY: build run test lint bench tools fmt
 
 build:
 	$(CARGO) build --workspace --all-targets
 
-# Tools the targets need; installed from crates.io when absent.
+# Tools the targets need, installed when absent: cargo-nextest from crates.io, and nats-server
+# (tests start their own on a free port) from Debian's packages.
 tools:
 	@command -v cargo-nextest >/dev/null 2>&1 || $(CARGO) install cargo-nextest --locked
+	@command -v nats-server >/dev/null 2>&1 || test -x /usr/sbin/nats-server || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server; }
+
+# All four services in one process on the embedded log and the in-process bus.
+run:
+	$(CARGO) run --release -p partner-ledger -- up --data-dir $(DATA_DIR) --listen $(LISTEN)
 
 test: tools
 	$(CARGO) nextest run --workspace --profile $(NEXTEST_PROFILE)
@@ -20,7 +31,7 @@ test: tools
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p pl-eventlog --all-targets --features eventstoredb -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

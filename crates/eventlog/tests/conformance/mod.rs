@@ -311,7 +311,7 @@ pub async fn bad_input_is_rejected_precisely_and_nothing_is_written(h: Harness) 
     let too_many: Vec<_> = (0..=limits.max_events_per_append as u64)
         .map(|i| ev("A", i))
         .collect();
-    let cases: Vec<(String, Vec<NewEvent>, fn(&LogError) -> bool)> = vec![
+    let cases: Vec<Case> = vec![
         (s.clone(), vec![], |e| {
             matches!(e, LogError::LimitExceeded { .. })
         }),
@@ -382,6 +382,9 @@ pub async fn bad_input_is_rejected_precisely_and_nothing_is_written(h: Harness) 
     );
     assert_eq!(h.store.stream_version(&s).await.unwrap(), None);
 }
+
+/// A stream name, the events to append there, and the error the append must give.
+type Case = (String, Vec<NewEvent>, fn(&LogError) -> bool);
 
 fn with_data(mut e: NewEvent, data: &'static [u8]) -> NewEvent {
     e.data = bytes::Bytes::from_static(data);
