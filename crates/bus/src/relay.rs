@@ -72,6 +72,11 @@ pub struct RelayConfig {
     pub checkpoint_every_ms: u64,
     /// Retries while the bus is unavailable back off exponentially up to this.
     pub retry_backoff_max_ms: u64,
+    /// Keep a checkpoint in the log and resume from it. Turn off only for a bus that forgets
+    /// everything when the process stops (the in-process bus): a checkpoint would then claim
+    /// delivery of messages that died with the process, so the relay starts from position 0 and
+    /// relies on consumers being idempotent.
+    pub durable_checkpoints: bool,
 }
 
 impl RelayConfig {
@@ -436,6 +441,9 @@ impl Relay {
     }
 
     async fn load_checkpoint(&self) -> Result<u64, BusError> {
+        if !self.config.durable_checkpoints {
+            return Ok(0);
+        }
         let stream = self.checkpoint_stream();
         let Some(version) = self.store.stream_version(&stream).await? else {
             return Ok(0);
@@ -453,6 +461,9 @@ impl Relay {
     }
 
     async fn write_checkpoint(&self, next_position: u64) -> Result<(), BusError> {
+        if !self.config.durable_checkpoints {
+            return Ok(());
+        }
         let stream = self.checkpoint_stream();
         let id = Uuid::new_v5(
             &CHECKPOINT_ID_NAMESPACE,

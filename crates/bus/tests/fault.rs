@@ -117,6 +117,7 @@ async fn every_event_is_applied_exactly_once_across_a_nats_outage() {
             checkpoint_every_events: 500,
             checkpoint_every_ms: 250,
             retry_backoff_max_ms: 250,
+            durable_checkpoints: true,
         },
     )
     .unwrap();

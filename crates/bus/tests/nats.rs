@@ -252,6 +252,7 @@ fn relay_config(name: &str) -> RelayConfig {
         checkpoint_every_events: 10,
         checkpoint_every_ms: 100,
         retry_backoff_max_ms: 500,
+        durable_checkpoints: true,
     }
 }
 

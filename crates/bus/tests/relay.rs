@@ -35,6 +35,7 @@ fn config(routes: Vec<Route>) -> RelayConfig {
         checkpoint_every_events: 2,
         checkpoint_every_ms: 50,
         retry_backoff_max_ms: 100,
+        durable_checkpoints: true,
     }
 }
 

@@ -43,6 +43,10 @@ struct Plan {
     /// The embedded log, when that is the store: flushed and closed last.
     embedded: Option<Arc<EmbeddedLog>>,
     bus: SharedBus,
+    /// False for the in-process bus, which loses undelivered messages when the process stops:
+    /// the relay then re-publishes from the start of the log on every start (consumers are
+    /// idempotent), so a crash never loses an integration event.
+    durable_bus: bool,
     server: ServerArgs,
     hash_salt: String,
 }
@@ -114,6 +118,7 @@ pub async fn start_up(args: &UpArgs) -> Result<Running, AppError> {
         store: embedded.clone(),
         embedded: Some(embedded),
         bus,
+        durable_bus: false,
         server: args.server.clone(),
         hash_salt,
     })
@@ -156,6 +161,7 @@ pub async fn start_serve(args: &ServeArgs) -> Result<Running, AppError> {
         store,
         embedded,
         bus,
+        durable_bus: args.bus == BusKind::Nats,
         server: args.server.clone(),
         hash_salt,
     })
@@ -272,6 +278,7 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
             checkpoint_every_events: 1000,
             checkpoint_every_ms: 1000,
             retry_backoff_max_ms: 5000,
+            durable_checkpoints: plan.durable_bus,
         },
     )?;
     let token = background.clone();

@@ -253,3 +253,78 @@ async fn data_survives_a_graceful_restart() {
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// Regression: `up`'s bus keeps nothing across a crash, so a relay checkpoint would have claimed
+/// delivery of messages that died with the process. Events in the log that no consumer saw (as
+/// after a crash) must still reach commissions on the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integration_events_that_died_with_the_process_are_delivered_after_restart() {
+    use pl_eventlog::{
+        EmbeddedLog, EmbeddedOptions, EventMetadata, EventStore, ExpectedVersion, NewEvent,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let id = Uuid::from_u128(0x5eed);
+    {
+        // What a crashed process leaves: the fact is in the log, its message went nowhere.
+        let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let data = serde_json::json!({
+            "partner_id": id, "program_id": Uuid::from_u128(77), "display_name": "Acme",
+            "partner_type": "affiliate", "email": "a@acme.example", "country": "DE",
+            "applied_at": "2026-01-01T00:00:00Z",
+        });
+        let at = chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+        let event = NewEvent::json(
+            Uuid::from_u128(0xe1),
+            "PartnerApplied",
+            1,
+            &data,
+            EventMetadata::at(at),
+        )
+        .unwrap();
+        log.append(
+            &format!("partner-{id}"),
+            ExpectedVersion::NoStream,
+            vec![event],
+        )
+        .await
+        .unwrap();
+        // A checkpoint as the previous process's relay wrote it: past the event.
+        let checkpoint = NewEvent::json(
+            Uuid::from_u128(0xc1),
+            pl_bus::CHECKPOINT_EVENT_TYPE,
+            1,
+            &serde_json::json!({ "relay": "all", "next_position": 1 }),
+            EventMetadata::at(at),
+        )
+        .unwrap();
+        log.append(
+            "relay-checkpoint-all",
+            ExpectedVersion::Any,
+            vec![checkpoint],
+        )
+        .await
+        .unwrap();
+        log.close().unwrap();
+    }
+    let (running, channel) = start(dir.path()).await;
+    let mut commissions = CommissionsServiceClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match commissions
+            .get_partner_account(GetPartnerAccountRequest {
+                partner_id: id.to_string(),
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(s)
+                if s.code() == tonic::Code::NotFound && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("account never opened: {s}"),
+        }
+    }
+    running.shutdown();
+    running.wait().await.unwrap();
+}
