@@ -103,7 +103,8 @@ pub async fn start_up(args: &UpArgs) -> Result<Running, AppError> {
     let hash_salt = args
         .server
         .attribution_hash_salt
-        .clone()
+        .as_ref()
+        .map(|s| s.expose().to_owned())
         .unwrap_or_else(|| {
             tracing::warn!("no attribution hash salt configured; using the development salt");
             DEV_HASH_SALT.to_owned()
@@ -125,16 +126,39 @@ pub async fn start_up(args: &UpArgs) -> Result<Running, AppError> {
     .await
 }
 
+/// Checks what the command line alone cannot: settings that depend on each other and on how
+/// the binary was built. `--check-config` runs exactly this.
+pub fn validate_serve(args: &ServeArgs) -> Result<(), AppError> {
+    if args.service == ServiceName::Attribution && args.server.attribution_hash_salt.is_none() {
+        return Err(AppError::Config(
+            "serve attribution needs --attribution-hash-salt (PL_ATTRIBUTION_HASH_SALT)".into(),
+        ));
+    }
+    if args.store == StoreKind::Eventstoredb {
+        if !cfg!(feature = "eventstoredb") {
+            return Err(AppError::Config(
+                "this binary was built without EventStoreDB support (cargo feature `eventstoredb`)"
+                    .into(),
+            ));
+        }
+        if args.eventstore_url.is_none() {
+            return Err(AppError::Config(
+                "--store eventstoredb needs --eventstore-url (PL_EVENTSTORE_URL)".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `serve <service>`: one service, store and bus from configuration.
 pub async fn start_serve(args: &ServeArgs) -> Result<Running, AppError> {
-    let hash_salt = match (args.service, &args.server.attribution_hash_salt) {
-        (ServiceName::Attribution, None) => {
-            return Err(AppError::Config(
-                "serve attribution needs --attribution-hash-salt (PL_ATTRIBUTION_HASH_SALT)".into(),
-            ))
-        }
-        (_, salt) => salt.clone().unwrap_or_default(),
-    };
+    validate_serve(args)?;
+    let hash_salt = args
+        .server
+        .attribution_hash_salt
+        .as_ref()
+        .map(|s| s.expose().to_owned())
+        .unwrap_or_default();
     let (store, embedded): (SharedStore, _) = match args.store {
         StoreKind::Embedded => {
             let log = open_embedded(&args.data_dir)?;
@@ -170,9 +194,15 @@ pub async fn start_serve(args: &ServeArgs) -> Result<Running, AppError> {
 
 #[cfg(feature = "eventstoredb")]
 async fn open_eventstoredb(args: &ServeArgs) -> Result<SharedStore, AppError> {
-    let url = args.eventstore_url.as_deref().ok_or_else(|| {
-        AppError::Config("--store eventstoredb needs --eventstore-url (PL_EVENTSTORE_URL)".into())
-    })?;
+    let url = args
+        .eventstore_url
+        .as_ref()
+        .map(|s| s.expose())
+        .ok_or_else(|| {
+            AppError::Config(
+                "--store eventstoredb needs --eventstore-url (PL_EVENTSTORE_URL)".into(),
+            )
+        })?;
     let log =
         pl_eventlog::eventstoredb::EventStoreDbLog::connect(url, pl_eventlog::Limits::default())
             .await?;

@@ -6,6 +6,29 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// A setting never printed: `--check-config` and logs show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "partner-ledger",
@@ -108,7 +131,7 @@ pub struct ServerArgs {
     /// Salt for hashing visitors' IP addresses and user agents (attribution). Keep it secret and
     /// stable: changing it makes old and new hashes incomparable.
     #[arg(long, env = "PL_ATTRIBUTION_HASH_SALT", hide_env_values = true)]
-    pub attribution_hash_salt: Option<String>,
+    pub attribution_hash_salt: Option<Secret>,
     /// Prefix of every bus subject: `<prefix>.<context>.<event-type>`.
     #[arg(long, env = "PL_SUBJECT_PREFIX", default_value = "pl")]
     pub subject_prefix: String,
@@ -140,7 +163,7 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
     /// EventStoreDB connection string, when `--store eventstoredb` (e.g. `esdb://host:2113?tls=true`).
     #[arg(long, env = "PL_EVENTSTORE_URL", hide_env_values = true)]
-    pub eventstore_url: Option<String>,
+    pub eventstore_url: Option<Secret>,
     #[arg(long, env = "PL_BUS", value_enum, default_value = "nats")]
     pub bus: BusKind,
     /// NATS server(s), when `--bus nats`.

@@ -47,8 +47,20 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(a) => a.server.check_config,
     };
     if check_only {
-        println!("configuration is valid:\n{:#?}", cli.command);
-        return std::process::ExitCode::SUCCESS;
+        let checked = match &cli.command {
+            Command::Up(_) => Ok(()),
+            Command::Serve(args) => app::validate_serve(args),
+        };
+        return match checked {
+            Ok(()) => {
+                println!("configuration is valid:\n{:#?}", cli.command);
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("partner-ledger: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let telemetry = match pl_telemetry::init(&telemetry_config(&cli)) {
         Ok(t) => t,
