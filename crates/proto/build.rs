@@ -11,8 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "partnerledger/common/v1/common.proto",
         "partnerledger/crm/v1/crm.proto",
         "partnerledger/attribution/v1/attribution.proto",
+        "partnerledger/attribution/v1/events.proto",
         "partnerledger/commissions/v1/commissions.proto",
         "partnerledger/compliance/v1/compliance.proto",
+        "partnerledger/compliance/v1/events.proto",
     ];
     let fds = protox::compile(files.iter().map(|f| root.join(f)), [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
