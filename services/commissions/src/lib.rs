@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod consumer;
+pub mod contract;
 pub mod domain;
 pub mod grpc;
 

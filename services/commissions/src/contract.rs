@@ -1,0 +1,232 @@
+//! Commissions' reading of the integration events it consumes, per the contracts in
+//! `proto/partnerledger/attribution/v1/events.proto` and `.../compliance/v1/events.proto`.
+//! Each message is parsed and checked here, at the edge: a payload that breaks the contract is a
+//! permanent failure (dead-lettered), never a half-applied accrual.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use pl_money::{Decimal, Money};
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// Partner shares of one conversion are capped, like everything the service accepts.
+pub const MAX_SHARES: usize = 16;
+pub const MAX_PRODUCTS: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ConversionKind {
+    #[serde(rename = "CONVERSION_KIND_LEAD")]
+    Lead,
+    #[serde(rename = "CONVERSION_KIND_SIGNUP")]
+    Signup,
+    #[serde(rename = "CONVERSION_KIND_SALE")]
+    Sale,
+    #[serde(rename = "CONVERSION_KIND_SUBSCRIPTION_STARTED")]
+    SubscriptionStarted,
+    #[serde(rename = "CONVERSION_KIND_SUBSCRIPTION_INVOICE")]
+    SubscriptionInvoice,
+    #[serde(rename = "CONVERSION_KIND_NET_REVENUE_REPORT")]
+    NetRevenueReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerShare {
+    pub partner_id: Uuid,
+    pub weight: Decimal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ConversionAttributed {
+    pub conversion_id: Uuid,
+    #[serde(default)]
+    pub external_id: String,
+    pub program_id: Uuid,
+    pub kind: ConversionKind,
+    pub customer_id: String,
+    #[serde(default)]
+    pub customer_country: Option<String>,
+    #[serde(default)]
+    pub products: Vec<String>,
+    #[serde(default)]
+    pub gross: Option<Money>,
+    #[serde(default)]
+    pub net: Option<Money>,
+    #[serde(default, deserialize_with = "opt_decimal")]
+    pub lots: Option<Decimal>,
+    #[serde(default)]
+    pub list_price: Option<Money>,
+    #[serde(default)]
+    pub partner_price: Option<Money>,
+    #[serde(default)]
+    pub quantity: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub shares: Vec<PartnerShare>,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A refund or a chargeback: both reverse the conversion's commission pro rata.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Reversal {
+    #[serde(alias = "refund_id", alias = "chargeback_id")]
+    pub reversal_id: Uuid,
+    pub conversion_id: Uuid,
+    pub amount: Money,
+    pub occurred_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SubscriptionCancelled {
+    pub customer_id: String,
+    pub program_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct VerificationRecorded {
+    pub partner_id: Uuid,
+    pub kind: String,
+    pub status: String,
+    pub occurred_at: DateTime<Utc>,
+    #[serde(default)]
+    pub valid_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PayoutHold {
+    pub partner_id: Uuid,
+    pub hold_id: String,
+    #[serde(default)]
+    pub reason: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// Why a message breaks the contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{event_type} breaks its contract: {reason}")]
+pub struct ContractError {
+    pub event_type: String,
+    pub reason: String,
+}
+
+fn opt_decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    match s.as_deref() {
+        None | Some("") => Ok(None),
+        Some(v) => pl_money::parse_amount(v)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+impl ConversionAttributed {
+    /// Parses and checks the invariants the engine relies on: weights in (0, 1] summing to
+    /// exactly 1, distinct partners, amounts in one currency, bounded lists.
+    pub fn parse(data: &str) -> Result<Self, ContractError> {
+        let err = |reason: String| ContractError {
+            event_type: "ConversionAttributed".into(),
+            reason,
+        };
+        let c: Self = serde_json::from_str(data).map_err(|e| err(e.to_string()))?;
+        if c.shares.is_empty() || c.shares.len() > MAX_SHARES {
+            return Err(err(format!("needs 1 to {MAX_SHARES} partner shares")));
+        }
+        if c.products.len() > MAX_PRODUCTS {
+            return Err(err(format!("at most {MAX_PRODUCTS} products")));
+        }
+        let partners: BTreeSet<_> = c.shares.iter().map(|s| s.partner_id).collect();
+        if partners.len() != c.shares.len() {
+            return Err(err("a partner appears twice in the shares".into()));
+        }
+        if c.shares
+            .iter()
+            .any(|s| s.weight <= Decimal::ZERO || s.weight > Decimal::ONE)
+        {
+            return Err(err("every weight must be in (0, 1]".into()));
+        }
+        let total: Decimal = c.shares.iter().map(|s| s.weight).sum();
+        if total != Decimal::ONE {
+            return Err(err(format!("weights sum to {total}, not exactly 1")));
+        }
+        let currencies: BTreeSet<_> = [c.gross, c.net, c.list_price, c.partner_price]
+            .iter()
+            .flatten()
+            .map(|m| m.currency())
+            .collect();
+        if currencies.len() > 1 {
+            return Err(err("amounts are in more than one currency".into()));
+        }
+        Ok(c)
+    }
+}
+
+impl Reversal {
+    pub fn parse(event_type: &str, data: &str) -> Result<Self, ContractError> {
+        let r: Self = serde_json::from_str(data).map_err(|e| ContractError {
+            event_type: event_type.into(),
+            reason: e.to_string(),
+        })?;
+        if !r.amount.is_positive() {
+            return Err(ContractError {
+                event_type: event_type.into(),
+                reason: "the reversed amount must be positive".into(),
+            });
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SALE: &str = r#"{
+        "conversion_id": "00000000-0000-0000-0000-000000000001",
+        "external_id": "order-1", "program_id": "00000000-0000-0000-0000-000000000002",
+        "kind": "CONVERSION_KIND_SALE", "customer_id": "cust-1", "customer_country": "DE",
+        "products": ["pro"], "gross": {"amount": "100.00", "currency": "USD"},
+        "occurred_at": "2026-01-15T10:00:00Z",
+        "shares": [{"partner_id": "00000000-0000-0000-0000-00000000000a", "weight": "0.6"},
+                   {"partner_id": "00000000-0000-0000-0000-00000000000b", "weight": "0.4"}],
+        "model": "linear", "reason": "two clicks in window"
+    }"#;
+
+    #[test]
+    fn a_sale_split_between_two_partners_parses_with_exact_weights() {
+        let c = ConversionAttributed::parse(SALE).unwrap();
+        assert_eq!(c.kind, ConversionKind::Sale);
+        assert_eq!(c.shares[0].weight, Decimal::new(6, 1));
+        assert_eq!(c.gross.unwrap().to_string(), "100.00 USD");
+    }
+
+    #[test]
+    fn weights_that_do_not_sum_to_one_break_the_contract() {
+        let bad = SALE.replace("\"0.4\"", "\"0.3\"");
+        let e = ConversionAttributed::parse(&bad).unwrap_err();
+        assert!(e.reason.contains("sum to 0.9"), "{e}");
+    }
+
+    #[test]
+    fn a_float_amount_breaks_the_contract() {
+        let bad = SALE.replace("\"100.00\"", "100.0");
+        assert!(ConversionAttributed::parse(&bad).is_err());
+    }
+
+    #[test]
+    fn refunds_and_chargebacks_read_alike() {
+        let refund = r#"{"refund_id":"00000000-0000-0000-0000-000000000009",
+            "conversion_id":"00000000-0000-0000-0000-000000000001",
+            "amount":{"amount":"25.00","currency":"USD"},"occurred_at":"2026-02-01T00:00:00Z"}"#;
+        let r = Reversal::parse("ConversionRefunded", refund).unwrap();
+        assert_eq!(r.amount.to_string(), "25.00 USD");
+        let chargeback = refund.replace("refund_id", "chargeback_id");
+        assert_eq!(
+            Reversal::parse("ChargebackReceived", &chargeback).unwrap(),
+            r
+        );
+    }
+}
