@@ -1,0 +1,213 @@
+//! The facts of one attributed conversion, as the engine receives them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use pl_money::{Currency, Money};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::limits::{MAX_PRODUCTS, MAX_TEXT, MAX_UPLINE};
+use crate::FactsError;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversionKind {
+    /// A qualified lead.
+    Lead,
+    /// An account sign-up (e.g. a first deposit).
+    Signup,
+    /// A one-off sale. Counts as a paid invoice.
+    Sale,
+    /// A paid subscription invoice. Counts as a paid invoice.
+    SubscriptionInvoice,
+    /// A customer's (or player's) net revenue for part of a period; may be negative.
+    NetRevenueReport,
+}
+
+impl ConversionKind {
+    /// Whether the conversion is a paid invoice: the first one starts the customer's month 1.
+    pub fn is_paid_invoice(self) -> bool {
+        matches!(
+            self,
+            ConversionKind::Sale | ConversionKind::SubscriptionInvoice
+        )
+    }
+}
+
+impl fmt::Display for ConversionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConversionKind::Lead => "lead",
+            ConversionKind::Signup => "signup",
+            ConversionKind::Sale => "sale",
+            ConversionKind::SubscriptionInvoice => "subscription invoice",
+            ConversionKind::NetRevenueReport => "net revenue report",
+        })
+    }
+}
+
+/// A reseller's prices for the units sold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResellerPricing {
+    /// The list price of one unit.
+    pub list_price: Money,
+    /// The discounted price the reseller pays for one unit.
+    pub partner_price: Money,
+    /// Units sold.
+    pub quantity: u32,
+}
+
+/// One conversion attributed (in part) to one partner: everything the engine computes from.
+/// The amounts are in the conversion's currency; the engine converts them at `fx_rate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversionFacts {
+    /// The conversion.
+    pub conversion_id: Uuid,
+    /// The event the facts come from (for the caller's derived ids).
+    pub source_event_id: Uuid,
+    /// What happened.
+    pub kind: ConversionKind,
+    /// Business time; its UTC calendar month is the period.
+    pub occurred_at: DateTime<Utc>,
+    /// The customer (or player, or an aggregate key for partner-level net revenue reports).
+    pub customer_id: String,
+    /// The customer's country (ISO 3166 alpha-2, uppercase).
+    #[serde(default)]
+    pub customer_country: Option<String>,
+    /// Products in the conversion.
+    #[serde(default)]
+    pub products: Vec<String>,
+    /// Gross amount.
+    #[serde(default)]
+    pub gross: Option<Money>,
+    /// Net amount (net gaming revenue for reports, which may be negative).
+    #[serde(default)]
+    pub net: Option<Money>,
+    /// Lots traded.
+    #[serde(default)]
+    pub lots: Option<Decimal>,
+    /// Reseller pricing, for margin rewards.
+    #[serde(default)]
+    pub reseller: Option<ResellerPricing>,
+    /// The partner credited.
+    pub partner_id: Uuid,
+    /// The partner's tier at the conversion.
+    #[serde(default)]
+    pub partner_tier: Option<String>,
+    /// The partner's attribution share, `0 < weight <= 1`.
+    pub weight: Decimal,
+    /// Parent, grandparent, ... of the partner, for overrides.
+    #[serde(default)]
+    pub upline: Vec<Uuid>,
+    /// Rate from the conversion currency to the payout currency on the business date; `None`
+    /// when they match or no rate is recorded.
+    #[serde(default)]
+    pub fx_rate: Option<Decimal>,
+}
+
+impl ConversionFacts {
+    /// The currency of the conversion's amounts, if it carries any.
+    pub fn currency(&self) -> Option<Currency> {
+        self.gross
+            .or(self.net)
+            .or(self.reseller.as_ref().map(|r| r.list_price))
+            .map(Money::currency)
+    }
+
+    /// Checks the facts are consistent: weight in `(0, 1]`, one currency for all amounts,
+    /// nothing negative except a net revenue report's net, a positive FX rate, bounded lists and
+    /// texts, an upline without repeats.
+    pub fn validate(&self) -> Result<(), FactsError> {
+        if self.weight <= Decimal::ZERO || self.weight > Decimal::ONE {
+            return Err(FactsError::BadWeight(self.weight));
+        }
+        check_text("customer_id", &self.customer_id)?;
+        for (field, value) in [
+            ("customer_country", &self.customer_country),
+            ("partner_tier", &self.partner_tier),
+        ] {
+            if let Some(value) = value {
+                check_text(field, value)?;
+            }
+        }
+        if self.products.len() > MAX_PRODUCTS {
+            return Err(FactsError::TooMany {
+                field: "products",
+                count: self.products.len(),
+                max: MAX_PRODUCTS,
+            });
+        }
+        for product in &self.products {
+            check_text("product", product)?;
+        }
+        if self.upline.len() > MAX_UPLINE {
+            return Err(FactsError::TooMany {
+                field: "upline",
+                count: self.upline.len(),
+                max: MAX_UPLINE,
+            });
+        }
+        let mut seen = BTreeSet::from([self.partner_id]);
+        for parent in &self.upline {
+            if !seen.insert(*parent) {
+                return Err(FactsError::UplineRepeats(*parent));
+            }
+        }
+        self.validate_amounts()
+    }
+
+    fn validate_amounts(&self) -> Result<(), FactsError> {
+        let mut amounts: Vec<(&'static str, Money)> = Vec::new();
+        amounts.extend(self.gross.map(|m| ("gross", m)));
+        amounts.extend(self.net.map(|m| ("net", m)));
+        if let Some(r) = &self.reseller {
+            amounts.push(("list_price", r.list_price));
+            amounts.push(("partner_price", r.partner_price));
+            if r.partner_price.amount() > r.list_price.amount() {
+                return Err(FactsError::NegativeMargin {
+                    list_price: r.list_price.to_string(),
+                    partner_price: r.partner_price.to_string(),
+                });
+            }
+        }
+        if let Some(first) = amounts.first() {
+            for (_, other) in &amounts {
+                if other.currency() != first.1.currency() {
+                    return Err(FactsError::MixedCurrencies(
+                        first.1.currency(),
+                        other.currency(),
+                    ));
+                }
+            }
+        }
+        for (field, amount) in &amounts {
+            let may_be_negative = *field == "net" && self.kind == ConversionKind::NetRevenueReport;
+            if amount.is_negative() && !may_be_negative {
+                return Err(FactsError::Negative(field));
+            }
+        }
+        if self.lots.is_some_and(|l| l < Decimal::ZERO) {
+            return Err(FactsError::Negative("lots"));
+        }
+        if let Some(rate) = self.fx_rate {
+            if rate <= Decimal::ZERO {
+                return Err(FactsError::BadFxRate(rate));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_text(field: &'static str, value: &str) -> Result<(), FactsError> {
+    if value.is_empty() || value.chars().count() > MAX_TEXT {
+        return Err(FactsError::BadText {
+            field,
+            max: MAX_TEXT,
+        });
+    }
+    Ok(())
+}

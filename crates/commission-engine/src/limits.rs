@@ -1,0 +1,24 @@
+//! Upper bounds on every list and text, so no input can make a computation unbounded.
+
+/// Rules per plan version.
+pub const MAX_RULES: usize = 256;
+/// Tiers per tiered reward.
+pub const MAX_TIERS: usize = 32;
+/// Override levels per plan (parent, grandparent, ...).
+pub const MAX_OVERRIDE_LEVELS: usize = 5;
+/// Steps per recurring schedule.
+pub const MAX_SCHEDULE_STEPS: usize = 60;
+/// Customer months a schedule, month condition or duration may name (50 years).
+pub const MAX_MONTH: u32 = 600;
+/// Days an accrual may be held.
+pub const MAX_HOLD_DAYS: u32 = 3_660;
+/// Characters of a rule id.
+pub const MAX_RULE_ID: usize = 64;
+/// Characters of any other text (customer id, product, tier, country).
+pub const MAX_TEXT: usize = 128;
+/// Products per conversion.
+pub const MAX_PRODUCTS: usize = 64;
+/// Upline entries per conversion.
+pub const MAX_UPLINE: usize = 16;
+/// Plan versions given to [`select_version`](crate::select_version).
+pub const MAX_VERSIONS: usize = 1_000;
