@@ -88,6 +88,9 @@ pub enum LedgerError {
         /// Another partner.
         second: Uuid,
     },
+    /// A conversion whose transfers are all in one currency.
+    #[error("conversion does not change currency")]
+    ConversionWithinCurrency,
     /// Debits and credits differ in a currency.
     #[error("transaction does not balance in {currency}: debits {debits_minor_units}, credits {credits_minor_units} minor units")]
     Unbalanced {

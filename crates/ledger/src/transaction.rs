@@ -332,7 +332,8 @@ impl Transaction {
     /// positive, in whole minor units, at most [`MAX_TRANSFER_AMOUNT_MINOR_UNITS`], and in the
     /// currency of both accounts; no account debited and credited by one transfer; only the
     /// postings its kind allows; one partner only in a conversion or maturity; debits equal
-    /// credits in every currency; the explanation within its limits.
+    /// credits in every currency; a conversion between two currencies at least; the
+    /// explanation within its limits.
     pub fn validate(&self) -> Result<(), LedgerError> {
         let count = self.transfers.len();
         if count == 0 {
@@ -378,6 +379,9 @@ impl Transaction {
             TransactionKind::Conversion | TransactionKind::Maturity
         ) {
             self.check_one_partner()?;
+        }
+        if self.kind == TransactionKind::Conversion && totals.len() < 2 {
+            return Err(LedgerError::ConversionWithinCurrency);
         }
         self.explanation.validate()
     }
