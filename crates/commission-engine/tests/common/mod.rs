@@ -1,5 +1,6 @@
 //! Builders shared by the scenario tests.
-#![allow(dead_code)]
+#![allow(dead_code)] // each test binary uses a part of the builders
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
 
 use chrono::{DateTime, TimeZone, Utc};
 use pl_commission_engine::*;
