@@ -191,7 +191,7 @@ impl<'a> Cx<'a> {
             .amount()
             .checked_mul(rate)
             .ok_or(EngineError::Overflow)?;
-        Ok((Money::new(converted, self.currency), Some(rate)))
+        Ok((Money::new(converted.normalize(), self.currency), Some(rate)))
     }
 
     fn revenue(&self, rule: &Rule, base: Base) -> Result<Revenue, EngineError> {
