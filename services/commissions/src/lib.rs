@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod book;
 pub mod consumer;
 pub mod contract;
 pub mod domain;

@@ -1,0 +1,901 @@
+//! A partner's commission book (one stream `ledger-<partner id>`): every accrual, override,
+//! reversal, clawback and maturity of the partner, each event carrying the double-entry ledger
+//! transactions it posts. One stream per partner, so per-partner optimistic concurrency orders
+//! everything that moves the partner's money. Pure decide/evolve: no I/O, no clock.
+//!
+//! Entries: each amount owed to this partner for one conversion (its base line with any tier
+//! top-up, or one override line) is an entry that is pending until its hold ends, then payable.
+//! A reversal of a pending entry is posted as `Reversal` (pending → expense); of a matured one as
+//! a `Clawback` (payable → expense), which may drive payable negative.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, Utc};
+use pl_commission_engine::{
+    accrue, reverse_remaining, select_version, Accrual, AccrualLine, ConversionFacts, EngineError,
+    LineKind, PartnerState, PlanVersion, Reversal,
+};
+use pl_ledger::{postings, Explanation, FormulaInputs, LedgerError, Transaction};
+use pl_money::{Decimal, Money};
+use pl_runtime::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Entries a partner book tracks; a maturity run matures at most this many at once.
+pub const MAX_MATURED_PER_RUN: usize = 10_000;
+
+/// Which line of a conversion an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKey {
+    /// The partner's own commission (base plus any tier top-up).
+    Own,
+    /// An override earned from a downline partner's conversion.
+    Override { from_partner: Uuid, level: u8 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub program_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub hold_days: u32,
+    /// Accrued minus reversed so far (in the payout currency).
+    pub open: Money,
+    pub matured: bool,
+}
+
+impl Entry {
+    fn matures_by(&self, as_of: DateTime<Utc>) -> bool {
+        self.occurred_at + Duration::days(i64::from(self.hold_days)) <= as_of
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+#[allow(clippy::large_enum_variant)] // built once per command and stored; boxing buys nothing
+pub enum BookEvent {
+    /// The engine's accrual for a conversion credited to this partner; `transactions` post the
+    /// partner's own non-zero lines (override lines are posted in the upline's books).
+    ConversionAccrued {
+        program_id: Uuid,
+        hold_days: u32,
+        accrual: Accrual,
+        transactions: Vec<Transaction>,
+    },
+    /// An override line of a downline partner's accrual.
+    OverrideAccrued {
+        program_id: Uuid,
+        conversion_id: Uuid,
+        from_partner: Uuid,
+        occurred_at: DateTime<Utc>,
+        hold_days: u32,
+        line: AccrualLine,
+        transactions: Vec<Transaction>,
+    },
+    /// A refund or chargeback of a conversion credited to this partner: the engine's reversal
+    /// of the whole accrual (kept for cumulative fractions) and the postings of the own lines.
+    ConversionReversed {
+        reversal_id: Uuid,
+        reversal: Reversal,
+        transactions: Vec<Transaction>,
+    },
+    /// The reversal of an override this partner earned.
+    OverrideReversed {
+        reversal_id: Uuid,
+        conversion_id: Uuid,
+        from_partner: Uuid,
+        level: u8,
+        amount: Money,
+        transactions: Vec<Transaction>,
+    },
+    /// Entries whose hold ended by `as_of` moved from pending to payable.
+    CommissionsMatured {
+        as_of: DateTime<Utc>,
+        entries: Vec<(Uuid, EntryKey)>,
+        transactions: Vec<Transaction>,
+    },
+    /// A customer of this partner churned: lifetime shares stop.
+    CustomerChurned {
+        plan_id: Uuid,
+        customer_id: String,
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for BookEvent {}
+
+impl BookEvent {
+    pub fn transactions(&self) -> &[Transaction] {
+        match self {
+            BookEvent::ConversionAccrued { transactions, .. }
+            | BookEvent::OverrideAccrued { transactions, .. }
+            | BookEvent::ConversionReversed { transactions, .. }
+            | BookEvent::OverrideReversed { transactions, .. }
+            | BookEvent::CommissionsMatured { transactions, .. } => transactions,
+            BookEvent::CustomerChurned { .. } => &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Book {
+    pub partner_id: Option<Uuid>,
+    /// The engine's state per plan.
+    pub engine: BTreeMap<Uuid, PartnerState>,
+    /// Accruals of conversions credited to this partner, with their reversals so far.
+    pub accruals: BTreeMap<Uuid, (Accrual, Vec<Reversal>)>,
+    pub entries: BTreeMap<(Uuid, EntryKey), Entry>,
+    /// Refund and chargeback ids already applied: the same one twice changes nothing.
+    pub reversals_seen: BTreeSet<Uuid>,
+    /// Set when a stored event could not be applied (never expected; reported on the next
+    /// command instead of being ignored).
+    pub broken: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // one command per request, never stored in bulk
+pub enum BookCommand {
+    Accrue {
+        program_id: Uuid,
+        facts: ConversionFacts,
+        versions: Vec<PlanVersion>,
+    },
+    AccrueOverride {
+        program_id: Uuid,
+        conversion_id: Uuid,
+        from_partner: Uuid,
+        occurred_at: DateTime<Utc>,
+        hold_days: u32,
+        line: AccrualLine,
+        source_event_id: Uuid,
+    },
+    Reverse {
+        reversal_id: Uuid,
+        conversion_id: Uuid,
+        fraction: Decimal,
+        occurred_at: DateTime<Utc>,
+        source_event_id: Uuid,
+    },
+    ReverseOverride {
+        reversal_id: Uuid,
+        conversion_id: Uuid,
+        from_partner: Uuid,
+        level: u8,
+        /// Negative: the reversing line from the downline's reversal.
+        amount: Money,
+        occurred_at: DateTime<Utc>,
+        source_event_id: Uuid,
+    },
+    Mature {
+        partner_id: Uuid,
+        as_of: DateTime<Utc>,
+        /// Seed for the ids of the maturity transactions.
+        id_seed: Uuid,
+    },
+    Churn {
+        plan_id: Uuid,
+        customer_id: String,
+        at: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BookError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("no accrual of conversion {0} in this book")]
+    UnknownConversion(Uuid),
+    #[error("the book cannot be replayed: {0}")]
+    Broken(String),
+    #[error("a maturity run would move {0} entries, more than {MAX_MATURED_PER_RUN}")]
+    TooManyEntries(usize),
+}
+
+fn txn_id(seed: Uuid, what: &str) -> Uuid {
+    Uuid::new_v5(&seed, what.as_bytes())
+}
+
+fn explanation(
+    line: &AccrualLine,
+    accrual_plan: (Uuid, u32),
+    source: Uuid,
+    conversion: Uuid,
+) -> Explanation {
+    let f = &line.formula;
+    let inputs = FormulaInputs {
+        base_amount: f.credited_base.or(f.base),
+        rate_percent: f.rate.map(|r| r.value()),
+        tier: f.tier.as_ref().map(|t| format!("{t:?}")),
+        quantity: f.units,
+        flat_amount: f.flat,
+        month_index: f.month_index,
+        fx_rate: f.fx_rate,
+        other: BTreeMap::from([("weight".to_owned(), f.weight.to_string())]),
+    };
+    Explanation::new(source, f.text.clone())
+        .with_conversion(conversion)
+        .with_plan(accrual_plan.0, accrual_plan.1, line.rule_id.clone())
+        .with_inputs(inputs)
+}
+
+impl Book {
+    fn own_amount(accrual: &Accrual, lines: &[AccrualLine]) -> Result<Option<Money>, BookError> {
+        let own: Vec<Money> = lines
+            .iter()
+            .filter(|l| {
+                l.partner_id == accrual.partner_id && !matches!(l.kind, LineKind::Override { .. })
+            })
+            .map(|l| l.amount)
+            .collect();
+        let Some(first) = own.first() else {
+            return Ok(None);
+        };
+        Ok(Some(
+            Money::try_sum(first.currency(), own).map_err(EngineError::from)?,
+        ))
+    }
+
+    /// Posts a signed change of an entry: positive accrues into pending; negative reverses
+    /// from pending while the entry is in hold, or claws back from payable once it matured.
+    #[allow(clippy::too_many_arguments)]
+    fn post_change(
+        id: Uuid,
+        partner_id: Uuid,
+        entry_matured: bool,
+        program_id: Uuid,
+        occurred_at: DateTime<Utc>,
+        amount: Money,
+        why: Explanation,
+    ) -> Result<Option<Transaction>, BookError> {
+        if amount.is_zero() {
+            return Ok(None);
+        }
+        let t = if amount.is_positive() {
+            postings::accrual(id, occurred_at, partner_id, program_id, amount, why)?
+        } else if entry_matured {
+            postings::clawback(id, occurred_at, partner_id, program_id, amount.abs(), why)?
+        } else {
+            postings::reversal(id, occurred_at, partner_id, program_id, amount.abs(), why)?
+        };
+        Ok(Some(t))
+    }
+}
+
+impl Aggregate for Book {
+    type State = Book;
+    type Command = BookCommand;
+    type Event = BookEvent;
+    type Error = BookError;
+
+    fn decide(book: &Book, command: &BookCommand) -> Result<Vec<BookEvent>, BookError> {
+        if let Some(reason) = &book.broken {
+            return Err(BookError::Broken(reason.clone()));
+        }
+        match command {
+            BookCommand::Accrue {
+                program_id,
+                facts,
+                versions,
+            } => {
+                if book.accruals.contains_key(&facts.conversion_id) {
+                    return Ok(vec![]);
+                }
+                let plan_id = versions.first().map_or(Uuid::nil(), |v| v.plan_id);
+                let state = book
+                    .engine
+                    .get(&plan_id)
+                    .cloned()
+                    .unwrap_or_else(|| PartnerState::new(facts.partner_id, plan_id));
+                let version = select_version(versions, facts, &state)?;
+                let accrual = accrue(version, &state, facts)?;
+                let mut transactions = Vec::new();
+                if let Some(own) = Self::own_amount(&accrual, &accrual.lines)? {
+                    let first = accrual
+                        .lines
+                        .iter()
+                        .find(|l| l.partner_id == facts.partner_id)
+                        .ok_or(BookError::UnknownConversion(facts.conversion_id))?;
+                    let mut why = explanation(
+                        first,
+                        (accrual.plan_id, accrual.plan_version),
+                        facts.source_event_id,
+                        facts.conversion_id,
+                    );
+                    if accrual.lines.iter().any(|l| l.kind == LineKind::TierTopUp) {
+                        why.line = accrual
+                            .lines
+                            .iter()
+                            .filter(|l| {
+                                l.partner_id == facts.partner_id && l.kind != LineKind::Base
+                            })
+                            .fold(why.line, |acc, l| format!("{acc}; {}", l.formula.text));
+                    }
+                    let id = txn_id(
+                        facts.source_event_id,
+                        &format!("accrual:{}", facts.partner_id),
+                    );
+                    transactions.extend(Self::post_change(
+                        id,
+                        facts.partner_id,
+                        false,
+                        *program_id,
+                        facts.occurred_at,
+                        own,
+                        why,
+                    )?);
+                }
+                Ok(vec![BookEvent::ConversionAccrued {
+                    program_id: *program_id,
+                    hold_days: version.hold_days,
+                    accrual,
+                    transactions,
+                }])
+            }
+            BookCommand::AccrueOverride {
+                program_id,
+                conversion_id,
+                from_partner,
+                occurred_at,
+                hold_days,
+                line,
+                source_event_id,
+            } => {
+                let LineKind::Override { level } = line.kind else {
+                    return Ok(vec![]);
+                };
+                if book.entries.contains_key(&(
+                    *conversion_id,
+                    EntryKey::Override {
+                        from_partner: *from_partner,
+                        level,
+                    },
+                )) {
+                    return Ok(vec![]);
+                }
+                let why = Explanation::new(*source_event_id, line.formula.text.clone())
+                    .with_conversion(*conversion_id)
+                    .with_inputs(FormulaInputs {
+                        other: BTreeMap::from([
+                            ("downline_partner".to_owned(), from_partner.to_string()),
+                            ("level".to_owned(), level.to_string()),
+                        ]),
+                        ..FormulaInputs::default()
+                    });
+                let id = txn_id(
+                    *source_event_id,
+                    &format!("override:{}:{level}", line.partner_id),
+                );
+                let transactions = Self::post_change(
+                    id,
+                    line.partner_id,
+                    false,
+                    *program_id,
+                    *occurred_at,
+                    line.amount,
+                    why,
+                )?
+                .into_iter()
+                .collect();
+                Ok(vec![BookEvent::OverrideAccrued {
+                    program_id: *program_id,
+                    conversion_id: *conversion_id,
+                    from_partner: *from_partner,
+                    occurred_at: *occurred_at,
+                    hold_days: *hold_days,
+                    line: line.clone(),
+                    transactions,
+                }])
+            }
+            BookCommand::Reverse {
+                reversal_id,
+                conversion_id,
+                fraction,
+                occurred_at,
+                source_event_id,
+            } => {
+                if book.reversals_seen.contains(reversal_id) {
+                    return Ok(vec![]);
+                }
+                let (accrual, earlier) = book
+                    .accruals
+                    .get(conversion_id)
+                    .ok_or(BookError::UnknownConversion(*conversion_id))?;
+                let reversal = reverse_remaining(accrual, earlier, *fraction)?;
+                let mut transactions = Vec::new();
+                if let Some(own) = Self::own_amount(accrual, &reversal.lines)? {
+                    let matured = book
+                        .entries
+                        .get(&(*conversion_id, EntryKey::Own))
+                        .is_some_and(|e| e.matured);
+                    let text = format!(
+                        "reversal of {} of conversion {conversion_id}",
+                        reversal.fraction
+                    );
+                    let why = Explanation::new(*source_event_id, text)
+                        .with_conversion(*conversion_id)
+                        .with_plan(
+                            accrual.plan_id,
+                            accrual.plan_version,
+                            accrual.rule_id.clone().unwrap_or_default(),
+                        );
+                    let id = txn_id(
+                        *source_event_id,
+                        &format!("reversal:{}", accrual.partner_id),
+                    );
+                    transactions.extend(Self::post_change(
+                        id,
+                        accrual.partner_id,
+                        matured,
+                        book_program(book, *conversion_id),
+                        *occurred_at,
+                        own,
+                        why,
+                    )?);
+                }
+                Ok(vec![BookEvent::ConversionReversed {
+                    reversal_id: *reversal_id,
+                    reversal,
+                    transactions,
+                }])
+            }
+            BookCommand::ReverseOverride {
+                reversal_id,
+                conversion_id,
+                from_partner,
+                level,
+                amount,
+                occurred_at,
+                source_event_id,
+            } => {
+                let key = (
+                    *conversion_id,
+                    EntryKey::Override {
+                        from_partner: *from_partner,
+                        level: *level,
+                    },
+                );
+                let Some(entry) = book.entries.get(&key) else {
+                    return Err(BookError::UnknownConversion(*conversion_id));
+                };
+                if book.reversals_seen.contains(reversal_id) {
+                    return Ok(vec![]);
+                }
+                let partner = book.partner_id.unwrap_or_default();
+                let why = Explanation::new(
+                    *source_event_id,
+                    format!("reversal of a level {level} override"),
+                )
+                .with_conversion(*conversion_id);
+                let id = txn_id(
+                    *source_event_id,
+                    &format!("override-reversal:{partner}:{level}"),
+                );
+                let transactions = Self::post_change(
+                    id,
+                    partner,
+                    entry.matured,
+                    entry.program_id,
+                    *occurred_at,
+                    *amount,
+                    why,
+                )?
+                .into_iter()
+                .collect();
+                Ok(vec![BookEvent::OverrideReversed {
+                    reversal_id: *reversal_id,
+                    conversion_id: *conversion_id,
+                    from_partner: *from_partner,
+                    level: *level,
+                    amount: *amount,
+                    transactions,
+                }])
+            }
+            BookCommand::Mature {
+                partner_id,
+                as_of,
+                id_seed,
+            } => {
+                let due: Vec<_> = book
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| !e.matured && e.matures_by(*as_of))
+                    .collect();
+                if due.len() > MAX_MATURED_PER_RUN {
+                    return Err(BookError::TooManyEntries(due.len()));
+                }
+                let mut transactions = Vec::new();
+                let mut entries = Vec::new();
+                for ((conversion_id, key), entry) in due {
+                    entries.push((*conversion_id, *key));
+                    if entry.open.is_positive() {
+                        let why = Explanation::new(
+                            *id_seed,
+                            format!("hold of {} days ended by {as_of}", entry.hold_days),
+                        )
+                        .with_conversion(*conversion_id);
+                        let id = txn_id(*id_seed, &format!("mature:{conversion_id}:{key:?}"));
+                        transactions.push(postings::maturity(
+                            id,
+                            *as_of,
+                            *partner_id,
+                            entry.open,
+                            why,
+                        )?);
+                    }
+                }
+                if entries.is_empty() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![BookEvent::CommissionsMatured {
+                    as_of: *as_of,
+                    entries,
+                    transactions,
+                }])
+            }
+            BookCommand::Churn {
+                plan_id,
+                customer_id,
+                at,
+            } => Ok(vec![BookEvent::CustomerChurned {
+                plan_id: *plan_id,
+                customer_id: customer_id.clone(),
+                at: *at,
+            }]),
+        }
+    }
+
+    fn evolve(mut book: Book, event: &BookEvent) -> Book {
+        if let Err(reason) = book.apply(event) {
+            book.broken.get_or_insert(reason);
+        }
+        book
+    }
+}
+
+fn book_program(book: &Book, conversion_id: Uuid) -> Uuid {
+    book.entries
+        .get(&(conversion_id, EntryKey::Own))
+        .map_or(Uuid::nil(), |e| e.program_id)
+}
+
+impl Book {
+    fn apply(&mut self, event: &BookEvent) -> Result<(), String> {
+        match event {
+            BookEvent::ConversionAccrued {
+                program_id,
+                hold_days,
+                accrual,
+                ..
+            } => {
+                self.partner_id.get_or_insert(accrual.partner_id);
+                let state = self
+                    .engine
+                    .entry(accrual.plan_id)
+                    .or_insert_with(|| PartnerState::new(accrual.partner_id, accrual.plan_id));
+                state.apply(accrual).map_err(|e| e.to_string())?;
+                if let Some(own) =
+                    Self::own_amount(accrual, &accrual.lines).map_err(|e| e.to_string())?
+                {
+                    self.entries.insert(
+                        (accrual.conversion_id, EntryKey::Own),
+                        Entry {
+                            program_id: *program_id,
+                            occurred_at: accrual.occurred_at,
+                            hold_days: *hold_days,
+                            open: own,
+                            matured: false,
+                        },
+                    );
+                }
+                self.accruals
+                    .insert(accrual.conversion_id, (accrual.clone(), Vec::new()));
+            }
+            BookEvent::OverrideAccrued {
+                program_id,
+                conversion_id,
+                from_partner,
+                occurred_at,
+                hold_days,
+                line,
+                ..
+            } => {
+                self.partner_id.get_or_insert(line.partner_id);
+                if let LineKind::Override { level } = line.kind {
+                    self.entries.insert(
+                        (
+                            *conversion_id,
+                            EntryKey::Override {
+                                from_partner: *from_partner,
+                                level,
+                            },
+                        ),
+                        Entry {
+                            program_id: *program_id,
+                            occurred_at: *occurred_at,
+                            hold_days: *hold_days,
+                            open: line.amount,
+                            matured: false,
+                        },
+                    );
+                }
+            }
+            BookEvent::ConversionReversed {
+                reversal_id,
+                reversal,
+                ..
+            } => {
+                self.reversals_seen.insert(*reversal_id);
+                let Some((accrual, earlier)) = self.accruals.get_mut(&reversal.conversion_id)
+                else {
+                    return Err(format!(
+                        "reversal of unknown conversion {}",
+                        reversal.conversion_id
+                    ));
+                };
+                let own = Self::own_amount(accrual, &reversal.lines).map_err(|e| e.to_string())?;
+                earlier.push(reversal.clone());
+                if let (Some(own), Some(entry)) = (
+                    own,
+                    self.entries
+                        .get_mut(&(reversal.conversion_id, EntryKey::Own)),
+                ) {
+                    entry.open = entry.open.checked_add(own).map_err(|e| e.to_string())?;
+                }
+            }
+            BookEvent::OverrideReversed {
+                reversal_id,
+                conversion_id,
+                from_partner,
+                level,
+                amount,
+                ..
+            } => {
+                self.reversals_seen.insert(*reversal_id);
+                if let Some(entry) = self.entries.get_mut(&(
+                    *conversion_id,
+                    EntryKey::Override {
+                        from_partner: *from_partner,
+                        level: *level,
+                    },
+                )) {
+                    entry.open = entry.open.checked_add(*amount).map_err(|e| e.to_string())?;
+                }
+            }
+            BookEvent::CommissionsMatured { entries, .. } => {
+                for key in entries {
+                    if let Some(e) = self.entries.get_mut(key) {
+                        e.matured = true;
+                    }
+                }
+            }
+            BookEvent::CustomerChurned {
+                plan_id,
+                customer_id,
+                at,
+            } => {
+                if let Some(state) = self.engine.get_mut(plan_id) {
+                    state.apply_churn(customer_id, *at);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn stream(partner_id: Uuid) -> String {
+    format!("ledger-{partner_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use pl_commission_engine::{
+        Conditions, ConversionKind, NetRevenuePolicy, Percent, Reward, Rule, VersionPolicy,
+    };
+    use pl_ledger::{AsOf, Ledger, RecordedTransaction};
+    use pl_money::Currency;
+
+    use super::*;
+
+    const PARTNER: Uuid = Uuid::from_u128(1);
+    const PARENT: Uuid = Uuid::from_u128(2);
+    const PROGRAM: Uuid = Uuid::from_u128(9);
+    const PLAN: Uuid = Uuid::from_u128(7);
+
+    fn day(d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, d, 12, 0, 0).unwrap()
+    }
+
+    fn usd(s: &str) -> Money {
+        format!("{s} USD").parse().unwrap()
+    }
+
+    fn plan() -> PlanVersion {
+        PlanVersion {
+            plan_id: PLAN,
+            version: 1,
+            effective_from: day(1),
+            payout_currency: Currency::USD,
+            hold_days: 30,
+            minimum_payout: usd("50.00"),
+            version_policy: VersionPolicy::Grandfathered,
+            net_revenue_policy: NetRevenuePolicy::CarryForwardNegative,
+            cpa_recovery: false,
+            overrides: vec![Percent::new(2).unwrap()],
+            rules: vec![Rule {
+                id: "sales".into(),
+                conditions: Conditions::default(),
+                reward: Reward::PercentOfGross(Percent::new(10).unwrap()),
+                cap_per_conversion: None,
+                cap_per_period: None,
+            }],
+        }
+    }
+
+    fn sale(conversion: u128, gross: &str, at: DateTime<Utc>) -> BookCommand {
+        BookCommand::Accrue {
+            program_id: PROGRAM,
+            versions: vec![plan()],
+            facts: ConversionFacts {
+                conversion_id: Uuid::from_u128(conversion),
+                source_event_id: Uuid::from_u128(1000 + conversion),
+                kind: ConversionKind::Sale,
+                occurred_at: at,
+                customer_id: "cust-1".into(),
+                customer_country: None,
+                products: vec![],
+                gross: Some(usd(gross)),
+                net: None,
+                lots: None,
+                reseller: None,
+                partner_id: PARTNER,
+                partner_tier: None,
+                weight: Decimal::ONE,
+                upline: vec![PARENT],
+                fx_rate: None,
+            },
+        }
+    }
+
+    /// given(events) / when(command) / then(events), folding the new events in.
+    fn run(book: Book, command: &BookCommand) -> (Book, Vec<BookEvent>) {
+        let events = Book::decide(&book, command).unwrap();
+        (events.iter().fold(book, Book::evolve), events)
+    }
+
+    fn balances(events: &[BookEvent]) -> (Money, Money) {
+        let mut ledger = Ledger::new();
+        for (i, t) in events.iter().flat_map(BookEvent::transactions).enumerate() {
+            ledger
+                .apply(&RecordedTransaction {
+                    transaction: t.clone(),
+                    position: i as u64,
+                    recorded_at: day(1),
+                })
+                .unwrap();
+        }
+        let b = ledger.balances_of_partner(PARTNER, AsOf::Latest).unwrap();
+        let usd = &b.currencies[&Currency::USD];
+        (usd.pending, usd.payable)
+    }
+
+    #[test]
+    fn a_sale_accrues_the_partners_own_line_into_pending_and_leaves_overrides_to_the_upline() {
+        let (book, events) = run(Book::default(), &sale(1, "100.00", day(2)));
+        let BookEvent::ConversionAccrued {
+            accrual,
+            transactions,
+            ..
+        } = &events[0]
+        else {
+            panic!("expected an accrual");
+        };
+        assert_eq!(accrual.lines.len(), 2, "own line and the parent's override");
+        assert_eq!(transactions.len(), 1);
+        assert_eq!(balances(&events), (usd("10.00"), usd("0.00")));
+        assert_eq!(
+            book.entries[&(Uuid::from_u128(1), EntryKey::Own)].open,
+            usd("10.00")
+        );
+    }
+
+    #[test]
+    fn the_same_conversion_twice_accrues_once() {
+        let (book, _) = run(Book::default(), &sale(1, "100.00", day(2)));
+        assert!(Book::decide(&book, &sale(1, "100.00", day(2)))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_partial_refund_in_hold_reverses_pro_rata_from_pending() {
+        let (book, mut all) = run(Book::default(), &sale(1, "100.00", day(2)));
+        let refund = BookCommand::Reverse {
+            reversal_id: Uuid::from_u128(50),
+            conversion_id: Uuid::from_u128(1),
+            fraction: Decimal::new(25, 2),
+            occurred_at: day(5),
+            source_event_id: Uuid::from_u128(51),
+        };
+        let (book, events) = run(book, &refund);
+        all.extend(events);
+        assert_eq!(balances(&all), (usd("7.50"), usd("0.00")));
+        // Refunding the same refund again changes nothing.
+        assert!(Book::decide(&book, &refund).unwrap().is_empty());
+    }
+
+    #[test]
+    fn maturity_moves_only_what_has_served_its_hold() {
+        let (book, mut all) = run(Book::default(), &sale(1, "100.00", day(2)));
+        let (book, events) = run(book, &sale(2, "50.00", day(20)));
+        all.extend(events);
+        let mature = |as_of| BookCommand::Mature {
+            partner_id: PARTNER,
+            as_of,
+            id_seed: Uuid::from_u128(77),
+        };
+        // 2 January + 30 days = 1 February: the first sale only.
+        let (book, events) = run(
+            book,
+            &mature(Utc.with_ymd_and_hms(2026, 2, 1, 12, 0, 0).unwrap()),
+        );
+        all.extend(events);
+        assert_eq!(balances(&all), (usd("5.00"), usd("10.00")));
+        // Nothing more is due the same day.
+        assert!(Book::decide(
+            &book,
+            &mature(Utc.with_ymd_and_hms(2026, 2, 1, 12, 0, 0).unwrap())
+        )
+        .unwrap()
+        .is_empty());
+    }
+
+    #[test]
+    fn a_refund_after_maturity_is_clawed_back_from_payable() {
+        let (book, mut all) = run(Book::default(), &sale(1, "100.00", day(2)));
+        let as_of = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        let (book, events) = run(
+            book,
+            &BookCommand::Mature {
+                partner_id: PARTNER,
+                as_of,
+                id_seed: Uuid::from_u128(77),
+            },
+        );
+        all.extend(events);
+        let (_, events) = run(
+            book,
+            &BookCommand::Reverse {
+                reversal_id: Uuid::from_u128(60),
+                conversion_id: Uuid::from_u128(1),
+                fraction: Decimal::ONE,
+                occurred_at: as_of,
+                source_event_id: Uuid::from_u128(61),
+            },
+        );
+        let BookEvent::ConversionReversed { transactions, .. } = &events[0] else {
+            panic!()
+        };
+        assert_eq!(transactions[0].kind(), pl_ledger::TransactionKind::Clawback);
+        all.extend(events);
+        assert_eq!(balances(&all), (usd("0.00"), usd("0.00")));
+    }
+
+    #[test]
+    fn a_refund_of_an_unknown_conversion_is_refused() {
+        let err = Book::decide(
+            &Book::default(),
+            &BookCommand::Reverse {
+                reversal_id: Uuid::from_u128(60),
+                conversion_id: Uuid::from_u128(404),
+                fraction: Decimal::ONE,
+                occurred_at: day(3),
+                source_event_id: Uuid::from_u128(61),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err, BookError::UnknownConversion(Uuid::from_u128(404)));
+    }
+}
