@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod book;
+pub mod setup;
 pub mod consumer;
 pub mod contract;
 pub mod domain;
