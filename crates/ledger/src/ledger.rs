@@ -254,8 +254,9 @@ impl Book {
     }
 }
 
-/// The double-entry ledger as a projection of recorded transactions. Balances are derived from
-/// the entries on every query and never stored.
+/// The double-entry ledger as a projection of recorded transactions. Balances are derived, never
+/// stored: the running sums kept beside the entries are an in-memory index that a replay from
+/// position 0 rebuilds identically.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
     applied: Vec<Applied>,
@@ -317,16 +318,16 @@ impl Ledger {
         let occurred_at = transaction.occurred_at();
         for (index, (transfer, amount)) in transaction.transfers().iter().zip(amounts).enumerate() {
             for (account, signed) in [(transfer.debit, amount), (transfer.credit, -amount)] {
-                self.books
-                    .entry(account)
-                    .or_default()
-                    .post(seq, index, occurred_at, signed);
-                if let Some(partner_id) = account.partner_id() {
-                    self.partner_accounts
-                        .entry(partner_id)
-                        .or_default()
-                        .insert(account);
-                }
+                let book = self.books.entry(account).or_insert_with(|| {
+                    if let Some(partner_id) = account.partner_id() {
+                        self.partner_accounts
+                            .entry(partner_id)
+                            .or_default()
+                            .insert(account);
+                    }
+                    Book::default()
+                });
+                book.post(seq, index, occurred_at, signed);
             }
         }
         let recorded_at_max = self.applied.last().map_or(recorded.recorded_at, |last| {

@@ -2,9 +2,9 @@
 //! per currency, balances derived from them as of any business date and any recording point,
 //! and the explanation of every entry down to the rule and formula inputs that computed it. It
 //! must never do I/O, read a clock, touch a float, or store a balance: time arrives in the
-//! transactions, amounts are exact [`Money`](pl_money::Money), and every balance is a sum over
-//! recorded transactions, recomputed on each query. Nothing here panics on any input; every
-//! refusal is a [`LedgerError`].
+//! transactions, amounts are exact [`Money`](pl_money::Money), and every balance is derived
+//! from the recorded transactions by a [`Ledger`] projection that replay rebuilds byte for byte.
+//! Nothing here panics on any input; every refusal is a [`LedgerError`].
 //!
 //! # Chart of accounts
 //!
