@@ -45,8 +45,8 @@ impl Percent {
 
     /// The value as a fraction of one (0.1 for 10 %).
     pub fn fraction(self) -> Decimal {
-        // Moving the point two places is exact for every value `new` accepts (scale <= 26 after
-        // normalize is not guaranteed, so fall back to division, which rounds at the 28th place).
+        // Moving the point two places is exact while the scale stays within 28; past that,
+        // division rounds at the 28th decimal place.
         let mut shifted = self.0;
         match shifted.set_scale(self.0.scale() + 2) {
             Ok(()) => shifted,
