@@ -127,6 +127,9 @@ pub struct Book {
     pub entries: BTreeMap<(Uuid, EntryKey), Entry>,
     /// Refund and chargeback ids already applied: the same one twice changes nothing.
     pub reversals_seen: BTreeSet<Uuid>,
+    /// Each applied reversal of a conversion credited to this partner, by refund id, so a
+    /// redelivered refund can still pass the override reversals on to the upline.
+    pub reversals: BTreeMap<Uuid, Reversal>,
     /// Set when a stored event could not be applied (never expected; reported on the next
     /// command instead of being ignored).
     pub broken: Option<String>,
@@ -636,6 +639,7 @@ impl Book {
                 };
                 let own = Self::own_amount(accrual, &reversal.lines).map_err(|e| e.to_string())?;
                 earlier.push(reversal.clone());
+                self.reversals.insert(*reversal_id, reversal.clone());
                 if let (Some(own), Some(entry)) = (
                     own,
                     self.entries

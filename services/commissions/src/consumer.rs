@@ -12,14 +12,23 @@ use serde::Deserialize;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::accruals;
+use crate::contract::{ConversionAttributed, Reversal};
 use crate::domain::{self, Account, Opening};
 
-/// The durable consumer name of this service.
-pub const DURABLE_NAME: &str = "commissions";
-
-/// Subjects (under the bus prefix) this service consumes.
-pub fn filter_subjects(prefix: &str) -> Vec<String> {
-    vec![format!("{prefix}.crm.PartnerApplied")]
+/// The durable consumers of this service: (durable name, subject filter). One filter each,
+/// because NATS before 2.10 allows a single filter subject per consumer.
+pub fn subscriptions(prefix: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "commissions-crm".to_owned(),
+            format!("{prefix}.crm.PartnerApplied"),
+        ),
+        (
+            "commissions-attribution".to_owned(),
+            format!("{prefix}.attribution.>"),
+        ),
+    ]
 }
 
 /// What commissions needs of partner CRM's `PartnerApplied` (its own reading of the contract,
@@ -41,6 +50,16 @@ pub async fn handle(store: &dyn EventStore, message: Message) -> Result<(), Hand
     async move {
         match event.event_type.as_str() {
             "PartnerApplied" => open_account(store, &event, trace_context).await,
+            "ConversionAttributed" => {
+                let c = ConversionAttributed::parse(event.data.get())
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                accruals::on_conversion(store, &event, &c, &trace_context).await
+            }
+            "ConversionRefunded" | "ChargebackReceived" => {
+                let r = Reversal::parse(&event.event_type, event.data.get())
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                accruals::on_reversal(store, &event, &r, &trace_context).await
+            }
             other => {
                 // A subject filter let through something this version does not know: skip it.
                 tracing::debug!(event_type = other, "ignoring event type");

@@ -1,6 +1,17 @@
 //! The gRPC face of commissions.
 
-use pl_eventlog::SharedStore;
+use std::sync::Arc;
+
+use pl_eventlog::{EventStore, SharedStore};
+use pl_ledger::{AsOf, Ledger, Page, PartnerBalance, RecordedTransaction, RecordingPoint};
+use pl_money::{Currency, Decimal};
+use pl_runtime::aggregate::{decode_event, execute};
+use pl_runtime::request::{to_datetime, Violations};
+use pl_runtime::{idempotency, Clock, FieldViolation, RequestMeta};
+
+use crate::book::{self, Book, BookCommand, BookError, BookEvent};
+use crate::setup::{self, Assignment, Assignments, FxRate, FxRates, Plan, Publish};
+use crate::SERVICE;
 use pl_proto::commissions::v1 as pb;
 use pl_proto::commissions::v1::commissions_service_server::{
     CommissionsService as CommissionsApi, CommissionsServiceServer,
@@ -8,6 +19,120 @@ use pl_proto::commissions::v1::commissions_service_server::{
 use pl_runtime::aggregate::{load, ExecuteError};
 use pl_runtime::request::{parse_uuid, to_timestamp};
 use pl_runtime::ApiError;
+
+const DEFAULT_PAGE: usize = 100;
+/// Partner books larger than this many events are refused by the on-demand balance queries
+/// (a persistent projection replaces the replay when books grow past it).
+const MAX_BOOK_EVENTS: u64 = 1_000_000;
+
+fn domain<E: std::fmt::Display>(field: &'static str) -> impl Fn(ExecuteError<E>) -> ApiError {
+    move |e| match e {
+        ExecuteError::Domain(e) => ApiError::invalid(field, e.to_string()),
+        ExecuteError::Conflict { stream, .. } => ApiError::Conflict { stream },
+        ExecuteError::Decode(detail) => ApiError::internal(detail),
+        ExecuteError::Store(e) => e.into(),
+    }
+}
+
+fn book_error(e: ExecuteError<BookError>) -> ApiError {
+    match e {
+        ExecuteError::Domain(e @ (BookError::Broken(_) | BookError::Ledger(_))) => {
+            ApiError::internal(e)
+        }
+        ExecuteError::Domain(e) => ApiError::rule(e.to_string()),
+        ExecuteError::Conflict { stream, .. } => ApiError::Conflict { stream },
+        ExecuteError::Decode(detail) => ApiError::internal(detail),
+        ExecuteError::Store(e) => e.into(),
+    }
+}
+
+fn currency(field: &str, code: &str) -> Result<Currency, FieldViolation> {
+    code.parse()
+        .map_err(|_| FieldViolation::new(field, "an ISO 4217 currency code such as USD"))
+}
+
+fn as_of(v: &mut Violations, a: Option<&pb::AsOf>) -> AsOf {
+    let Some(a) = a else { return AsOf::Latest };
+    let business = a
+        .business_date
+        .as_ref()
+        .and_then(|t| v.check(to_datetime("as_of.business_date", t)));
+    let recorded = match (&a.recorded_at, a.recorded_position) {
+        (Some(_), p) if p > 0 => {
+            v.add("as_of", "give recorded_position or recorded_at, not both");
+            None
+        }
+        (Some(t), _) => v
+            .check(to_datetime("as_of.recorded_at", t))
+            .map(RecordingPoint::At),
+        (None, 0) => None,
+        (None, p) => Some(RecordingPoint::Position(p)),
+    };
+    match (business, recorded) {
+        (None, None) => AsOf::Latest,
+        (Some(d), None) => AsOf::BusinessDate(d),
+        (None, Some(RecordingPoint::Position(p))) => AsOf::Recorded { position: p },
+        (None, Some(RecordingPoint::At(t))) => AsOf::RecordedAt(t),
+        (Some(business_date), Some(recorded)) => AsOf::Bitemporal {
+            business_date,
+            recorded,
+        },
+    }
+}
+
+/// Replays a partner's book into a ledger, with each transaction at its event's log position.
+async fn partner_ledger(
+    store: &dyn EventStore,
+    partner_id: uuid::Uuid,
+) -> Result<Ledger, ApiError> {
+    let stream = book::stream(partner_id);
+    let mut ledger = Ledger::new();
+    let mut from = 0;
+    loop {
+        let page = store.read_stream(&stream, from, 1024).await?;
+        let Some(last) = page.last() else {
+            return Ok(ledger);
+        };
+        from = last.version + 1;
+        if from > MAX_BOOK_EVENTS {
+            return Err(ApiError::Exhausted {
+                what: format!("book of partner {partner_id} exceeds {MAX_BOOK_EVENTS} events"),
+            });
+        }
+        for recorded in &page {
+            let event: BookEvent = decode_event(recorded).map_err(ApiError::internal)?;
+            for t in event.transactions() {
+                ledger
+                    .apply(&RecordedTransaction {
+                        transaction: t.clone(),
+                        position: recorded.position,
+                        recorded_at: recorded.recorded_at,
+                    })
+                    .map_err(ApiError::internal)?;
+            }
+        }
+    }
+}
+
+fn balance_pb(currency: Currency, b: &PartnerBalance) -> pb::CurrencyBalances {
+    pb::CurrencyBalances {
+        currency: currency.code().to_owned(),
+        pending: b.pending.amount().to_string(),
+        payable: b.payable.amount().to_string(),
+        paid: b.paid.amount().to_string(),
+    }
+}
+
+fn clear_key<T: Clone>(
+    req: &T,
+    ctx: impl Fn(&mut T) -> Option<&mut pl_proto::common::v1::RequestContext>,
+) -> T {
+    let mut copy = req.clone();
+    if let Some(c) = ctx(&mut copy) {
+        c.idempotency_key.clear();
+    }
+    copy
+}
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Account, AccountError};
@@ -24,14 +149,24 @@ fn to_api(e: ExecuteError<AccountError>) -> ApiError {
 #[derive(Debug, Clone)]
 pub struct CommissionsService {
     store: SharedStore,
+    clock: Arc<dyn Clock>,
 }
 
 pub const SERVICE_NAME: &str =
     <CommissionsServiceServer<CommissionsService> as tonic::server::NamedService>::NAME;
 
 impl CommissionsService {
-    pub fn new(store: SharedStore) -> Self {
-        Self { store }
+    pub fn new(store: SharedStore, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
+    }
+
+    fn meta(
+        &self,
+        context: Option<&pl_proto::common::v1::RequestContext>,
+        v: &mut Violations,
+    ) -> Option<RequestMeta> {
+        let trace = pl_telemetry::inject(&tracing::Span::current());
+        RequestMeta::parse(SERVICE, context, self.clock.as_ref(), trace, v)
     }
 
     pub fn into_server(self, max_request_bytes: usize) -> CommissionsServiceServer<Self> {
@@ -60,6 +195,374 @@ impl CommissionsApi for CommissionsService {
             program_id: opening.program_id.to_string(),
             opened_at: Some(to_timestamp(opening.opened_at)),
             opened_by_event_id: opening.source_event_id.to_string(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(plan_id = %request.get_ref().plan_id))]
+    async fn publish_plan_version(
+        &self,
+        request: Request<pb::PublishPlanVersionRequest>,
+    ) -> Result<Response<pb::PlanVersionPublished>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let plan_id = v.check(parse_uuid("plan_id", &req.plan_id));
+        let version = if req.plan_json.len() > 1024 * 1024 {
+            v.add("plan_json", "at most 1 MiB");
+            None
+        } else {
+            let de = &mut serde_json::Deserializer::from_str(&req.plan_json);
+            match serde_path_to_error::deserialize::<_, pl_commission_engine::PlanVersion>(de) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    v.add(format!("plan_json.{}", e.path()), e.inner().to_string());
+                    None
+                }
+            }
+        };
+        v.finish()?;
+        let (Some(meta), Some(plan_id), Some(version)) = (meta, plan_id, version) else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let store = self.store.as_ref();
+        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
+                let cmd = Publish { plan_id, version };
+                execute::<Plan>(
+                    store,
+                    &setup::plan_stream(plan_id),
+                    &cmd,
+                    &meta.command_meta(),
+                )
+                .await
+                .map_err(domain("plan_json"))?;
+                Ok(pb::PlanVersionPublished {
+                    plan_id: plan_id.to_string(),
+                    version: cmd.version.version,
+                    effective_from: Some(to_timestamp(cmd.version.effective_from)),
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
+    async fn assign_plan(
+        &self,
+        request: Request<pb::AssignPlanRequest>,
+    ) -> Result<Response<pb::PlanAssigned>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
+        let plan_id = v.check(parse_uuid("plan_id", &req.plan_id));
+        let effective_from = match &req.effective_from {
+            Some(t) => v.check(to_datetime("effective_from", t)),
+            None => v.check(Err(FieldViolation::new("effective_from", "required"))),
+        };
+        let parent = if req.parent_partner_id.is_empty() {
+            Some(None)
+        } else {
+            v.check(parse_uuid("parent_partner_id", &req.parent_partner_id))
+                .map(Some)
+        };
+        if req.partner_tier.len() > 64 {
+            v.add("partner_tier", "at most 64 characters");
+        }
+        v.finish()?;
+        let (Some(meta), Some(partner_id), Some(plan_id), Some(effective_from), Some(parent)) =
+            (meta, partner_id, plan_id, effective_from, parent)
+        else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let store = self.store.as_ref();
+        let plan = pl_runtime::aggregate::load::<Plan>(store, &setup::plan_stream(plan_id))
+            .await
+            .map_err(domain::<setup::PlanPublishError>("plan_id"))?;
+        if plan.state.0.is_empty() {
+            return Err(ApiError::NotFound {
+                what: "plan",
+                id: plan_id.to_string(),
+            }
+            .into());
+        }
+        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
+                let cmd = Assignment {
+                    partner_id,
+                    plan_id,
+                    effective_from,
+                    partner_tier: (!req.partner_tier.is_empty()).then(|| req.partner_tier.clone()),
+                    parent_partner_id: parent,
+                };
+                execute::<Assignments>(
+                    store,
+                    &setup::assignment_stream(partner_id),
+                    &cmd,
+                    &meta.command_meta(),
+                )
+                .await
+                .map_err(domain("parent_partner_id"))?;
+                Ok(pb::PlanAssigned {
+                    partner_id: partner_id.to_string(),
+                    plan_id: plan_id.to_string(),
+                    effective_from: Some(to_timestamp(effective_from)),
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(from = %request.get_ref().from_currency, to = %request.get_ref().to_currency))]
+    async fn record_fx_rate(
+        &self,
+        request: Request<pb::RecordFxRateRequest>,
+    ) -> Result<Response<pb::FxRateRecorded>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let from = v.check(currency("from_currency", &req.from_currency));
+        let to = v.check(currency("to_currency", &req.to_currency));
+        let date = match &req.date {
+            Some(t) => v.check(to_datetime("date", t)).map(|d| d.date_naive()),
+            None => v.check(Err(FieldViolation::new("date", "required"))),
+        };
+        let rate = v.check(
+            pl_money::parse_amount(&req.rate)
+                .map_err(|e| FieldViolation::new("rate", e.to_string()))
+                .and_then(|r| {
+                    if r > Decimal::ZERO {
+                        Ok(r)
+                    } else {
+                        Err(FieldViolation::new("rate", "must be positive"))
+                    }
+                }),
+        );
+        v.finish()?;
+        let (Some(meta), Some(from), Some(to), Some(date), Some(rate)) =
+            (meta, from, to, date, rate)
+        else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let store = self.store.as_ref();
+        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
+                let cmd = FxRate {
+                    from,
+                    to,
+                    date,
+                    rate,
+                };
+                execute::<FxRates>(
+                    store,
+                    &setup::fx_stream(from, to),
+                    &cmd,
+                    &meta.command_meta(),
+                )
+                .await
+                .map_err(domain("rate"))?;
+                Ok(pb::FxRateRecorded {
+                    from_currency: from.code().to_owned(),
+                    to_currency: to.code().to_owned(),
+                    date: date.to_string(),
+                    rate: rate.to_string(),
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
+    async fn mature_commissions(
+        &self,
+        request: Request<pb::MatureCommissionsRequest>,
+    ) -> Result<Response<pb::MatureCommissionsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
+        let as_of = match &req.as_of {
+            Some(t) => v.check(to_datetime("as_of", t)),
+            None => v.check(Err(FieldViolation::new(
+                "as_of",
+                "required: maturity never reads the clock",
+            ))),
+        };
+        v.finish()?;
+        let (Some(meta), Some(partner_id), Some(as_of)) = (meta, partner_id, as_of) else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let store = self.store.as_ref();
+        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
+                let cmd = BookCommand::Mature {
+                    partner_id,
+                    as_of,
+                    id_seed: meta.key.id_seed(),
+                };
+                let done =
+                    execute::<Book>(store, &book::stream(partner_id), &cmd, &meta.command_meta())
+                        .await
+                        .map_err(book_error)?;
+                // One total per currency of what moved from pending to payable.
+                let mut totals: std::collections::BTreeMap<Currency, pl_money::Money> =
+                    std::collections::BTreeMap::new();
+                for transfer in done
+                    .events
+                    .iter()
+                    .flat_map(BookEvent::transactions)
+                    .flat_map(|t| t.transfers())
+                {
+                    let c = transfer.amount.currency();
+                    let sum = totals
+                        .get(&c)
+                        .copied()
+                        .unwrap_or_else(|| pl_money::Money::zero(c));
+                    totals.insert(
+                        c,
+                        sum.checked_add(transfer.amount)
+                            .map_err(ApiError::internal)?,
+                    );
+                }
+                let matured = totals
+                    .values()
+                    .map(|m| pl_proto::common::v1::Money {
+                        amount: m.amount().to_string(),
+                        currency: m.currency().code().to_owned(),
+                    })
+                    .collect();
+                Ok(pb::MatureCommissionsResponse { matured })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
+    async fn get_balances(
+        &self,
+        request: Request<pb::GetBalancesRequest>,
+    ) -> Result<Response<pb::Balances>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
+        let as_of = as_of(&mut v, req.as_of.as_ref());
+        v.finish()?;
+        let Some(partner_id) = partner_id else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let ledger = partner_ledger(self.store.as_ref(), partner_id).await?;
+        let balances = ledger
+            .balances_of_partner(partner_id, as_of)
+            .map_err(ApiError::internal)?;
+        Ok(Response::new(pb::Balances {
+            partner_id: partner_id.to_string(),
+            currencies: balances
+                .currencies
+                .iter()
+                .map(|(c, b)| balance_pb(*c, b))
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
+    async fn explain_balance(
+        &self,
+        request: Request<pb::ExplainBalanceRequest>,
+    ) -> Result<Response<pb::ExplainBalanceResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
+        let currency = v.check(currency("currency", &req.currency));
+        let as_of = as_of(&mut v, req.as_of.as_ref());
+        let page = req.page.unwrap_or_default();
+        let limit = match page.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n if n > pl_ledger::MAX_PAGE_ENTRIES => {
+                v.add(
+                    "page.page_size",
+                    format!("at most {}", pl_ledger::MAX_PAGE_ENTRIES),
+                );
+                1
+            }
+            n => n,
+        };
+        let offset = if page.page_token.is_empty() {
+            Some(0)
+        } else {
+            v.check(page.page_token.parse::<usize>().map_err(|_| {
+                FieldViolation::new("page.page_token", "not a token from a previous page")
+            }))
+        };
+        v.finish()?;
+        let (Some(partner_id), Some(currency), Some(offset)) = (partner_id, currency, offset)
+        else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let ledger = partner_ledger(self.store.as_ref(), partner_id).await?;
+        let explained = ledger
+            .explain(partner_id, currency, as_of, Page { offset, limit })
+            .map_err(ApiError::internal)?;
+        let entries = explained
+            .entries
+            .iter()
+            .map(|e| {
+                let x = &e.explanation;
+                let i = &x.inputs;
+                let mut inputs: std::collections::HashMap<String, String> =
+                    i.other.clone().into_iter().collect();
+                let mut put = |k: &str, v: Option<String>| {
+                    if let Some(v) = v {
+                        inputs.insert(k.to_owned(), v);
+                    }
+                };
+                put("base", i.base_amount.map(|m| m.to_string()));
+                put("rate_percent", i.rate_percent.map(|r| r.to_string()));
+                put("tier", i.tier.clone());
+                put("quantity", i.quantity.map(|q| q.to_string()));
+                put("flat", i.flat_amount.map(|m| m.to_string()));
+                put("month_index", i.month_index.map(|m| m.to_string()));
+                put("fx_rate", i.fx_rate.map(|r| r.to_string()));
+                pb::ExplainedEntry {
+                    transaction_id: e.transaction_id.to_string(),
+                    kind: e.kind.as_str().to_owned(),
+                    occurred_at: Some(to_timestamp(e.occurred_at)),
+                    position: e.position,
+                    account: e.account.to_string(),
+                    amount: e.amount.amount().to_string(),
+                    explanation: x.line.clone(),
+                    source_event_id: x.source_event_id.to_string(),
+                    conversion_id: x.conversion_id.map(|c| c.to_string()).unwrap_or_default(),
+                    plan_id: x
+                        .plan
+                        .as_ref()
+                        .map(|p| p.plan_id.to_string())
+                        .unwrap_or_default(),
+                    plan_version: x.plan.as_ref().map_or(0, |p| p.plan_version),
+                    rule_id: x
+                        .plan
+                        .as_ref()
+                        .map(|p| p.rule_id.clone())
+                        .unwrap_or_default(),
+                    inputs,
+                }
+            })
+            .collect();
+        let next = offset + explained.entries.len();
+        Ok(Response::new(pb::ExplainBalanceResponse {
+            balances: Some(pb::Balances {
+                partner_id: partner_id.to_string(),
+                currencies: vec![balance_pb(currency, &explained.balance)],
+            }),
+            entries,
+            next_page_token: if next < explained.total_entries {
+                next.to_string()
+            } else {
+                String::new()
+            },
         }))
     }
 }

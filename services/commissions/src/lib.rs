@@ -8,12 +8,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accruals;
 pub mod book;
-pub mod setup;
 pub mod consumer;
 pub mod contract;
 pub mod domain;
 pub mod grpc;
+pub mod setup;
 
 pub use grpc::CommissionsService;
 

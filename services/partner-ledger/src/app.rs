@@ -274,7 +274,8 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
             }
             ServiceName::Commissions => {
                 routes.add_service(
-                    pl_commissions::CommissionsService::new(plan.store.clone()).into_server(max),
+                    pl_commissions::CommissionsService::new(plan.store.clone(), clock.clone())
+                        .into_server(max),
                 );
                 names.push(pl_commissions::grpc::SERVICE_NAME);
             }
@@ -317,25 +318,28 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
     }));
 
     if plan.services.contains(&ServiceName::Commissions) {
-        let spec = ConsumerSpec::new(
-            pl_commissions::consumer::DURABLE_NAME,
-            pl_commissions::consumer::filter_subjects(&plan.server.subject_prefix),
-        );
-        let consumer = plan.bus.consumer(spec).await?;
-        let store = plan.store.clone();
-        let token = background.clone();
-        tasks.push(tokio::spawn(async move {
-            pl_bus::run_consumer(
-                consumer,
-                move |message| {
-                    let store = store.clone();
-                    async move { pl_commissions::consumer::handle(store.as_ref(), message).await }
-                },
-                token,
-            )
-            .await
-            .map_err(AppError::from)
-        }));
+        for (durable, filter) in
+            pl_commissions::consumer::subscriptions(&plan.server.subject_prefix)
+        {
+            let consumer = plan
+                .bus
+                .consumer(ConsumerSpec::new(durable, vec![filter]))
+                .await?;
+            let store = plan.store.clone();
+            let token = background.clone();
+            tasks.push(tokio::spawn(async move {
+                pl_bus::run_consumer(
+                    consumer,
+                    move |message| {
+                        let store = store.clone();
+                        async move { pl_commissions::consumer::handle(store.as_ref(), message).await }
+                    },
+                    token,
+                )
+                .await
+                .map_err(AppError::from)
+            }));
+        }
     }
 
     let bound = server::bind(config.listen).await?;

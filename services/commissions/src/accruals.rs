@@ -1,0 +1,295 @@
+//! Attribution's conversions, refunds and chargebacks turned into book commands: find each
+//! credited partner's plan and upline, compute with the engine, post the partner's lines in its
+//! own book and each override in the upline's book. Every command's event ids derive from the
+//! consumed event, so a redelivered message appends nothing.
+
+use std::collections::BTreeMap;
+
+use pl_bus::{derived_event_id, HandleError, IntegrationEvent};
+use pl_commission_engine::{
+    ConversionFacts, ConversionKind as EngineKind, EngineError, LineKind, ResellerPricing,
+};
+use pl_eventlog::EventStore;
+use pl_money::Decimal;
+use pl_runtime::aggregate::{execute, load, ExecuteError};
+use pl_runtime::CommandMeta;
+use uuid::Uuid;
+
+use crate::book::{self, Book, BookCommand, BookError};
+use crate::contract::{ConversionAttributed, ConversionKind, Reversal};
+use crate::setup::{self, Accrued, Assignments, ConversionIndex, FxRates, Plan, MAX_UPLINE};
+
+fn meta(event: &IntegrationEvent, purpose: &str, trace: &BTreeMap<String, String>) -> CommandMeta {
+    CommandMeta {
+        id_seed: derived_event_id(event.id, &format!("{}:{purpose}", crate::SERVICE)),
+        occurred_at: event.occurred_at,
+        correlation_id: event.correlation_id,
+        causation_id: Some(event.id),
+        trace_context: trace.clone(),
+    }
+}
+
+/// Maps a command failure to the bus outcome: conflicts and store outages are retried; a
+/// missing FX rate is retried too (the accrual waits, visibly in the logs and, after the
+/// consumer's delivery limit, on the dead-letter subject) — never converted at a guessed rate.
+fn outcome<E: std::fmt::Display>(e: ExecuteError<E>) -> HandleError {
+    match e {
+        ExecuteError::Conflict { stream, .. } => {
+            HandleError::Retry(format!("conflict on {stream}"))
+        }
+        ExecuteError::Store(e) if e.is_invalid_input() => HandleError::Permanent(e.to_string()),
+        ExecuteError::Store(e) => HandleError::Retry(e.to_string()),
+        ExecuteError::Decode(e) => HandleError::Permanent(e),
+        ExecuteError::Domain(e) => HandleError::Permanent(e.to_string()),
+    }
+}
+
+fn book_outcome(e: ExecuteError<BookError>) -> HandleError {
+    match e {
+        ExecuteError::Domain(BookError::Engine(e @ EngineError::FxRateMissing { .. })) => {
+            tracing::warn!(error = %e, "accrual waits for an fx rate");
+            HandleError::Retry(e.to_string())
+        }
+        other => outcome(other),
+    }
+}
+
+fn engine_kind(kind: ConversionKind) -> EngineKind {
+    match kind {
+        ConversionKind::Lead => EngineKind::Lead,
+        ConversionKind::Signup => EngineKind::Signup,
+        ConversionKind::Sale | ConversionKind::SubscriptionStarted => EngineKind::Sale,
+        ConversionKind::SubscriptionInvoice => EngineKind::SubscriptionInvoice,
+        ConversionKind::NetRevenueReport => EngineKind::NetRevenueReport,
+    }
+}
+
+/// Accrues one attributed conversion for every credited partner.
+pub async fn on_conversion(
+    store: &dyn EventStore,
+    event: &IntegrationEvent,
+    c: &ConversionAttributed,
+    trace: &BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    let revenue = c.gross.or(c.net);
+    let mut credited = Vec::with_capacity(c.shares.len());
+    for share in &c.shares {
+        let assignments = load::<Assignments>(store, &setup::assignment_stream(share.partner_id))
+            .await
+            .map_err(outcome)?
+            .state;
+        let Some(assignment) = assignments.at(c.occurred_at).cloned() else {
+            tracing::warn!(partner_id = %share.partner_id, conversion_id = %c.conversion_id, "no plan assigned; nothing accrued");
+            continue;
+        };
+        let versions = load::<Plan>(store, &setup::plan_stream(assignment.plan_id))
+            .await
+            .map_err(outcome)?
+            .state
+            .0;
+        let mut upline = Vec::new();
+        let mut next = assignment.parent_partner_id;
+        while let Some(parent) = next {
+            if upline.len() == MAX_UPLINE || upline.contains(&parent) || parent == share.partner_id
+            {
+                break;
+            }
+            upline.push(parent);
+            let theirs = load::<Assignments>(store, &setup::assignment_stream(parent))
+                .await
+                .map_err(outcome)?
+                .state;
+            next = theirs.at(c.occurred_at).and_then(|a| a.parent_partner_id);
+        }
+        let payout_currency = versions
+            .iter()
+            .filter(|v| v.effective_from <= c.occurred_at)
+            .max_by_key(|v| v.effective_from)
+            .map(|v| v.payout_currency);
+        let fx_rate = match (revenue.map(|m| m.currency()), payout_currency) {
+            (Some(from), Some(to)) if from != to => {
+                load::<FxRates>(store, &setup::fx_stream(from, to))
+                    .await
+                    .map_err(outcome)?
+                    .state
+                    .on(c.occurred_at.date_naive())
+            }
+            _ => None,
+        };
+        let facts = ConversionFacts {
+            conversion_id: c.conversion_id,
+            source_event_id: event.id,
+            kind: engine_kind(c.kind),
+            occurred_at: c.occurred_at,
+            customer_id: c.customer_id.clone(),
+            customer_country: c.customer_country.clone(),
+            products: c.products.clone(),
+            gross: c.gross,
+            net: c.net,
+            lots: c.lots,
+            reseller: match (c.list_price, c.partner_price) {
+                (Some(list_price), Some(partner_price)) => Some(ResellerPricing {
+                    list_price,
+                    partner_price,
+                    quantity: c.quantity.max(1),
+                }),
+                _ => None,
+            },
+            partner_id: share.partner_id,
+            partner_tier: assignment.partner_tier.clone(),
+            weight: share.weight,
+            upline,
+            fx_rate,
+        };
+        let command = BookCommand::Accrue {
+            program_id: c.program_id,
+            facts,
+            versions,
+        };
+        let done = execute::<Book>(
+            store,
+            &book::stream(share.partner_id),
+            &command,
+            &meta(event, &format!("accrue:{}", share.partner_id), trace),
+        )
+        .await
+        .map_err(book_outcome)?;
+        credited.push(share.partner_id);
+        let Some((accrual, _)) = done.state.accruals.get(&c.conversion_id) else {
+            continue;
+        };
+        let hold_days = done
+            .state
+            .entries
+            .get(&(c.conversion_id, book::EntryKey::Own))
+            .map_or(0, |e| e.hold_days);
+        for line in &accrual.lines {
+            let LineKind::Override { level } = line.kind else {
+                continue;
+            };
+            let command = BookCommand::AccrueOverride {
+                program_id: c.program_id,
+                conversion_id: c.conversion_id,
+                from_partner: share.partner_id,
+                occurred_at: c.occurred_at,
+                hold_days,
+                line: line.clone(),
+                source_event_id: event.id,
+            };
+            let purpose = format!("override:{}:{}:{level}", share.partner_id, line.partner_id);
+            execute::<Book>(
+                store,
+                &book::stream(line.partner_id),
+                &command,
+                &meta(event, &purpose, trace),
+            )
+            .await
+            .map_err(book_outcome)?;
+        }
+    }
+    let index = Accrued {
+        conversion_id: c.conversion_id,
+        program_id: c.program_id,
+        partners: credited,
+        revenue,
+    };
+    execute::<ConversionIndex>(
+        store,
+        &setup::accrued_stream(c.conversion_id),
+        &index,
+        &meta(event, "index", trace),
+    )
+    .await
+    .map_err(outcome)?;
+    Ok(())
+}
+
+/// Reverses a refund's or chargeback's share of a conversion's commission in every book that
+/// holds it, overrides included.
+pub async fn on_reversal(
+    store: &dyn EventStore,
+    event: &IntegrationEvent,
+    r: &Reversal,
+    trace: &BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    let index = load::<ConversionIndex>(store, &setup::accrued_stream(r.conversion_id))
+        .await
+        .map_err(outcome)?
+        .state;
+    let Some(accrued) = index.0 else {
+        // The conversion was never accrued (no plan, or not yet): retry, as attribution's
+        // events may arrive out of order across subjects.
+        return Err(HandleError::Retry(format!(
+            "conversion {} is not accrued yet",
+            r.conversion_id
+        )));
+    };
+    let Some(revenue) = accrued.revenue else {
+        return Err(HandleError::Permanent(
+            "a conversion without revenue cannot be refunded".into(),
+        ));
+    };
+    if revenue.currency() != r.amount.currency() {
+        return Err(HandleError::Permanent(format!(
+            "refund in {} of a conversion in {}",
+            r.amount.currency(),
+            revenue.currency()
+        )));
+    }
+    let fraction = r
+        .amount
+        .amount()
+        .checked_div(revenue.amount().abs())
+        .filter(|f| *f > Decimal::ZERO)
+        .ok_or_else(|| HandleError::Permanent("refund fraction is undefined".into()))?
+        .min(Decimal::ONE);
+    for partner in &accrued.partners {
+        let command = BookCommand::Reverse {
+            reversal_id: r.reversal_id,
+            conversion_id: r.conversion_id,
+            fraction,
+            occurred_at: r.occurred_at,
+            source_event_id: event.id,
+        };
+        let done = execute::<Book>(
+            store,
+            &book::stream(*partner),
+            &command,
+            &meta(event, &format!("reverse:{partner}"), trace),
+        )
+        .await
+        .map_err(book_outcome)?;
+        let Some(reversal) = done.state.reversals.get(&r.reversal_id) else {
+            continue;
+        };
+        for line in &reversal.lines {
+            let LineKind::Override { level } = line.kind else {
+                continue;
+            };
+            let command = BookCommand::ReverseOverride {
+                reversal_id: r.reversal_id,
+                conversion_id: r.conversion_id,
+                from_partner: *partner,
+                level,
+                amount: line.amount,
+                occurred_at: r.occurred_at,
+                source_event_id: event.id,
+            };
+            let purpose = format!("reverse-override:{partner}:{}:{level}", line.partner_id);
+            execute::<Book>(
+                store,
+                &book::stream(line.partner_id),
+                &command,
+                &meta(event, &purpose, trace),
+            )
+            .await
+            .map_err(book_outcome)?;
+        }
+    }
+    Ok(())
+}
+
+/// Deterministic id for commands issued over gRPC on behalf of a request key.
+pub fn request_seed(key_seed: Uuid, partner_id: Uuid) -> Uuid {
+    Uuid::new_v5(&key_seed, partner_id.as_bytes())
+}

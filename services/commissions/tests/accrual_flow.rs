@@ -1,0 +1,404 @@
+//! The commissions service as its callers meet it: plans published and assigned over its gRPC
+//! API, attribution's events consumed from the bus, balances and explanations queried — on the
+//! in-memory event log, calling the service implementation directly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use pl_bus::{HandleError, Message};
+use pl_commission_engine::{
+    Conditions, NetRevenuePolicy, Percent, PlanVersion, Reward, Rule, VersionPolicy,
+};
+use pl_commissions::CommissionsService;
+use pl_eventlog::{MemoryLog, SharedStore};
+use pl_money::{Currency, Money};
+use pl_proto::commissions::v1 as pb;
+use pl_proto::commissions::v1::commissions_service_server::CommissionsService as Api;
+use pl_proto::common::v1::RequestContext;
+use pl_runtime::FixedClock;
+use tonic::Request;
+use uuid::Uuid;
+
+const PARTNER: Uuid = Uuid::from_u128(0xa1);
+const PARENT: Uuid = Uuid::from_u128(0xa2);
+const PLAN: Uuid = Uuid::from_u128(0xb1);
+const PROGRAM: Uuid = Uuid::from_u128(0xc1);
+
+fn at(month: u32, day: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, month, day, 12, 0, 0).unwrap()
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+fn ctx(key: &str) -> Option<RequestContext> {
+    Some(RequestContext {
+        idempotency_key: key.into(),
+        occurred_at: Some(ts(at(1, 1))),
+        correlation_id: String::new(),
+    })
+}
+
+fn plan() -> PlanVersion {
+    PlanVersion {
+        plan_id: PLAN,
+        version: 1,
+        effective_from: at(1, 1),
+        payout_currency: Currency::USD,
+        hold_days: 30,
+        minimum_payout: Money::from_minor_units(5000, Currency::USD),
+        version_policy: VersionPolicy::Grandfathered,
+        net_revenue_policy: NetRevenuePolicy::CarryForwardNegative,
+        cpa_recovery: false,
+        overrides: vec![Percent::new(2).unwrap()],
+        rules: vec![Rule {
+            id: "sales".into(),
+            conditions: Conditions::default(),
+            reward: Reward::PercentOfGross(Percent::new(10).unwrap()),
+            cap_per_conversion: None,
+            cap_per_period: None,
+        }],
+    }
+}
+
+fn message(
+    id: u128,
+    event_type: &str,
+    data: serde_json::Value,
+    occurred_at: DateTime<Utc>,
+) -> Message {
+    let envelope = serde_json::json!({
+        "id": Uuid::from_u128(id), "type": event_type, "schema_version": 1,
+        "stream": "conversion-x", "version": 0, "position": id,
+        "occurred_at": occurred_at, "recorded_at": occurred_at,
+        "correlation_id": null, "causation_id": null, "data": data,
+    });
+    Message {
+        id: Uuid::from_u128(id),
+        subject: format!("pl.attribution.{event_type}"),
+        payload: bytes::Bytes::from(serde_json::to_vec(&envelope).unwrap()),
+        headers: BTreeMap::new(),
+    }
+}
+
+fn sale(conversion: u128, gross: &str) -> serde_json::Value {
+    serde_json::json!({
+        "conversion_id": Uuid::from_u128(conversion), "program_id": PROGRAM,
+        "kind": "CONVERSION_KIND_SALE", "customer_id": "cust-1",
+        "gross": { "amount": gross, "currency": "USD" }, "occurred_at": at(1, 10),
+        "shares": [{ "partner_id": PARTNER, "weight": "1" }],
+    })
+}
+
+struct World {
+    store: SharedStore,
+    api: CommissionsService,
+}
+
+async fn world() -> World {
+    let store: SharedStore = Arc::new(MemoryLog::default());
+    let api = CommissionsService::new(store.clone(), Arc::new(FixedClock::at(at(1, 1))));
+    api.publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+        context: ctx("plan-1"),
+        plan_id: PLAN.to_string(),
+        plan_json: serde_json::to_string(&plan()).unwrap(),
+    }))
+    .await
+    .unwrap();
+    for (key, partner, parent) in [
+        ("assign-p", PARTNER, Some(PARENT)),
+        ("assign-q", PARENT, None),
+    ] {
+        api.assign_plan(Request::new(pb::AssignPlanRequest {
+            context: ctx(key),
+            partner_id: partner.to_string(),
+            plan_id: PLAN.to_string(),
+            effective_from: Some(ts(at(1, 1))),
+            partner_tier: String::new(),
+            parent_partner_id: parent.map(|p| p.to_string()).unwrap_or_default(),
+        }))
+        .await
+        .unwrap();
+    }
+    World { store, api }
+}
+
+impl World {
+    async fn consume(&self, m: Message) -> Result<(), HandleError> {
+        pl_commissions::consumer::handle(self.store.as_ref(), m).await
+    }
+
+    async fn balances(&self, partner: Uuid, as_of: Option<pb::AsOf>) -> (String, String) {
+        let b = self
+            .api
+            .get_balances(Request::new(pb::GetBalancesRequest {
+                partner_id: partner.to_string(),
+                as_of,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        match b.currencies.first() {
+            Some(c) => (c.pending.clone(), c.payable.clone()),
+            None => ("none".into(), "none".into()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_sale_accrues_for_the_partner_and_its_parent_and_a_redelivery_changes_nothing() {
+    let w = world().await;
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("10.00".into(), "0.00".into())
+    );
+    assert_eq!(
+        w.balances(PARENT, None).await,
+        ("2.00".into(), "0.00".into())
+    );
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("10.00".into(), "0.00".into())
+    );
+    assert_eq!(
+        w.balances(PARENT, None).await,
+        ("2.00".into(), "0.00".into())
+    );
+}
+
+#[tokio::test]
+async fn a_partial_refund_reverses_a_quarter_of_every_line_and_once_only() {
+    let w = world().await;
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    let refund = serde_json::json!({
+        "refund_id": Uuid::from_u128(900), "conversion_id": Uuid::from_u128(100),
+        "amount": { "amount": "25.00", "currency": "USD" }, "occurred_at": at(1, 12),
+    });
+    w.consume(message(2, "ConversionRefunded", refund.clone(), at(1, 12)))
+        .await
+        .unwrap();
+    w.consume(message(2, "ConversionRefunded", refund, at(1, 12)))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("7.50".into(), "0.00".into())
+    );
+    assert_eq!(
+        w.balances(PARENT, None).await,
+        ("1.50".into(), "0.00".into())
+    );
+}
+
+#[tokio::test]
+async fn maturity_after_the_hold_makes_commissions_payable_and_explain_says_why() {
+    let w = world().await;
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    let mature = |key: &str, day: DateTime<Utc>| pb::MatureCommissionsRequest {
+        context: ctx(key),
+        partner_id: PARTNER.to_string(),
+        as_of: Some(ts(day)),
+    };
+    w.api
+        .mature_commissions(Request::new(mature("m1", at(2, 1))))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("10.00".into(), "0.00".into()),
+        "hold not over"
+    );
+    let r = w
+        .api
+        .mature_commissions(Request::new(mature("m2", at(2, 10))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.matured[0].amount, "10.00");
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("0.00".into(), "10.00".into())
+    );
+
+    // As of a business date before the hold ended, the money was still pending.
+    let before = pb::AsOf {
+        business_date: Some(ts(at(2, 1))),
+        ..Default::default()
+    };
+    assert_eq!(
+        w.balances(PARTNER, Some(before)).await,
+        ("10.00".into(), "0.00".into())
+    );
+    // As known at the recording point of the accrual, nothing had matured.
+    let explained = w
+        .api
+        .explain_balance(Request::new(pb::ExplainBalanceRequest {
+            partner_id: PARTNER.to_string(),
+            currency: "USD".into(),
+            as_of: None,
+            page: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let accrual = &explained.entries[0];
+    assert_eq!(accrual.explanation, "10% of 100.00 USD sale");
+    assert_eq!(accrual.plan_id, PLAN.to_string());
+    assert_eq!(
+        (accrual.plan_version, accrual.rule_id.as_str()),
+        (1, "sales")
+    );
+    assert_eq!(accrual.conversion_id, Uuid::from_u128(100).to_string());
+    let first_position = accrual.position;
+    let known_then = pb::AsOf {
+        recorded_position: first_position,
+        ..Default::default()
+    };
+    assert_eq!(
+        w.balances(PARTNER, Some(known_then)).await,
+        ("10.00".into(), "0.00".into())
+    );
+}
+
+#[tokio::test]
+async fn a_refund_after_maturity_is_clawed_back_from_payable() {
+    let w = world().await;
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    w.api
+        .mature_commissions(Request::new(pb::MatureCommissionsRequest {
+            context: ctx("m"),
+            partner_id: PARTNER.to_string(),
+            as_of: Some(ts(at(3, 1))),
+        }))
+        .await
+        .unwrap();
+    let chargeback = serde_json::json!({
+        "chargeback_id": Uuid::from_u128(901), "conversion_id": Uuid::from_u128(100),
+        "amount": { "amount": "100.00", "currency": "USD" }, "occurred_at": at(3, 5),
+    });
+    w.consume(message(3, "ChargebackReceived", chargeback, at(3, 5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("0.00".into(), "0.00".into())
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_plan_is_refused_with_the_path_of_the_bad_field_and_nothing_is_written() {
+    let w = world().await;
+    let mut json: serde_json::Value = serde_json::to_value(plan()).unwrap();
+    json["version"] = 2.into();
+    json["effective_from"] = serde_json::to_value(at(2, 1)).unwrap();
+    json["rules"][0]["reward"] = serde_json::json!({ "NoSuchReward": 1 });
+    let err = w
+        .api
+        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx("plan-2"),
+            plan_id: PLAN.to_string(),
+            plan_json: json.to_string(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("plan_json.rules[0].reward"),
+        "{}",
+        err.message()
+    );
+    // Skipping a version number is refused too.
+    let mut skipped = plan();
+    skipped.version = 3;
+    skipped.effective_from = at(3, 1);
+    let err = w
+        .api
+        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx("plan-3"),
+            plan_id: PLAN.to_string(),
+            plan_json: serde_json::to_string(&skipped).unwrap(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_conversion_in_another_currency_waits_for_its_fx_rate_then_converts_at_it() {
+    let w = world().await;
+    let mut eur = sale(101, "100.00");
+    eur["gross"]["currency"] = "EUR".into();
+    let err = w
+        .consume(message(5, "ConversionAttributed", eur.clone(), at(1, 10)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HandleError::Retry(ref m) if m.contains("fx")),
+        "{err:?}"
+    );
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("none".into(), "none".into())
+    );
+    w.api
+        .record_fx_rate(Request::new(pb::RecordFxRateRequest {
+            context: ctx("fx-1"),
+            from_currency: "EUR".into(),
+            to_currency: "USD".into(),
+            date: Some(ts(at(1, 10))),
+            rate: "1.10".into(),
+        }))
+        .await
+        .unwrap();
+    w.consume(message(5, "ConversionAttributed", eur, at(1, 10)))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("11.00".into(), "0.00".into())
+    );
+}
