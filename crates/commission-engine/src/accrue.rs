@@ -84,7 +84,7 @@ struct Cx<'a> {
     plan: &'a PlanVersion,
     facts: &'a ConversionFacts,
     customer: Option<&'a CustomerState>,
-    totals: &'a PartnerState,
+    state: &'a PartnerState,
     period: Period,
     month_index: Option<u32>,
     currency: Currency,
@@ -150,7 +150,7 @@ impl<'a> Cx<'a> {
             plan,
             facts,
             customer: state.customer(&facts.customer_id),
-            totals: state,
+            state,
             period: Period::of(facts.occurred_at),
             month_index: customer_month_index(state, facts)?,
             currency,
@@ -171,7 +171,7 @@ impl<'a> Cx<'a> {
     }
 
     fn period_totals(&self, rule: &Rule) -> PeriodTotals {
-        self.totals
+        self.state
             .period_totals(self.period, &rule.id)
             .cloned()
             .unwrap_or_else(|| PeriodTotals::zero(self.currency))

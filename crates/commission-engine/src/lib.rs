@@ -19,6 +19,17 @@
 //! Plans are checked with [`validate_plan`] when published: limits, currencies, tiers,
 //! schedules, and no two rules of equal specificity that could match the same conversion.
 //!
+//! Decisions worth knowing:
+//!
+//! * every rate is a [`Percent`] in percent units (`10` is 10 %), overrides included;
+//! * a conversion no rule matches is an [`Accrual`] without lines whose
+//!   [`NotPayable`] says why, not an error;
+//! * a foreign amount without a recorded rate is [`EngineError::FxRateMissing`];
+//! * the attribution weight scales the conversion (revenue, count, lots, flat fee) before any
+//!   formula, so a half-credited partner also counts half the tier volume;
+//! * customer month 1 starts at the customer's first paid invoice (sale or subscription
+//!   invoice) and runs to the same day next month; the first year is months 1–12.
+//!
 //! ```
 //! use chrono::{TimeZone, Utc};
 //! use pl_commission_engine::*;
@@ -107,6 +118,6 @@ pub use plan::{
     RewardKind, Rule, ScheduleStep, Tier, TierMode, TierPrice, VersionPolicy, VolumeBasis,
 };
 pub use reverse::{reverse, reverse_remaining, Reversal};
-pub use select::{customer_month_index, matches, select_rule, select_version};
+pub use select::{conditions_hold, customer_month_index, select_rule, select_version};
 pub use state::{CustomerState, NetRevenuePosition, PartnerState, PeriodTotals};
 pub use validate::validate_plan;

@@ -46,6 +46,13 @@ pub fn reverse(original: &Accrual, fraction: Decimal) -> Result<Reversal, Engine
 ///
 /// Refunding the same refund twice is the caller's to prevent (by its idempotency key): the
 /// engine cannot tell a repeated refund from a second one of the same size.
+///
+/// Fractions are exact decimals, so three refunds of `1/3` sum to `0.999…9`, not 1: pass the
+/// last refund as [`Reversal::remaining_fraction`] to reverse the accrual in full.
+///
+/// A reversal changes no [`PartnerState`](crate::PartnerState): a refunded sale still counts
+/// toward the month's tier volume and period cap, and CPA recovery already applied stays
+/// applied. Only the commission lines are reversed.
 pub fn reverse_remaining(
     original: &Accrual,
     earlier: &[Reversal],

@@ -110,7 +110,7 @@ pub fn select_rule<'p>(
     let mut best: Option<(&Rule, usize)> = None;
     let mut tie: Option<&Rule> = None;
     for rule in &plan.rules {
-        if !matches(&rule.conditions, facts, month_index) {
+        if !conditions_hold(&rule.conditions, facts, month_index) {
             continue;
         }
         let specificity = rule.conditions.specificity();
@@ -133,7 +133,11 @@ pub fn select_rule<'p>(
 }
 
 /// Whether every set condition holds for the conversion.
-pub fn matches(conditions: &Conditions, facts: &ConversionFacts, month_index: Option<u32>) -> bool {
+pub fn conditions_hold(
+    conditions: &Conditions,
+    facts: &ConversionFacts,
+    month_index: Option<u32>,
+) -> bool {
     let c = conditions;
     c.conversion_kind.is_none_or(|k| k == facts.kind)
         && c.product
