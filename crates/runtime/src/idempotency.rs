@@ -74,9 +74,22 @@ impl IdempotencyKey {
     }
 }
 
-/// SHA-256 of a request's protobuf encoding, taken with the idempotency key cleared.
+/// SHA-256 of a request's protobuf encoding.
 pub fn fingerprint<M: prost::Message>(request: &M) -> [u8; 32] {
     Sha256::digest(request.encode_to_vec()).into()
+}
+
+/// The fingerprint of a request with its idempotency key cleared (`context` reaches the
+/// request's `RequestContext`), so "same request" means same body whatever the key.
+pub fn request_fingerprint<M: prost::Message + Clone>(
+    request: &M,
+    context: impl FnOnce(&mut M) -> Option<&mut pl_proto::common::v1::RequestContext>,
+) -> [u8; 32] {
+    let mut copy = request.clone();
+    if let Some(ctx) = context(&mut copy) {
+        ctx.idempotency_key.clear();
+    }
+    fingerprint(&copy)
 }
 
 #[derive(Debug, Serialize, Deserialize)]

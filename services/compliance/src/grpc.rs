@@ -170,15 +170,12 @@ impl ComplianceApi for ComplianceService {
             occurred_at: meta.occurred_at,
             valid_until,
         };
-        let mut fingerprinted = req.clone();
-        if let Some(ctx) = fingerprinted.context.as_mut() {
-            ctx.idempotency_key.clear();
-        }
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let store = self.store.as_ref();
         let response = idempotency::run_once(
             store,
             &meta.key,
-            idempotency::fingerprint(&fingerprinted),
+            fingerprint,
             meta.occurred_at,
             || async {
                 let done = execute::<History>(

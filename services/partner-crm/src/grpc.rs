@@ -176,10 +176,7 @@ impl PartnerCrmService for CrmService {
         else {
             return Err(ApiError::internal("validated fields missing").into());
         };
-        let mut fingerprinted = req.clone();
-        if let Some(ctx) = fingerprinted.context.as_mut() {
-            ctx.idempotency_key.clear();
-        }
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let store = self.store.as_ref();
         let command = PartnerCommand::Apply(Application {
             partner_id,
@@ -193,7 +190,7 @@ impl PartnerCrmService for CrmService {
         let response = idempotency::run_once(
             store,
             &meta.key,
-            idempotency::fingerprint(&fingerprinted),
+            fingerprint,
             meta.occurred_at,
             || async {
                 let done = execute::<Partner>(

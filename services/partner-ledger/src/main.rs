@@ -21,22 +21,35 @@ fn telemetry_config(cli: &Cli) -> TelemetryConfig {
     cfg
 }
 
-async fn wait_for_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT will stop the server");
-                std::future::pending::<()>().await;
-            }
+/// Installs the SIGTERM and SIGINT handlers. Done before the server announces itself, so a
+/// signal sent right after start-up drains instead of killing the process.
+fn install_signals() -> Vec<(tokio::signal::unix::Signal, &'static str)> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut out = Vec::new();
+    for (kind, name) in [
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::interrupt(), "SIGINT"),
+    ] {
+        match signal(kind) {
+            Ok(s) => out.push((s, name)),
+            Err(e) => eprintln!("partner-ledger: cannot listen for {name}: {e}"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
-        () = terminate => tracing::info!("received SIGTERM"),
     }
+    out
+}
+
+async fn wait_for_signal(signals: Vec<(tokio::signal::unix::Signal, &'static str)>) {
+    let waits = signals.into_iter().map(|(mut s, name)| {
+        Box::pin(async move {
+            s.recv().await;
+            name
+        })
+    });
+    if waits.len() == 0 {
+        return std::future::pending().await;
+    }
+    let (name, _, _) = futures::future::select_all(waits).await;
+    tracing::info!(signal = name, "received signal");
 }
 
 #[tokio::main]
@@ -62,6 +75,7 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
+    let signals = install_signals();
     let telemetry = match pl_telemetry::init(&telemetry_config(&cli)) {
         Ok(t) => t,
         Err(e) => {
@@ -87,7 +101,7 @@ async fn main() -> std::process::ExitCode {
         running.local_addr,
         names.join(", ")
     );
-    wait_for_signal().await;
+    wait_for_signal(signals).await;
     running.shutdown();
     let outcome = running.wait().await;
     if let Err(e) = telemetry.shutdown() {
