@@ -163,12 +163,8 @@ impl AttributionApi for AttributionService {
         };
         let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let store = self.store.as_ref();
-        let response = idempotency::run_once(
-            store,
-            &meta.key,
-            fingerprint,
-            meta.occurred_at,
-            || async {
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
                 let done = execute::<Click>(
                     store,
                     &domain::stream(click_id),
@@ -182,9 +178,8 @@ impl AttributionApi for AttributionService {
                     .0
                     .ok_or_else(|| ApiError::internal("click missing after record"))?;
                 Ok(view(&recorded))
-            },
-        )
-        .await?;
+            })
+            .await?;
         Ok(Response::new(response))
     }
 

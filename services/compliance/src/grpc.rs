@@ -172,12 +172,8 @@ impl ComplianceApi for ComplianceService {
         };
         let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let store = self.store.as_ref();
-        let response = idempotency::run_once(
-            store,
-            &meta.key,
-            fingerprint,
-            meta.occurred_at,
-            || async {
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
                 let done = execute::<History>(
                     store,
                     &domain::stream(partner_id),
@@ -193,9 +189,8 @@ impl ComplianceApi for ComplianceService {
                     .last()
                     .ok_or_else(|| ApiError::internal("verification missing"))?;
                 Ok(view(last, version))
-            },
-        )
-        .await?;
+            })
+            .await?;
         Ok(Response::new(response))
     }
 

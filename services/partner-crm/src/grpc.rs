@@ -187,12 +187,8 @@ impl PartnerCrmService for CrmService {
             country,
             applied_at: meta.occurred_at,
         });
-        let response = idempotency::run_once(
-            store,
-            &meta.key,
-            fingerprint,
-            meta.occurred_at,
-            || async {
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
                 let done = execute::<Partner>(
                     store,
                     &domain::stream(partner_id),
@@ -204,9 +200,8 @@ impl PartnerCrmService for CrmService {
                 tracing::info!(%partner_id, version = ?done.version, "partner applied");
                 view(&done.state, done.version)
                     .ok_or_else(|| ApiError::internal("partner missing after apply"))
-            },
-        )
-        .await?;
+            })
+            .await?;
         Ok(Response::new(response))
     }
 
