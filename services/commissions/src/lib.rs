@@ -14,6 +14,7 @@ pub mod consumer;
 pub mod contract;
 pub mod domain;
 pub mod grpc;
+pub mod reports;
 pub mod setup;
 
 pub use grpc::CommissionsService;
