@@ -16,8 +16,11 @@ use pl_runtime::CommandMeta;
 use uuid::Uuid;
 
 use crate::book::{self, Book, BookCommand, BookError};
-use crate::contract::{ConversionAttributed, ConversionKind, Reversal};
-use crate::setup::{self, Accrued, Assignments, ConversionIndex, FxRates, Plan, MAX_UPLINE};
+use crate::contract::{ConversionAttributed, ConversionKind, Reversal, SubscriptionCancelled};
+use crate::setup::{
+    self, Accrued, Assignments, ConversionIndex, CustomerCredit, CustomerIndex, FxRates, Plan,
+    MAX_UPLINE,
+};
 
 fn meta(event: &IntegrationEvent, purpose: &str, trace: &BTreeMap<String, String>) -> CommandMeta {
     CommandMeta {
@@ -158,6 +161,21 @@ pub async fn on_conversion(
         let Some((accrual, _)) = done.state.accruals.get(&c.conversion_id) else {
             continue;
         };
+        // Remember who earns on this customer, under which plan, so a churn finds them.
+        let credit = CustomerCredit {
+            program_id: c.program_id,
+            customer_id: c.customer_id.clone(),
+            partner_id: share.partner_id,
+            plan_id: accrual.plan_id,
+        };
+        execute::<CustomerIndex>(
+            store,
+            &setup::customer_stream(c.program_id, &c.customer_id),
+            &credit,
+            &meta(event, &format!("customer:{}", share.partner_id), trace),
+        )
+        .await
+        .map_err(outcome)?;
         let hold_days = done
             .state
             .entries
@@ -285,6 +303,40 @@ pub async fn on_reversal(
             .await
             .map_err(book_outcome)?;
         }
+    }
+    Ok(())
+}
+
+/// A customer's subscription ended: every partner credited with the customer's conversions
+/// stops earning lifetime recurring shares from then on (the engine's churn).
+pub async fn on_churn(
+    store: &dyn EventStore,
+    event: &IntegrationEvent,
+    c: &SubscriptionCancelled,
+    trace: &BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    let index = load::<CustomerIndex>(store, &setup::customer_stream(c.program_id, &c.customer_id))
+        .await
+        .map_err(outcome)?
+        .state;
+    if index.0.is_empty() {
+        tracing::info!(program_id = %c.program_id, "churn of a customer no partner earns on");
+    }
+    for credit in index.0.iter().filter(|k| k.customer_id == c.customer_id) {
+        let command = BookCommand::Churn {
+            plan_id: credit.plan_id,
+            customer_id: c.customer_id.clone(),
+            at: c.occurred_at,
+        };
+        let purpose = format!("churn:{}:{}", credit.partner_id, credit.plan_id);
+        execute::<Book>(
+            store,
+            &book::stream(credit.partner_id),
+            &command,
+            &meta(event, &purpose, trace),
+        )
+        .await
+        .map_err(book_outcome)?;
     }
     Ok(())
 }

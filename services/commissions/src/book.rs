@@ -15,8 +15,9 @@ use pl_commission_engine::{
     accrue, reverse_remaining, select_version, Accrual, AccrualLine, ConversionFacts, EngineError,
     LineKind, PartnerState, PlanVersion, Reversal,
 };
+use pl_ledger::Account;
 use pl_ledger::{postings, Explanation, FormulaInputs, LedgerError, Transaction};
-use pl_money::{Decimal, Money};
+use pl_money::{Currency, Decimal, Money};
 use pl_runtime::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -100,6 +101,26 @@ pub enum BookEvent {
         customer_id: String,
         at: DateTime<Utc>,
     },
+    /// A payout run paid the partner's whole payable in one currency: payable → clearing.
+    PayoutCreated {
+        run_id: Uuid,
+        program_id: Uuid,
+        amount: Money,
+        transactions: Vec<Transaction>,
+    },
+    /// The payout reached the partner: clearing → paid.
+    PayoutSettled {
+        run_id: Uuid,
+        currency: Currency,
+        transactions: Vec<Transaction>,
+    },
+    /// The payout came back: clearing → payable, to be paid by a later run.
+    PayoutFailed {
+        run_id: Uuid,
+        currency: Currency,
+        reason: String,
+        transactions: Vec<Transaction>,
+    },
 }
 
 impl DomainEvent for BookEvent {}
@@ -111,7 +132,10 @@ impl BookEvent {
             | BookEvent::OverrideAccrued { transactions, .. }
             | BookEvent::ConversionReversed { transactions, .. }
             | BookEvent::OverrideReversed { transactions, .. }
-            | BookEvent::CommissionsMatured { transactions, .. } => transactions,
+            | BookEvent::CommissionsMatured { transactions, .. }
+            | BookEvent::PayoutCreated { transactions, .. }
+            | BookEvent::PayoutSettled { transactions, .. }
+            | BookEvent::PayoutFailed { transactions, .. } => transactions,
             BookEvent::CustomerChurned { .. } => &[],
         }
     }
@@ -130,9 +154,44 @@ pub struct Book {
     /// Each applied reversal of a conversion credited to this partner, by refund id, so a
     /// redelivered refund can still pass the override reversals on to the upline.
     pub reversals: BTreeMap<Uuid, Reversal>,
+    /// The partner's payable per currency, summed from the transactions of this book (the one
+    /// stream that moves it), so a payout is decided against the balance it draws on and a
+    /// concurrent run or clawback makes the append conflict and the payout be re-decided.
+    pub payable: BTreeMap<Currency, Money>,
+    /// Payouts by (run, currency).
+    pub payouts: BTreeMap<(Uuid, Currency), Payout>,
     /// Set when a stored event could not be applied (never expected; reported on the next
     /// command instead of being ignored).
     pub broken: Option<String>,
+}
+
+/// Where a payout is: sent (in clearing), then settled or failed, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayoutStatus {
+    Sent,
+    Settled,
+    Failed,
+}
+
+impl PayoutStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayoutStatus::Sent => "sent",
+            PayoutStatus::Settled => "settled",
+            PayoutStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payout {
+    pub program_id: Uuid,
+    pub amount: Money,
+    pub created_at: DateTime<Utc>,
+    pub status: PayoutStatus,
+    /// Why it failed, when it did.
+    pub failure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +239,31 @@ pub enum BookCommand {
         customer_id: String,
         at: DateTime<Utc>,
     },
+    /// Pays the partner's whole payable in `minimum`'s currency, if it is at least `minimum`
+    /// (the plan's threshold at the run's date) and positive.
+    PayOut {
+        run_id: Uuid,
+        program_id: Uuid,
+        partner_id: Uuid,
+        minimum: Money,
+        as_of: DateTime<Utc>,
+        id_seed: Uuid,
+    },
+    SettlePayout {
+        run_id: Uuid,
+        partner_id: Uuid,
+        currency: Currency,
+        at: DateTime<Utc>,
+        id_seed: Uuid,
+    },
+    FailPayout {
+        run_id: Uuid,
+        partner_id: Uuid,
+        currency: Currency,
+        reason: String,
+        at: DateTime<Utc>,
+        id_seed: Uuid,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -194,6 +278,23 @@ pub enum BookError {
     Broken(String),
     #[error("a maturity run would move {0} entries, more than {MAX_MATURED_PER_RUN}")]
     TooManyEntries(usize),
+    #[error("nothing to pay: payable is {payable}")]
+    NothingPayable { payable: Money },
+    #[error("payable {payable} is under the minimum payout {minimum}")]
+    UnderMinimum { payable: Money, minimum: Money },
+    #[error("no payout of run {run_id} in {currency} in this book")]
+    UnknownPayout { run_id: Uuid, currency: Currency },
+    #[error("the payout of run {run_id} in {currency} is already {}; it settles or fails once", status.as_str())]
+    PayoutClosed {
+        run_id: Uuid,
+        currency: Currency,
+        status: PayoutStatus,
+    },
+    #[error("a payout cannot settle or fail at {at}, before it was sent at {created_at}")]
+    BeforeSent {
+        at: DateTime<Utc>,
+        created_at: DateTime<Utc>,
+    },
 }
 
 fn txn_id(seed: Uuid, what: &str) -> Uuid {
@@ -546,6 +647,100 @@ impl Aggregate for Book {
                 customer_id: customer_id.clone(),
                 at: *at,
             }]),
+            BookCommand::PayOut {
+                run_id,
+                program_id,
+                partner_id,
+                minimum,
+                as_of,
+                id_seed,
+            } => {
+                let currency = minimum.currency();
+                if book.payouts.contains_key(&(*run_id, currency)) {
+                    return Ok(vec![]);
+                }
+                let payable = book.payable_in(currency);
+                // Never pay out of a zero or negative payable (after a clawback the partner
+                // owes the company; later earnings net it first).
+                if !payable.is_positive() {
+                    return Err(BookError::NothingPayable { payable });
+                }
+                if payable.amount() < minimum.amount() {
+                    return Err(BookError::UnderMinimum {
+                        payable,
+                        minimum: *minimum,
+                    });
+                }
+                // The amount is the payable of this very state, so a payout can never exceed
+                // what is owed: a concurrent change of the book fails the append and re-decides.
+                let why = Explanation::new(
+                    *run_id,
+                    format!("payout run {run_id} as of {as_of}: the whole payable"),
+                );
+                let t = postings::payout_created(
+                    txn_id(*id_seed, &format!("payout:{run_id}:{}", currency.code())),
+                    *as_of,
+                    *partner_id,
+                    *program_id,
+                    payable,
+                    why,
+                )?;
+                Ok(vec![BookEvent::PayoutCreated {
+                    run_id: *run_id,
+                    program_id: *program_id,
+                    amount: payable,
+                    transactions: vec![t],
+                }])
+            }
+            BookCommand::SettlePayout {
+                run_id,
+                partner_id,
+                currency,
+                at,
+                id_seed,
+            } => {
+                let payout = book.open_payout(*run_id, *currency, *at)?;
+                let why = Explanation::new(*run_id, format!("payout of run {run_id} settled"));
+                let t = postings::payout_settled(
+                    txn_id(*id_seed, &format!("settle:{run_id}:{}", currency.code())),
+                    *at,
+                    *partner_id,
+                    payout.program_id,
+                    payout.amount,
+                    why,
+                )?;
+                Ok(vec![BookEvent::PayoutSettled {
+                    run_id: *run_id,
+                    currency: *currency,
+                    transactions: vec![t],
+                }])
+            }
+            BookCommand::FailPayout {
+                run_id,
+                partner_id,
+                currency,
+                reason,
+                at,
+                id_seed,
+            } => {
+                let payout = book.open_payout(*run_id, *currency, *at)?;
+                let why =
+                    Explanation::new(*run_id, format!("payout of run {run_id} failed: {reason}"));
+                let t = postings::payout_failed(
+                    txn_id(*id_seed, &format!("fail:{run_id}:{}", currency.code())),
+                    *at,
+                    *partner_id,
+                    payout.program_id,
+                    payout.amount,
+                    why,
+                )?;
+                Ok(vec![BookEvent::PayoutFailed {
+                    run_id: *run_id,
+                    currency: *currency,
+                    reason: reason.clone(),
+                    transactions: vec![t],
+                }])
+            }
         }
     }
 
@@ -564,7 +759,61 @@ fn book_program(book: &Book, conversion_id: Uuid) -> Uuid {
 }
 
 impl Book {
+    /// The partner's payable in `currency` (zero when never touched).
+    pub fn payable_in(&self, currency: Currency) -> Money {
+        self.payable
+            .get(&currency)
+            .copied()
+            .unwrap_or_else(|| Money::zero(currency))
+    }
+
+    fn open_payout(
+        &self,
+        run_id: Uuid,
+        currency: Currency,
+        at: DateTime<Utc>,
+    ) -> Result<&Payout, BookError> {
+        let payout = self
+            .payouts
+            .get(&(run_id, currency))
+            .ok_or(BookError::UnknownPayout { run_id, currency })?;
+        if payout.status != PayoutStatus::Sent {
+            return Err(BookError::PayoutClosed {
+                run_id,
+                currency,
+                status: payout.status,
+            });
+        }
+        if at < payout.created_at {
+            return Err(BookError::BeforeSent {
+                at,
+                created_at: payout.created_at,
+            });
+        }
+        Ok(payout)
+    }
+
+    /// Folds the payable side of an event's transactions into the running payable.
+    fn apply_payable(&mut self, event: &BookEvent) -> Result<(), String> {
+        for transfer in event.transactions().iter().flat_map(|t| t.transfers()) {
+            let c = transfer.amount.currency();
+            let now = match (transfer.debit, transfer.credit) {
+                (_, Account::PartnerPayable { .. }) => {
+                    self.payable_in(c).checked_add(transfer.amount)
+                }
+                (Account::PartnerPayable { .. }, _) => {
+                    self.payable_in(c).checked_sub(transfer.amount)
+                }
+                _ => continue,
+            }
+            .map_err(|e| e.to_string())?;
+            self.payable.insert(c, now);
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, event: &BookEvent) -> Result<(), String> {
+        self.apply_payable(event)?;
         match event {
             BookEvent::ConversionAccrued {
                 program_id,
@@ -681,6 +930,44 @@ impl Book {
             } => {
                 if let Some(state) = self.engine.get_mut(plan_id) {
                     state.apply_churn(customer_id, *at);
+                }
+            }
+            BookEvent::PayoutCreated {
+                run_id,
+                program_id,
+                amount,
+                transactions,
+            } => {
+                let created_at = transactions
+                    .first()
+                    .map(Transaction::occurred_at)
+                    .ok_or("a payout without its transaction")?;
+                self.payouts.insert(
+                    (*run_id, amount.currency()),
+                    Payout {
+                        program_id: *program_id,
+                        amount: *amount,
+                        created_at,
+                        status: PayoutStatus::Sent,
+                        failure: None,
+                    },
+                );
+            }
+            BookEvent::PayoutSettled {
+                run_id, currency, ..
+            }
+            | BookEvent::PayoutFailed {
+                run_id, currency, ..
+            } => {
+                let payout = self
+                    .payouts
+                    .get_mut(&(*run_id, *currency))
+                    .ok_or_else(|| format!("settlement of unknown payout {run_id}"))?;
+                if let BookEvent::PayoutFailed { reason, .. } = event {
+                    payout.status = PayoutStatus::Failed;
+                    payout.failure = Some(reason.clone());
+                } else {
+                    payout.status = PayoutStatus::Settled;
                 }
             }
         }

@@ -13,8 +13,11 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::accruals;
-use crate::contract::{ConversionAttributed, Reversal};
+use crate::contract::{
+    ConversionAttributed, PayoutHold, Reversal, SubscriptionCancelled, VerificationRecorded,
+};
 use crate::domain::{self, Account, Opening};
+use crate::eligibility::{self, Eligibility, EligibilityEvent};
 
 /// The durable consumers of this service: (durable name, subject filter). One filter each,
 /// because NATS before 2.10 allows a single filter subject per consumer.
@@ -27,6 +30,10 @@ pub fn subscriptions(prefix: &str) -> Vec<(String, String)> {
         (
             "commissions-attribution".to_owned(),
             format!("{prefix}.attribution.>"),
+        ),
+        (
+            "commissions-compliance".to_owned(),
+            format!("{prefix}.compliance.>"),
         ),
     ]
 }
@@ -60,6 +67,46 @@ pub async fn handle(store: &dyn EventStore, message: Message) -> Result<(), Hand
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
                 accruals::on_reversal(store, &event, &r, &trace_context).await
             }
+            "SubscriptionCancelled" => {
+                let c = SubscriptionCancelled::parse(event.data.get())
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                accruals::on_churn(store, &event, &c, &trace_context).await
+            }
+            "VerificationRecorded" => {
+                let v = VerificationRecorded::parse(event.data.get())
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                let fact = EligibilityEvent::VerificationRecorded {
+                    source_event_id: event.id,
+                    partner_id: v.partner_id,
+                    kind: v.kind,
+                    status: v.status,
+                    occurred_at: v.occurred_at,
+                    valid_until: v.valid_until,
+                };
+                record_eligibility(store, &event, &fact, trace_context).await
+            }
+            "PayoutHoldPlaced" | "PayoutHoldReleased" => {
+                let h = PayoutHold::parse(&event.event_type, event.data.get())
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                let fact = if event.event_type == "PayoutHoldPlaced" {
+                    EligibilityEvent::PayoutHoldPlaced {
+                        source_event_id: event.id,
+                        partner_id: h.partner_id,
+                        hold_id: h.hold_id,
+                        reason: h.reason,
+                        occurred_at: h.occurred_at,
+                    }
+                } else {
+                    EligibilityEvent::PayoutHoldReleased {
+                        source_event_id: event.id,
+                        partner_id: h.partner_id,
+                        hold_id: h.hold_id,
+                        reason: h.reason,
+                        occurred_at: h.occurred_at,
+                    }
+                };
+                record_eligibility(store, &event, &fact, trace_context).await
+            }
             other => {
                 // A subject filter let through something this version does not know: skip it.
                 tracing::debug!(event_type = other, "ignoring event type");
@@ -92,6 +139,34 @@ async fn open_account(
             Ok(())
         }
         Err(ExecuteError::Domain(never)) => match never {},
+        Err(ExecuteError::Conflict { stream, .. }) => {
+            Err(HandleError::Retry(format!("conflict on {stream}")))
+        }
+        Err(ExecuteError::Store(e)) if e.is_invalid_input() => {
+            Err(HandleError::Permanent(e.to_string()))
+        }
+        Err(ExecuteError::Store(e)) => Err(HandleError::Retry(e.to_string())),
+        Err(ExecuteError::Decode(e)) => Err(HandleError::Permanent(e)),
+    }
+}
+
+/// Keeps compliance's fact in the partner's eligibility projection, with an id derived from
+/// the consumed event (a redelivery appends nothing).
+async fn record_eligibility(
+    store: &dyn EventStore,
+    event: &IntegrationEvent,
+    fact: &EligibilityEvent,
+    trace_context: BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    let partner_id = match fact {
+        EligibilityEvent::VerificationRecorded { partner_id, .. }
+        | EligibilityEvent::PayoutHoldPlaced { partner_id, .. }
+        | EligibilityEvent::PayoutHoldReleased { partner_id, .. } => *partner_id,
+    };
+    let meta = meta_for(event, "eligibility", event.occurred_at, trace_context);
+    match execute::<Eligibility>(store, &eligibility::stream(partner_id), fact, &meta).await {
+        Ok(_) => Ok(()),
+        Err(ExecuteError::Domain(e)) => Err(HandleError::Permanent(e.to_string())),
         Err(ExecuteError::Conflict { stream, .. }) => {
             Err(HandleError::Retry(format!("conflict on {stream}")))
         }

@@ -180,6 +180,84 @@ impl Reversal {
     }
 }
 
+/// Identifiers and free text from other services are bounded like everything accepted.
+pub const MAX_ID_CHARS: usize = 256;
+pub const MAX_REASON_CHARS: usize = 1024;
+
+fn bounded(event_type: &str, field: &str, value: &str, max: usize) -> Result<(), ContractError> {
+    let reason = if value.trim().is_empty() {
+        format!("{field} is required")
+    } else if value.chars().count() > max {
+        format!("{field} has more than {max} characters")
+    } else if value.chars().any(char::is_control) {
+        format!("{field} contains a control character")
+    } else {
+        return Ok(());
+    };
+    Err(ContractError {
+        event_type: event_type.into(),
+        reason,
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(
+    event_type: &str,
+    data: &str,
+) -> Result<T, ContractError> {
+    serde_json::from_str(data).map_err(|e| ContractError {
+        event_type: event_type.into(),
+        reason: e.to_string(),
+    })
+}
+
+impl SubscriptionCancelled {
+    pub fn parse(data: &str) -> Result<Self, ContractError> {
+        let c: Self = from_json("SubscriptionCancelled", data)?;
+        bounded(
+            "SubscriptionCancelled",
+            "customer_id",
+            &c.customer_id,
+            MAX_ID_CHARS,
+        )?;
+        Ok(c)
+    }
+}
+
+impl VerificationRecorded {
+    /// Kinds and statuses are closed lists in compliance's contract: anything else is a new
+    /// schema the payout rules were not written for, so it is refused, not guessed at.
+    pub fn parse(data: &str) -> Result<Self, ContractError> {
+        const T: &str = "VerificationRecorded";
+        let v: Self = from_json(T, data)?;
+        let err = |reason: String| ContractError {
+            event_type: T.into(),
+            reason,
+        };
+        if !crate::eligibility::KINDS.contains(&v.kind.as_str()) {
+            return Err(err(format!("unknown kind {:?}", v.kind)));
+        }
+        if !crate::eligibility::STATUSES.contains(&v.status.as_str()) {
+            return Err(err(format!("unknown status {:?}", v.status)));
+        }
+        Ok(v)
+    }
+}
+
+impl PayoutHold {
+    /// `event_type` is PayoutHoldPlaced or PayoutHoldReleased (same shape).
+    pub fn parse(event_type: &str, data: &str) -> Result<Self, ContractError> {
+        let h: Self = from_json(event_type, data)?;
+        bounded(event_type, "hold_id", &h.hold_id, MAX_ID_CHARS)?;
+        if h.reason.chars().count() > MAX_REASON_CHARS {
+            return Err(ContractError {
+                event_type: event_type.into(),
+                reason: format!("reason has more than {MAX_REASON_CHARS} characters"),
+            });
+        }
+        Ok(h)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,7 +135,98 @@ fn clear_key<T: Clone>(
 }
 use tonic::{Request, Response, Status};
 
+use crate::book::PayoutStatus;
 use crate::domain::{self, Account, AccountError};
+use crate::payout::{self, PayoutRun, RunItem, MAX_PARTNERS_PER_RUN};
+use crate::payout_runs::{self, RunRequest};
+use pl_runtime::request::parse_text;
+
+/// Field violations reported for one request at most (a 10 000-partner list could otherwise
+/// produce a response as large as the request).
+const MAX_VIOLATIONS: usize = 100;
+const MAX_FAILURE_REASON_CHARS: usize = 1024;
+
+fn item_pb(run: &PayoutRun, item: &RunItem) -> pb::PayoutItem {
+    let ending = item
+        .currency
+        .and_then(|c| run.endings.get(&(item.partner_id, c)));
+    let status = match (item.amount, ending) {
+        (None, _) => pb::PayoutItemStatus::Skipped,
+        (Some(_), None) => pb::PayoutItemStatus::Sent,
+        (Some(_), Some(e)) => match e.status {
+            PayoutStatus::Settled => pb::PayoutItemStatus::Settled,
+            PayoutStatus::Failed => pb::PayoutItemStatus::Failed,
+            PayoutStatus::Sent => pb::PayoutItemStatus::Sent,
+        },
+    };
+    pb::PayoutItem {
+        partner_id: item.partner_id.to_string(),
+        currency: item
+            .currency
+            .map(|c| c.code().to_owned())
+            .unwrap_or_default(),
+        amount: item
+            .amount
+            .map(|m| m.amount().to_string())
+            .unwrap_or_default(),
+        status: status.into(),
+        skip_reasons: item
+            .reasons
+            .iter()
+            .map(|r| pb::SkipReason {
+                code: r.code.clone(),
+                detail: r.detail.clone(),
+            })
+            .collect(),
+        failure_reason: ending
+            .filter(|e| e.status == PayoutStatus::Failed)
+            .map(|e| e.reason.clone())
+            .unwrap_or_default(),
+    }
+}
+
+fn run_pb(run: &PayoutRun) -> Result<pb::PayoutRun, ApiError> {
+    let Some(opened) = &run.opened else {
+        return Err(ApiError::internal("payout run without its opening"));
+    };
+    let mut totals: std::collections::BTreeMap<Currency, pl_money::Money> =
+        std::collections::BTreeMap::new();
+    for amount in run.items.iter().filter_map(|i| i.amount) {
+        let c = amount.currency();
+        let sum = totals
+            .get(&c)
+            .copied()
+            .unwrap_or_else(|| pl_money::Money::zero(c));
+        totals.insert(c, sum.checked_add(amount).map_err(ApiError::internal)?);
+    }
+    Ok(pb::PayoutRun {
+        run_id: opened.run_id.to_string(),
+        program_id: opened.program_id.to_string(),
+        as_of: Some(to_timestamp(opened.as_of)),
+        items: run.items.iter().map(|i| item_pb(run, i)).collect(),
+        totals: totals
+            .values()
+            .map(|m| pl_proto::common::v1::Money {
+                amount: m.amount().to_string(),
+                currency: m.currency().code().to_owned(),
+            })
+            .collect(),
+        complete: run.closed,
+    })
+}
+
+/// Validates the target of a settle or fail request.
+fn item_target(
+    v: &mut Violations,
+    run_id: &str,
+    partner_id: &str,
+    code: &str,
+) -> Option<(uuid::Uuid, uuid::Uuid, Currency)> {
+    let run_id = v.check(parse_uuid("run_id", run_id));
+    let partner_id = v.check(parse_uuid("partner_id", partner_id));
+    let currency = v.check(currency("currency", code));
+    Some((run_id?, partner_id?, currency?))
+}
 
 fn to_api(e: ExecuteError<AccountError>) -> ApiError {
     match e {
@@ -564,5 +655,185 @@ impl CommissionsApi for CommissionsService {
                 String::new()
             },
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(program_id = %request.get_ref().program_id, partners = request.get_ref().partner_ids.len()))]
+    async fn create_payout_run(
+        &self,
+        request: Request<pb::CreatePayoutRunRequest>,
+    ) -> Result<Response<pb::PayoutRun>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let program_id = v.check(parse_uuid("program_id", &req.program_id));
+        let as_of = match &req.as_of {
+            Some(t) => v.check(to_datetime("as_of", t)),
+            None => v.check(Err(FieldViolation::new(
+                "as_of",
+                "required: a payout run never reads the clock",
+            ))),
+        };
+        let mut partner_ids = Vec::new();
+        if req.partner_ids.is_empty() {
+            v.add("partner_ids", "at least one partner");
+        } else if req.partner_ids.len() > MAX_PARTNERS_PER_RUN {
+            v.add(
+                "partner_ids",
+                format!(
+                    "at most {MAX_PARTNERS_PER_RUN} partners per run, got {}",
+                    req.partner_ids.len()
+                ),
+            );
+        } else {
+            let mut first_at = std::collections::HashMap::new();
+            let mut reported = 0;
+            for (i, raw) in req.partner_ids.iter().enumerate() {
+                let field = format!("partner_ids[{i}]");
+                let problem = match parse_uuid(&field, raw) {
+                    Ok(id) => match first_at.insert(id, i) {
+                        Some(j) => {
+                            // Paying a partner twice in one run is never intended.
+                            first_at.insert(id, j);
+                            Some(FieldViolation::new(
+                                &field,
+                                format!("repeats partner_ids[{j}]"),
+                            ))
+                        }
+                        None => {
+                            partner_ids.push(id);
+                            None
+                        }
+                    },
+                    Err(fv) => Some(fv),
+                };
+                if let Some(fv) = problem {
+                    reported += 1;
+                    if reported <= MAX_VIOLATIONS {
+                        v.add(fv.field, fv.description);
+                    }
+                }
+            }
+            if reported > MAX_VIOLATIONS {
+                v.add(
+                    "partner_ids",
+                    format!(
+                        "{} more invalid entries not listed",
+                        reported - MAX_VIOLATIONS
+                    ),
+                );
+            }
+        }
+        v.finish()?;
+        let (Some(meta), Some(program_id), Some(as_of)) = (meta, program_id, as_of) else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let store = self.store.as_ref();
+        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let run_id = uuid::Uuid::new_v5(&meta.key.id_seed(), b"payout-run");
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
+                let run = payout_runs::create(
+                    store,
+                    &meta.command_meta(),
+                    &RunRequest {
+                        run_id,
+                        program_id,
+                        as_of,
+                        partner_ids,
+                    },
+                )
+                .await?;
+                run_pb(&run)
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(run_id = %request.get_ref().run_id, partner_id = %request.get_ref().partner_id))]
+    async fn settle_payout_item(
+        &self,
+        request: Request<pb::SettlePayoutItemRequest>,
+    ) -> Result<Response<pb::PayoutItem>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let target = item_target(&mut v, &req.run_id, &req.partner_id, &req.currency);
+        v.finish()?;
+        let (Some(meta), Some((run_id, partner_id, currency))) = (meta, target) else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let store = self.store.as_ref();
+        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
+                let (run, item) = payout_runs::end_item(
+                    store,
+                    &meta.command_meta(),
+                    run_id,
+                    partner_id,
+                    currency,
+                    None,
+                )
+                .await?;
+                Ok(item_pb(&run, &item))
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(run_id = %request.get_ref().run_id, partner_id = %request.get_ref().partner_id))]
+    async fn fail_payout_item(
+        &self,
+        request: Request<pb::FailPayoutItemRequest>,
+    ) -> Result<Response<pb::PayoutItem>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let target = item_target(&mut v, &req.run_id, &req.partner_id, &req.currency);
+        let reason = v.check(parse_text("reason", &req.reason, MAX_FAILURE_REASON_CHARS));
+        v.finish()?;
+        let (Some(meta), Some((run_id, partner_id, currency)), Some(reason)) =
+            (meta, target, reason)
+        else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let store = self.store.as_ref();
+        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
+                let (run, item) = payout_runs::end_item(
+                    store,
+                    &meta.command_meta(),
+                    run_id,
+                    partner_id,
+                    currency,
+                    Some(reason),
+                )
+                .await?;
+                Ok(item_pb(&run, &item))
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(run_id = %request.get_ref().run_id))]
+    async fn get_payout_run(
+        &self,
+        request: Request<pb::GetPayoutRunRequest>,
+    ) -> Result<Response<pb::PayoutRun>, Status> {
+        let run_id = parse_uuid("run_id", &request.get_ref().run_id)
+            .map_err(|fv| ApiError::InvalidArgument(vec![fv]))?;
+        let run = load::<PayoutRun>(self.store.as_ref(), &payout::stream(run_id))
+            .await
+            .map_err(payout_runs::api)?
+            .state;
+        if run.opened.is_none() {
+            return Err(ApiError::NotFound {
+                what: "payout run",
+                id: run_id.to_string(),
+            }
+            .into());
+        }
+        Ok(Response::new(run_pb(&run)?))
     }
 }

@@ -13,7 +13,10 @@ pub mod book;
 pub mod consumer;
 pub mod contract;
 pub mod domain;
+pub mod eligibility;
 pub mod grpc;
+pub mod payout;
+pub mod payout_runs;
 pub mod reports;
 pub mod setup;
 

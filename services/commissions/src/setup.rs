@@ -289,6 +289,80 @@ pub fn accrued_stream(conversion_id: Uuid) -> String {
     format!("accrued-{conversion_id}")
 }
 
+// ----- customer index -----------------------------------------------------------------------
+
+/// Partners (and the plan their book keeps the customer's state under) credited a program
+/// customer's conversions, so a churn reaches every lifetime share. Bounded: a customer is
+/// credited to a handful of partners in practice.
+pub const MAX_CUSTOMER_PARTNERS: usize = 1_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerCredit {
+    pub program_id: Uuid,
+    pub customer_id: String,
+    pub partner_id: Uuid,
+    pub plan_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum CustomerEvent {
+    CustomerCredited(CustomerCredit),
+}
+impl DomainEvent for CustomerEvent {}
+
+#[derive(Debug, Clone, Default)]
+pub struct CustomerIndex(pub Vec<CustomerCredit>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CustomerIndexError {
+    #[error("customer already credited to {MAX_CUSTOMER_PARTNERS} partner plans")]
+    Full,
+}
+
+impl Aggregate for CustomerIndex {
+    type State = CustomerIndex;
+    type Command = CustomerCredit;
+    type Event = CustomerEvent;
+    type Error = CustomerIndexError;
+
+    fn decide(
+        state: &CustomerIndex,
+        c: &CustomerCredit,
+    ) -> Result<Vec<CustomerEvent>, CustomerIndexError> {
+        if state
+            .0
+            .iter()
+            .any(|k| k.partner_id == c.partner_id && k.plan_id == c.plan_id)
+        {
+            return Ok(vec![]);
+        }
+        if state.0.len() >= MAX_CUSTOMER_PARTNERS {
+            return Err(CustomerIndexError::Full);
+        }
+        Ok(vec![CustomerEvent::CustomerCredited(c.clone())])
+    }
+
+    fn evolve(mut state: CustomerIndex, event: &CustomerEvent) -> CustomerIndex {
+        match event {
+            CustomerEvent::CustomerCredited(c) => state.0.push(c.clone()),
+        }
+        state
+    }
+}
+
+/// `customer-<program id>-<first 32 hex digits of sha256(customer id)>`: customer ids are
+/// the sender's free text, so the name is hashed to a fixed, safe length (128 bits keep
+/// collisions out of reach; the event keeps the id itself for auditors).
+pub fn customer_stream(program_id: Uuid, customer_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(customer_id.as_bytes()));
+    format!(
+        "customer-{program_id}-{}",
+        digest.get(..32).unwrap_or(&digest)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
