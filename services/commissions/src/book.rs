@@ -1189,4 +1189,64 @@ mod tests {
         .unwrap_err();
         assert_eq!(err, BookError::UnknownConversion(Uuid::from_u128(404)));
     }
+
+    fn pay(minimum: &str, run: u128) -> BookCommand {
+        BookCommand::PayOut {
+            run_id: Uuid::from_u128(run),
+            program_id: PROGRAM,
+            partner_id: PARTNER,
+            minimum: usd(minimum),
+            as_of: Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap(),
+            id_seed: Uuid::from_u128(run),
+        }
+    }
+
+    #[test]
+    fn a_payout_takes_the_whole_payable_once_and_never_pays_from_nothing() {
+        let (book, _) = run(Book::default(), &sale(1, "100.00", day(2)));
+        let as_of = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        let mature = BookCommand::Mature {
+            partner_id: PARTNER,
+            as_of,
+            id_seed: Uuid::from_u128(77),
+        };
+        let (book, _) = run(book, &mature);
+        assert_eq!(
+            Book::decide(&book, &pay("10.01", 80)),
+            Err(BookError::UnderMinimum {
+                payable: usd("10.00"),
+                minimum: usd("10.01")
+            })
+        );
+        let (book, events) = run(book, &pay("10.00", 80));
+        let BookEvent::PayoutCreated { amount, .. } = &events[0] else {
+            panic!("expected a payout")
+        };
+        assert_eq!(*amount, usd("10.00"));
+        assert_eq!(book.payable_in(Currency::USD), usd("0.00"));
+        // The same run again pays nothing more; another run finds nothing payable.
+        assert!(Book::decide(&book, &pay("10.00", 80)).unwrap().is_empty());
+        assert_eq!(
+            Book::decide(&book, &pay("0.00", 81)),
+            Err(BookError::NothingPayable {
+                payable: usd("0.00")
+            })
+        );
+        // A clawback after the payout drives payable negative: still nothing to pay.
+        let (book, _) = run(
+            book,
+            &BookCommand::Reverse {
+                reversal_id: Uuid::from_u128(60),
+                conversion_id: Uuid::from_u128(1),
+                fraction: Decimal::ONE,
+                occurred_at: as_of,
+                source_event_id: Uuid::from_u128(61),
+            },
+        );
+        assert_eq!(book.payable_in(Currency::USD), usd("-10.00"));
+        assert!(matches!(
+            Book::decide(&book, &pay("0.00", 82)),
+            Err(BookError::NothingPayable { .. })
+        ));
+    }
 }

@@ -1,0 +1,611 @@
+//! Payouts as their callers meet them: compliance's events consumed into the eligibility
+//! projection, payout runs created, settled and failed over the gRPC API, clawbacks after a
+//! payout, and churn ending lifetime shares — on the in-memory event log, calling the service
+//! implementation and `consumer::handle` directly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use pl_bus::{HandleError, Message};
+use pl_commission_engine::{
+    Base, Conditions, NetRevenuePolicy, Percent, PlanVersion, RecurringDuration, Reward, Rule,
+    ScheduleStep, VersionPolicy,
+};
+use pl_commissions::CommissionsService;
+use pl_eventlog::{MemoryLog, SharedStore};
+use pl_money::{Currency, Money};
+use pl_proto::commissions::v1 as pb;
+use pl_proto::commissions::v1::commissions_service_server::CommissionsService as Api;
+use pl_proto::common::v1::RequestContext;
+use pl_runtime::FixedClock;
+use tonic::Request;
+use uuid::Uuid;
+
+const PLAN: Uuid = Uuid::from_u128(0xb1);
+const LIFETIME_PLAN: Uuid = Uuid::from_u128(0xb2);
+const PROGRAM: Uuid = Uuid::from_u128(0xc1);
+
+fn partner(n: u128) -> Uuid {
+    Uuid::from_u128(0xa00 + n)
+}
+
+fn at(month: u32, day: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, month, day, 12, 0, 0).unwrap()
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+fn ctx_at(key: &str, when: DateTime<Utc>) -> Option<RequestContext> {
+    Some(RequestContext {
+        idempotency_key: key.into(),
+        occurred_at: Some(ts(when)),
+        correlation_id: String::new(),
+    })
+}
+
+fn ctx(key: &str) -> Option<RequestContext> {
+    ctx_at(key, at(1, 1))
+}
+
+fn rule(reward: Reward) -> Rule {
+    Rule {
+        id: "r".into(),
+        conditions: Conditions::default(),
+        reward,
+        cap_per_conversion: None,
+        cap_per_period: None,
+    }
+}
+
+/// 10% of gross, 30 days' hold, $50.00 minimum payout.
+fn plan() -> PlanVersion {
+    PlanVersion {
+        plan_id: PLAN,
+        version: 1,
+        effective_from: at(1, 1),
+        payout_currency: Currency::USD,
+        hold_days: 30,
+        minimum_payout: Money::from_minor_units(5000, Currency::USD),
+        version_policy: VersionPolicy::Grandfathered,
+        net_revenue_policy: NetRevenuePolicy::CarryForwardNegative,
+        cpa_recovery: false,
+        overrides: vec![],
+        rules: vec![rule(Reward::PercentOfGross(Percent::new(10).unwrap()))],
+    }
+}
+
+/// A white-label share: 20% of every invoice for as long as the customer stays.
+fn lifetime_plan() -> PlanVersion {
+    PlanVersion {
+        plan_id: LIFETIME_PLAN,
+        rules: vec![rule(Reward::Recurring {
+            schedule: vec![ScheduleStep {
+                from_month: 1,
+                to_month: None,
+                percent: Percent::new(20).unwrap(),
+            }],
+            duration: RecurringDuration::Lifetime,
+            of: Base::Gross,
+        })],
+        ..plan()
+    }
+}
+
+fn message(
+    id: u128,
+    event_type: &str,
+    data: serde_json::Value,
+    occurred_at: DateTime<Utc>,
+) -> Message {
+    let context = if event_type.starts_with("Payout") || event_type == "VerificationRecorded" {
+        "compliance"
+    } else {
+        "attribution"
+    };
+    let envelope = serde_json::json!({
+        "id": Uuid::from_u128(id), "type": event_type, "schema_version": 1,
+        "stream": "x", "version": 0, "position": id,
+        "occurred_at": occurred_at, "recorded_at": occurred_at,
+        "correlation_id": null, "causation_id": null, "data": data,
+    });
+    Message {
+        id: Uuid::from_u128(id),
+        subject: format!("pl.{context}.{event_type}"),
+        payload: bytes::Bytes::from(serde_json::to_vec(&envelope).unwrap()),
+        headers: BTreeMap::new(),
+    }
+}
+
+struct World {
+    store: SharedStore,
+    api: CommissionsService,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+async fn world() -> World {
+    let store: SharedStore = Arc::new(MemoryLog::default());
+    let api = CommissionsService::new(store.clone(), Arc::new(FixedClock::at(at(1, 1))));
+    for (key, p) in [("plan", plan()), ("lifetime-plan", lifetime_plan())] {
+        api.publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx(key),
+            plan_id: p.plan_id.to_string(),
+            plan_json: serde_json::to_string(&p).unwrap(),
+        }))
+        .await
+        .unwrap();
+    }
+    World {
+        store,
+        api,
+        next_id: 1_000.into(),
+    }
+}
+
+struct Balance {
+    pending: String,
+    payable: String,
+    paid: String,
+}
+
+impl World {
+    fn id(&self) -> u128 {
+        u128::from(
+            self.next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    async fn consume(&self, m: Message) -> Result<(), HandleError> {
+        pl_commissions::consumer::handle(self.store.as_ref(), m).await
+    }
+
+    async fn assign(&self, p: Uuid, plan_id: Uuid) {
+        self.api
+            .assign_plan(Request::new(pb::AssignPlanRequest {
+                context: ctx(&format!("assign-{p}")),
+                partner_id: p.to_string(),
+                plan_id: plan_id.to_string(),
+                effective_from: Some(ts(at(1, 1))),
+                partner_tier: String::new(),
+                parent_partner_id: String::new(),
+            }))
+            .await
+            .unwrap();
+    }
+
+    async fn verify(&self, p: Uuid, kind: &str, status: &str, valid_until: Option<DateTime<Utc>>) {
+        let data = serde_json::json!({
+            "partner_id": p, "kind": kind, "status": status, "reference": "ref",
+            "recorded_by": "officer", "occurred_at": at(1, 2), "valid_until": valid_until,
+        });
+        self.consume(message(self.id(), "VerificationRecorded", data, at(1, 2)))
+            .await
+            .unwrap();
+    }
+
+    /// KYC and a W-9 on file: eligible unless held.
+    async fn eligible(&self, p: Uuid) {
+        self.verify(p, "kyc", "verified", None).await;
+        self.verify(p, "tax_form_w9", "verified", None).await;
+    }
+
+    async fn hold(&self, p: Uuid, event_type: &str, when: DateTime<Utc>) {
+        let data = serde_json::json!({
+            "partner_id": p, "hold_id": "hold-1", "reason": "fraud review", "occurred_at": when,
+        });
+        self.consume(message(self.id(), event_type, data, when))
+            .await
+            .unwrap();
+    }
+
+    /// A sale credited to `p` on `when`, matured 35 days later: 10% becomes payable.
+    async fn earn(&self, p: Uuid, conversion: u128, gross: &str, when: DateTime<Utc>) {
+        let data = serde_json::json!({
+            "conversion_id": Uuid::from_u128(conversion), "program_id": PROGRAM,
+            "kind": "CONVERSION_KIND_SALE", "customer_id": format!("cust-{conversion}"),
+            "gross": { "amount": gross, "currency": "USD" }, "occurred_at": when,
+            "shares": [{ "partner_id": p, "weight": "1" }],
+        });
+        self.consume(message(self.id(), "ConversionAttributed", data, when))
+            .await
+            .unwrap();
+        self.api
+            .mature_commissions(Request::new(pb::MatureCommissionsRequest {
+                context: ctx(&format!("mature-{conversion}")),
+                partner_id: p.to_string(),
+                as_of: Some(ts(when + chrono::Duration::days(35))),
+            }))
+            .await
+            .unwrap();
+    }
+
+    async fn balance(&self, p: Uuid) -> Balance {
+        let b = self
+            .api
+            .get_balances(Request::new(pb::GetBalancesRequest {
+                partner_id: p.to_string(),
+                as_of: None,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let c = b.currencies.first().cloned().unwrap_or_default();
+        Balance {
+            pending: c.pending,
+            payable: c.payable,
+            paid: c.paid,
+        }
+    }
+
+    async fn run(
+        &self,
+        key: &str,
+        as_of: DateTime<Utc>,
+        partners: &[Uuid],
+    ) -> Result<pb::PayoutRun, tonic::Status> {
+        self.api
+            .create_payout_run(Request::new(pb::CreatePayoutRunRequest {
+                context: ctx_at(key, as_of),
+                program_id: PROGRAM.to_string(),
+                as_of: Some(ts(as_of)),
+                partner_ids: partners.iter().map(Uuid::to_string).collect(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn settle(
+        &self,
+        key: &str,
+        run: &pb::PayoutRun,
+        p: Uuid,
+    ) -> Result<pb::PayoutItem, tonic::Status> {
+        self.api
+            .settle_payout_item(Request::new(pb::SettlePayoutItemRequest {
+                context: ctx_at(key, at(4, 20)),
+                run_id: run.run_id.clone(),
+                partner_id: p.to_string(),
+                currency: "USD".into(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn fail(
+        &self,
+        key: &str,
+        run: &pb::PayoutRun,
+        p: Uuid,
+    ) -> Result<pb::PayoutItem, tonic::Status> {
+        self.api
+            .fail_payout_item(Request::new(pb::FailPayoutItemRequest {
+                context: ctx_at(key, at(4, 20)),
+                run_id: run.run_id.clone(),
+                partner_id: p.to_string(),
+                currency: "USD".into(),
+                reason: "bank account closed".into(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+fn item(run: &pb::PayoutRun, p: Uuid) -> &pb::PayoutItem {
+    run.items
+        .iter()
+        .find(|i| i.partner_id == p.to_string())
+        .unwrap_or_else(|| panic!("no item for {p}"))
+}
+
+fn codes(i: &pb::PayoutItem) -> Vec<&str> {
+    i.skip_reasons.iter().map(|r| r.code.as_str()).collect()
+}
+
+fn status(i: &pb::PayoutItem) -> pb::PayoutItemStatus {
+    pb::PayoutItemStatus::try_from(i.status).unwrap()
+}
+
+/// One eligible partner with $60.00 payable, ready for a run on 15 April.
+async fn paid_world() -> (World, Uuid, pb::PayoutRun) {
+    let w = world().await;
+    let p = partner(1);
+    w.assign(p, PLAN).await;
+    w.eligible(p).await;
+    w.earn(p, 1, "600.00", at(1, 10)).await;
+    let run = w.run("run-1", at(4, 15), &[p]).await.unwrap();
+    (w, p, run)
+}
+
+#[tokio::test]
+async fn a_payout_run_pays_eligible_partners_at_or_over_the_minimum_and_skips_others_with_every_reason(
+) {
+    let w = world().await;
+    let ps: Vec<Uuid> = (1..=8).map(partner).collect();
+    for p in &ps {
+        w.assign(*p, PLAN).await;
+    }
+    // 1: eligible, $60.00 payable. 2: eligible, $50.00 exactly. 3: eligible, $30.00 (under).
+    for p in &ps[..3] {
+        w.eligible(*p).await;
+    }
+    w.earn(ps[0], 1, "600.00", at(1, 10)).await;
+    w.earn(ps[1], 2, "500.00", at(1, 10)).await;
+    w.earn(ps[2], 3, "300.00", at(1, 10)).await;
+    // 4: on hold. 5: no tax form. 6: W-8BEN that expired before the run's date. 7: KYC pending.
+    w.eligible(ps[3]).await;
+    w.hold(ps[3], "PayoutHoldPlaced", at(4, 1)).await;
+    w.verify(ps[4], "kyc", "verified", None).await;
+    w.verify(ps[5], "kyc", "verified", None).await;
+    w.verify(ps[5], "tax_form_w8ben", "verified", Some(at(4, 1)))
+        .await;
+    w.verify(ps[6], "tax_form_w9", "verified", None).await;
+    w.verify(ps[6], "kyc", "pending", None).await;
+    for (i, p) in ps[3..7].iter().enumerate() {
+        w.earn(*p, 10 + i as u128, "600.00", at(1, 10)).await;
+    }
+    // 8: on hold, no tax form, no KYC and under the minimum: every reason is reported.
+    w.hold(ps[7], "PayoutHoldPlaced", at(2, 1)).await;
+    w.earn(ps[7], 20, "100.00", at(1, 10)).await;
+
+    let run = w.run("run-1", at(4, 15), &ps).await.unwrap();
+
+    assert!(run.complete);
+    assert_eq!(item(&run, ps[0]).amount, "60.00");
+    assert_eq!(status(item(&run, ps[0])), pb::PayoutItemStatus::Sent);
+    assert_eq!(item(&run, ps[1]).amount, "50.00", "the minimum itself pays");
+    assert_eq!(codes(item(&run, ps[2])), ["under_minimum"]);
+    assert_eq!(codes(item(&run, ps[3])), ["payout_hold"]);
+    assert_eq!(codes(item(&run, ps[4])), ["no_valid_tax_form"]);
+    assert_eq!(codes(item(&run, ps[5])), ["tax_form_expired"]);
+    assert_eq!(codes(item(&run, ps[6])), ["identity_not_verified"]);
+    assert_eq!(
+        codes(item(&run, ps[7])),
+        [
+            "payout_hold",
+            "no_valid_tax_form",
+            "identity_not_verified",
+            "under_minimum"
+        ]
+    );
+    assert_eq!(status(item(&run, ps[2])), pb::PayoutItemStatus::Skipped);
+    assert_eq!(run.totals[0].amount, "110.00");
+
+    // Paid: payable → clearing. Skipped: untouched.
+    let b = w.balance(ps[0]).await;
+    assert_eq!((b.payable.as_str(), b.paid.as_str()), ("0.00", "0.00"));
+    assert_eq!(w.balance(ps[3]).await.payable, "60.00");
+
+    // The same W-8BEN was valid for a run dated before its expiry.
+    let earlier = w.run("run-0", at(3, 20), &[ps[5]]).await.unwrap();
+    assert_eq!(item(&earlier, ps[5]).amount, "60.00");
+
+    // Released: the held partner is paid by the next run; GetPayoutRun shows the first run.
+    w.hold(ps[3], "PayoutHoldReleased", at(4, 16)).await;
+    let next = w.run("run-2", at(4, 17), &[ps[3]]).await.unwrap();
+    assert_eq!(item(&next, ps[3]).amount, "60.00");
+    let got = w
+        .api
+        .get_payout_run(Request::new(pb::GetPayoutRunRequest {
+            run_id: run.run_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, run);
+}
+
+#[tokio::test]
+async fn settling_moves_the_payout_from_clearing_to_paid_and_an_item_settles_or_fails_once() {
+    let (w, p, run) = paid_world().await;
+    let settled = w.settle("settle-1", &run, p).await.unwrap();
+    assert_eq!(status(&settled), pb::PayoutItemStatus::Settled);
+    assert_eq!(settled.amount, "60.00");
+    let b = w.balance(p).await;
+    assert_eq!(
+        (b.pending.as_str(), b.payable.as_str(), b.paid.as_str()),
+        ("0.00", "0.00", "60.00")
+    );
+    // The same request again answers the same; another request to end it is refused.
+    assert_eq!(w.settle("settle-1", &run, p).await.unwrap(), settled);
+    let err = w.fail("fail-1", &run, p).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let err = w.settle("settle-2", &run, p).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(w.balance(p).await.paid, "60.00");
+    // A partner the run did not pay has nothing to settle.
+    let err = w.settle("settle-3", &run, partner(9)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_failed_payout_returns_the_amount_to_payable_and_the_next_run_pays_it_again() {
+    let (w, p, run) = paid_world().await;
+    let failed = w.fail("fail-1", &run, p).await.unwrap();
+    assert_eq!(status(&failed), pb::PayoutItemStatus::Failed);
+    assert_eq!(failed.failure_reason, "bank account closed");
+    let b = w.balance(p).await;
+    assert_eq!((b.payable.as_str(), b.paid.as_str()), ("60.00", "0.00"));
+    let err = w.settle("settle-1", &run, p).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    let again = w.run("run-2", at(4, 25), &[p]).await.unwrap();
+    assert_eq!(item(&again, p).amount, "60.00");
+    assert_eq!(w.balance(p).await.payable, "0.00");
+}
+
+#[tokio::test]
+async fn a_clawback_after_payout_drives_payable_negative_and_no_run_pays_until_it_is_positive_again(
+) {
+    let w = world().await;
+    let p = partner(1);
+    w.assign(p, PLAN).await;
+    w.eligible(p).await;
+    // $100.00 earned and paid out.
+    w.earn(p, 1, "1000.00", at(1, 10)).await;
+    let first = w.run("run-1", at(3, 1), &[p]).await.unwrap();
+    assert_eq!(item(&first, p).amount, "100.00");
+    w.settle("settle-1", &first, p).await.unwrap();
+    // The sale is charged back after the payout: the $100.00 is clawed back from payable.
+    let chargeback = serde_json::json!({
+        "chargeback_id": Uuid::from_u128(901), "conversion_id": Uuid::from_u128(1),
+        "amount": { "amount": "1000.00", "currency": "USD" }, "occurred_at": at(3, 5),
+    });
+    w.consume(message(w.id(), "ChargebackReceived", chargeback, at(3, 5)))
+        .await
+        .unwrap();
+    // Then $20.00 earned: $20 − $100 = −$80 (PartnerStack's example).
+    w.earn(p, 2, "200.00", at(3, 10)).await;
+    let b = w.balance(p).await;
+    assert_eq!((b.payable.as_str(), b.paid.as_str()), ("-80.00", "100.00"));
+
+    let second = w.run("run-2", at(4, 20), &[p]).await.unwrap();
+    assert_eq!(codes(item(&second, p)), ["nothing_payable"]);
+    assert!(second.totals.is_empty());
+    assert_eq!(w.balance(p).await.payable, "-80.00");
+
+    // $140.00 more: payable $60.00, over the minimum, paid.
+    w.earn(p, 3, "1400.00", at(4, 1)).await;
+    let third = w.run("run-3", at(5, 10), &[p]).await.unwrap();
+    assert_eq!(item(&third, p).amount, "60.00");
+    assert_eq!(w.balance(p).await.payable, "0.00");
+}
+
+#[tokio::test]
+async fn repeated_requests_with_the_same_key_change_nothing() {
+    let (w, p, run) = paid_world().await;
+    let log_end = w.store.read_all(0, 100_000).await.unwrap().len();
+    let again = w.run("run-1", at(4, 15), &[p]).await.unwrap();
+    assert_eq!(again, run);
+    let settled = w.settle("settle-1", &run, p).await.unwrap();
+    let log_after_settle = w.store.read_all(0, 100_000).await.unwrap().len();
+    assert_eq!(w.settle("settle-1", &run, p).await.unwrap(), settled);
+    assert_eq!(
+        w.store.read_all(0, 100_000).await.unwrap().len(),
+        log_after_settle
+    );
+    assert!(log_after_settle > log_end);
+    // The same key with another body is refused, and writes nothing.
+    let err = w.run("run-1", at(4, 16), &[p]).await.unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok);
+    assert_eq!(
+        w.store.read_all(0, 100_000).await.unwrap().len(),
+        log_after_settle
+    );
+    // A redelivered compliance event records nothing either.
+    let data = serde_json::json!({
+        "partner_id": p, "hold_id": "h", "reason": "r", "occurred_at": at(4, 1),
+    });
+    w.consume(message(77, "PayoutHoldPlaced", data.clone(), at(4, 1)))
+        .await
+        .unwrap();
+    let n = w.store.read_all(0, 100_000).await.unwrap().len();
+    w.consume(message(77, "PayoutHoldPlaced", data, at(4, 1)))
+        .await
+        .unwrap();
+    assert_eq!(w.store.read_all(0, 100_000).await.unwrap().len(), n);
+}
+
+#[tokio::test]
+async fn a_bad_payout_run_request_names_every_bad_field_and_writes_nothing() {
+    let w = world().await;
+    let before = w.store.read_all(0, 100_000).await.unwrap().len();
+    let err = w
+        .api
+        .create_payout_run(Request::new(pb::CreatePayoutRunRequest {
+            context: ctx("bad-run"),
+            program_id: "nope".into(),
+            as_of: None,
+            partner_ids: vec![partner(1).to_string(), "x".into(), partner(1).to_string()],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    for field in ["program_id", "as_of", "partner_ids[1]", "partner_ids[2]"] {
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let too_many = vec![partner(1).to_string(); 10_001];
+    let err = w
+        .api
+        .create_payout_run(Request::new(pb::CreatePayoutRunRequest {
+            context: ctx("big-run"),
+            program_id: PROGRAM.to_string(),
+            as_of: Some(ts(at(4, 1))),
+            partner_ids: too_many,
+        }))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("at most 10000"), "{}", err.message());
+    let err = w
+        .api
+        .fail_payout_item(Request::new(pb::FailPayoutItemRequest {
+            context: ctx("bad-fail"),
+            run_id: Uuid::from_u128(5).to_string(),
+            partner_id: partner(1).to_string(),
+            currency: "usd".into(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("currency") && err.message().contains("reason"));
+    assert_eq!(w.store.read_all(0, 100_000).await.unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn a_churned_customers_lifetime_recurring_share_stops_at_the_churn() {
+    let w = world().await;
+    let p = partner(1);
+    w.assign(p, LIFETIME_PLAN).await;
+    let invoice = |n: u128, when: DateTime<Utc>| {
+        serde_json::json!({
+            "conversion_id": Uuid::from_u128(500 + n), "program_id": PROGRAM,
+            "kind": "CONVERSION_KIND_SUBSCRIPTION_INVOICE", "customer_id": "acme",
+            "gross": { "amount": "100.00", "currency": "USD" }, "occurred_at": when,
+            "shares": [{ "partner_id": p, "weight": "1" }],
+        })
+    };
+    for (n, month) in [(1, 1), (2, 2)] {
+        w.consume(message(
+            w.id(),
+            "ConversionAttributed",
+            invoice(n, at(month, 10)),
+            at(month, 10),
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(w.balance(p).await.pending, "40.00");
+    let cancelled = serde_json::json!({
+        "customer_id": "acme", "program_id": PROGRAM, "occurred_at": at(2, 20),
+    });
+    let churn = message(w.id(), "SubscriptionCancelled", cancelled, at(2, 20));
+    w.consume(churn.clone()).await.unwrap();
+    w.consume(churn).await.unwrap(); // redelivered: nothing new
+    w.consume(message(
+        w.id(),
+        "ConversionAttributed",
+        invoice(3, at(3, 10)),
+        at(3, 10),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        w.balance(p).await.pending,
+        "40.00",
+        "no share after the churn"
+    );
+    // A churn of a customer no partner earns on is acknowledged and changes nothing.
+    let unknown = serde_json::json!({
+        "customer_id": "nobody", "program_id": PROGRAM, "occurred_at": at(2, 20),
+    });
+    w.consume(message(w.id(), "SubscriptionCancelled", unknown, at(2, 20)))
+        .await
+        .unwrap();
+}
