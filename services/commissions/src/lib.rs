@@ -3,8 +3,10 @@
 //!
 //! `domain` is pure (deciders: no I/O, no clock); `consumer` turns other services' integration
 //! events into commands with ids derived from the consumed event, so redelivery changes
-//! nothing; `grpc` answers queries. Writes only `account-*` streams; reads no other service's
-//! streams — what it knows of partners arrives over the bus.
+//! nothing; `grpc` answers queries and runs payouts (`payout_runs`). Its streams: `account-*`,
+//! `ledger-*` (partner books), `plan-*`, `assignment-*`, `fx-*`, `accrued-*`, `customer-*`,
+//! `eligibility-*` (its projection of compliance's events) and `payout-*` (payout runs). It
+//! reads no other service's streams — what it knows of partners arrives over the bus.
 
 #![forbid(unsafe_code)]
 
