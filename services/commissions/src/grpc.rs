@@ -114,6 +114,55 @@ async fn partner_ledger(
     }
 }
 
+fn entry_pb(e: &pl_ledger::ExplainedEntry) -> pb::ExplainedEntry {
+    let x = &e.explanation;
+    let i = &x.inputs;
+    let mut inputs: std::collections::HashMap<String, String> =
+        i.other.clone().into_iter().collect();
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            inputs.insert(k.to_owned(), v);
+        }
+    };
+    put("base", i.base_amount.map(|m| m.to_string()));
+    put("rate_percent", i.rate_percent.map(|r| r.to_string()));
+    put("tier", i.tier.clone());
+    put("quantity", i.quantity.map(|q| q.to_string()));
+    put("flat", i.flat_amount.map(|m| m.to_string()));
+    put("month_index", i.month_index.map(|m| m.to_string()));
+    put("fx_rate", i.fx_rate.map(|r| r.to_string()));
+    pb::ExplainedEntry {
+        transaction_id: e.transaction_id.to_string(),
+        kind: e.kind.as_str().to_owned(),
+        occurred_at: Some(to_timestamp(e.occurred_at)),
+        position: e.position,
+        account: e.account.to_string(),
+        amount: e.amount.amount().to_string(),
+        explanation: x.line.clone(),
+        source_event_id: x.source_event_id.to_string(),
+        conversion_id: x.conversion_id.map(|c| c.to_string()).unwrap_or_default(),
+        plan_id: x
+            .plan
+            .as_ref()
+            .map(|p| p.plan_id.to_string())
+            .unwrap_or_default(),
+        plan_version: x.plan.as_ref().map_or(0, |p| p.plan_version),
+        rule_id: x
+            .plan
+            .as_ref()
+            .map(|p| p.rule_id.clone())
+            .unwrap_or_default(),
+        inputs,
+    }
+}
+
+fn money_pb(m: pl_money::Money) -> pl_proto::common::v1::Money {
+    pl_proto::common::v1::Money {
+        amount: m.amount().to_string(),
+        currency: m.currency().code().to_owned(),
+    }
+}
+
 fn balance_pb(currency: Currency, b: &PartnerBalance) -> pb::CurrencyBalances {
     pb::CurrencyBalances {
         currency: currency.code().to_owned(),
@@ -597,51 +646,7 @@ impl CommissionsApi for CommissionsService {
         let explained = ledger
             .explain(partner_id, currency, as_of, Page { offset, limit })
             .map_err(ApiError::internal)?;
-        let entries = explained
-            .entries
-            .iter()
-            .map(|e| {
-                let x = &e.explanation;
-                let i = &x.inputs;
-                let mut inputs: std::collections::HashMap<String, String> =
-                    i.other.clone().into_iter().collect();
-                let mut put = |k: &str, v: Option<String>| {
-                    if let Some(v) = v {
-                        inputs.insert(k.to_owned(), v);
-                    }
-                };
-                put("base", i.base_amount.map(|m| m.to_string()));
-                put("rate_percent", i.rate_percent.map(|r| r.to_string()));
-                put("tier", i.tier.clone());
-                put("quantity", i.quantity.map(|q| q.to_string()));
-                put("flat", i.flat_amount.map(|m| m.to_string()));
-                put("month_index", i.month_index.map(|m| m.to_string()));
-                put("fx_rate", i.fx_rate.map(|r| r.to_string()));
-                pb::ExplainedEntry {
-                    transaction_id: e.transaction_id.to_string(),
-                    kind: e.kind.as_str().to_owned(),
-                    occurred_at: Some(to_timestamp(e.occurred_at)),
-                    position: e.position,
-                    account: e.account.to_string(),
-                    amount: e.amount.amount().to_string(),
-                    explanation: x.line.clone(),
-                    source_event_id: x.source_event_id.to_string(),
-                    conversion_id: x.conversion_id.map(|c| c.to_string()).unwrap_or_default(),
-                    plan_id: x
-                        .plan
-                        .as_ref()
-                        .map(|p| p.plan_id.to_string())
-                        .unwrap_or_default(),
-                    plan_version: x.plan.as_ref().map_or(0, |p| p.plan_version),
-                    rule_id: x
-                        .plan
-                        .as_ref()
-                        .map(|p| p.rule_id.clone())
-                        .unwrap_or_default(),
-                    inputs,
-                }
-            })
-            .collect();
+        let entries = explained.entries.iter().map(entry_pb).collect();
         let next = offset + explained.entries.len();
         Ok(Response::new(pb::ExplainBalanceResponse {
             balances: Some(pb::Balances {
@@ -835,5 +840,93 @@ impl CommissionsApi for CommissionsService {
             .into());
         }
         Ok(Response::new(run_pb(&run)?))
+    }
+
+    #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
+    async fn get_statement(
+        &self,
+        request: Request<pb::GetStatementRequest>,
+    ) -> Result<Response<pb::Statement>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
+        let currency = v.check(currency("currency", &req.currency));
+        let mut instant = |field: &'static str, t: &Option<_>| match t {
+            Some(t) => v.check(to_datetime(field, t)),
+            None => v.check(Err(FieldViolation::new(field, "required"))),
+        };
+        let from = instant("from", &req.from);
+        let to = instant("to", &req.to);
+        if let (Some(f), Some(t)) = (from, to) {
+            if t <= f {
+                v.add("to", "must be after from");
+            }
+        }
+        v.finish()?;
+        let (Some(partner_id), Some(currency), Some(from), Some(to)) =
+            (partner_id, currency, from, to)
+        else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let ledger = partner_ledger(self.store.as_ref(), partner_id).await?;
+        let st = crate::reports::statement(&ledger, partner_id, currency, from, to).map_err(
+            |e| match e {
+                crate::reports::ReportError::TooManyEntries => ApiError::Exhausted {
+                    what: e.to_string(),
+                },
+                crate::reports::ReportError::EmptyPeriod => ApiError::invalid("to", e.to_string()),
+                crate::reports::ReportError::Ledger(e) => ApiError::internal(e),
+            },
+        )?;
+        Ok(Response::new(pb::Statement {
+            partner_id: partner_id.to_string(),
+            from: Some(to_timestamp(from)),
+            to: Some(to_timestamp(to)),
+            opening: Some(balance_pb(currency, &st.opening)),
+            entries: st.entries.iter().map(entry_pb).collect(),
+            closing: Some(balance_pb(currency, &st.closing)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
+    async fn list_recurring_shares(
+        &self,
+        request: Request<pb::ListRecurringSharesRequest>,
+    ) -> Result<Response<pb::ListRecurringSharesResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
+        let as_of = match &req.as_of {
+            Some(t) => v.check(to_datetime("as_of", t)),
+            None => v.check(Err(FieldViolation::new(
+                "as_of",
+                "required: shares are reported as of a date",
+            ))),
+        };
+        v.finish()?;
+        let (Some(partner_id), Some(as_of)) = (partner_id, as_of) else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let book =
+            pl_runtime::aggregate::load::<Book>(self.store.as_ref(), &book::stream(partner_id))
+                .await
+                .map_err(book_error)?
+                .state;
+        let shares = crate::reports::recurring_shares(&book, as_of).map_err(ApiError::internal)?;
+        let shares = shares
+            .into_iter()
+            .map(|s| pb::RecurringShare {
+                customer_id: s.customer_id,
+                plan_id: s.plan_id.to_string(),
+                rule_id: s.rule_id,
+                reward: format!("{:?}", s.reward),
+                started_at: s.started_at.map(to_timestamp),
+                ended_at: s.ended_at.map(to_timestamp),
+                share_to_date: Some(money_pb(s.share_to_date)),
+                current_monthly_share: Some(money_pb(s.current_monthly_share)),
+                last_invoice_at: Some(to_timestamp(s.last_invoice_at)),
+            })
+            .collect();
+        Ok(Response::new(pb::ListRecurringSharesResponse { shares }))
     }
 }

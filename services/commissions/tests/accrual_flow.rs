@@ -402,3 +402,85 @@ async fn a_conversion_in_another_currency_waits_for_its_fx_rate_then_converts_at
         ("11.00".into(), "0.00".into())
     );
 }
+
+#[tokio::test]
+async fn a_statement_of_a_period_opens_and_closes_with_the_balances_around_its_entries() {
+    let w = world().await;
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    let mut later = sale(101, "50.00");
+    later["occurred_at"] = serde_json::to_value(at(2, 5)).unwrap();
+    w.consume(message(2, "ConversionAttributed", later, at(2, 5)))
+        .await
+        .unwrap();
+    let st = w
+        .api
+        .get_statement(Request::new(pb::GetStatementRequest {
+            partner_id: PARTNER.to_string(),
+            currency: "USD".into(),
+            from: Some(ts(at(2, 1))),
+            to: Some(ts(at(3, 1))),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.opening.unwrap().pending, "10.00");
+    assert_eq!(st.entries.len(), 1);
+    assert_eq!(st.entries[0].explanation, "10% of 50.00 USD sale");
+    assert_eq!(st.closing.unwrap().pending, "15.00");
+    let bad = w
+        .api
+        .get_statement(Request::new(pb::GetStatementRequest {
+            partner_id: PARTNER.to_string(),
+            currency: "usd".into(),
+            from: Some(ts(at(3, 1))),
+            to: Some(ts(at(2, 1))),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(
+        bad.message().contains("currency") && bad.message().contains("to:"),
+        "{}",
+        bad.message()
+    );
+}
+
+#[tokio::test]
+async fn recurring_shares_are_listed_per_customer_as_of_a_date() {
+    let w = world().await;
+    let shares = w
+        .api
+        .list_recurring_shares(Request::new(pb::ListRecurringSharesRequest {
+            partner_id: PARTNER.to_string(),
+            as_of: Some(ts(at(6, 1))),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    // A one-off sale plan pays no recurring share.
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    assert!(shares.shares.is_empty());
+    let missing_date = w
+        .api
+        .list_recurring_shares(Request::new(pb::ListRecurringSharesRequest {
+            partner_id: PARTNER.to_string(),
+            as_of: None,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(missing_date.code(), tonic::Code::InvalidArgument);
+}
