@@ -39,3 +39,4 @@ fmt:
 # Numbers for issue notes, never a pass/fail test. Prints one table per benchmark.
 bench:
 	$(CARGO) bench -p pl-eventlog --bench eventlog
+	$(CARGO) bench -p pl-commissions --bench commissions
