@@ -133,8 +133,8 @@ pub enum LedgerError {
         /// Why.
         source: Box<LedgerError>,
     },
-    /// A recorded transaction at or before a position already applied.
-    #[error("log position {position} is not after the last applied position {last_position}")]
+    /// A recorded transaction before a position already applied.
+    #[error("log position {position} is before the last applied position {last_position}")]
     PositionOutOfOrder {
         /// The position offered.
         position: u64,

@@ -26,7 +26,8 @@ pub const MAX_PAGE_ENTRIES: usize = 1000;
 pub struct RecordedTransaction {
     /// The transaction.
     pub transaction: Transaction,
-    /// Its position in the log; strictly increasing in the order transactions are applied.
+    /// Its position in the log; never decreasing in the order transactions are applied (the
+    /// transactions of one log event share its position).
     pub position: u64,
     /// When the log stored it.
     pub recorded_at: DateTime<Utc>,
@@ -283,7 +284,7 @@ impl Ledger {
     }
 
     /// Applies one recorded transaction, re-validating it first (it must balance per currency
-    /// and pass every check of [`Transaction::validate`]). Positions must strictly increase and
+    /// and pass every check of [`Transaction::validate`]). Positions must never decrease (one event may carry several transactions) and
     /// ids be new. A refused transaction leaves the ledger unchanged.
     pub fn apply(&mut self, recorded: &RecordedTransaction) -> Result<(), LedgerError> {
         let transaction = &recorded.transaction;
@@ -294,7 +295,7 @@ impl Ledger {
         };
         transaction.validate().map_err(invalid)?;
         if let Some(last) = self.applied.last() {
-            if recorded.position <= last.recorded.position {
+            if recorded.position < last.recorded.position {
                 return Err(LedgerError::PositionOutOfOrder {
                     position: recorded.position,
                     last_position: last.recorded.position,

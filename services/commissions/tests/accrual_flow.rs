@@ -484,3 +484,41 @@ async fn recurring_shares_are_listed_per_customer_as_of_a_date() {
         .unwrap_err();
     assert_eq!(missing_date.code(), tonic::Code::InvalidArgument);
 }
+
+/// Regression: a maturity run posting several transactions in one event gave them all the
+/// event's log position, which the ledger refused, so balances failed with INTERNAL.
+#[tokio::test]
+async fn balances_still_answer_after_a_maturity_run_moves_several_entries() {
+    let w = world().await;
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    w.consume(message(
+        2,
+        "ConversionAttributed",
+        sale(101, "50.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    let r = w
+        .api
+        .mature_commissions(Request::new(pb::MatureCommissionsRequest {
+            context: ctx("m"),
+            partner_id: PARTNER.to_string(),
+            as_of: Some(ts(at(3, 1))),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.matured[0].amount, "15.00");
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("0.00".into(), "15.00".into())
+    );
+}
