@@ -28,6 +28,12 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync {
         1
     }
 
+    /// True when events of this type and version must go through [`DomainEvent::upcast`];
+    /// the others are decoded straight from their bytes in one pass.
+    fn needs_upcast(_event_type: &str, _schema_version: u32) -> bool {
+        false
+    }
+
     /// Rewrites the JSON of an older schema version into the current shape. The default accepts
     /// only the current version's shape as is.
     fn upcast(
@@ -74,6 +80,19 @@ pub fn encode_event<E: DomainEvent>(event: &E) -> Result<(String, Bytes), serde_
 
 /// Rebuilds a domain event from a stored one, upcasting older schema versions.
 pub fn decode_event<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, String> {
+    if !E::needs_upcast(&recorded.event_type, recorded.schema_version) {
+        // One pass: the tag first, so serde need not buffer the payload. The event type was
+        // checked by the log to hold no whitespace or control characters; JSON-escape it anyway.
+        let tag = serde_json::to_string(&recorded.event_type).map_err(|e| e.to_string())?;
+        let mut doc = Vec::with_capacity(recorded.data.len() + tag.len() + 20);
+        doc.extend_from_slice(b"{\"type\":");
+        doc.extend_from_slice(tag.as_bytes());
+        doc.extend_from_slice(b",\"data\":");
+        doc.extend_from_slice(&recorded.data);
+        doc.push(b'}');
+        return serde_json::from_slice(&doc)
+            .map_err(|e| format!("event {} ({}): {e}", recorded.id, recorded.event_type));
+    }
     let data: serde_json::Value = serde_json::from_slice(&recorded.data)
         .map_err(|e| format!("event {} data: {e}", recorded.id))?;
     let data = E::upcast(&recorded.event_type, recorded.schema_version, data)?;
@@ -318,6 +337,67 @@ mod tests {
         assert_eq!(
             decode_event::<CounterEvent>(&stored[1]).unwrap(),
             CounterEvent::Incremented { by: 4 }
+        );
+    }
+
+    /// Version 1 of `Incremented` called its field `step`; version 2 renamed it `by`.
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(tag = "type", content = "data")]
+    enum CounterEventV2 {
+        Incremented { by: u32 },
+    }
+    impl DomainEvent for CounterEventV2 {
+        fn schema_version(&self) -> u32 {
+            2
+        }
+        fn needs_upcast(_event_type: &str, schema_version: u32) -> bool {
+            schema_version < 2
+        }
+        fn upcast(
+            _t: &str,
+            _v: u32,
+            mut data: serde_json::Value,
+        ) -> Result<serde_json::Value, String> {
+            if let Some(step) = data.as_object_mut().and_then(|o| o.remove("step")) {
+                data["by"] = step;
+            }
+            Ok(data)
+        }
+    }
+
+    #[tokio::test]
+    async fn old_schema_versions_are_upcast_and_current_ones_decode_directly() {
+        let store = MemoryLog::default();
+        let md = pl_eventlog::EventMetadata::at(DateTime::from_timestamp(0, 0).unwrap());
+        let old = NewEvent::json(
+            Uuid::from_u128(1),
+            "Incremented",
+            1,
+            &serde_json::json!({"step": 3}),
+            md.clone(),
+        )
+        .unwrap();
+        let new = NewEvent::json(
+            Uuid::from_u128(2),
+            "Incremented",
+            2,
+            &serde_json::json!({"by": 4}),
+            md,
+        )
+        .unwrap();
+        store
+            .append("c", ExpectedVersion::NoStream, vec![old, new])
+            .await
+            .unwrap();
+        let stored = store.read_stream("c", 0, 10).await.unwrap();
+        let decoded: Vec<CounterEventV2> =
+            stored.iter().map(|e| decode_event(e).unwrap()).collect();
+        assert_eq!(
+            decoded,
+            vec![
+                CounterEventV2::Incremented { by: 3 },
+                CounterEventV2::Incremented { by: 4 }
+            ]
         );
     }
 
