@@ -44,6 +44,8 @@ pub fn subscriptions(prefix: &str) -> Vec<(String, String)> {
 struct PartnerApplied {
     partner_id: Uuid,
     program_id: Uuid,
+    #[serde(default)]
+    partner_type: Option<String>,
 }
 
 /// Handles one bus message: `Ok` to ack, `Retry` for transient failures, `Permanent` for
@@ -131,6 +133,7 @@ async fn open_account(
         program_id: applied.program_id,
         opened_at: event.occurred_at,
         source_event_id: event.id,
+        partner_type: applied.partner_type.clone(),
     };
     let meta = meta_for(event, "open-account", event.occurred_at, trace_context);
     match execute::<Account>(store, &domain::stream(applied.partner_id), &opening, &meta).await {

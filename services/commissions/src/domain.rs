@@ -13,6 +13,10 @@ pub struct Opening {
     pub opened_at: DateTime<Utc>,
     /// The integration event that caused the opening.
     pub source_event_id: Uuid,
+    /// The partner's type as partner CRM reported it (affiliate, referral, reseller, ...), for
+    /// reports. Absent in accounts opened before it was recorded.
+    #[serde(default)]
+    pub partner_type: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +68,7 @@ mod tests {
             program_id: Uuid::from_u128(2),
             opened_at: DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
             source_event_id: Uuid::from_u128(source),
+            partner_type: Some("affiliate".into()),
         }
     }
 

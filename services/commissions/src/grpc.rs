@@ -929,4 +929,84 @@ impl CommissionsApi for CommissionsService {
             .collect();
         Ok(Response::new(pb::ListRecurringSharesResponse { shares }))
     }
+
+    #[tracing::instrument(skip_all, fields(program_id = %request.get_ref().program_id))]
+    async fn get_program_report(
+        &self,
+        request: Request<pb::GetProgramReportRequest>,
+    ) -> Result<Response<pb::ProgramReport>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let program_id = v.check(parse_uuid("program_id", &req.program_id));
+        let mut instant = |field: &'static str, t: &Option<_>| match t {
+            Some(t) => v.check(to_datetime(field, t)),
+            None => v.check(Err(FieldViolation::new(field, "required"))),
+        };
+        let from = instant("from", &req.from);
+        let to = instant("to", &req.to);
+        if let (Some(f), Some(t)) = (from, to) {
+            if t <= f {
+                v.add("to", "must be after from");
+            }
+        }
+        v.finish()?;
+        let (Some(program_id), Some(from), Some(to)) = (program_id, from, to) else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        // Scans every partner book once, in log order; a persistent projection replaces this
+        // when programs outgrow an on-demand scan.
+        let mut report = crate::reports::ProgramReport::new(program_id, from, to);
+        let mut books = pl_eventlog::Subscription::new(
+            self.store.clone(),
+            0,
+            pl_eventlog::SubscriptionFilter::StreamPrefix("ledger-".into()),
+        );
+        loop {
+            let batch = books.poll_batch().await.map_err(ApiError::from)?;
+            if batch.is_empty() {
+                break;
+            }
+            for recorded in &batch {
+                let event: BookEvent = decode_event(recorded).map_err(ApiError::internal)?;
+                report.apply(&event).map_err(|e| ApiError::Exhausted {
+                    what: e.to_string(),
+                })?;
+            }
+        }
+        let mut types = std::collections::BTreeMap::new();
+        let partners: Vec<uuid::Uuid> = {
+            let rows = report.partners();
+            rows.into_iter().collect()
+        };
+        for p in partners {
+            let account = load::<Account>(self.store.as_ref(), &domain::stream(p))
+                .await
+                .map_err(to_api)?;
+            types.insert(p, account.state.0.and_then(|o| o.partner_type));
+        }
+        let rows = report
+            .finish(|p| types.get(&p).cloned().flatten())
+            .into_iter()
+            .map(|r| pb::ProgramReportRow {
+                partner_id: r.partner_id.to_string(),
+                partner_type: r.partner_type.clone().unwrap_or_default(),
+                currency: r.currency.code().to_owned(),
+                conversions: r.conversions.to_string(),
+                attributed_revenue: r.attributed_revenue.amount().to_string(),
+                commission_cost: r.commission_cost.amount().to_string(),
+                effective_cpa: r
+                    .effective_cpa()
+                    .map(|d| d.round_dp(4).to_string())
+                    .unwrap_or_default(),
+                revenue_per_commission: r
+                    .revenue_per_commission()
+                    .map(|d| d.round_dp(4).to_string())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ProgramReport {
+            program_id: program_id.to_string(),
+            rows,
+        }))
+    }
 }

@@ -345,3 +345,271 @@ mod tests {
         ));
     }
 }
+
+/// One row of the program report: a partner's results in one currency over a period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProgramRow {
+    pub partner_id: Uuid,
+    pub partner_type: Option<String>,
+    pub currency: Currency,
+    /// Conversions credited, weighted by the partner's attribution share.
+    pub conversions: pl_money::Decimal,
+    /// Revenue credited to the partner (its weighted share), net of refunds.
+    pub attributed_revenue: Money,
+    /// Commission the partner's conversions cost, overrides included, net of reversals.
+    pub commission_cost: Money,
+}
+
+impl ProgramRow {
+    /// Commission cost per (weighted) conversion; `None` with no conversions.
+    pub fn effective_cpa(&self) -> Option<pl_money::Decimal> {
+        (!self.conversions.is_zero())
+            .then(|| self.commission_cost.amount().checked_div(self.conversions))
+            .flatten()
+    }
+
+    /// Revenue per unit of commission; `None` when nothing was paid.
+    pub fn revenue_per_commission(&self) -> Option<pl_money::Decimal> {
+        (!self.commission_cost.is_zero())
+            .then(|| {
+                self.attributed_revenue
+                    .amount()
+                    .checked_div(self.commission_cost.amount())
+            })
+            .flatten()
+    }
+}
+
+/// Folds book events (in log order) into the program report for `[from, to)`: conversions that
+/// occurred in the period, with reversals of them netted whenever they happened.
+#[derive(Debug, Default)]
+pub struct ProgramReport {
+    program_id: Uuid,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    rows: std::collections::BTreeMap<(Uuid, Currency), ProgramRow>,
+    /// Conversions in scope: (partner, conversion) → (currency, credited revenue).
+    in_scope: std::collections::BTreeMap<(Uuid, Uuid), (Currency, Money)>,
+}
+
+/// A report covers at most this many partner-currency rows.
+pub const MAX_REPORT_ROWS: usize = 100_000;
+
+impl ProgramReport {
+    pub fn new(program_id: Uuid, from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
+        Self {
+            program_id,
+            from: Some(from),
+            to: Some(to),
+            ..Self::default()
+        }
+    }
+
+    pub fn apply(&mut self, event: &crate::book::BookEvent) -> Result<(), ReportError> {
+        use crate::book::BookEvent as E;
+        match event {
+            E::ConversionAccrued {
+                program_id,
+                accrual,
+                ..
+            } if *program_id == self.program_id => {
+                let (Some(from), Some(to)) = (self.from, self.to) else {
+                    return Ok(());
+                };
+                if accrual.occurred_at < from || accrual.occurred_at >= to {
+                    return Ok(());
+                }
+                let Some(base) = accrual.lines.iter().find(|l| l.kind == LineKind::Base) else {
+                    return Ok(());
+                };
+                let currency = base.amount.currency();
+                let revenue = base
+                    .formula
+                    .credited_base
+                    .filter(|m| m.currency() == currency)
+                    .unwrap_or_else(|| Money::zero(currency));
+                let cost = Money::try_sum(currency, accrual.lines.iter().map(|l| l.amount))
+                    .map_err(ledger_money)?;
+                if self.rows.len() >= MAX_REPORT_ROWS {
+                    return Err(ReportError::TooManyEntries);
+                }
+                let row = self
+                    .rows
+                    .entry((accrual.partner_id, currency))
+                    .or_insert_with(|| ProgramRow {
+                        partner_id: accrual.partner_id,
+                        partner_type: None,
+                        currency,
+                        conversions: pl_money::Decimal::ZERO,
+                        attributed_revenue: Money::zero(currency),
+                        commission_cost: Money::zero(currency),
+                    });
+                row.conversions += base.formula.weight;
+                row.attributed_revenue = row
+                    .attributed_revenue
+                    .checked_add(revenue)
+                    .map_err(ledger_money)?;
+                row.commission_cost = row
+                    .commission_cost
+                    .checked_add(cost)
+                    .map_err(ledger_money)?;
+                self.in_scope.insert(
+                    (accrual.partner_id, accrual.conversion_id),
+                    (currency, revenue),
+                );
+            }
+            E::ConversionReversed { reversal, .. } => {
+                let Some(partner) = reversal.lines.first().map(|l| l.partner_id) else {
+                    return Ok(());
+                };
+                let Some((currency, revenue)) = self
+                    .in_scope
+                    .get(&(partner, reversal.conversion_id))
+                    .copied()
+                else {
+                    return Ok(());
+                };
+                let cost = Money::try_sum(currency, reversal.lines.iter().map(|l| l.amount))
+                    .map_err(ledger_money)?;
+                let lost = revenue
+                    .checked_mul(reversal.fraction)
+                    .map_err(ledger_money)?
+                    .round(pl_money::RoundingMode::HalfEven);
+                if let Some(row) = self.rows.get_mut(&(partner, currency)) {
+                    row.commission_cost = row
+                        .commission_cost
+                        .checked_add(cost)
+                        .map_err(ledger_money)?;
+                    row.attributed_revenue = row
+                        .attributed_revenue
+                        .checked_sub(lost)
+                        .map_err(ledger_money)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The partners with a row so far.
+    pub fn partners(&self) -> std::collections::BTreeSet<Uuid> {
+        self.rows.keys().map(|(p, _)| *p).collect()
+    }
+
+    /// Adds partner types (from the partners' accounts) and returns the rows.
+    pub fn finish(mut self, partner_type: impl Fn(Uuid) -> Option<String>) -> Vec<ProgramRow> {
+        for row in self.rows.values_mut() {
+            row.partner_type = partner_type(row.partner_id);
+        }
+        self.rows.into_values().collect()
+    }
+}
+
+fn ledger_money(e: pl_money::MoneyError) -> ReportError {
+    ReportError::Ledger(LedgerError::Money(e))
+}
+
+#[cfg(test)]
+mod program_tests {
+    use chrono::TimeZone;
+    use pl_money::Decimal;
+    use pl_runtime::Aggregate;
+
+    use super::*;
+    use crate::book::{Book, BookCommand};
+
+    #[test]
+    fn the_program_report_nets_refunds_and_computes_cost_per_acquisition() {
+        let at = |m, d| Utc.with_ymd_and_hms(2026, m, d, 12, 0, 0).unwrap();
+        let plan = super::tests_support::plan_10_percent(at(1, 1));
+        let sale = |n: u128, when| BookCommand::Accrue {
+            program_id: Uuid::from_u128(9),
+            versions: vec![plan.clone()],
+            facts: super::tests_support::sale(n, when, "100.00"),
+        };
+        let mut book = Book::default();
+        let mut report = ProgramReport::new(Uuid::from_u128(9), at(1, 1), at(2, 1));
+        let commands = [
+            sale(1, at(1, 5)),
+            sale(2, at(1, 6)),
+            sale(3, at(2, 6)), // outside the period
+            BookCommand::Reverse {
+                reversal_id: Uuid::from_u128(50),
+                conversion_id: Uuid::from_u128(2),
+                fraction: Decimal::new(5, 1),
+                occurred_at: at(2, 10),
+                source_event_id: Uuid::from_u128(51),
+            },
+        ];
+        for c in &commands {
+            let events = Book::decide(&book, c).unwrap();
+            for e in &events {
+                report.apply(e).unwrap();
+            }
+            book = events.iter().fold(book, Book::evolve);
+        }
+        let rows = report.finish(|_| Some("affiliate".into()));
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(r.partner_type.as_deref(), Some("affiliate"));
+        assert_eq!(r.conversions, Decimal::from(2));
+        assert_eq!(r.attributed_revenue.to_string(), "150.00 USD");
+        assert_eq!(r.commission_cost.to_string(), "15.00 USD");
+        assert_eq!(r.effective_cpa(), Some(Decimal::new(75, 1)));
+        assert_eq!(r.revenue_per_commission(), Some(Decimal::from(10)));
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use chrono::{DateTime, Utc};
+    use pl_commission_engine::{
+        Conditions, ConversionFacts, ConversionKind, NetRevenuePolicy, Percent, PlanVersion,
+        Reward, Rule, VersionPolicy,
+    };
+    use pl_money::{Currency, Decimal, Money};
+    use uuid::Uuid;
+
+    pub fn plan_10_percent(from: DateTime<Utc>) -> PlanVersion {
+        PlanVersion {
+            plan_id: Uuid::from_u128(7),
+            version: 1,
+            effective_from: from,
+            payout_currency: Currency::USD,
+            hold_days: 0,
+            minimum_payout: Money::from_minor_units(100, Currency::USD),
+            version_policy: VersionPolicy::Grandfathered,
+            net_revenue_policy: NetRevenuePolicy::CarryForwardNegative,
+            cpa_recovery: false,
+            overrides: vec![],
+            rules: vec![Rule {
+                id: "sale".into(),
+                conditions: Conditions::default(),
+                reward: Reward::PercentOfGross(Percent::new(10).unwrap()),
+                cap_per_conversion: None,
+                cap_per_period: None,
+            }],
+        }
+    }
+
+    pub fn sale(n: u128, at: DateTime<Utc>, gross: &str) -> ConversionFacts {
+        ConversionFacts {
+            conversion_id: Uuid::from_u128(n),
+            source_event_id: Uuid::from_u128(100 + n),
+            kind: ConversionKind::Sale,
+            occurred_at: at,
+            customer_id: format!("cust-{n}"),
+            customer_country: None,
+            products: vec![],
+            gross: Some(format!("{gross} USD").parse().unwrap()),
+            net: None,
+            lots: None,
+            reseller: None,
+            partner_id: Uuid::from_u128(1),
+            partner_tier: None,
+            weight: Decimal::ONE,
+            upline: vec![],
+            fx_rate: None,
+        }
+    }
+}

@@ -522,3 +522,43 @@ async fn balances_still_answer_after_a_maturity_run_moves_several_entries() {
         ("0.00".into(), "15.00".into())
     );
 }
+
+#[tokio::test]
+async fn the_program_report_shows_revenue_cost_and_cost_per_acquisition_per_partner() {
+    let w = world().await;
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    w.consume(message(
+        2,
+        "ConversionAttributed",
+        sale(101, "300.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    let report = w
+        .api
+        .get_program_report(Request::new(pb::GetProgramReportRequest {
+            program_id: PROGRAM.to_string(),
+            from: Some(ts(at(1, 1))),
+            to: Some(ts(at(2, 1))),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.rows.len(), 1);
+    let r = &report.rows[0];
+    assert_eq!(r.partner_id, PARTNER.to_string());
+    assert_eq!(r.conversions, "2");
+    assert_eq!(r.attributed_revenue, "400.00");
+    // 10 % to the partner plus the parent's 2 % override.
+    assert_eq!(r.commission_cost, "48.00");
+    assert_eq!(r.effective_cpa, "24.00");
+    assert_eq!(r.revenue_per_commission, "8.3333");
+}
