@@ -36,3 +36,6 @@ pub mod compliance {
         tonic::include_proto!("partnerledger.compliance.v1");
     }
 }
+
+/// The protobuf well-known types the generated code uses (timestamps), for callers.
+pub use prost_types;

@@ -156,6 +156,25 @@ fn entry_pb(e: &pl_ledger::ExplainedEntry) -> pb::ExplainedEntry {
     }
 }
 
+/// A required period `[from, to)` with `to` after `from`.
+fn period(
+    v: &mut Violations,
+    from: Option<&pl_proto::prost_types::Timestamp>,
+    to: Option<&pl_proto::prost_types::Timestamp>,
+) -> Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+    let mut instant = |field: &'static str, t: Option<&pl_proto::prost_types::Timestamp>| match t {
+        Some(t) => v.check(to_datetime(field, t)),
+        None => v.check(Err(FieldViolation::new(field, "required"))),
+    };
+    let (from, to) = (instant("from", from), instant("to", to));
+    let (from, to) = (from?, to?);
+    if to <= from {
+        v.add("to", "must be after from");
+        return None;
+    }
+    Some((from, to))
+}
+
 fn money_pb(m: pl_money::Money) -> pl_proto::common::v1::Money {
     pl_proto::common::v1::Money {
         amount: m.amount().to_string(),
@@ -851,17 +870,7 @@ impl CommissionsApi for CommissionsService {
         let mut v = Violations::new();
         let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
         let currency = v.check(currency("currency", &req.currency));
-        let mut instant = |field: &'static str, t: &Option<_>| match t {
-            Some(t) => v.check(to_datetime(field, t)),
-            None => v.check(Err(FieldViolation::new(field, "required"))),
-        };
-        let from = instant("from", &req.from);
-        let to = instant("to", &req.to);
-        if let (Some(f), Some(t)) = (from, to) {
-            if t <= f {
-                v.add("to", "must be after from");
-            }
-        }
+        let (from, to) = period(&mut v, req.from.as_ref(), req.to.as_ref()).unzip();
         v.finish()?;
         let (Some(partner_id), Some(currency), Some(from), Some(to)) =
             (partner_id, currency, from, to)
@@ -938,17 +947,7 @@ impl CommissionsApi for CommissionsService {
         let req = request.into_inner();
         let mut v = Violations::new();
         let program_id = v.check(parse_uuid("program_id", &req.program_id));
-        let mut instant = |field: &'static str, t: &Option<_>| match t {
-            Some(t) => v.check(to_datetime(field, t)),
-            None => v.check(Err(FieldViolation::new(field, "required"))),
-        };
-        let from = instant("from", &req.from);
-        let to = instant("to", &req.to);
-        if let (Some(f), Some(t)) = (from, to) {
-            if t <= f {
-                v.add("to", "must be after from");
-            }
-        }
+        let (from, to) = period(&mut v, req.from.as_ref(), req.to.as_ref()).unzip();
         v.finish()?;
         let (Some(program_id), Some(from), Some(to)) = (program_id, from, to) else {
             return Err(ApiError::internal("validated fields missing").into());
