@@ -191,16 +191,6 @@ fn balance_pb(currency: Currency, b: &PartnerBalance) -> pb::CurrencyBalances {
     }
 }
 
-fn clear_key<T: Clone>(
-    req: &T,
-    ctx: impl Fn(&mut T) -> Option<&mut pl_proto::common::v1::RequestContext>,
-) -> T {
-    let mut copy = req.clone();
-    if let Some(c) = ctx(&mut copy) {
-        c.idempotency_key.clear();
-    }
-    copy
-}
 use tonic::{Request, Response, Status};
 
 use crate::book::PayoutStatus;
@@ -384,7 +374,7 @@ impl CommissionsApi for CommissionsService {
             return Err(ApiError::internal("validated fields missing").into());
         };
         let store = self.store.as_ref();
-        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
                 let cmd = Publish { plan_id, version };
@@ -446,7 +436,7 @@ impl CommissionsApi for CommissionsService {
             }
             .into());
         }
-        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
                 let cmd = Assignment {
@@ -506,7 +496,7 @@ impl CommissionsApi for CommissionsService {
             return Err(ApiError::internal("validated fields missing").into());
         };
         let store = self.store.as_ref();
-        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
                 let cmd = FxRate {
@@ -555,7 +545,7 @@ impl CommissionsApi for CommissionsService {
             return Err(ApiError::internal("validated fields missing").into());
         };
         let store = self.store.as_ref();
-        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
                 let cmd = BookCommand::Mature {
@@ -752,7 +742,7 @@ impl CommissionsApi for CommissionsService {
             return Err(ApiError::internal("validated fields missing").into());
         };
         let store = self.store.as_ref();
-        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let run_id = uuid::Uuid::new_v5(&meta.key.id_seed(), b"payout-run");
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
@@ -787,7 +777,7 @@ impl CommissionsApi for CommissionsService {
             return Err(ApiError::internal("validated fields missing").into());
         };
         let store = self.store.as_ref();
-        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
                 let (run, item) = payout_runs::end_item(
@@ -822,7 +812,7 @@ impl CommissionsApi for CommissionsService {
             return Err(ApiError::internal("validated fields missing").into());
         };
         let store = self.store.as_ref();
-        let fingerprint = idempotency::fingerprint(&clear_key(&req, |r| r.context.as_mut()));
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
                 let (run, item) = payout_runs::end_item(
