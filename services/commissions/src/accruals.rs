@@ -259,8 +259,14 @@ pub async fn on_reversal(
         .amount()
         .checked_div(revenue.amount().abs())
         .filter(|f| *f > Decimal::ZERO)
-        .ok_or_else(|| HandleError::Permanent("refund fraction is undefined".into()))?
-        .min(Decimal::ONE);
+        .ok_or_else(|| HandleError::Permanent("refund fraction is undefined".into()))?;
+    if fraction > Decimal::ONE {
+        // Never capped silently: a refund larger than the sale is a broken fact upstream.
+        return Err(HandleError::Permanent(format!(
+            "refund {} exceeds the conversion's revenue {revenue}",
+            r.amount
+        )));
+    }
     for partner in &accrued.partners {
         let command = BookCommand::Reverse {
             reversal_id: r.reversal_id,

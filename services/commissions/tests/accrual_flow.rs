@@ -562,3 +562,33 @@ async fn the_program_report_shows_revenue_cost_and_cost_per_acquisition_per_part
     assert_eq!(r.effective_cpa, "24.00");
     assert_eq!(r.revenue_per_commission, "8.3333");
 }
+
+/// Regression: a refund larger than the sale was silently capped to a full reversal.
+#[tokio::test]
+async fn a_refund_larger_than_the_sale_is_refused_and_reverses_nothing() {
+    let w = world().await;
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    let refund = serde_json::json!({
+        "refund_id": Uuid::from_u128(902), "conversion_id": Uuid::from_u128(100),
+        "amount": { "amount": "150.00", "currency": "USD" }, "occurred_at": at(1, 12),
+    });
+    let err = w
+        .consume(message(4, "ConversionRefunded", refund, at(1, 12)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HandleError::Permanent(ref m) if m.contains("exceeds")),
+        "{err:?}"
+    );
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("10.00".into(), "0.00".into())
+    );
+}
