@@ -67,6 +67,9 @@ pub struct ConversionAttributed {
     pub model: String,
     #[serde(default)]
     pub reason: String,
+    /// Empty or absent means no campaign.
+    #[serde(default, deserialize_with = "opt_uuid")]
+    pub campaign_id: Option<Uuid>,
 }
 
 /// A refund or a chargeback: both reverse the conversion's commission pro rata.
@@ -111,6 +114,16 @@ pub struct PayoutHold {
 pub struct ContractError {
     pub event_type: String,
     pub reason: String,
+}
+
+fn opt_uuid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Uuid>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    match s.as_deref() {
+        None | Some("") => Ok(None),
+        Some(v) => Uuid::parse_str(v)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("campaign_id: {e}"))),
+    }
 }
 
 fn opt_decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
