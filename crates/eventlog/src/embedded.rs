@@ -371,27 +371,23 @@ impl Shared {
         Ok(events)
     }
 
-    fn read_stream_sync(
-        &self,
-        stream: &str,
-        from_version: u64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, LogError> {
-        // (position, start offset, end offset) of each wanted frame.
-        let frames: Vec<(u64, u64, u64)> = {
-            let st = self.state.lock();
-            let Some(s) = st.index.streams.get(stream) else {
-                return Ok(Vec::new());
-            };
-            let from = usize::try_from(from_version).unwrap_or(usize::MAX);
-            s.positions
-                .iter()
-                .skip(from)
-                .take_while(|&&p| p < st.committed)
-                .take(limit)
-                .map(|&p| (p, st.offsets[p as usize], st.frame_end(p)))
-                .collect()
+    /// (position, start offset, end offset) of each wanted frame of a stream.
+    fn stream_frames(&self, stream: &str, from_version: u64, limit: usize) -> Vec<(u64, u64, u64)> {
+        let st = self.state.lock();
+        let Some(s) = st.index.streams.get(stream) else {
+            return Vec::new();
         };
+        let from = usize::try_from(from_version).unwrap_or(usize::MAX);
+        s.positions
+            .iter()
+            .skip(from)
+            .take_while(|&&p| p < st.committed)
+            .take(limit)
+            .map(|&p| (p, st.offsets[p as usize], st.frame_end(p)))
+            .collect()
+    }
+
+    fn read_frames(&self, frames: &[(u64, u64, u64)]) -> Result<Vec<RecordedEvent>, LogError> {
         let mut events = Vec::with_capacity(frames.len());
         let mut i = 0;
         while i < frames.len() {
@@ -482,9 +478,18 @@ impl EventStore for EmbeddedLog {
     ) -> Result<Vec<RecordedEvent>, LogError> {
         index::validate_stream_name(stream, &self.shared.limits)?;
         let limit = self.shared.limits.read_limit(limit);
+        let frames = self.shared.stream_frames(stream, from_version, limit);
+        let bytes = match (frames.first(), frames.last()) {
+            (Some(first), Some(last)) => last.2.saturating_sub(first.1),
+            _ => 0,
+        };
+        // Catching up on a stream is usually an empty or tiny read: answer it on this thread
+        // (from the page cache) rather than paying for a blocking-pool hand-off.
+        if bytes <= INLINE_READ_BYTES {
+            return self.shared.read_frames(&frames);
+        }
         let shared = Arc::clone(&self.shared);
-        let stream = stream.to_owned();
-        tokio::task::spawn_blocking(move || shared.read_stream_sync(&stream, from_version, limit))
+        tokio::task::spawn_blocking(move || shared.read_frames(&frames))
             .await
             .map_err(|e| LogError::Io(format!("read task failed: {e}")))?
     }

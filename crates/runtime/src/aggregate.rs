@@ -118,7 +118,7 @@ impl CommandMeta {
         Uuid::new_v5(&self.id_seed, index.to_string().as_bytes())
     }
 
-    fn metadata(&self) -> EventMetadata {
+    pub(crate) fn metadata(&self) -> EventMetadata {
         EventMetadata {
             occurred_at: self.occurred_at,
             correlation_id: self.correlation_id,

@@ -1,13 +1,14 @@
 //! What every service shares at run time: the error model and its single mapping to gRPC codes,
-//! the command executor (load, decide, append with optimistic concurrency), idempotency keys,
-//! request validation helpers, the clock, and the gRPC server (health, reflection, limits,
-//! graceful shutdown).
+//! the command executor (load, decide, append with optimistic concurrency) and its cached form,
+//! idempotency keys, request validation helpers, the clock, and the gRPC server (health,
+//! reflection, limits, graceful shutdown).
 //!
 //! No domain rules live here, and nothing here reads the clock except [`SystemClock`].
 
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod idempotency;
@@ -15,6 +16,7 @@ pub mod request;
 pub mod server;
 
 pub use aggregate::{Aggregate, CommandMeta, DomainEvent, ExecuteError};
+pub use cache::StateCache;
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{ApiError, FieldViolation};
 pub use idempotency::IdempotencyKey;

@@ -341,12 +341,12 @@ async fn accruals(
     let tasks: Vec<_> = queues
         .into_iter()
         .map(|queue| {
-            let (store, hist) = (store.clone(), hist.clone());
+            let (store, hist, caches) = (store.clone(), hist.clone(), api.caches());
             tokio::spawn(async move {
                 let mut local = Histogram::<u64>::new(3).unwrap();
                 for m in queue {
                     let t = Instant::now();
-                    pl_commissions::consumer::handle(store.as_ref(), m)
+                    pl_commissions::consumer::handle(store.as_ref(), &caches, m)
                         .await
                         .unwrap();
                     local.record(t.elapsed().as_micros() as u64).unwrap();

@@ -12,7 +12,7 @@ use pl_commission_engine::{
 use pl_eventlog::EventStore;
 use pl_money::Decimal;
 use pl_runtime::aggregate::{execute, load, ExecuteError};
-use pl_runtime::CommandMeta;
+use pl_runtime::{CommandMeta, StateCache};
 use uuid::Uuid;
 
 use crate::book::{self, Book, BookCommand, BookError};
@@ -21,6 +21,18 @@ use crate::setup::{
     self, Accrued, Assignments, ConversionIndex, CustomerCredit, CustomerIndex, FxRates, Plan,
     MAX_UPLINE,
 };
+
+/// The states the consumer and the gRPC service keep between commands: partner books, plans,
+/// assignments and FX rates, read or written on every accrual. Streams with one command in
+/// their life (a conversion's index, a customer's credits) are not worth a slot and go through
+/// the uncached executor.
+#[derive(Debug, Default)]
+pub struct Caches {
+    pub books: StateCache<Book>,
+    pub plans: StateCache<Plan>,
+    pub assignments: StateCache<Assignments>,
+    pub fx: StateCache<FxRates>,
+}
 
 fn meta(event: &IntegrationEvent, purpose: &str, trace: &BTreeMap<String, String>) -> CommandMeta {
     CommandMeta {
@@ -70,6 +82,7 @@ fn engine_kind(kind: ConversionKind) -> EngineKind {
 /// Accrues one attributed conversion for every credited partner.
 pub async fn on_conversion(
     store: &dyn EventStore,
+    caches: &Caches,
     event: &IntegrationEvent,
     c: &ConversionAttributed,
     trace: &BTreeMap<String, String>,
@@ -77,19 +90,24 @@ pub async fn on_conversion(
     let revenue = c.gross.or(c.net);
     let mut credited = Vec::with_capacity(c.shares.len());
     for share in &c.shares {
-        let assignments = load::<Assignments>(store, &setup::assignment_stream(share.partner_id))
+        let (assignment, _) = caches
+            .assignments
+            .read(store, &setup::assignment_stream(share.partner_id), |a| {
+                a.at(c.occurred_at).cloned()
+            })
             .await
-            .map_err(outcome)?
-            .state;
-        let Some(assignment) = assignments.at(c.occurred_at).cloned() else {
+            .map_err(outcome)?;
+        let Some(assignment) = assignment else {
             tracing::warn!(partner_id = %share.partner_id, conversion_id = %c.conversion_id, "no plan assigned; nothing accrued");
             continue;
         };
-        let versions = load::<Plan>(store, &setup::plan_stream(assignment.plan_id))
+        let (versions, _) = caches
+            .plans
+            .read(store, &setup::plan_stream(assignment.plan_id), |p| {
+                p.0.clone()
+            })
             .await
-            .map_err(outcome)?
-            .state
-            .0;
+            .map_err(outcome)?;
         let mut upline = Vec::new();
         let mut next = assignment.parent_partner_id;
         while let Some(parent) = next {
@@ -98,11 +116,13 @@ pub async fn on_conversion(
                 break;
             }
             upline.push(parent);
-            let theirs = load::<Assignments>(store, &setup::assignment_stream(parent))
+            (next, _) = caches
+                .assignments
+                .read(store, &setup::assignment_stream(parent), |a| {
+                    a.at(c.occurred_at).and_then(|a| a.parent_partner_id)
+                })
                 .await
-                .map_err(outcome)?
-                .state;
-            next = theirs.at(c.occurred_at).and_then(|a| a.parent_partner_id);
+                .map_err(outcome)?;
         }
         let payout_currency = versions
             .iter()
@@ -111,11 +131,14 @@ pub async fn on_conversion(
             .map(|v| v.payout_currency);
         let fx_rate = match (revenue.map(|m| m.currency()), payout_currency) {
             (Some(from), Some(to)) if from != to => {
-                load::<FxRates>(store, &setup::fx_stream(from, to))
+                caches
+                    .fx
+                    .read(store, &setup::fx_stream(from, to), |r| {
+                        r.on(c.occurred_at.date_naive())
+                    })
                     .await
                     .map_err(outcome)?
-                    .state
-                    .on(c.occurred_at.date_naive())
+                    .0
             }
             _ => None,
         };
@@ -149,16 +172,30 @@ pub async fn on_conversion(
             facts,
             versions,
         };
-        let done = execute::<Book>(
-            store,
-            &book::stream(share.partner_id),
-            &command,
-            &meta(event, &format!("accrue:{}", share.partner_id), trace),
-        )
-        .await
-        .map_err(book_outcome)?;
+        // What the rest of this message needs from the book after the accrual; the book's
+        // lock is released before other books are written (an override may go to a partner
+        // whose own accrual, in another task, overrides to this one).
+        let done = caches
+            .books
+            .execute(
+                store,
+                &book::stream(share.partner_id),
+                &command,
+                &meta(event, &format!("accrue:{}", share.partner_id), trace),
+                |b| {
+                    b.accruals.get(&c.conversion_id).map(|(accrual, _)| {
+                        let hold_days = b
+                            .entries
+                            .get(&(c.conversion_id, book::EntryKey::Own))
+                            .map_or(0, |e| e.hold_days);
+                        (accrual.plan_id, accrual.lines.clone(), hold_days)
+                    })
+                },
+            )
+            .await
+            .map_err(book_outcome)?;
         credited.push(share.partner_id);
-        let Some((accrual, _)) = done.state.accruals.get(&c.conversion_id) else {
+        let Some((plan_id, lines, hold_days)) = done.view else {
             continue;
         };
         // Remember who earns on this customer, under which plan, so a churn finds them.
@@ -166,7 +203,7 @@ pub async fn on_conversion(
             program_id: c.program_id,
             customer_id: c.customer_id.clone(),
             partner_id: share.partner_id,
-            plan_id: accrual.plan_id,
+            plan_id,
         };
         execute::<CustomerIndex>(
             store,
@@ -176,12 +213,7 @@ pub async fn on_conversion(
         )
         .await
         .map_err(outcome)?;
-        let hold_days = done
-            .state
-            .entries
-            .get(&(c.conversion_id, book::EntryKey::Own))
-            .map_or(0, |e| e.hold_days);
-        for line in &accrual.lines {
+        for line in &lines {
             let LineKind::Override { level } = line.kind else {
                 continue;
             };
@@ -195,14 +227,17 @@ pub async fn on_conversion(
                 source_event_id: event.id,
             };
             let purpose = format!("override:{}:{}:{level}", share.partner_id, line.partner_id);
-            execute::<Book>(
-                store,
-                &book::stream(line.partner_id),
-                &command,
-                &meta(event, &purpose, trace),
-            )
-            .await
-            .map_err(book_outcome)?;
+            caches
+                .books
+                .execute(
+                    store,
+                    &book::stream(line.partner_id),
+                    &command,
+                    &meta(event, &purpose, trace),
+                    |_| (),
+                )
+                .await
+                .map_err(book_outcome)?;
         }
     }
     let index = Accrued {
@@ -226,6 +261,7 @@ pub async fn on_conversion(
 /// holds it, overrides included.
 pub async fn on_reversal(
     store: &dyn EventStore,
+    caches: &Caches,
     event: &IntegrationEvent,
     r: &Reversal,
     trace: &BTreeMap<String, String>,
@@ -275,18 +311,21 @@ pub async fn on_reversal(
             occurred_at: r.occurred_at,
             source_event_id: event.id,
         };
-        let done = execute::<Book>(
-            store,
-            &book::stream(*partner),
-            &command,
-            &meta(event, &format!("reverse:{partner}"), trace),
-        )
-        .await
-        .map_err(book_outcome)?;
-        let Some(reversal) = done.state.reversals.get(&r.reversal_id) else {
+        let done = caches
+            .books
+            .execute(
+                store,
+                &book::stream(*partner),
+                &command,
+                &meta(event, &format!("reverse:{partner}"), trace),
+                |b| b.reversals.get(&r.reversal_id).map(|rev| rev.lines.clone()),
+            )
+            .await
+            .map_err(book_outcome)?;
+        let Some(lines) = done.view else {
             continue;
         };
-        for line in &reversal.lines {
+        for line in &lines {
             let LineKind::Override { level } = line.kind else {
                 continue;
             };
@@ -300,14 +339,17 @@ pub async fn on_reversal(
                 source_event_id: event.id,
             };
             let purpose = format!("reverse-override:{partner}:{}:{level}", line.partner_id);
-            execute::<Book>(
-                store,
-                &book::stream(line.partner_id),
-                &command,
-                &meta(event, &purpose, trace),
-            )
-            .await
-            .map_err(book_outcome)?;
+            caches
+                .books
+                .execute(
+                    store,
+                    &book::stream(line.partner_id),
+                    &command,
+                    &meta(event, &purpose, trace),
+                    |_| (),
+                )
+                .await
+                .map_err(book_outcome)?;
         }
     }
     Ok(())
@@ -317,6 +359,7 @@ pub async fn on_reversal(
 /// stops earning lifetime recurring shares from then on (the engine's churn).
 pub async fn on_churn(
     store: &dyn EventStore,
+    caches: &Caches,
     event: &IntegrationEvent,
     c: &SubscriptionCancelled,
     trace: &BTreeMap<String, String>,
@@ -335,14 +378,17 @@ pub async fn on_churn(
             at: c.occurred_at,
         };
         let purpose = format!("churn:{}:{}", credit.partner_id, credit.plan_id);
-        execute::<Book>(
-            store,
-            &book::stream(credit.partner_id),
-            &command,
-            &meta(event, &purpose, trace),
-        )
-        .await
-        .map_err(book_outcome)?;
+        caches
+            .books
+            .execute(
+                store,
+                &book::stream(credit.partner_id),
+                &command,
+                &meta(event, &purpose, trace),
+                |_| (),
+            )
+            .await
+            .map_err(book_outcome)?;
     }
     Ok(())
 }

@@ -642,11 +642,22 @@ impl Aggregate for Book {
                 plan_id,
                 customer_id,
                 at,
-            } => Ok(vec![BookEvent::CustomerChurned {
-                plan_id: *plan_id,
-                customer_id: customer_id.clone(),
-                at: *at,
-            }]),
+            } => {
+                // The earliest churn counts; a repeated or later one changes nothing.
+                let known = book
+                    .engine
+                    .get(plan_id)
+                    .and_then(|s| s.customer(customer_id))
+                    .and_then(|c| c.churned_at);
+                if known.is_some_and(|known| known <= *at) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![BookEvent::CustomerChurned {
+                    plan_id: *plan_id,
+                    customer_id: customer_id.clone(),
+                    at: *at,
+                }])
+            }
             BookCommand::PayOut {
                 run_id,
                 program_id,

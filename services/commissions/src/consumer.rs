@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::accruals;
+use crate::accruals::{self, Caches};
 use crate::contract::{
     ConversionAttributed, PayoutHold, Reversal, SubscriptionCancelled, VerificationRecorded,
 };
@@ -50,7 +50,11 @@ struct PartnerApplied {
 
 /// Handles one bus message: `Ok` to ack, `Retry` for transient failures, `Permanent` for
 /// messages that can never be handled (they go to the dead-letter subject).
-pub async fn handle(store: &dyn EventStore, message: Message) -> Result<(), HandleError> {
+pub async fn handle(
+    store: &dyn EventStore,
+    caches: &Caches,
+    message: Message,
+) -> Result<(), HandleError> {
     let event = IntegrationEvent::from_message(&message)
         .map_err(|e| HandleError::Permanent(format!("not an integration event: {e}")))?;
     let span = tracing::info_span!("consume", event_type = %event.event_type, event_id = %event.id);
@@ -62,17 +66,17 @@ pub async fn handle(store: &dyn EventStore, message: Message) -> Result<(), Hand
             "ConversionAttributed" => {
                 let c = ConversionAttributed::parse(event.data.get())
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
-                accruals::on_conversion(store, &event, &c, &trace_context).await
+                accruals::on_conversion(store, caches, &event, &c, &trace_context).await
             }
             "ConversionRefunded" | "ChargebackReceived" => {
                 let r = Reversal::parse(&event.event_type, event.data.get())
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
-                accruals::on_reversal(store, &event, &r, &trace_context).await
+                accruals::on_reversal(store, caches, &event, &r, &trace_context).await
             }
             "SubscriptionCancelled" => {
                 let c = SubscriptionCancelled::parse(event.data.get())
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
-                accruals::on_churn(store, &event, &c, &trace_context).await
+                accruals::on_churn(store, caches, &event, &c, &trace_context).await
             }
             "VerificationRecorded" => {
                 let v = VerificationRecorded::parse(event.data.get())

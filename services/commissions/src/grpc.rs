@@ -9,6 +9,7 @@ use pl_runtime::aggregate::{decode_event, execute};
 use pl_runtime::request::{to_datetime, Violations};
 use pl_runtime::{idempotency, Clock, FieldViolation, RequestMeta};
 
+use crate::accruals::Caches;
 use crate::book::{self, Book, BookCommand, BookError, BookEvent};
 use crate::setup::{self, Assignment, Assignments, FxRate, FxRates, Plan, Publish};
 use crate::SERVICE;
@@ -299,6 +300,7 @@ fn to_api(e: ExecuteError<AccountError>) -> ApiError {
 pub struct CommissionsService {
     store: SharedStore,
     clock: Arc<dyn Clock>,
+    caches: Arc<Caches>,
 }
 
 pub const SERVICE_NAME: &str =
@@ -306,7 +308,17 @@ pub const SERVICE_NAME: &str =
 
 impl CommissionsService {
     pub fn new(store: SharedStore, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            caches: Arc::default(),
+        }
+    }
+
+    /// The cached states this service shares with its consumer (`consumer::handle`), so both
+    /// fold the same books instead of each replaying them.
+    pub fn caches(&self) -> Arc<Caches> {
+        Arc::clone(&self.caches)
     }
 
     fn meta(

@@ -132,7 +132,7 @@ async fn world() -> World {
 
 impl World {
     async fn consume(&self, m: Message) -> Result<(), HandleError> {
-        pl_commissions::consumer::handle(self.store.as_ref(), m).await
+        pl_commissions::consumer::handle(self.store.as_ref(), &self.api.caches(), m).await
     }
 
     async fn balances(&self, partner: Uuid, as_of: Option<pb::AsOf>) -> (String, String) {

@@ -164,7 +164,7 @@ impl World {
     }
 
     async fn consume(&self, m: Message) -> Result<(), HandleError> {
-        pl_commissions::consumer::handle(self.store.as_ref(), m).await
+        pl_commissions::consumer::handle(self.store.as_ref(), &self.api.caches(), m).await
     }
 
     async fn assign(&self, p: Uuid, plan_id: Uuid) {

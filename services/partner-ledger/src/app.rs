@@ -254,6 +254,7 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
     let max = config.max_request_bytes;
     let mut routes = RoutesBuilder::default();
     let mut names = Vec::new();
+    let mut commission_caches = Arc::default();
     for service in &plan.services {
         match service {
             ServiceName::Crm => {
@@ -273,10 +274,10 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
                 names.push(pl_attribution::grpc::SERVICE_NAME);
             }
             ServiceName::Commissions => {
-                routes.add_service(
-                    pl_commissions::CommissionsService::new(plan.store.clone(), clock.clone())
-                        .into_server(max),
-                );
+                let svc =
+                    pl_commissions::CommissionsService::new(plan.store.clone(), clock.clone());
+                commission_caches = svc.caches();
+                routes.add_service(svc.into_server(max));
                 names.push(pl_commissions::grpc::SERVICE_NAME);
             }
             ServiceName::Compliance => {
@@ -326,13 +327,16 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
                 .consumer(ConsumerSpec::new(durable, vec![filter]))
                 .await?;
             let store = plan.store.clone();
+            let caches: Arc<pl_commissions::accruals::Caches> = Arc::clone(&commission_caches);
             let token = background.clone();
             tasks.push(tokio::spawn(async move {
                 pl_bus::run_consumer(
                     consumer,
                     move |message| {
-                        let store = store.clone();
-                        async move { pl_commissions::consumer::handle(store.as_ref(), message).await }
+                        let (store, caches) = (store.clone(), caches.clone());
+                        async move {
+                            pl_commissions::consumer::handle(store.as_ref(), &caches, message).await
+                        }
                     },
                     token,
                 )

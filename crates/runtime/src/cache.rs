@@ -1,0 +1,423 @@
+//! Aggregate states kept in memory between commands, so a command on a long stream costs one
+//! catch-up read instead of a replay of the whole stream.
+//!
+//! The log stays the only truth: every use first reads the stream from the cached version on
+//! (normally an empty read), so events appended by another process or by code that bypasses
+//! the cache are folded in before deciding, and the append still states the exact version it
+//! decided on. Commands on one stream are serialised in this process (a per-stream async lock),
+//! so they do not race each other into optimistic-concurrency retries.
+//!
+//! Use it for aggregates whose decider is idempotent by its own keys (an accrual per
+//! conversion, a reversal per refund): a retried command whose events were folded into the
+//! cached state earlier is answered by the decider finding nothing to do, where [`execute`]
+//! would find its events by id while replaying.
+//!
+//! [`execute`]: crate::aggregate::execute
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use pl_eventlog::{EventStore, ExpectedVersion, NewEvent};
+
+use crate::aggregate::{
+    decode_event, encode_event, Aggregate, CommandMeta, DomainEvent, ExecuteError,
+    MAX_CONFLICT_RETRIES,
+};
+
+/// Events read per page while catching a cached state up.
+const CATCH_UP_PAGE_EVENTS: usize = 1024;
+/// Default number of streams whose state is kept.
+pub const DEFAULT_CACHED_STREAMS: usize = 16_384;
+
+struct Slot<S> {
+    state: S,
+    /// Version of the last event folded into `state`; `None` before the first.
+    version: Option<u64>,
+}
+
+struct Entry<S> {
+    slot: Arc<tokio::sync::Mutex<Slot<S>>>,
+    last_used: u64,
+}
+
+struct Map<S> {
+    entries: HashMap<String, Entry<S>>,
+    tick: u64,
+}
+
+/// Bounded map from stream name to the aggregate state as of a known version.
+pub struct StateCache<A: Aggregate> {
+    map: Mutex<Map<A::State>>,
+    capacity: usize,
+}
+
+impl<A: Aggregate> std::fmt::Debug for StateCache<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateCache")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Aggregate> Default for StateCache<A> {
+    fn default() -> Self {
+        Self::new(DEFAULT_CACHED_STREAMS)
+    }
+}
+
+/// What a cached command did: the caller's view of the state after it, the events it
+/// appended (empty when the decider found nothing to do) and the stream's version.
+#[derive(Debug)]
+pub struct CachedExecuted<R, E> {
+    pub view: R,
+    pub events: Vec<E>,
+    pub version: Option<u64>,
+}
+
+impl<A: Aggregate> StateCache<A> {
+    /// Keeps at most `capacity` streams (at least one); beyond it the least recently used
+    /// tenth is dropped and reloaded from the log when next used.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: Mutex::new(Map {
+                entries: HashMap::new(),
+                tick: 0,
+            }),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Streams currently cached.
+    pub fn len(&self) -> usize {
+        self.lock_map().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock_map(&self) -> std::sync::MutexGuard<'_, Map<A::State>> {
+        // A panic while holding this lock can only come from HashMap internals; the map is
+        // still a valid cache afterwards (entries are reloaded from the log when missing).
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn slot(&self, stream: &str) -> Arc<tokio::sync::Mutex<Slot<A::State>>> {
+        let mut map = self.lock_map();
+        map.tick += 1;
+        let tick = map.tick;
+        if let Some(entry) = map.entries.get_mut(stream) {
+            entry.last_used = tick;
+            return Arc::clone(&entry.slot);
+        }
+        if map.entries.len() >= self.capacity {
+            // Amortised: one sort per tenth of the capacity inserted.
+            let mut by_age: Vec<(u64, String)> = map
+                .entries
+                .iter()
+                .map(|(k, e)| (e.last_used, k.clone()))
+                .collect();
+            by_age.sort_unstable();
+            let drop_count = (self.capacity / 10).max(1);
+            for (_, key) in by_age.into_iter().take(drop_count) {
+                map.entries.remove(&key);
+            }
+        }
+        let slot = Arc::new(tokio::sync::Mutex::new(Slot {
+            state: A::State::default(),
+            version: None,
+        }));
+        map.entries.insert(
+            stream.to_owned(),
+            Entry {
+                slot: Arc::clone(&slot),
+                last_used: tick,
+            },
+        );
+        slot
+    }
+
+    /// Reads the stream's state as of its last event and returns `view` of it.
+    pub async fn read<R>(
+        &self,
+        store: &dyn EventStore,
+        stream: &str,
+        view: impl FnOnce(&A::State) -> R,
+    ) -> Result<(R, Option<u64>), ExecuteError<A::Error>> {
+        let slot = self.slot(stream);
+        let mut slot = slot.lock().await;
+        catch_up::<A>(store, stream, &mut slot, None).await?;
+        Ok((view(&slot.state), slot.version))
+    }
+
+    /// Catch up, decide, append at the decided version; on a lost race (another process wrote
+    /// to the stream), catch up and decide again. `view` sees the state after the command.
+    pub async fn execute<R>(
+        &self,
+        store: &dyn EventStore,
+        stream: &str,
+        command: &A::Command,
+        meta: &CommandMeta,
+        view: impl FnOnce(&A::State) -> R,
+    ) -> Result<CachedExecuted<R, A::Event>, ExecuteError<A::Error>> {
+        let slot = self.slot(stream);
+        let mut slot = slot.lock().await;
+        for _ in 0..=MAX_CONFLICT_RETRIES {
+            let ours = catch_up::<A>(store, stream, &mut slot, Some(meta)).await?;
+            if !ours.is_empty() {
+                // This command's own events arrived with the catch-up (appended by an earlier
+                // attempt whose answer was lost): answer with them, never decide twice.
+                return Ok(CachedExecuted {
+                    view: view(&slot.state),
+                    events: ours,
+                    version: slot.version,
+                });
+            }
+            let events = A::decide(&slot.state, command).map_err(ExecuteError::Domain)?;
+            if events.is_empty() {
+                return Ok(CachedExecuted {
+                    view: view(&slot.state),
+                    events,
+                    version: slot.version,
+                });
+            }
+            let mut new_events = Vec::with_capacity(events.len());
+            for (i, event) in events.iter().enumerate() {
+                let (event_type, data) =
+                    encode_event(event).map_err(|e| ExecuteError::Decode(e.to_string()))?;
+                new_events.push(NewEvent {
+                    id: meta.event_id(i),
+                    event_type,
+                    schema_version: event.schema_version(),
+                    data,
+                    metadata: meta.metadata(),
+                });
+            }
+            let expected = slot
+                .version
+                .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+            match store.append(stream, expected, new_events).await {
+                Ok(result) => {
+                    let state = std::mem::take(&mut slot.state);
+                    slot.state = events.iter().fold(state, A::evolve);
+                    slot.version = Some(result.last_version);
+                    return Ok(CachedExecuted {
+                        view: view(&slot.state),
+                        events,
+                        version: slot.version,
+                    });
+                }
+                Err(e) if e.is_conflict() => {
+                    tracing::debug!(stream, "append lost a concurrency race; catching up");
+                }
+                Err(e) => return Err(ExecuteError::Store(e)),
+            }
+        }
+        Err(ExecuteError::Conflict {
+            stream: stream.to_owned(),
+            retries: MAX_CONFLICT_RETRIES,
+        })
+    }
+}
+
+/// Folds the events after `slot.version` into `slot.state`, one by one, so the slot stays
+/// consistent with its version even when a read or a decode fails half-way. Returns the
+/// events among them that `meta` appended.
+async fn catch_up<A: Aggregate>(
+    store: &dyn EventStore,
+    stream: &str,
+    slot: &mut Slot<A::State>,
+    meta: Option<&CommandMeta>,
+) -> Result<Vec<A::Event>, ExecuteError<A::Error>> {
+    let mut ours: Vec<A::Event> = Vec::new();
+    loop {
+        let from = slot.version.map_or(0, |v| v + 1);
+        let page = store
+            .read_stream(stream, from, CATCH_UP_PAGE_EVENTS)
+            .await
+            .map_err(ExecuteError::Store)?;
+        if page.is_empty() {
+            return Ok(ours);
+        }
+        for recorded in &page {
+            let event = decode_event::<A::Event>(recorded).map_err(ExecuteError::Decode)?;
+            if let Some(meta) = meta {
+                if recorded.id == meta.event_id(ours.len()) {
+                    ours.push(decode_event::<A::Event>(recorded).map_err(ExecuteError::Decode)?);
+                }
+            }
+            let state = std::mem::take(&mut slot.state);
+            slot.state = A::evolve(state, &event);
+            slot.version = Some(recorded.version);
+        }
+        if page.len() < CATCH_UP_PAGE_EVENTS {
+            return Ok(ours);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::DateTime;
+    use pl_eventlog::MemoryLog;
+    use serde::{Deserialize, Serialize};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::aggregate::{execute, load};
+
+    /// Adds each distinct key once (idempotent by its key, as the cache requires).
+    struct Keys;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq, Clone)]
+    #[serde(tag = "type", content = "data")]
+    enum KeyEvent {
+        Added { key: u32 },
+    }
+    impl DomainEvent for KeyEvent {}
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("too many keys")]
+    struct TooMany;
+
+    impl Aggregate for Keys {
+        type State = Vec<u32>;
+        type Command = u32;
+        type Event = KeyEvent;
+        type Error = TooMany;
+
+        fn decide(state: &Vec<u32>, key: &u32) -> Result<Vec<KeyEvent>, TooMany> {
+            if state.contains(key) {
+                return Ok(vec![]);
+            }
+            if state.len() >= 5 {
+                return Err(TooMany);
+            }
+            Ok(vec![KeyEvent::Added { key: *key }])
+        }
+
+        fn evolve(mut state: Vec<u32>, event: &KeyEvent) -> Vec<u32> {
+            match event {
+                KeyEvent::Added { key } => state.push(*key),
+            }
+            state
+        }
+    }
+
+    fn meta(seed: u128) -> CommandMeta {
+        CommandMeta {
+            id_seed: Uuid::from_u128(seed),
+            occurred_at: DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+            correlation_id: None,
+            causation_id: None,
+            trace_context: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn cached_commands_see_events_appended_behind_the_cache() {
+        let store = MemoryLog::default();
+        let cache = StateCache::<Keys>::default();
+        cache
+            .execute(&store, "k", &1, &meta(1), |_| ())
+            .await
+            .unwrap();
+        // Another process (here: the uncached executor) appends behind the cache's back.
+        execute::<Keys>(&store, "k", &2, &meta(2)).await.unwrap();
+        let done = cache
+            .execute(&store, "k", &3, &meta(3), Clone::clone)
+            .await
+            .unwrap();
+        assert_eq!(done.view, vec![1, 2, 3]);
+        assert_eq!(done.version, Some(2));
+        assert_eq!(
+            load::<Keys>(&store, "k").await.unwrap().state,
+            vec![1, 2, 3]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_repeated_command_appends_nothing_the_second_time() {
+        let store = MemoryLog::default();
+        let cache = StateCache::<Keys>::default();
+        let first = cache
+            .execute(&store, "k", &7, &meta(1), |_| ())
+            .await
+            .unwrap();
+        assert_eq!(first.events.len(), 1);
+        let again = cache
+            .execute(&store, "k", &7, &meta(1), Clone::clone)
+            .await
+            .unwrap();
+        assert!(again.events.is_empty());
+        assert_eq!(again.view, vec![7]);
+        assert_eq!(store.stream_version("k").await.unwrap(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_domain_error_leaves_the_cached_state_and_the_log_unchanged() {
+        let store = MemoryLog::default();
+        let cache = StateCache::<Keys>::default();
+        for key in 0..5 {
+            cache
+                .execute(&store, "k", &key, &meta(u128::from(key)), |_| ())
+                .await
+                .unwrap();
+        }
+        let err = cache
+            .execute(&store, "k", &9, &meta(9), |_| ())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExecuteError::Domain(TooMany)));
+        let (view, version) = cache.read(&store, "k", Clone::clone).await.unwrap();
+        assert_eq!((view, version), (vec![0, 1, 2, 3, 4], Some(4)));
+    }
+
+    #[tokio::test]
+    async fn an_evicted_stream_is_reloaded_from_the_log() {
+        let store = MemoryLog::default();
+        let cache = StateCache::<Keys>::new(2);
+        for (i, stream) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            cache
+                .execute(&store, stream, &1, &meta(i as u128), |_| ())
+                .await
+                .unwrap();
+        }
+        assert!(cache.len() <= 2);
+        let (view, _) = cache.read(&store, "a", Clone::clone).await.unwrap();
+        assert_eq!(view, vec![1]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_cached_commands_on_one_stream_all_land() {
+        let store: Arc<dyn EventStore> = Arc::new(MemoryLog::default());
+        let cache = Arc::new(StateCache::<Keys>::default());
+        let tasks: Vec<_> = (0..5u32)
+            .map(|key| {
+                let (store, cache) = (Arc::clone(&store), Arc::clone(&cache));
+                tokio::spawn(async move {
+                    cache
+                        .execute(
+                            store.as_ref(),
+                            "k",
+                            &key,
+                            &meta(100 + u128::from(key)),
+                            |_| (),
+                        )
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let mut keys = load::<Keys>(store.as_ref(), "k").await.unwrap().state;
+        keys.sort_unstable();
+        assert_eq!(keys, vec![0, 1, 2, 3, 4]);
+    }
+}
