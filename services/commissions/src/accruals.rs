@@ -34,6 +34,11 @@ pub struct Caches {
     pub fx: StateCache<FxRates>,
 }
 
+/// A write that follows from an accrual (a customer credit, an override, the conversion's
+/// index).
+type FollowUp<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandleError>> + Send + 'a>>;
+
 fn meta(event: &IntegrationEvent, purpose: &str, trace: &BTreeMap<String, String>) -> CommandMeta {
     CommandMeta {
         id_seed: derived_event_id(event.id, &format!("{}:{purpose}", crate::SERVICE)),
@@ -89,6 +94,7 @@ pub async fn on_conversion(
 ) -> Result<(), HandleError> {
     let revenue = c.gross.or(c.net);
     let mut credited = Vec::with_capacity(c.shares.len());
+    let mut follow_ups: Vec<FollowUp<'_>> = Vec::new();
     for share in &c.shares {
         let (assignment, _) = caches
             .assignments
@@ -205,39 +211,42 @@ pub async fn on_conversion(
             partner_id: share.partner_id,
             plan_id,
         };
-        execute::<CustomerIndex>(
-            store,
-            &setup::customer_stream(c.program_id, &c.customer_id),
-            &credit,
-            &meta(event, &format!("customer:{}", share.partner_id), trace),
-        )
-        .await
-        .map_err(outcome)?;
-        for line in &lines {
+        let customer_meta = meta(event, &format!("customer:{}", share.partner_id), trace);
+        follow_ups.push(Box::pin(async move {
+            execute::<CustomerIndex>(
+                store,
+                &setup::customer_stream(c.program_id, &c.customer_id),
+                &credit,
+                &customer_meta,
+            )
+            .await
+            .map(|_| ())
+            .map_err(outcome)
+        }));
+        for line in lines {
             let LineKind::Override { level } = line.kind else {
                 continue;
             };
+            let purpose = format!("override:{}:{}:{level}", share.partner_id, line.partner_id);
+            let override_meta = meta(event, &purpose, trace);
+            let stream = book::stream(line.partner_id);
             let command = BookCommand::AccrueOverride {
                 program_id: c.program_id,
                 conversion_id: c.conversion_id,
                 from_partner: share.partner_id,
                 occurred_at: c.occurred_at,
                 hold_days,
-                line: line.clone(),
+                line,
                 source_event_id: event.id,
             };
-            let purpose = format!("override:{}:{}:{level}", share.partner_id, line.partner_id);
-            caches
-                .books
-                .execute(
-                    store,
-                    &book::stream(line.partner_id),
-                    &command,
-                    &meta(event, &purpose, trace),
-                    |_| (),
-                )
-                .await
-                .map_err(book_outcome)?;
+            follow_ups.push(Box::pin(async move {
+                caches
+                    .books
+                    .execute(store, &stream, &command, &override_meta, |_| ())
+                    .await
+                    .map(|_| ())
+                    .map_err(book_outcome)
+            }));
         }
     }
     let index = Accrued {
@@ -246,14 +255,22 @@ pub async fn on_conversion(
         partners: credited,
         revenue,
     };
-    execute::<ConversionIndex>(
-        store,
-        &setup::accrued_stream(c.conversion_id),
-        &index,
-        &meta(event, "index", trace),
-    )
-    .await
-    .map_err(outcome)?;
+    let index_meta = meta(event, "index", trace);
+    follow_ups.push(Box::pin(async move {
+        execute::<ConversionIndex>(
+            store,
+            &setup::accrued_stream(c.conversion_id),
+            &index,
+            &index_meta,
+        )
+        .await
+        .map(|_| ())
+        .map_err(outcome)
+    }));
+    // The own accruals are in; the writes that follow from them touch distinct streams and go
+    // to the log together (one group commit instead of one each). Each is idempotent, so a
+    // failure of any retries the message and repeats only what is missing.
+    futures::future::try_join_all(follow_ups).await?;
     Ok(())
 }
 
