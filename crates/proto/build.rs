@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "partnerledger/common/v1/common.proto",
         "partnerledger/crm/v1/crm.proto",
+        "partnerledger/crm/v1/events.proto",
         "partnerledger/attribution/v1/attribution.proto",
         "partnerledger/attribution/v1/events.proto",
         "partnerledger/commissions/v1/commissions.proto",

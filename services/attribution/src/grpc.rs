@@ -1,36 +1,40 @@
-//! The gRPC face of attribution: validate, hash personal data, run once per idempotency key.
+//! The gRPC face of attribution: validate every field (all violations at once, nothing
+//! appended on bad input), hash personal data before anything is stored, read the clock at the
+//! edge, run each mutating request once per idempotency key, and answer from `service` and the
+//! `report` read model.
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use pl_eventlog::SharedStore;
+use pl_money::{Currency, Decimal, Money};
 use pl_proto::attribution::v1 as pb;
 use pl_proto::attribution::v1::attribution_service_server::{
     AttributionService as AttributionApi, AttributionServiceServer,
 };
-use pl_runtime::aggregate::{execute, load, ExecuteError};
-use pl_runtime::request::{parse_text, parse_uuid, to_timestamp};
+use pl_proto::common::v1 as common;
+use pl_runtime::request::{parse_text, parse_uuid, to_datetime, to_timestamp};
 use pl_runtime::{idempotency, ApiError, Clock, FieldViolation, RequestMeta, Violations};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
-use crate::domain::{self, Click, ClickDetails, ClickError};
+use crate::contract::{ContractKind, ConversionEvent};
+use crate::conversions::{ConversionFacts, ConversionType};
+use crate::report::{self, Reports};
+use crate::service::{self, TouchInput};
+use crate::settings::{Model, SetSettings, Settings, DEFAULT_HALF_LIFE_HOURS, DEFAULT_WINDOW_DAYS};
+use crate::streams;
+use crate::touchpoints::{Detail, Touchpoint, TouchpointKind};
 use crate::SERVICE;
 
 const MAX_URL_CHARS: usize = 2048;
-const MAX_VISITOR_CHARS: usize = 128;
+const MAX_ID_CHARS: usize = 128;
 const MAX_USER_AGENT_BYTES: usize = 1024;
-
-fn to_api(e: ExecuteError<ClickError>) -> ApiError {
-    match e {
-        ExecuteError::Domain(ClickError::RecordedDifferently(id)) => ApiError::AlreadyExists {
-            what: "click",
-            id: id.to_string(),
-        },
-        ExecuteError::Conflict { stream, .. } => ApiError::Conflict { stream },
-        ExecuteError::Decode(detail) => ApiError::internal(detail),
-        ExecuteError::Store(e) => e.into(),
-    }
-}
+const MAX_CODE_CHARS: usize = 64;
+const MAX_DOMAIN_CHARS: usize = 253;
+const MAX_PRODUCTS: usize = 64;
+const MAX_REPORT_ROWS: usize = 10_000;
 
 #[derive(Clone)]
 pub struct AttributionService {
@@ -38,6 +42,7 @@ pub struct AttributionService {
     clock: Arc<dyn Clock>,
     /// Secret mixed into IP and user-agent hashes so they cannot be reversed by enumeration.
     hash_salt: Arc<str>,
+    reports: Arc<Reports>,
 }
 
 impl std::fmt::Debug for AttributionService {
@@ -55,6 +60,7 @@ impl AttributionService {
             store,
             clock,
             hash_salt: Arc::from(hash_salt),
+            reports: Arc::default(),
         }
     }
 
@@ -71,7 +77,18 @@ impl AttributionService {
         h.update(value.as_bytes());
         hex::encode(h.finalize())
     }
+
+    fn meta(
+        &self,
+        ctx: Option<&common::RequestContext>,
+        v: &mut Violations,
+    ) -> Option<RequestMeta> {
+        let trace = pl_telemetry::inject(&tracing::Span::current());
+        RequestMeta::parse(SERVICE, ctx, self.clock.as_ref(), trace, v)
+    }
 }
+
+// ----- field parsing ----------------------------------------------------------------------------
 
 fn parse_url(field: &str, value: &str) -> Result<String, FieldViolation> {
     let url = parse_text(field, value, MAX_URL_CHARS)?;
@@ -88,115 +105,939 @@ fn parse_ip(field: &str, value: &str) -> Result<std::net::IpAddr, FieldViolation
         .map_err(|_| FieldViolation::new(field, "an IPv4 or IPv6 address"))
 }
 
-fn view(d: &ClickDetails) -> pb::Click {
-    pb::Click {
-        click_id: d.click_id.to_string(),
-        partner_id: d.partner_id.to_string(),
-        tracking_link_id: d.tracking_link_id.to_string(),
-        visitor_id: d.visitor_id.clone(),
-        landing_url: d.landing_url.clone(),
-        ip_hash: d.ip_hash.clone(),
-        user_agent_hash: d.user_agent_hash.clone(),
-        occurred_at: Some(to_timestamp(d.occurred_at)),
+fn opt_uuid(v: &mut Violations, field: &str, value: &str) -> Option<Option<Uuid>> {
+    if value.is_empty() {
+        Some(None)
+    } else {
+        v.check(parse_uuid(field, value)).map(Some)
     }
+}
+
+fn opt_text(v: &mut Violations, field: &str, value: &str, max: usize) -> Option<Option<String>> {
+    if value.is_empty() {
+        Some(None)
+    } else {
+        v.check(parse_text(field, value, max)).map(Some)
+    }
+}
+
+fn parse_code(field: &str, value: &str) -> Result<String, FieldViolation> {
+    let code = parse_text(field, value, MAX_CODE_CHARS)?;
+    if code
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(code)
+    } else {
+        Err(FieldViolation::new(field, "only letters, digits, - and _"))
+    }
+}
+
+fn parse_money(field: &str, m: &common::Money) -> Result<Money, FieldViolation> {
+    let currency: Currency = m.currency.parse().map_err(|_| {
+        FieldViolation::new(
+            format!("{field}.currency"),
+            "an ISO 4217 currency code such as USD",
+        )
+    })?;
+    Money::parse_exact(&m.amount, currency)
+        .map_err(|e| FieldViolation::new(format!("{field}.amount"), e.to_string()))
+}
+
+fn time_or(
+    v: &mut Violations,
+    field: &str,
+    ts: Option<&pl_proto::prost_types::Timestamp>,
+    default: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    match ts {
+        Some(ts) => v.check(to_datetime(field, ts)),
+        None => default,
+    }
+}
+
+/// The subject of a touchpoint: a visitor and/or a customer, at least one.
+fn subject(
+    v: &mut Violations,
+    visitor: &str,
+    customer: &str,
+) -> Option<(Option<String>, Option<String>)> {
+    let visitor = opt_text(v, "visitor_id", visitor, MAX_ID_CHARS);
+    let customer = opt_text(v, "customer_id", customer, MAX_ID_CHARS);
+    match (visitor?, customer?) {
+        (None, None) => {
+            v.add("visitor_id", "a visitor_id or a customer_id is required");
+            None
+        }
+        pair => Some(pair),
+    }
+}
+
+// ----- views ------------------------------------------------------------------------------------
+
+fn money_pb(m: Money) -> common::Money {
+    common::Money {
+        amount: m.amount().to_string(),
+        currency: m.currency().code().to_owned(),
+    }
+}
+
+fn kind_pb(k: TouchpointKind) -> i32 {
+    (match k {
+        TouchpointKind::Click => pb::TouchpointKind::Click,
+        TouchpointKind::Coupon => pb::TouchpointKind::Coupon,
+        TouchpointKind::Postback => pb::TouchpointKind::Postback,
+        TouchpointKind::Impression => pb::TouchpointKind::Impression,
+        TouchpointKind::DealRegistration => pb::TouchpointKind::DealRegistration,
+    }) as i32
+}
+
+fn opt_str<T: ToString>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_default()
+}
+
+fn touchpoint_pb(t: &Touchpoint) -> pb::Touchpoint {
+    let d = &t.detail;
+    pb::Touchpoint {
+        touchpoint_id: t.touchpoint_id.to_string(),
+        kind: kind_pb(t.kind),
+        program_id: t.program_id.to_string(),
+        partner_id: t.partner_id.to_string(),
+        campaign_id: opt_str(t.campaign_id),
+        visitor_id: t.visitor_id.clone().unwrap_or_default(),
+        customer_id: t.customer_id.clone().unwrap_or_default(),
+        occurred_at: Some(to_timestamp(t.occurred_at)),
+        tracking_link_id: opt_str(d.tracking_link_id),
+        landing_url: d.landing_url.clone().unwrap_or_default(),
+        ip_hash: d.ip_hash.clone().unwrap_or_default(),
+        user_agent_hash: d.user_agent_hash.clone().unwrap_or_default(),
+        coupon_code: d.coupon_code.clone().unwrap_or_default(),
+        transaction_id: d.transaction_id.clone().unwrap_or_default(),
+        click_id: opt_str(d.click_id),
+    }
+}
+
+fn contract_kind_pb(k: ContractKind) -> i32 {
+    (match k {
+        ContractKind::Lead => pb::ConversionKind::Lead,
+        ContractKind::Signup => pb::ConversionKind::Signup,
+        ContractKind::Sale => pb::ConversionKind::Sale,
+        ContractKind::SubscriptionStarted => pb::ConversionKind::SubscriptionStarted,
+        ContractKind::SubscriptionInvoice => pb::ConversionKind::SubscriptionInvoice,
+        ContractKind::Refund => pb::ConversionKind::Refund,
+        ContractKind::Chargeback => pb::ConversionKind::Chargeback,
+        ContractKind::SubscriptionCancelled => pb::ConversionKind::SubscriptionCancelled,
+    }) as i32
+}
+
+fn conversion_type_pb(k: ContractKind) -> i32 {
+    (match k {
+        ContractKind::Lead => pb::ConversionType::Lead,
+        ContractKind::Signup => pb::ConversionType::Signup,
+        ContractKind::Sale => pb::ConversionType::Sale,
+        ContractKind::SubscriptionStarted => pb::ConversionType::SubscriptionStarted,
+        ContractKind::SubscriptionInvoice => pb::ConversionType::SubscriptionInvoicePaid,
+        ContractKind::Refund => pb::ConversionType::Refund,
+        ContractKind::Chargeback => pb::ConversionType::Chargeback,
+        ContractKind::SubscriptionCancelled => pb::ConversionType::SubscriptionCancelled,
+    }) as i32
+}
+
+fn explain(e: &ConversionEvent) -> String {
+    match e {
+        ConversionEvent::ConversionAttributed(c) => {
+            let shares: Vec<String> = c
+                .shares
+                .iter()
+                .map(|s| format!("partner {} {}", s.partner_id, s.weight))
+                .collect();
+            let touches: Vec<String> = c
+                .touchpoints
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} {} at {} by partner {} (credit {})",
+                        t.kind, t.touchpoint_id, t.occurred_at, t.partner_id, t.credit
+                    )
+                })
+                .collect();
+            let mut s = format!(
+                "attributed ({}): {}. shares: {}",
+                c.model,
+                c.reason,
+                shares.join(", ")
+            );
+            if !touches.is_empty() {
+                s.push_str(&format!(". winning touchpoints: {}", touches.join("; ")));
+            }
+            s
+        }
+        ConversionEvent::ConversionUnattributed(u) => format!("unattributed: {}", u.reason),
+        ConversionEvent::ConversionRefunded(r) => format!(
+            "refund of {} reverses conversion {} for its partners{}",
+            r.amount,
+            r.conversion_id,
+            if r.full { " (in full)" } else { "" }
+        ),
+        ConversionEvent::ChargebackReceived(r) => format!(
+            "chargeback of {} reverses conversion {} for its partners{}",
+            r.amount,
+            r.conversion_id,
+            if r.full { " (in full)" } else { "" }
+        ),
+        ConversionEvent::SubscriptionCancelled(c) => format!(
+            "the customer churned; the lock of conversion {} ends",
+            opt_str(c.locked_by_conversion_id)
+        ),
+    }
+}
+
+fn attribution_pb(e: &ConversionEvent) -> pb::Attribution {
+    let mut a = pb::Attribution {
+        conversion_id: e.conversion_id().to_string(),
+        attributed: e.is_attributed(),
+        explanation: explain(e),
+        ..Default::default()
+    };
+    let ts = |t: DateTime<Utc>| Some(to_timestamp(t));
+    match e {
+        ConversionEvent::ConversionAttributed(c) => {
+            a.conversion = Some(pb::ConversionAttributed {
+                conversion_id: c.conversion_id.to_string(),
+                external_id: c.external_id.clone(),
+                program_id: c.program_id.to_string(),
+                kind: contract_kind_pb(c.kind),
+                customer_id: c.customer_id.clone(),
+                customer_country: c.customer_country.clone().unwrap_or_default(),
+                products: c.products.clone(),
+                gross: c.gross.map(money_pb),
+                occurred_at: ts(c.occurred_at),
+                shares: c
+                    .shares
+                    .iter()
+                    .map(|s| pb::PartnerShare {
+                        partner_id: s.partner_id.to_string(),
+                        weight: s.weight.to_string(),
+                    })
+                    .collect(),
+                model: c.model.clone(),
+                reason: c.reason.clone(),
+                campaign_id: opt_str(c.campaign_id),
+                window_days: c.window_days,
+                half_life_hours: c.half_life_hours,
+                touchpoints: c
+                    .touchpoints
+                    .iter()
+                    .map(|t| pb::CreditedTouchpoint {
+                        touchpoint_id: t.touchpoint_id.to_string(),
+                        kind: t.kind.clone(),
+                        partner_id: t.partner_id.to_string(),
+                        occurred_at: ts(t.occurred_at),
+                        credit: t.credit.to_string(),
+                        campaign_id: opt_str(t.campaign_id),
+                    })
+                    .collect(),
+                locked_by_conversion_id: opt_str(c.locked_by_conversion_id),
+                facts_sha256: c.facts_sha256.clone(),
+                settings_version: c.settings_version,
+                ..Default::default()
+            });
+        }
+        ConversionEvent::ConversionUnattributed(u) => {
+            a.unattributed = Some(pb::ConversionUnattributed {
+                conversion_id: u.conversion_id.to_string(),
+                external_id: u.external_id.clone(),
+                program_id: u.program_id.to_string(),
+                kind: contract_kind_pb(u.kind),
+                customer_id: u.customer_id.clone(),
+                gross: u.gross.map(money_pb),
+                occurred_at: ts(u.occurred_at),
+                model: u.model.clone(),
+                window_days: u.window_days,
+                reason: u.reason.clone(),
+                original_conversion_id: opt_str(u.original_conversion_id),
+                locked_by_conversion_id: opt_str(u.locked_by_conversion_id),
+                facts_sha256: u.facts_sha256.clone(),
+                settings_version: u.settings_version,
+                customer_country: u.customer_country.clone().unwrap_or_default(),
+                products: u.products.clone(),
+                net: None,
+            });
+        }
+        ConversionEvent::ConversionRefunded(r) => {
+            a.refund = Some(pb::ConversionRefunded {
+                refund_id: r.refund_id.to_string(),
+                conversion_id: r.conversion_id.to_string(),
+                amount: Some(money_pb(r.amount)),
+                occurred_at: ts(r.occurred_at),
+                external_id: r.external_id.clone(),
+                program_id: r.program_id.to_string(),
+                customer_id: r.customer_id.clone(),
+                facts_sha256: r.facts_sha256.clone(),
+                full: r.full,
+            });
+        }
+        ConversionEvent::ChargebackReceived(r) => {
+            a.chargeback = Some(pb::ChargebackReceived {
+                chargeback_id: r.chargeback_id.to_string(),
+                conversion_id: r.conversion_id.to_string(),
+                amount: Some(money_pb(r.amount)),
+                occurred_at: ts(r.occurred_at),
+                external_id: r.external_id.clone(),
+                program_id: r.program_id.to_string(),
+                customer_id: r.customer_id.clone(),
+                facts_sha256: r.facts_sha256.clone(),
+                full: r.full,
+            });
+        }
+        ConversionEvent::SubscriptionCancelled(c) => {
+            a.cancellation = Some(pb::SubscriptionCancelled {
+                customer_id: c.customer_id.clone(),
+                program_id: c.program_id.to_string(),
+                occurred_at: ts(c.occurred_at),
+                conversion_id: c.conversion_id.to_string(),
+                external_id: c.external_id.clone(),
+                locked_by_conversion_id: opt_str(c.locked_by_conversion_id),
+                facts_sha256: c.facts_sha256.clone(),
+            });
+        }
+    }
+    a
+}
+
+fn model_pb(m: Model) -> i32 {
+    (match m {
+        Model::LastClick => pb::AttributionModel::LastClick,
+        Model::FirstClick => pb::AttributionModel::FirstClick,
+        Model::Linear => pb::AttributionModel::Linear,
+        Model::TimeDecay => pb::AttributionModel::TimeDecay,
+        Model::PositionBased => pb::AttributionModel::PositionBased,
+    }) as i32
+}
+
+fn settings_pb(program_id: Uuid, s: &crate::settings::ProgramSettings) -> pb::AttributionSettings {
+    pb::AttributionSettings {
+        program_id: program_id.to_string(),
+        model: model_pb(s.current.model),
+        window_days: s.current.window_days,
+        half_life_hours: s.current.half_life_hours,
+        allow_reattribution: s.current.allow_reattribution,
+        count_impressions: s.current.count_impressions,
+        version: s.version,
+    }
+}
+
+fn conversion_type(v: &mut Violations, value: i32) -> Option<ConversionType> {
+    let t = match pb::ConversionType::try_from(value) {
+        Ok(pb::ConversionType::Lead) => ConversionType::Lead,
+        Ok(pb::ConversionType::Signup) => ConversionType::Signup,
+        Ok(pb::ConversionType::Sale) => ConversionType::Sale,
+        Ok(pb::ConversionType::SubscriptionStarted) => ConversionType::SubscriptionStarted,
+        Ok(pb::ConversionType::SubscriptionInvoicePaid) => ConversionType::SubscriptionInvoicePaid,
+        Ok(pb::ConversionType::Refund) => ConversionType::Refund,
+        Ok(pb::ConversionType::Chargeback) => ConversionType::Chargeback,
+        Ok(pb::ConversionType::SubscriptionCancelled) => ConversionType::SubscriptionCancelled,
+        Ok(pb::ConversionType::Unspecified) | Err(_) => {
+            v.add("type", "required: one of the CONVERSION_TYPE_ values");
+            return None;
+        }
+    };
+    Some(t)
+}
+
+fn page_of(v: &mut Violations, page: Option<&common::PageRequest>) -> (usize, usize) {
+    let Some(p) = page else {
+        return (0, report::DEFAULT_PAGE_SIZE);
+    };
+    let size = match usize::try_from(p.page_size).unwrap_or(usize::MAX) {
+        0 => report::DEFAULT_PAGE_SIZE,
+        n if n > report::MAX_PAGE_SIZE => {
+            v.add(
+                "page.page_size",
+                format!("at most {}", report::MAX_PAGE_SIZE),
+            );
+            report::DEFAULT_PAGE_SIZE
+        }
+        n => n,
+    };
+    let offset = if p.page_token.is_empty() {
+        0
+    } else {
+        match p.page_token.parse::<usize>() {
+            Ok(o) => o,
+            Err(_) => {
+                v.add("page.page_token", "not a token this service issued");
+                0
+            }
+        }
+    };
+    (offset, size)
+}
+
+/// Every field checked; `Some` only when there was no violation.
+macro_rules! all {
+    ($($x:ident),+) => {
+        match ($($x),+) {
+            ($(Some($x)),+) => ($($x),+),
+            _ => return Err(ApiError::internal("validated fields missing").into()),
+        }
+    };
 }
 
 #[tonic::async_trait]
 impl AttributionApi for AttributionService {
-    #[tracing::instrument(skip_all, fields(click_id = %request.get_ref().click_id))]
-    async fn record_click(
+    #[tracing::instrument(skip_all)]
+    async fn record_touchpoint(
         &self,
-        request: Request<pb::RecordClickRequest>,
-    ) -> Result<Response<pb::Click>, Status> {
+        request: Request<pb::RecordTouchpointRequest>,
+    ) -> Result<Response<pb::Touchpoint>, Status> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        let trace = pl_telemetry::inject(&tracing::Span::current());
-        let meta = RequestMeta::parse(
-            SERVICE,
-            req.context.as_ref(),
-            self.clock.as_ref(),
-            trace,
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let subject = subject(&mut v, &req.visitor_id, &req.customer_id);
+        let occurred_at = time_or(
             &mut v,
+            "occurred_at",
+            req.occurred_at.as_ref(),
+            meta.as_ref().map(|m| m.occurred_at),
         );
-        let click_id = v.check(parse_uuid("click_id", &req.click_id));
-        let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
-        let tracking_link_id = v.check(parse_uuid("tracking_link_id", &req.tracking_link_id));
-        let visitor_id = v.check(parse_text("visitor_id", &req.visitor_id, MAX_VISITOR_CHARS));
-        let landing_url = v.check(parse_url("landing_url", &req.landing_url));
-        let ip = v.check(parse_ip("ip_address", &req.ip_address));
-        if req.user_agent.len() > MAX_USER_AGENT_BYTES {
-            v.add(
-                "user_agent",
-                format!("at most {MAX_USER_AGENT_BYTES} bytes"),
-            );
-        }
+        let input = match &req.touch {
+            None => {
+                v.add("touch", "required: a click, coupon or impression");
+                None
+            }
+            Some(pb::record_touchpoint_request::Touch::Click(c)) => {
+                let click_id = v.check(parse_uuid("click.click_id", &c.click_id));
+                let link = opt_uuid(&mut v, "click.tracking_link_id", &c.tracking_link_id);
+                let partner = opt_uuid(&mut v, "click.partner_id", &c.partner_id);
+                let program = opt_uuid(&mut v, "click.program_id", &c.program_id);
+                if let (Some(None), Some(p), Some(g)) = (link, partner, program) {
+                    if p.is_none() || g.is_none() {
+                        v.add(
+                            "click.tracking_link_id",
+                            "required unless partner_id and program_id are given",
+                        );
+                    }
+                }
+                let url = v.check(parse_url("click.landing_url", &c.landing_url));
+                let ip = v.check(parse_ip("click.ip_address", &c.ip_address));
+                if c.user_agent.len() > MAX_USER_AGENT_BYTES {
+                    v.add(
+                        "click.user_agent",
+                        format!("at most {MAX_USER_AGENT_BYTES} bytes"),
+                    );
+                }
+                match (click_id, link, partner, program, url, ip) {
+                    (
+                        Some(click_id),
+                        Some(link),
+                        Some(partner),
+                        Some(program),
+                        Some(url),
+                        Some(ip),
+                    ) => Some(TouchInput::Click {
+                        click_id,
+                        tracking_link_id: link,
+                        partner_id: partner,
+                        program_id: program,
+                        landing_url: url,
+                        ip_hash: self.hash("ip", &ip.to_string()),
+                        user_agent_hash: self.hash("user-agent", &c.user_agent),
+                    }),
+                    _ => None,
+                }
+            }
+            Some(pb::record_touchpoint_request::Touch::Coupon(c)) => {
+                let id = v.check(parse_uuid("coupon.redemption_id", &c.redemption_id));
+                let program = v.check(parse_uuid("coupon.program_id", &c.program_id));
+                let code = v.check(parse_code("coupon.code", &c.code));
+                match (id, program, code) {
+                    (Some(redemption_id), Some(program_id), Some(code)) => {
+                        Some(TouchInput::Coupon {
+                            redemption_id,
+                            program_id,
+                            code,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            Some(pb::record_touchpoint_request::Touch::Impression(i)) => {
+                let id = v.check(parse_uuid("impression.impression_id", &i.impression_id));
+                let campaign = v.check(parse_uuid("impression.campaign_id", &i.campaign_id));
+                let partner = v.check(parse_uuid("impression.partner_id", &i.partner_id));
+                match (id, campaign, partner) {
+                    (Some(impression_id), Some(campaign_id), Some(partner_id)) => {
+                        Some(TouchInput::Impression {
+                            impression_id,
+                            campaign_id,
+                            partner_id,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+        };
         v.finish()?;
-        let (
-            Some(meta),
-            Some(click_id),
-            Some(partner_id),
-            Some(tracking_link_id),
-            Some(visitor_id),
-            Some(landing_url),
-            Some(ip),
-        ) = (
-            meta,
-            click_id,
-            partner_id,
-            tracking_link_id,
-            visitor_id,
-            landing_url,
-            ip,
-        )
-        else {
-            return Err(ApiError::internal("validated fields missing").into());
-        };
-        let details = ClickDetails {
-            click_id,
-            partner_id,
-            tracking_link_id,
-            visitor_id,
-            landing_url,
-            ip_hash: self.hash("ip", &ip.to_string()),
-            user_agent_hash: self.hash("user-agent", &req.user_agent),
-            occurred_at: meta.occurred_at,
-        };
+        let (meta, subject, occurred_at, input) = all!(meta, subject, occurred_at, input);
         let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let store = self.store.as_ref();
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
-                let done = execute::<Click>(
-                    store,
-                    &domain::stream(click_id),
-                    &details,
-                    &meta.command_meta(),
-                )
-                .await
-                .map_err(to_api)?;
-                let recorded = done
-                    .state
-                    .0
-                    .ok_or_else(|| ApiError::internal("click missing after record"))?;
-                Ok(view(&recorded))
+                let t = service::resolve(store, subject.0, subject.1, occurred_at, input).await?;
+                let recorded = service::record_touchpoint(store, &t, &meta.command_meta()).await?;
+                Ok(touchpoint_pb(&recorded))
             })
             .await?;
         Ok(Response::new(response))
     }
 
-    #[tracing::instrument(skip_all, fields(click_id = %request.get_ref().click_id))]
-    async fn get_click(
+    #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
+    async fn record_postback(
         &self,
-        request: Request<pb::GetClickRequest>,
-    ) -> Result<Response<pb::Click>, Status> {
-        let click_id = parse_uuid("click_id", &request.get_ref().click_id)
+        request: Request<pb::RecordPostbackRequest>,
+    ) -> Result<Response<pb::Touchpoint>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
+        let transaction_id = v.check(parse_text(
+            "transaction_id",
+            &req.transaction_id,
+            MAX_ID_CHARS,
+        ));
+        let program_id = v.check(parse_uuid("program_id", &req.program_id));
+        let subject = subject(&mut v, &req.visitor_id, &req.customer_id);
+        let click_id = opt_uuid(&mut v, "click_id", &req.click_id);
+        let event = opt_text(&mut v, "event", &req.event, MAX_CODE_CHARS);
+        let occurred_at = time_or(
+            &mut v,
+            "occurred_at",
+            req.occurred_at.as_ref(),
+            meta.as_ref().map(|m| m.occurred_at),
+        );
+        v.finish()?;
+        let (meta, partner_id, transaction_id, program_id, subject, click_id, event, occurred_at) = all!(
+            meta,
+            partner_id,
+            transaction_id,
+            program_id,
+            subject,
+            click_id,
+            event,
+            occurred_at
+        );
+        let touchpoint = Touchpoint {
+            touchpoint_id: streams::postback_id(partner_id, &transaction_id),
+            kind: TouchpointKind::Postback,
+            program_id,
+            partner_id,
+            campaign_id: None,
+            visitor_id: subject.0,
+            customer_id: subject.1,
+            occurred_at,
+            detail: Detail {
+                transaction_id: Some(transaction_id),
+                click_id,
+                event,
+                ..Detail::default()
+            },
+        };
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
+        let store = self.store.as_ref();
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
+                let known = pl_runtime::aggregate::load::<crate::touchpoints::Postback>(
+                    store,
+                    &streams::postback(touchpoint.touchpoint_id),
+                )
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+                if known.state.0.is_none() {
+                    // A new postback must come from a partner approved at its time; a retry of
+                    // a recorded one answers as before, whatever happened since.
+                    let record =
+                        service::load_crm(store, &streams::crm_partner(partner_id)).await?;
+                    crate::crm::check_partner(partner_id, &record, occurred_at)
+                        .map_err(|r| ApiError::rule(r.to_string()))?;
+                }
+                let recorded =
+                    service::record_postback(store, &touchpoint, &meta.command_meta()).await?;
+                Ok(touchpoint_pb(&recorded))
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(external_id = %request.get_ref().external_id))]
+    async fn record_conversion(
+        &self,
+        request: Request<pb::RecordConversionRequest>,
+    ) -> Result<Response<pb::Attribution>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let program_id = v.check(parse_uuid("program_id", &req.program_id));
+        let kind = conversion_type(&mut v, req.r#type);
+        let external_id = v.check(parse_text("external_id", &req.external_id, MAX_ID_CHARS));
+        let customer_id = v.check(parse_text("customer_id", &req.customer_id, MAX_ID_CHARS));
+        let visitor_id = opt_text(&mut v, "visitor_id", &req.visitor_id, MAX_ID_CHARS);
+        let domain = opt_text(
+            &mut v,
+            "customer_domain",
+            &req.customer_domain,
+            MAX_DOMAIN_CHARS,
+        )
+        .map(|d| d.map(|d| d.to_lowercase()));
+        let amount = match &req.amount {
+            None => Some(None),
+            Some(m) => v.check(parse_money("amount", m)).map(Some),
+        };
+        if let (Some(kind), Some(amount)) = (kind, amount) {
+            match (amount, kind) {
+                (None, k) if k.needs_amount() => v.add("amount", "required for this type"),
+                (Some(_), ConversionType::SubscriptionCancelled) => {
+                    v.add("amount", "a cancellation carries no amount")
+                }
+                (Some(m), k) if k.is_reversal() && !m.is_positive() => {
+                    v.add("amount", "must be positive")
+                }
+                (Some(m), _) if m.is_negative() => v.add("amount", "must not be negative"),
+                _ => {}
+            }
+        }
+        if req.products.len() > MAX_PRODUCTS {
+            v.add("products", format!("at most {MAX_PRODUCTS}"));
+        }
+        let products: Vec<String> = req
+            .products
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| v.check(parse_text(&format!("products[{i}]"), p, MAX_ID_CHARS)))
+            .collect();
+        let country = if req.customer_country.is_empty() {
+            Some(None)
+        } else if req.customer_country.len() == 2
+            && req.customer_country.chars().all(|c| c.is_ascii_uppercase())
+        {
+            Some(Some(req.customer_country.clone()))
+        } else {
+            v.add("customer_country", "an ISO 3166-1 alpha-2 code such as DE");
+            None
+        };
+        let original = opt_text(
+            &mut v,
+            "original_external_id",
+            &req.original_external_id,
+            MAX_ID_CHARS,
+        );
+        if let (Some(kind), Some(original)) = (kind, &original) {
+            if kind.is_reversal() && original.is_none() {
+                v.add(
+                    "original_external_id",
+                    "required for refunds and chargebacks",
+                );
+            }
+            if !kind.is_reversal() && original.is_some() {
+                v.add(
+                    "original_external_id",
+                    "only refunds and chargebacks reference another conversion",
+                );
+            }
+        }
+        let occurred_at = time_or(
+            &mut v,
+            "occurred_at",
+            req.occurred_at.as_ref(),
+            meta.as_ref().map(|m| m.occurred_at),
+        );
+        v.finish()?;
+        let (
+            meta,
+            program_id,
+            kind,
+            external_id,
+            customer_id,
+            visitor_id,
+            domain,
+            amount,
+            country,
+            original,
+            occurred_at,
+        ) = all!(
+            meta,
+            program_id,
+            kind,
+            external_id,
+            customer_id,
+            visitor_id,
+            domain,
+            amount,
+            country,
+            original,
+            occurred_at
+        );
+        let facts = ConversionFacts {
+            conversion_id: streams::conversion_id(program_id, &external_id),
+            external_id,
+            program_id,
+            conversion_type: kind,
+            customer_id,
+            visitor_id,
+            customer_domain: domain,
+            amount,
+            products,
+            customer_country: country,
+            original_external_id: original,
+            occurred_at,
+        };
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
+        let store = self.store.as_ref();
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
+                let event = service::record_conversion(store, &facts, &meta.command_meta()).await?;
+                tracing::info!(
+                    conversion_id = %facts.conversion_id,
+                    attributed = event.is_attributed(),
+                    "conversion decided"
+                );
+                Ok(attribution_pb(&event))
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(conversion_id = %request.get_ref().conversion_id))]
+    async fn get_attribution(
+        &self,
+        request: Request<pb::GetAttributionRequest>,
+    ) -> Result<Response<pb::Attribution>, Status> {
+        let id = parse_uuid("conversion_id", &request.get_ref().conversion_id)
             .map_err(|fv| ApiError::InvalidArgument(vec![fv]))?;
-        let loaded = load::<Click>(self.store.as_ref(), &domain::stream(click_id))
-            .await
-            .map_err(to_api)?;
-        let click = loaded.state.0.ok_or(ApiError::NotFound {
-            what: "click",
-            id: click_id.to_string(),
-        })?;
-        Ok(Response::new(view(&click)))
+        let event = service::get_conversion(self.store.as_ref(), id)
+            .await?
+            .ok_or(ApiError::NotFound {
+                what: "conversion",
+                id: id.to_string(),
+            })?;
+        Ok(Response::new(attribution_pb(&event)))
+    }
+
+    #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
+    async fn list_partner_conversions(
+        &self,
+        request: Request<pb::ListPartnerConversionsRequest>,
+    ) -> Result<Response<pb::ListPartnerConversionsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let partner = v.check(parse_uuid("partner_id", &req.partner_id));
+        let (offset, size) = page_of(&mut v, req.page.as_ref());
+        v.finish()?;
+        let (partner,) = (partner.ok_or_else(|| ApiError::internal("validated fields missing"))?,);
+        let model = self.reports.caught_up(self.store.as_ref()).await?;
+        let (page, more) = model.partner_conversions(partner, offset, size);
+        drop(model);
+        let next = if more {
+            (offset + page.len()).to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListPartnerConversionsResponse {
+            conversions: page
+                .iter()
+                .map(|c| pb::PartnerConversion {
+                    conversion_id: c.conversion_id.to_string(),
+                    external_id: c.external_id.clone(),
+                    program_id: c.program_id.to_string(),
+                    kind: contract_kind_pb(c.kind),
+                    customer_id: c.customer_id.clone(),
+                    weight: c.weight.to_string(),
+                    gross: c.gross.map(money_pb),
+                    occurred_at: Some(to_timestamp(c.occurred_at)),
+                    model: c.model.clone(),
+                    campaign_id: opt_str(c.campaign_id),
+                })
+                .collect(),
+            next_page_token: next,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(program_id = %request.get_ref().program_id))]
+    async fn set_attribution_settings(
+        &self,
+        request: Request<pb::SetAttributionSettingsRequest>,
+    ) -> Result<Response<pb::AttributionSettings>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let program_id = v.check(parse_uuid("program_id", &req.program_id));
+        let model = match pb::AttributionModel::try_from(req.model) {
+            Ok(pb::AttributionModel::Unspecified | pb::AttributionModel::LastClick) => {
+                Some(Model::LastClick)
+            }
+            Ok(pb::AttributionModel::FirstClick) => Some(Model::FirstClick),
+            Ok(pb::AttributionModel::Linear) => Some(Model::Linear),
+            Ok(pb::AttributionModel::TimeDecay) => Some(Model::TimeDecay),
+            Ok(pb::AttributionModel::PositionBased) => Some(Model::PositionBased),
+            Err(_) => {
+                v.add("model", "one of the ATTRIBUTION_MODEL_ values");
+                None
+            }
+        };
+        let window_days = match req.window_days {
+            0 => DEFAULT_WINDOW_DAYS,
+            n => n,
+        };
+        if window_days > crate::settings::MAX_WINDOW_DAYS {
+            v.add(
+                "window_days",
+                format!("at most {}", crate::settings::MAX_WINDOW_DAYS),
+            );
+        }
+        let half_life_hours = match req.half_life_hours {
+            0 => DEFAULT_HALF_LIFE_HOURS,
+            n => n,
+        };
+        if half_life_hours > crate::settings::MAX_HALF_LIFE_HOURS {
+            v.add(
+                "half_life_hours",
+                format!("at most {}", crate::settings::MAX_HALF_LIFE_HOURS),
+            );
+        }
+        v.finish()?;
+        let (meta, program_id, model) = all!(meta, program_id, model);
+        let cmd = SetSettings {
+            program_id,
+            settings: Settings {
+                model,
+                window_days,
+                half_life_hours,
+                allow_reattribution: req.allow_reattribution,
+                count_impressions: req.count_impressions,
+            },
+        };
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
+        let store = self.store.as_ref();
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
+                let s = service::set_settings(store, &cmd, &meta.command_meta()).await?;
+                Ok(settings_pb(program_id, &s))
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_attribution_settings(
+        &self,
+        request: Request<pb::GetAttributionSettingsRequest>,
+    ) -> Result<Response<pb::AttributionSettings>, Status> {
+        let program_id = parse_uuid("program_id", &request.get_ref().program_id)
+            .map_err(|fv| ApiError::InvalidArgument(vec![fv]))?;
+        let s = service::settings(self.store.as_ref(), program_id).await?;
+        Ok(Response::new(settings_pb(program_id, &s)))
+    }
+
+    #[tracing::instrument(skip_all, fields(program_id = %request.get_ref().program_id))]
+    async fn get_performance(
+        &self,
+        request: Request<pb::GetPerformanceRequest>,
+    ) -> Result<Response<pb::PerformanceReport>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let program_id = v.check(parse_uuid("program_id", &req.program_id));
+        let from = match &req.from {
+            Some(t) => v.check(to_datetime("from", t)),
+            None => {
+                v.add("from", "required");
+                None
+            }
+        };
+        let to = match &req.to {
+            Some(t) => v.check(to_datetime("to", t)),
+            None => {
+                v.add("to", "required");
+                None
+            }
+        };
+        if let (Some(f), Some(t)) = (from, to) {
+            if t <= f {
+                v.add("to", "must be after from");
+            }
+        }
+        let partner = opt_uuid(&mut v, "partner_id", &req.partner_id);
+        let campaign = opt_uuid(&mut v, "campaign_id", &req.campaign_id);
+        v.finish()?;
+        let (program_id, from, to, partner, campaign) =
+            all!(program_id, from, to, partner, campaign);
+        let model = self.reports.caught_up(self.store.as_ref()).await?;
+        let rows = model.performance(program_id, from, to, partner, campaign);
+        drop(model);
+        if rows.len() > MAX_REPORT_ROWS {
+            return Err(ApiError::Exhausted {
+                what: format!("more than {MAX_REPORT_ROWS} rows; filter by partner or campaign"),
+            }
+            .into());
+        }
+        let kinds = [
+            ContractKind::Lead,
+            ContractKind::Signup,
+            ContractKind::Sale,
+            ContractKind::SubscriptionStarted,
+            ContractKind::SubscriptionInvoice,
+            ContractKind::Refund,
+            ContractKind::Chargeback,
+            ContractKind::SubscriptionCancelled,
+        ];
+        let rows = rows
+            .into_iter()
+            .map(|((partner, campaign), row)| {
+                let count = |k: ContractKind| {
+                    row.conversions
+                        .get(&report::kind_key(k))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                let converting: u64 = [
+                    ContractKind::Sale,
+                    ContractKind::SubscriptionStarted,
+                    ContractKind::SubscriptionInvoice,
+                ]
+                .into_iter()
+                .map(count)
+                .sum();
+                let rate = if row.clicks == 0 {
+                    Decimal::ZERO
+                } else {
+                    // round_dp rounds half-even (banker's rounding).
+                    Decimal::from(converting)
+                        .checked_div(Decimal::from(row.clicks))
+                        .unwrap_or(Decimal::ZERO)
+                        .round_dp(4)
+                };
+                pb::PerformanceRow {
+                    partner_id: partner.to_string(),
+                    campaign_id: opt_str(campaign),
+                    clicks: row.clicks,
+                    conversions: kinds
+                        .iter()
+                        .filter(|k| count(**k) > 0)
+                        .map(|k| pb::ConversionCount {
+                            r#type: conversion_type_pb(*k),
+                            count: count(*k),
+                        })
+                        .collect(),
+                    conversion_rate: rate.normalize().to_string(),
+                    revenue: row
+                        .revenue
+                        .iter()
+                        .map(|(c, a)| common::Money {
+                            amount: a.to_string(),
+                            currency: c.code().to_owned(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::PerformanceReport { rows }))
     }
 }

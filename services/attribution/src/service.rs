@@ -1,0 +1,446 @@
+//! The application layer: gathers what a command needs from the log (the program's settings,
+//! the visitor's and customer's touchpoints, the CRM projection), runs the pure deciders through
+//! `pl_runtime::aggregate::execute`, and publishes decisions. gRPC and the benchmark call this;
+//! it reads no clock (times arrive in the inputs).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use chrono::{DateTime, Utc};
+use pl_eventlog::EventStore;
+use pl_runtime::aggregate::{decode_event, execute, load, ExecuteError};
+use pl_runtime::{ApiError, CommandMeta};
+use uuid::Uuid;
+
+use crate::contract::{self, ConversionEvent, Published};
+use crate::conversions::{Candidates, ConversionError, ConversionFacts, Decide, Relationship};
+use crate::crm::{self, CrmRecord};
+use crate::models::in_window;
+use crate::settings::{ProgramSettings, SetSettings, SettingsError};
+use crate::streams;
+use crate::touchpoints::{
+    self, Detail, Postback, PostbackError, Touchpoint, TouchpointError, TouchpointEvent,
+    TouchpointKind, Touchpoints,
+};
+
+/// Events read from the end of each touchpoint stream when deciding a conversion.
+pub const MAX_TOUCHPOINTS_READ: usize = 256;
+
+fn executed<E>(e: ExecuteError<E>, domain: impl FnOnce(E) -> ApiError) -> ApiError {
+    match e {
+        ExecuteError::Domain(e) => domain(e),
+        ExecuteError::Conflict { stream, .. } => ApiError::Conflict { stream },
+        ExecuteError::Decode(detail) => ApiError::internal(detail),
+        ExecuteError::Store(e) => e.into(),
+    }
+}
+
+fn rejected(r: crm::Rejection) -> ApiError {
+    ApiError::rule(r.to_string())
+}
+
+pub async fn load_crm(store: &dyn EventStore, stream: &str) -> Result<CrmRecord, ApiError> {
+    load::<CrmRecord>(store, stream)
+        .await
+        .map(|l| l.state)
+        .map_err(|e| executed(e, ApiError::internal))
+}
+
+/// What a caller says was touched, before it is checked against partner CRM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TouchInput {
+    Click {
+        click_id: Uuid,
+        tracking_link_id: Option<Uuid>,
+        partner_id: Option<Uuid>,
+        program_id: Option<Uuid>,
+        landing_url: String,
+        ip_hash: String,
+        user_agent_hash: String,
+    },
+    Coupon {
+        redemption_id: Uuid,
+        program_id: Uuid,
+        code: String,
+    },
+    Impression {
+        impression_id: Uuid,
+        campaign_id: Uuid,
+        partner_id: Uuid,
+    },
+}
+
+/// Checks a touchpoint against partner CRM's facts as of its business time and resolves its
+/// partner, program and campaign. Refusals name their reason precisely (FAILED_PRECONDITION).
+pub async fn resolve(
+    store: &dyn EventStore,
+    visitor_id: Option<String>,
+    customer_id: Option<String>,
+    occurred_at: DateTime<Utc>,
+    input: TouchInput,
+) -> Result<Touchpoint, ApiError> {
+    let at = occurred_at;
+    let (id, kind, program_id, partner_id, campaign_id, detail) = match input {
+        TouchInput::Click {
+            click_id,
+            tracking_link_id,
+            partner_id,
+            program_id,
+            landing_url,
+            ip_hash,
+            user_agent_hash,
+        } => {
+            let (partner, program, campaign) = match tracking_link_id {
+                Some(link_id) => {
+                    let record = load_crm(store, &streams::crm_link(link_id)).await?;
+                    let link = crm::check_link(link_id, &record, at).map_err(rejected)?;
+                    if let Some(requested) = program_id.filter(|p| *p != link.program_id) {
+                        return Err(rejected(crm::Rejection::LinkOfOtherProgram {
+                            link: link_id,
+                            actual: link.program_id,
+                            requested,
+                        }));
+                    }
+                    if let Some(requested) = partner_id.filter(|p| *p != link.partner_id) {
+                        return Err(rejected(crm::Rejection::LinkOfOtherPartner {
+                            link: link_id,
+                            actual: link.partner_id,
+                            requested,
+                        }));
+                    }
+                    (link.partner_id, link.program_id, link.campaign_id)
+                }
+                None => match (partner_id, program_id) {
+                    (Some(partner), Some(program)) => (partner, program, None),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "click.tracking_link_id",
+                            "required unless partner_id and program_id are given",
+                        ))
+                    }
+                },
+            };
+            let detail = Detail {
+                tracking_link_id,
+                landing_url: Some(landing_url),
+                ip_hash: Some(ip_hash),
+                user_agent_hash: Some(user_agent_hash),
+                ..Detail::default()
+            };
+            (
+                click_id,
+                TouchpointKind::Click,
+                program,
+                partner,
+                campaign,
+                detail,
+            )
+        }
+        TouchInput::Coupon {
+            redemption_id,
+            program_id,
+            code,
+        } => {
+            let record = load_crm(store, &streams::crm_coupon(program_id, &code)).await?;
+            let coupon = crm::check_coupon(&code, program_id, &record, at).map_err(rejected)?;
+            let detail = Detail {
+                coupon_id: Some(coupon.coupon_id),
+                coupon_code: Some(coupon.code.clone()),
+                ..Detail::default()
+            };
+            (
+                redemption_id,
+                TouchpointKind::Coupon,
+                program_id,
+                coupon.partner_id,
+                coupon.campaign_id,
+                detail,
+            )
+        }
+        TouchInput::Impression {
+            impression_id,
+            campaign_id,
+            partner_id,
+        } => {
+            let record = load_crm(store, &streams::crm_campaign(campaign_id)).await?;
+            let campaign =
+                crm::check_campaign(campaign_id, partner_id, &record).map_err(rejected)?;
+            (
+                impression_id,
+                TouchpointKind::Impression,
+                campaign.program_id,
+                partner_id,
+                Some(campaign_id),
+                Detail::default(),
+            )
+        }
+    };
+    let partner = load_crm(store, &streams::crm_partner(partner_id)).await?;
+    crm::check_partner(partner_id, &partner, at).map_err(rejected)?;
+    Ok(Touchpoint {
+        touchpoint_id: id,
+        kind,
+        program_id,
+        partner_id,
+        campaign_id,
+        visitor_id,
+        customer_id,
+        occurred_at,
+        detail,
+    })
+}
+
+fn touchpoint_error(e: TouchpointError) -> ApiError {
+    match e {
+        TouchpointError::RecordedDifferently(id) => ApiError::AlreadyExists {
+            what: "touchpoint (with other details)",
+            id: id.to_string(),
+        },
+        TouchpointError::Full => ApiError::rule(e.to_string()),
+    }
+}
+
+/// Records a checked touchpoint in its visitor's (or customer's) stream.
+pub async fn record_touchpoint(
+    store: &dyn EventStore,
+    t: &Touchpoint,
+    meta: &CommandMeta,
+) -> Result<Touchpoint, ApiError> {
+    let stream = touchpoints::stream_of(t).ok_or_else(|| {
+        ApiError::invalid("visitor_id", "a visitor_id or a customer_id is required")
+    })?;
+    let done = execute::<Touchpoints>(store, &stream, t, meta)
+        .await
+        .map_err(|e| executed(e, touchpoint_error))?;
+    done.state
+        .by_id
+        .get(&t.touchpoint_id)
+        .cloned()
+        .ok_or_else(|| ApiError::internal("touchpoint missing after record"))
+}
+
+/// Records a postback: first its transaction (the identity), then the touchpoint. A retry after
+/// a crash between the two completes the second; a retry of a completed postback returns the
+/// touchpoint as first received.
+pub async fn record_postback(
+    store: &dyn EventStore,
+    t: &Touchpoint,
+    meta: &CommandMeta,
+) -> Result<Touchpoint, ApiError> {
+    let done = execute::<Postback>(store, &streams::postback(t.touchpoint_id), t, meta)
+        .await
+        .map_err(|e| {
+            executed(e, |e: PostbackError| {
+                ApiError::invalid("transaction_id", e.to_string())
+            })
+        })?;
+    let first = done
+        .state
+        .0
+        .ok_or_else(|| ApiError::internal("postback missing after record"))?;
+    let index_meta = CommandMeta {
+        id_seed: Uuid::new_v5(&first.touchpoint_id, b"postback-touchpoint"),
+        ..meta.clone()
+    };
+    record_touchpoint(store, &first, &index_meta).await
+}
+
+pub async fn set_settings(
+    store: &dyn EventStore,
+    cmd: &SetSettings,
+    meta: &CommandMeta,
+) -> Result<ProgramSettings, ApiError> {
+    execute::<ProgramSettings>(store, &streams::settings(cmd.program_id), cmd, meta)
+        .await
+        .map(|done| done.state)
+        .map_err(|e| {
+            executed(e, |e: SettingsError| {
+                let field = match e {
+                    SettingsError::Window(_) => "window_days",
+                    SettingsError::HalfLife(_) => "half_life_hours",
+                };
+                ApiError::invalid(field, e.to_string())
+            })
+        })
+}
+
+pub async fn settings(
+    store: &dyn EventStore,
+    program_id: Uuid,
+) -> Result<ProgramSettings, ApiError> {
+    load::<ProgramSettings>(store, &streams::settings(program_id))
+        .await
+        .map(|l| l.state)
+        .map_err(|e| executed(e, ApiError::internal))
+}
+
+pub async fn get_conversion(
+    store: &dyn EventStore,
+    conversion_id: Uuid,
+) -> Result<Option<ConversionEvent>, ApiError> {
+    load::<Published>(store, &streams::conversion(conversion_id))
+        .await
+        .map(|l| l.state.0)
+        .map_err(|e| executed(e, ApiError::internal))
+}
+
+/// The last [`MAX_TOUCHPOINTS_READ`] touchpoints of a stream.
+async fn recent_touchpoints(
+    store: &dyn EventStore,
+    stream: &str,
+    into: &mut Vec<Touchpoint>,
+    seen: &mut HashSet<Uuid>,
+) -> Result<(), ApiError> {
+    let Some(last) = store.stream_version(stream).await? else {
+        return Ok(());
+    };
+    let from = (last + 1).saturating_sub(MAX_TOUCHPOINTS_READ as u64);
+    for recorded in store
+        .read_stream(stream, from, MAX_TOUCHPOINTS_READ)
+        .await?
+    {
+        let TouchpointEvent::TouchpointRecorded(t) =
+            decode_event::<TouchpointEvent>(&recorded).map_err(ApiError::internal)?;
+        if seen.insert(t.touchpoint_id) {
+            into.push(t);
+        }
+    }
+    Ok(())
+}
+
+/// Everything a fresh decision may use, read from the log.
+async fn gather(
+    store: &dyn EventStore,
+    facts: &ConversionFacts,
+    window_days: u32,
+) -> Result<Candidates, ApiError> {
+    let mut c = Candidates::default();
+    let mut seen = HashSet::new();
+    if let Some(v) = &facts.visitor_id {
+        recent_touchpoints(
+            store,
+            &streams::visitor_touchpoints(v),
+            &mut c.touchpoints,
+            &mut seen,
+        )
+        .await?;
+    }
+    recent_touchpoints(
+        store,
+        &streams::customer_touchpoints(&facts.customer_id),
+        &mut c.touchpoints,
+        &mut seen,
+    )
+    .await?;
+    let mut deal_streams = vec![streams::crm_deal_by_customer(
+        facts.program_id,
+        &facts.customer_id,
+    )];
+    if let Some(d) = &facts.customer_domain {
+        deal_streams.push(streams::crm_deal_by_domain(facts.program_id, d));
+    }
+    for s in deal_streams {
+        for d in load_crm(store, &s).await?.deals {
+            if !c.deals.iter().any(|x| x.deal_id == d.deal_id) {
+                c.deals.push(d);
+            }
+        }
+    }
+    // Status histories of the partners that could earn: those of the program's touchpoints in
+    // the window, and of the deals.
+    let at = facts.occurred_at;
+    let partners: BTreeSet<Uuid> = c
+        .touchpoints
+        .iter()
+        .filter(|t| t.program_id == facts.program_id && in_window(t.occurred_at, at, window_days))
+        .map(|t| t.partner_id)
+        .chain(c.deals.iter().map(|d| d.partner_id))
+        .collect();
+    let mut histories = BTreeMap::new();
+    for p in partners {
+        histories.insert(p, load_crm(store, &streams::crm_partner(p)).await?.statuses);
+    }
+    c.partners = histories;
+    Ok(c)
+}
+
+fn conversion_error(e: ConversionError) -> ApiError {
+    match e {
+        ConversionError::DecidedDifferently { external_id } => ApiError::AlreadyExists {
+            what: "conversion (with other details), external id",
+            id: external_id,
+        },
+        ConversionError::OriginalNotFound { external_id } => ApiError::NotFound {
+            what: "conversion of this customer, external id",
+            id: external_id,
+        },
+        e @ (ConversionError::CurrencyMismatch { .. }
+        | ConversionError::ExceedsRemaining { .. }) => ApiError::invalid("amount", e.to_string()),
+        e @ ConversionError::NotReversible { .. } => {
+            ApiError::invalid("original_external_id", e.to_string())
+        }
+        e @ ConversionError::Full => ApiError::rule(e.to_string()),
+    }
+}
+
+/// Decides a conversion (once per program and external id) and publishes the decision.
+pub async fn record_conversion(
+    store: &dyn EventStore,
+    facts: &ConversionFacts,
+    meta: &CommandMeta,
+) -> Result<ConversionEvent, ApiError> {
+    let digest = facts.digest();
+    if let Some(existing) = get_conversion(store, facts.conversion_id).await? {
+        if existing.facts_sha256() == digest {
+            return Ok(existing);
+        }
+        return Err(conversion_error(ConversionError::DecidedDifferently {
+            external_id: facts.external_id.clone(),
+        }));
+    }
+    let program = settings(store, facts.program_id).await?;
+    let candidates = if facts.conversion_type.is_reversal()
+        || facts.conversion_type == crate::conversions::ConversionType::SubscriptionCancelled
+    {
+        Candidates::default()
+    } else {
+        gather(store, facts, program.current.window_days).await?
+    };
+    let cmd = Decide {
+        facts: facts.clone(),
+        settings: program.current,
+        settings_version: program.version,
+        candidates,
+    };
+    let done = execute::<Relationship>(
+        store,
+        &streams::relationship(facts.program_id, &facts.customer_id),
+        &cmd,
+        meta,
+    )
+    .await
+    .map_err(|e| executed(e, conversion_error))?;
+    let decision = done
+        .state
+        .decisions
+        .get(&facts.conversion_id)
+        .ok_or_else(|| ApiError::internal("decision missing after decide"))?;
+    let event = contract::publish(decision);
+    let publish_meta = CommandMeta {
+        id_seed: Uuid::new_v5(&facts.conversion_id, b"publish"),
+        ..meta.clone()
+    };
+    execute::<Published>(
+        store,
+        &streams::conversion(facts.conversion_id),
+        &event,
+        &publish_meta,
+    )
+    .await
+    .map_err(|e| {
+        executed(e, |e| ApiError::AlreadyExists {
+            what: "conversion (published differently)",
+            id: e.0.to_string(),
+        })
+    })?;
+    Ok(event)
+}
