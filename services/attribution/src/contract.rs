@@ -97,6 +97,9 @@ pub struct PartnerShare {
     pub partner_id: Uuid,
     #[serde(with = "dec_str")]
     pub weight: Decimal,
+    /// The campaign this partner's credit came through, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +257,7 @@ fn shares(s: &[Share]) -> Vec<PartnerShare> {
         .map(|s| PartnerShare {
             partner_id: s.partner_id,
             weight: s.weight,
+            campaign_id: s.campaign_id,
         })
         .collect()
 }

@@ -130,6 +130,10 @@ pub struct Decide {
 pub struct Share {
     pub partner_id: Uuid,
     pub weight: Decimal,
+    /// The campaign of this partner's touchpoint with the most credit (the latest on a tie):
+    /// each partner's credit is reported under its own campaign, not the winner's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<Uuid>,
 }
 
 /// A touchpoint that earned credit.
@@ -575,6 +579,7 @@ fn attribute(cmd: &Decide) -> Outcome {
             shares: vec![Share {
                 partner_id: deal.partner_id,
                 weight: Decimal::ONE,
+                campaign_id: None,
             }],
             touchpoints: vec![Credited {
                 touchpoint_id: deal.deal_id,
@@ -624,6 +629,7 @@ fn attribute(cmd: &Decide) -> Outcome {
             shares: vec![Share {
                 partner_id: coupon.partner_id,
                 weight: Decimal::ONE,
+                campaign_id: coupon.campaign_id,
             }],
             touchpoints: vec![credited(coupon, Decimal::ONE)],
             campaign_id: coupon.campaign_id,
@@ -666,12 +672,22 @@ fn attribute(cmd: &Decide) -> Outcome {
             credited(t, share)
         })
         .collect();
-    // The campaign of the touchpoint with the most credit (the latest on a tie).
+    // The campaign of the touchpoint with the most credit (the latest on a tie), for the
+    // conversion and per partner. `touches` is in time order and `max_by` keeps the last of
+    // equals, hence "the latest on a tie".
     let campaign_id = touches
         .iter()
         .zip(&raw)
         .max_by(|a, b| a.1.cmp(b.1))
         .and_then(|(t, _)| t.campaign_id);
+    let campaign_of = |partner_id: Uuid| {
+        touches
+            .iter()
+            .zip(&raw)
+            .filter(|(t, _)| t.partner_id == partner_id)
+            .max_by(|a, b| a.1.cmp(b.1))
+            .and_then(|(t, _)| t.campaign_id)
+    };
     let mut reason = format!(
         "{} over {} touchpoint(s) within {window}",
         s.model.as_str(),
@@ -695,6 +711,7 @@ fn attribute(cmd: &Decide) -> Outcome {
             .map(|w| Share {
                 partner_id: w.partner_id,
                 weight: w.weight,
+                campaign_id: campaign_of(w.partner_id),
             })
             .collect(),
         touchpoints: winners,

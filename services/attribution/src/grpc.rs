@@ -318,6 +318,7 @@ fn attribution_pb(e: &ConversionEvent) -> pb::Attribution {
                     .map(|s| pb::PartnerShare {
                         partner_id: s.partner_id.to_string(),
                         weight: s.weight.to_string(),
+                        campaign_id: opt_str(s.campaign_id),
                     })
                     .collect(),
                 model: c.model.clone(),
@@ -1031,7 +1032,7 @@ impl AttributionApi for AttributionService {
                         .revenue
                         .iter()
                         .map(|(c, a)| common::Money {
-                            amount: a.to_string(),
+                            amount: exact_amount(*a, *c),
                             currency: c.code().to_owned(),
                         })
                         .collect(),
@@ -1040,4 +1041,15 @@ impl AttributionApi for AttributionService {
             .collect();
         Ok(Response::new(pb::PerformanceReport { rows }))
     }
+}
+
+/// An exact amount as a user reads it: never rounded, but without the trailing zeros that
+/// weight multiplication adds, and with at least the currency's minor unit ("78.33", "50.00",
+/// "33.333333").
+fn exact_amount(amount: Decimal, currency: Currency) -> String {
+    let mut a = amount.normalize();
+    if a.scale() < currency.minor_unit() {
+        a.rescale(currency.minor_unit());
+    }
+    a.to_string()
 }

@@ -52,7 +52,6 @@ struct Counted {
 #[derive(Debug, Clone)]
 struct Credit {
     shares: Vec<PartnerShare>,
-    campaign_id: Option<Uuid>,
 }
 
 #[derive(Debug, Default)]
@@ -105,7 +104,6 @@ impl ReadModel {
                     c.conversion_id,
                     Credit {
                         shares: c.shares.clone(),
-                        campaign_id: c.campaign_id,
                     },
                 );
                 for s in &c.shares {
@@ -122,11 +120,11 @@ impl ReadModel {
                             gross: c.gross,
                             occurred_at: c.occurred_at,
                             model: c.model.clone(),
-                            campaign_id: c.campaign_id,
+                            campaign_id: s.campaign_id,
                         });
                     self.counted.entry(c.program_id).or_default().push(Counted {
                         partner_id: s.partner_id,
-                        campaign_id: c.campaign_id,
+                        campaign_id: s.campaign_id,
                         occurred_at: c.occurred_at,
                         kind: Some(c.kind),
                         revenue: weighted(c.gross, s.weight, false),
@@ -162,7 +160,7 @@ impl ReadModel {
                 for s in &credit.shares {
                     self.counted.entry(c.program_id).or_default().push(Counted {
                         partner_id: s.partner_id,
-                        campaign_id: credit.campaign_id,
+                        campaign_id: s.campaign_id,
                         occurred_at: c.occurred_at,
                         kind: Some(ContractKind::SubscriptionCancelled),
                         revenue: None,
@@ -187,7 +185,7 @@ impl ReadModel {
         for s in &credit.shares {
             self.counted.entry(program_id).or_default().push(Counted {
                 partner_id: s.partner_id,
-                campaign_id: credit.campaign_id,
+                campaign_id: s.campaign_id,
                 occurred_at: at,
                 kind: Some(kind),
                 revenue: weighted(Some(amount), s.weight, true),

@@ -35,6 +35,9 @@ pub enum ConversionKind {
 pub struct PartnerShare {
     pub partner_id: Uuid,
     pub weight: Decimal,
+    /// The campaign this partner's credit came through; program reports group by it.
+    #[serde(default, deserialize_with = "opt_uuid")]
+    pub campaign_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
