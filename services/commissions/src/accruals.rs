@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::book::{self, Book, BookCommand, BookError};
 use crate::contract::{ConversionAttributed, ConversionKind, Reversal, SubscriptionCancelled};
+use crate::fx_wait::{self, FxWaitCommand, FxWaiting, Waiting};
 use crate::setup::{
     self, Accrued, Assignments, ConversionIndex, CustomerCredit, CustomerIndex, FxRates, Plan,
     MAX_UPLINE,
@@ -32,6 +33,7 @@ pub struct Caches {
     pub plans: StateCache<Plan>,
     pub assignments: StateCache<Assignments>,
     pub fx: StateCache<FxRates>,
+    pub fx_waiting: StateCache<FxWaiting>,
 }
 
 /// A write that follows from an accrual (a customer credit, an override, the conversion's
@@ -49,9 +51,8 @@ fn meta(event: &IntegrationEvent, purpose: &str, trace: &BTreeMap<String, String
     }
 }
 
-/// Maps a command failure to the bus outcome: conflicts and store outages are retried; a
-/// missing FX rate is retried too (the accrual waits, visibly in the logs and, after the
-/// consumer's delivery limit, on the dead-letter subject) — never converted at a guessed rate.
+/// Maps a command failure to the bus outcome: conflicts and store outages are retried; broken
+/// facts are permanent (dead-lettered with the reason).
 fn outcome<E: std::fmt::Display>(e: ExecuteError<E>) -> HandleError {
     match e {
         ExecuteError::Conflict { stream, .. } => {
@@ -66,8 +67,9 @@ fn outcome<E: std::fmt::Display>(e: ExecuteError<E>) -> HandleError {
 
 fn book_outcome(e: ExecuteError<BookError>) -> HandleError {
     match e {
+        // Checked before the book is asked (the accrual parks in `waiting-fx`); a rate the
+        // engine still misses is a race with nothing lost by retrying.
         ExecuteError::Domain(BookError::Engine(e @ EngineError::FxRateMissing { .. })) => {
-            tracing::warn!(error = %e, "accrual waits for an fx rate");
             HandleError::Retry(e.to_string())
         }
         other => outcome(other),
@@ -137,14 +139,25 @@ pub async fn on_conversion(
             .map(|v| v.payout_currency);
         let fx_rate = match (revenue.map(|m| m.currency()), payout_currency) {
             (Some(from), Some(to)) if from != to => {
-                caches
-                    .fx
-                    .read(store, &setup::fx_stream(from, to), |r| {
-                        r.on(c.occurred_at.date_naive())
-                    })
-                    .await
-                    .map_err(outcome)?
-                    .0
+                let date = c.occurred_at.date_naive();
+                let rate = fx_rate(store, caches, from, to, date).await?;
+                if rate.is_none() {
+                    // No rate for the business date: the conversion waits, visibly, until one
+                    // is recorded. Accruals already made for other partners stay (they are
+                    // repeated idempotently when the conversion is released).
+                    let waiting = Waiting {
+                        conversion_id: c.conversion_id,
+                        program_id: c.program_id,
+                        partner_id: share.partner_id,
+                        from,
+                        to,
+                        date,
+                        occurred_at: c.occurred_at,
+                        event: event.clone(),
+                    };
+                    return park(store, caches, waiting, trace).await;
+                }
+                rate
             }
             _ => None,
         };
@@ -272,6 +285,132 @@ pub async fn on_conversion(
     // failure of any retries the message and repeats only what is missing.
     futures::future::try_join_all(follow_ups).await?;
     Ok(())
+}
+
+async fn fx_rate(
+    store: &dyn EventStore,
+    caches: &Caches,
+    from: pl_money::Currency,
+    to: pl_money::Currency,
+    date: chrono::NaiveDate,
+) -> Result<Option<Decimal>, HandleError> {
+    Ok(caches
+        .fx
+        .read(store, &setup::fx_stream(from, to), |r| r.on(date))
+        .await
+        .map_err(outcome)?
+        .0)
+}
+
+/// Parks a conversion until its rate exists. A rate recorded while this message was in
+/// flight may have released before the park: the rate is read again after parking, and if it
+/// is there now the pair's waiting accruals are released here.
+async fn park(
+    store: &dyn EventStore,
+    caches: &Caches,
+    waiting: Waiting,
+    trace: &BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    let (from, to, date) = (waiting.from, waiting.to, waiting.date);
+    tracing::warn!(
+        conversion_id = %waiting.conversion_id,
+        partner_id = %waiting.partner_id,
+        from = from.code(),
+        to = to.code(),
+        %date,
+        "accrual waits for an fx rate"
+    );
+    let purpose = format!("fx-wait:{}:{}", from.code(), to.code());
+    let park_meta = meta(&waiting.event, &purpose, trace);
+    caches
+        .fx_waiting
+        .execute(
+            store,
+            fx_wait::STREAM,
+            &FxWaitCommand::Park(Box::new(waiting)),
+            &park_meta,
+            |_| (),
+        )
+        .await
+        .map_err(|e| match e {
+            // A full backlog: keep the message on the bus instead (retried, then dead-lettered).
+            ExecuteError::Domain(e) => HandleError::Retry(e.to_string()),
+            other => outcome(other),
+        })?;
+    if fx_rate(store, caches, from, to, date).await?.is_some() {
+        release_waiting(
+            store,
+            caches,
+            (from, to),
+            date,
+            park_meta.occurred_at,
+            trace,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Replays the conversions waiting for the rate `from` → `to` on `date` (which now exists),
+/// then marks them released. Returns how many were released. Safe to repeat: the replayed
+/// accruals append only what is missing, and releasing what is gone changes nothing.
+pub async fn release_waiting(
+    store: &dyn EventStore,
+    caches: &Caches,
+    (from, to): (pl_money::Currency, pl_money::Currency),
+    date: chrono::NaiveDate,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    trace: &BTreeMap<String, String>,
+) -> Result<usize, HandleError> {
+    let (waiting, _) = caches
+        .fx_waiting
+        .read(store, fx_wait::STREAM, |w| {
+            w.released_by(from, to, date)
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(outcome)?;
+    if waiting.is_empty() {
+        return Ok(0);
+    }
+    for w in &waiting {
+        let c = ConversionAttributed::parse(w.event.data.get())
+            .map_err(|e| HandleError::Permanent(e.to_string()))?;
+        Box::pin(on_conversion(store, caches, &w.event, &c, trace)).await?;
+    }
+    let conversion_ids: Vec<Uuid> = waiting.iter().map(|w| w.conversion_id).collect();
+    // The release's id derives from what it releases, so a repeated release appends nothing.
+    let mut name = format!("fx-release:{}:{}:{date}", from.code(), to.code());
+    for id in &conversion_ids {
+        name.push(':');
+        name.push_str(&id.to_string());
+    }
+    let release_meta = CommandMeta {
+        id_seed: Uuid::new_v5(&pl_bus::DERIVED_EVENT_ID_NAMESPACE, name.as_bytes()),
+        occurred_at,
+        correlation_id: None,
+        causation_id: None,
+        trace_context: trace.clone(),
+    };
+    caches
+        .fx_waiting
+        .execute(
+            store,
+            fx_wait::STREAM,
+            &FxWaitCommand::Release {
+                from,
+                to,
+                conversion_ids,
+            },
+            &release_meta,
+            |_| (),
+        )
+        .await
+        .map_err(outcome)?;
+    tracing::info!(from = from.code(), to = to.code(), %date, released = waiting.len(), "accruals released by an fx rate");
+    Ok(waiting.len())
 }
 
 /// Reverses a refund's or chargeback's share of a conversion's commission in every book that

@@ -9,9 +9,10 @@ use pl_runtime::aggregate::{decode_event, execute};
 use pl_runtime::request::{to_datetime, Violations};
 use pl_runtime::{idempotency, Clock, FieldViolation, RequestMeta};
 
-use crate::accruals::Caches;
+use crate::accruals::{self, Caches};
 use crate::book::{self, Book, BookCommand, BookError, BookEvent};
-use crate::setup::{self, Assignment, Assignments, FxRate, FxRates, Plan, Publish};
+use crate::fx_wait;
+use crate::setup::{self, Assignment, Assignments, FxRate, Plan, Publish};
 use crate::SERVICE;
 use pl_proto::commissions::v1 as pb;
 use pl_proto::commissions::v1::commissions_service_server::{
@@ -45,6 +46,33 @@ fn book_error(e: ExecuteError<BookError>) -> ApiError {
         ExecuteError::Decode(detail) => ApiError::internal(detail),
         ExecuteError::Store(e) => e.into(),
     }
+}
+
+/// A page request's (offset, size): the token is the offset a previous page handed out; the
+/// size defaults to [`DEFAULT_PAGE`] and is bounded by the ledger's page limit.
+fn page_window(
+    v: &mut Violations,
+    page: pl_proto::common::v1::PageRequest,
+) -> (Option<usize>, usize) {
+    let limit = match page.page_size as usize {
+        0 => DEFAULT_PAGE,
+        n if n > pl_ledger::MAX_PAGE_ENTRIES => {
+            v.add(
+                "page.page_size",
+                format!("at most {}", pl_ledger::MAX_PAGE_ENTRIES),
+            );
+            1
+        }
+        n => n,
+    };
+    let offset = if page.page_token.is_empty() {
+        Some(0)
+    } else {
+        v.check(page.page_token.parse::<usize>().map_err(|_| {
+            FieldViolation::new("page.page_token", "not a token from a previous page")
+        }))
+    };
+    (offset, limit)
 }
 
 fn currency(field: &str, code: &str) -> Result<Currency, FieldViolation> {
@@ -517,23 +545,103 @@ impl CommissionsApi for CommissionsService {
                     date,
                     rate,
                 };
-                execute::<FxRates>(
+                let command_meta = meta.command_meta();
+                self.caches
+                    .fx
+                    .execute(
+                        store,
+                        &setup::fx_stream(from, to),
+                        &cmd,
+                        &command_meta,
+                        |_| (),
+                    )
+                    .await
+                    .map_err(domain("rate"))?;
+                // Inside the idempotent unit: a release cut short is finished by the retry
+                // under the same key (the rate is then recorded already and changes nothing).
+                let released = accruals::release_waiting(
                     store,
-                    &setup::fx_stream(from, to),
-                    &cmd,
-                    &meta.command_meta(),
+                    &self.caches,
+                    (from, to),
+                    date,
+                    meta.occurred_at,
+                    &command_meta.trace_context,
                 )
                 .await
-                .map_err(domain("rate"))?;
+                .map_err(|e| match e {
+                    pl_bus::HandleError::Retry(reason) => ApiError::Unavailable {
+                        what: format!("the release of waiting accruals ({reason})"),
+                    },
+                    pl_bus::HandleError::Permanent(reason) => ApiError::internal(reason),
+                })?;
                 Ok(pb::FxRateRecorded {
                     from_currency: from.code().to_owned(),
                     to_currency: to.code().to_owned(),
                     date: date.to_string(),
                     rate: rate.to_string(),
+                    released_accruals: u32::try_from(released).unwrap_or(u32::MAX),
                 })
             })
             .await?;
         Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_accruals_awaiting_fx(
+        &self,
+        request: Request<pb::ListAccrualsAwaitingFxRequest>,
+    ) -> Result<Response<pb::ListAccrualsAwaitingFxResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let optional = |v: &mut Violations, field: &str, code: &str| {
+            if code.is_empty() {
+                None
+            } else {
+                v.check(currency(field, code))
+            }
+        };
+        let from = optional(&mut v, "from_currency", &req.from_currency);
+        let to = optional(&mut v, "to_currency", &req.to_currency);
+        let (offset, limit) = page_window(&mut v, req.page.unwrap_or_default());
+        v.finish()?;
+        let Some(offset) = offset else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let (all, _) = self
+            .caches
+            .fx_waiting
+            .read(self.store.as_ref(), fx_wait::STREAM, |w| {
+                w.list(from, to)
+                    .into_iter()
+                    .map(|w| pb::AccrualAwaitingFx {
+                        conversion_id: w.conversion_id.to_string(),
+                        program_id: w.program_id.to_string(),
+                        partner_id: w.partner_id.to_string(),
+                        from_currency: w.from.code().to_owned(),
+                        to_currency: w.to.code().to_owned(),
+                        date: w.date.to_string(),
+                        occurred_at: Some(to_timestamp(w.occurred_at)),
+                        source_event_id: w.event.id.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| match e {
+                ExecuteError::Store(e) => ApiError::from(e),
+                other => ApiError::internal(other.to_string()),
+            })?;
+        let total = all.len();
+        let accruals: Vec<_> = all.into_iter().skip(offset).take(limit).collect();
+        let next = offset.saturating_add(accruals.len());
+        Ok(Response::new(pb::ListAccrualsAwaitingFxResponse {
+            accruals,
+            next_page_token: if next < total {
+                next.to_string()
+            } else {
+                String::new()
+            },
+            total: total as u64,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
@@ -639,25 +747,7 @@ impl CommissionsApi for CommissionsService {
         let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
         let currency = v.check(currency("currency", &req.currency));
         let as_of = as_of(&mut v, req.as_of.as_ref());
-        let page = req.page.unwrap_or_default();
-        let limit = match page.page_size as usize {
-            0 => DEFAULT_PAGE,
-            n if n > pl_ledger::MAX_PAGE_ENTRIES => {
-                v.add(
-                    "page.page_size",
-                    format!("at most {}", pl_ledger::MAX_PAGE_ENTRIES),
-                );
-                1
-            }
-            n => n,
-        };
-        let offset = if page.page_token.is_empty() {
-            Some(0)
-        } else {
-            v.check(page.page_token.parse::<usize>().map_err(|_| {
-                FieldViolation::new("page.page_token", "not a token from a previous page")
-            }))
-        };
+        let (offset, limit) = page_window(&mut v, req.page.unwrap_or_default());
         v.finish()?;
         let (Some(partner_id), Some(currency), Some(offset)) = (partner_id, currency, offset)
         else {

@@ -5,7 +5,8 @@
 //! events into commands with ids derived from the consumed event, so redelivery changes
 //! nothing; `grpc` answers queries and runs payouts (`payout_runs`). Its streams: `account-*`,
 //! `ledger-*` (partner books), `plan-*`, `assignment-*`, `fx-*`, `accrued-*`, `customer-*`,
-//! `eligibility-*` (its projection of compliance's events) and `payout-*` (payout runs). It
+//! `eligibility-*` (its projection of compliance's events), `payout-*` (payout runs) and
+//! `waiting-fx` (accruals parked until their FX rate is recorded, `fx_wait`). It
 //! reads no other service's streams — what it knows of partners arrives over the bus.
 
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod consumer;
 pub mod contract;
 pub mod domain;
 pub mod eligibility;
+pub mod fx_wait;
 pub mod grpc;
 pub mod payout;
 pub mod payout_runs;

@@ -367,33 +367,88 @@ async fn an_invalid_plan_is_refused_with_the_path_of_the_bad_field_and_nothing_i
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
 
+impl World {
+    async fn awaiting_fx(&self, from: &str, to: &str) -> Vec<pb::AccrualAwaitingFx> {
+        self.api
+            .list_accruals_awaiting_fx(Request::new(pb::ListAccrualsAwaitingFxRequest {
+                from_currency: from.into(),
+                to_currency: to.into(),
+                page: None,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .accruals
+    }
+
+    async fn record_rate(&self, key: &str, day: DateTime<Utc>, rate: &str) -> pb::FxRateRecorded {
+        self.api
+            .record_fx_rate(Request::new(pb::RecordFxRateRequest {
+                context: ctx(key),
+                from_currency: "EUR".into(),
+                to_currency: "USD".into(),
+                date: Some(ts(day)),
+                rate: rate.into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
 #[tokio::test]
-async fn a_conversion_in_another_currency_waits_for_its_fx_rate_then_converts_at_it() {
+async fn a_conversion_in_another_currency_waits_visibly_for_its_fx_rate_then_converts_at_it() {
     let w = world().await;
     let mut eur = sale(101, "100.00");
     eur["gross"]["currency"] = "EUR".into();
-    let err = w
-        .consume(message(5, "ConversionAttributed", eur.clone(), at(1, 10)))
+    // Given no EUR→USD rate for the conversion's date, the accrual waits (the message is acked:
+    // nothing is lost to a delivery limit) and shows in the listing.
+    w.consume(message(5, "ConversionAttributed", eur.clone(), at(1, 10)))
         .await
-        .unwrap_err();
-    assert!(
-        matches!(err, HandleError::Retry(ref m) if m.contains("fx")),
-        "{err:?}"
-    );
+        .unwrap();
     assert_eq!(
         w.balances(PARTNER, None).await,
         ("none".into(), "none".into())
     );
-    w.api
-        .record_fx_rate(Request::new(pb::RecordFxRateRequest {
-            context: ctx("fx-1"),
-            from_currency: "EUR".into(),
-            to_currency: "USD".into(),
-            date: Some(ts(at(1, 10))),
-            rate: "1.10".into(),
-        }))
+    let waiting = w.awaiting_fx("", "").await;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].conversion_id, Uuid::from_u128(101).to_string());
+    assert_eq!(waiting[0].partner_id, PARTNER.to_string());
+    assert_eq!(
+        (
+            waiting[0].from_currency.as_str(),
+            waiting[0].to_currency.as_str()
+        ),
+        ("EUR", "USD")
+    );
+    assert_eq!(waiting[0].date, "2026-01-10");
+    assert_eq!(waiting[0].source_event_id, Uuid::from_u128(5).to_string());
+    assert!(w.awaiting_fx("GBP", "").await.is_empty());
+    // A redelivery parks nothing twice.
+    w.consume(message(5, "ConversionAttributed", eur.clone(), at(1, 10)))
         .await
         .unwrap();
+    assert_eq!(w.awaiting_fx("EUR", "USD").await.len(), 1);
+
+    // A neighbouring day's rate is never used.
+    let other_day = w.record_rate("fx-0", at(1, 11), "2.00").await;
+    assert_eq!(other_day.released_accruals, 0);
+    assert_eq!(w.awaiting_fx("", "").await.len(), 1);
+
+    // When the day's rate is recorded, the accrual converts at it and leaves the listing.
+    let recorded = w.record_rate("fx-1", at(1, 10), "1.10").await;
+    assert_eq!(recorded.released_accruals, 1);
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("11.00".into(), "0.00".into())
+    );
+    assert!(w.awaiting_fx("", "").await.is_empty());
+    // The parent's 2% override was released with it: 100 EUR × 2% × 1.10.
+    assert_eq!(
+        w.balances(PARENT, None).await,
+        ("2.20".into(), "0.00".into())
+    );
+    // A late redelivery of the original message accrues nothing twice.
     w.consume(message(5, "ConversionAttributed", eur, at(1, 10)))
         .await
         .unwrap();
@@ -401,6 +456,25 @@ async fn a_conversion_in_another_currency_waits_for_its_fx_rate_then_converts_at
         w.balances(PARTNER, None).await,
         ("11.00".into(), "0.00".into())
     );
+}
+
+#[tokio::test]
+async fn listing_accruals_awaiting_fx_rejects_bad_filters_precisely() {
+    let w = world().await;
+    let err = w
+        .api
+        .list_accruals_awaiting_fx(Request::new(pb::ListAccrualsAwaitingFxRequest {
+            from_currency: "EURO".into(),
+            to_currency: String::new(),
+            page: Some(pl_proto::common::v1::PageRequest {
+                page_size: 0,
+                page_token: "not-a-token".into(),
+            }),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("from_currency"), "{}", err.message());
 }
 
 #[tokio::test]
