@@ -469,6 +469,7 @@ fn group_round(plan: &PlanVersion, group: u64, round: u64) -> Vec<(String, Vec<N
             };
             let accrue = BookCommand::Accrue {
                 program_id: PROGRAM,
+                campaign_id: None,
                 facts,
                 versions: vec![plan.clone()],
             };

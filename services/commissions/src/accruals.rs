@@ -188,6 +188,9 @@ pub async fn on_conversion(
         };
         let command = BookCommand::Accrue {
             program_id: c.program_id,
+            // The share's own campaign: in a multi-touch conversion each partner came through
+            // its own (the conversion-level campaign is the top touchpoint's).
+            campaign_id: share.campaign_id,
             facts,
             versions,
         };

@@ -62,6 +62,9 @@ pub enum BookEvent {
         hold_days: u32,
         accrual: Accrual,
         transactions: Vec<Transaction>,
+        /// The campaign the partner's credit came through (attribution's share), for reports.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        campaign_id: Option<Uuid>,
     },
     /// An override line of a downline partner's accrual.
     OverrideAccrued {
@@ -199,6 +202,8 @@ pub struct Payout {
 pub enum BookCommand {
     Accrue {
         program_id: Uuid,
+        /// The campaign of the partner's credit, recorded for reports by campaign.
+        campaign_id: Option<Uuid>,
         facts: ConversionFacts,
         versions: Vec<PlanVersion>,
     },
@@ -380,6 +385,7 @@ impl Aggregate for Book {
         match command {
             BookCommand::Accrue {
                 program_id,
+                campaign_id,
                 facts,
                 versions,
             } => {
@@ -435,6 +441,7 @@ impl Aggregate for Book {
                     hold_days: version.hold_days,
                     accrual,
                     transactions,
+                    campaign_id: *campaign_id,
                 }])
             }
             BookCommand::AccrueOverride {
@@ -1039,6 +1046,7 @@ mod tests {
     fn sale(conversion: u128, gross: &str, at: DateTime<Utc>) -> BookCommand {
         BookCommand::Accrue {
             program_id: PROGRAM,
+            campaign_id: None,
             versions: vec![plan()],
             facts: ConversionFacts {
                 conversion_id: Uuid::from_u128(conversion),

@@ -1040,13 +1040,27 @@ impl CommissionsApi for CommissionsService {
         let mut v = Violations::new();
         let program_id = v.check(parse_uuid("program_id", &req.program_id));
         let (from, to) = period(&mut v, req.from.as_ref(), req.to.as_ref()).unzip();
+        let campaign = if req.campaign_id.is_empty() {
+            Some(None)
+        } else {
+            v.check(parse_uuid("campaign_id", &req.campaign_id))
+                .map(Some)
+        };
+        if req.partner_type.len() > 64 {
+            v.add("partner_type", "at most 64 characters");
+        }
         v.finish()?;
-        let (Some(program_id), Some(from), Some(to)) = (program_id, from, to) else {
+        let (Some(program_id), Some(from), Some(to), Some(campaign)) =
+            (program_id, from, to, campaign)
+        else {
             return Err(ApiError::internal("validated fields missing").into());
         };
+        let only_type = (!req.partner_type.is_empty()).then_some(req.partner_type.as_str());
         // Scans every partner book once, in log order; a persistent projection replaces this
         // when programs outgrow an on-demand scan.
-        let mut report = crate::reports::ProgramReport::new(program_id, from, to);
+        let mut report = crate::reports::ProgramReport::new(program_id, from, to)
+            .campaign(campaign)
+            .monthly(req.monthly);
         let mut books = pl_eventlog::Subscription::new(
             self.store.clone(),
             0,
@@ -1076,11 +1090,13 @@ impl CommissionsApi for CommissionsService {
             types.insert(p, account.state.0.and_then(|o| o.partner_type));
         }
         let rows = report
-            .finish(|p| types.get(&p).cloned().flatten())
+            .finish(|p| types.get(&p).cloned().flatten(), only_type)
             .into_iter()
             .map(|r| pb::ProgramReportRow {
                 partner_id: r.partner_id.to_string(),
                 partner_type: r.partner_type.clone().unwrap_or_default(),
+                campaign_id: r.campaign_id.map(|c| c.to_string()).unwrap_or_default(),
+                period_start: Some(to_timestamp(r.period_start)),
                 currency: r.currency.code().to_owned(),
                 conversions: r.conversions.to_string(),
                 attributed_revenue: r.attributed_revenue.amount().to_string(),

@@ -252,6 +252,7 @@ mod tests {
     fn invoice(n: u128, when: DateTime<Utc>) -> BookCommand {
         BookCommand::Accrue {
             program_id: Uuid::from_u128(9),
+            campaign_id: None,
             versions: vec![plan()],
             facts: ConversionFacts {
                 conversion_id: Uuid::from_u128(n),
@@ -351,6 +352,11 @@ mod tests {
 pub struct ProgramRow {
     pub partner_id: Uuid,
     pub partner_type: Option<String>,
+    /// The campaign the partner's credit came through; `None` for none.
+    pub campaign_id: Option<Uuid>,
+    /// Start of the row's period: the report's `from`, or with monthly rows the first instant
+    /// of the month (or `from` within the first month).
+    pub period_start: DateTime<Utc>,
     pub currency: Currency,
     /// Conversions credited, weighted by the partner's attribution share.
     pub conversions: pl_money::Decimal,
@@ -387,9 +393,23 @@ pub struct ProgramReport {
     program_id: Uuid,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
-    rows: std::collections::BTreeMap<(Uuid, Currency), ProgramRow>,
-    /// Conversions in scope: (partner, conversion) → (currency, credited revenue).
-    in_scope: std::collections::BTreeMap<(Uuid, Uuid), (Currency, Money)>,
+    /// Only conversions credited through this campaign.
+    campaign: Option<Uuid>,
+    monthly: bool,
+    rows: std::collections::BTreeMap<RowKey, ProgramRow>,
+    /// Conversions in scope: (partner, conversion) → (row, credited revenue).
+    in_scope: std::collections::BTreeMap<(Uuid, Uuid), (RowKey, Money)>,
+}
+
+/// (period start, partner, campaign, currency).
+type RowKey = (DateTime<Utc>, Uuid, Option<Uuid>, Currency);
+
+/// The first instant of `t`'s month (UTC).
+fn month_start(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::{Datelike, TimeZone};
+    Utc.with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
+        .single()
+        .unwrap_or(t)
 }
 
 /// A report covers at most this many partner-currency rows.
@@ -405,20 +425,41 @@ impl ProgramReport {
         }
     }
 
+    /// Only conversions credited through `campaign`.
+    pub fn campaign(mut self, campaign: Option<Uuid>) -> Self {
+        self.campaign = campaign;
+        self
+    }
+
+    /// One row per calendar month (UTC) instead of one for the whole period.
+    pub fn monthly(mut self, monthly: bool) -> Self {
+        self.monthly = monthly;
+        self
+    }
+
     pub fn apply(&mut self, event: &crate::book::BookEvent) -> Result<(), ReportError> {
         use crate::book::BookEvent as E;
         match event {
             E::ConversionAccrued {
                 program_id,
                 accrual,
+                campaign_id,
                 ..
             } if *program_id == self.program_id => {
                 let (Some(from), Some(to)) = (self.from, self.to) else {
                     return Ok(());
                 };
-                if accrual.occurred_at < from || accrual.occurred_at >= to {
+                if accrual.occurred_at < from
+                    || accrual.occurred_at >= to
+                    || self.campaign.is_some_and(|c| Some(c) != *campaign_id)
+                {
                     return Ok(());
                 }
+                let period_start = if self.monthly {
+                    month_start(accrual.occurred_at).max(from)
+                } else {
+                    from
+                };
                 let Some(base) = accrual.lines.iter().find(|l| l.kind == LineKind::Base) else {
                     return Ok(());
                 };
@@ -433,17 +474,17 @@ impl ProgramReport {
                 if self.rows.len() >= MAX_REPORT_ROWS {
                     return Err(ReportError::TooManyEntries);
                 }
-                let row = self
-                    .rows
-                    .entry((accrual.partner_id, currency))
-                    .or_insert_with(|| ProgramRow {
-                        partner_id: accrual.partner_id,
-                        partner_type: None,
-                        currency,
-                        conversions: pl_money::Decimal::ZERO,
-                        attributed_revenue: Money::zero(currency),
-                        commission_cost: Money::zero(currency),
-                    });
+                let key = (period_start, accrual.partner_id, *campaign_id, currency);
+                let row = self.rows.entry(key).or_insert_with(|| ProgramRow {
+                    partner_id: accrual.partner_id,
+                    partner_type: None,
+                    campaign_id: *campaign_id,
+                    period_start,
+                    currency,
+                    conversions: pl_money::Decimal::ZERO,
+                    attributed_revenue: Money::zero(currency),
+                    commission_cost: Money::zero(currency),
+                });
                 row.conversions += base.formula.weight;
                 row.attributed_revenue = row
                     .attributed_revenue
@@ -453,29 +494,28 @@ impl ProgramReport {
                     .commission_cost
                     .checked_add(cost)
                     .map_err(ledger_money)?;
-                self.in_scope.insert(
-                    (accrual.partner_id, accrual.conversion_id),
-                    (currency, revenue),
-                );
+                self.in_scope
+                    .insert((accrual.partner_id, accrual.conversion_id), (key, revenue));
             }
             E::ConversionReversed { reversal, .. } => {
                 let Some(partner) = reversal.lines.first().map(|l| l.partner_id) else {
                     return Ok(());
                 };
-                let Some((currency, revenue)) = self
+                let Some((key, revenue)) = self
                     .in_scope
                     .get(&(partner, reversal.conversion_id))
                     .copied()
                 else {
                     return Ok(());
                 };
+                let currency = key.3;
                 let cost = Money::try_sum(currency, reversal.lines.iter().map(|l| l.amount))
                     .map_err(ledger_money)?;
                 let lost = revenue
                     .checked_mul(reversal.fraction)
                     .map_err(ledger_money)?
                     .round(pl_money::RoundingMode::HalfEven);
-                if let Some(row) = self.rows.get_mut(&(partner, currency)) {
+                if let Some(row) = self.rows.get_mut(&key) {
                     row.commission_cost = row
                         .commission_cost
                         .checked_add(cost)
@@ -493,15 +533,23 @@ impl ProgramReport {
 
     /// The partners with a row so far.
     pub fn partners(&self) -> std::collections::BTreeSet<Uuid> {
-        self.rows.keys().map(|(p, _)| *p).collect()
+        self.rows.keys().map(|(_, p, _, _)| *p).collect()
     }
 
-    /// Adds partner types (from the partners' accounts) and returns the rows.
-    pub fn finish(mut self, partner_type: impl Fn(Uuid) -> Option<String>) -> Vec<ProgramRow> {
+    /// Adds partner types (from the partners' accounts), keeps the rows of `only_type` when
+    /// given, and returns them by period, partner, campaign and currency.
+    pub fn finish(
+        mut self,
+        partner_type: impl Fn(Uuid) -> Option<String>,
+        only_type: Option<&str>,
+    ) -> Vec<ProgramRow> {
         for row in self.rows.values_mut() {
             row.partner_type = partner_type(row.partner_id);
         }
-        self.rows.into_values().collect()
+        self.rows
+            .into_values()
+            .filter(|r| only_type.is_none_or(|t| r.partner_type.as_deref() == Some(t)))
+            .collect()
     }
 }
 
@@ -524,6 +572,7 @@ mod program_tests {
         let plan = super::tests_support::plan_10_percent(at(1, 1));
         let sale = |n: u128, when| BookCommand::Accrue {
             program_id: Uuid::from_u128(9),
+            campaign_id: None,
             versions: vec![plan.clone()],
             facts: super::tests_support::sale(n, when, "100.00"),
         };
@@ -548,7 +597,7 @@ mod program_tests {
             }
             book = events.iter().fold(book, Book::evolve);
         }
-        let rows = report.finish(|_| Some("affiliate".into()));
+        let rows = report.finish(|_| Some("affiliate".into()), None);
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
         assert_eq!(r.partner_type.as_deref(), Some("affiliate"));

@@ -622,6 +622,7 @@ async fn the_program_report_shows_revenue_cost_and_cost_per_acquisition_per_part
             program_id: PROGRAM.to_string(),
             from: Some(ts(at(1, 1))),
             to: Some(ts(at(2, 1))),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -635,6 +636,128 @@ async fn the_program_report_shows_revenue_cost_and_cost_per_acquisition_per_part
     assert_eq!(r.commission_cost, "48.00");
     assert_eq!(r.effective_cpa, "24.00");
     assert_eq!(r.revenue_per_commission, "8.3333");
+}
+
+const CAMPAIGN: Uuid = Uuid::from_u128(0xca);
+
+#[tokio::test]
+async fn the_program_report_splits_by_campaign_and_month_and_filters_by_campaign_and_partner_type()
+{
+    let w = world().await;
+    w.consume(message(
+        9,
+        "PartnerApplied",
+        serde_json::json!({"partner_id": PARTNER, "program_id": PROGRAM, "partner_type": "affiliate"}),
+        at(1, 1),
+    ))
+    .await
+    .unwrap();
+    // Given: a January sale through no campaign, a January and a February sale through the
+    // campaign, and a 25 % refund of the January campaign sale.
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    let mut in_campaign = sale(101, "200.00");
+    in_campaign["shares"][0]["campaign_id"] = CAMPAIGN.to_string().into();
+    w.consume(message(
+        2,
+        "ConversionAttributed",
+        in_campaign.clone(),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    let mut february = in_campaign;
+    february["conversion_id"] = Uuid::from_u128(102).to_string().into();
+    february["occurred_at"] = serde_json::to_value(at(2, 3)).unwrap();
+    w.consume(message(3, "ConversionAttributed", february, at(2, 3)))
+        .await
+        .unwrap();
+    let refund = serde_json::json!({
+        "refund_id": Uuid::from_u128(901), "conversion_id": Uuid::from_u128(101),
+        "amount": { "amount": "50.00", "currency": "USD" }, "occurred_at": at(2, 20),
+    });
+    w.consume(message(4, "ConversionRefunded", refund, at(2, 20)))
+        .await
+        .unwrap();
+    let report = |campaign: &str, partner_type: &str, monthly: bool| {
+        w.api
+            .get_program_report(Request::new(pb::GetProgramReportRequest {
+                program_id: PROGRAM.to_string(),
+                from: Some(ts(at(1, 1))),
+                to: Some(ts(at(3, 1))),
+                campaign_id: campaign.into(),
+                partner_type: partner_type.into(),
+                monthly,
+            }))
+    };
+    // When reported for the whole period: one row per campaign (or none).
+    let whole = report("", "", false).await.unwrap().into_inner();
+    let rows: Vec<(String, String, String, String)> = whole
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r.campaign_id.clone(),
+                r.conversions.clone(),
+                r.attributed_revenue.clone(),
+                r.commission_cost.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("".into(), "1".into(), "100.00".into(), "12.00".into()),
+            // 200 + 200 − 50 revenue; (20 + 4) × 2 − 25 % × 24 commission.
+            (
+                CAMPAIGN.to_string(),
+                "2".into(),
+                "350.00".into(),
+                "42.00".into()
+            ),
+        ]
+    );
+    assert!(whole.rows.iter().all(|r| r.partner_type == "affiliate"));
+    // Then by campaign and month: the campaign's January and February rows.
+    let monthly = report(&CAMPAIGN.to_string(), "", true)
+        .await
+        .unwrap()
+        .into_inner();
+    let months: Vec<(i64, String)> = monthly
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r.period_start.as_ref().unwrap().seconds,
+                r.attributed_revenue.clone(),
+            )
+        })
+        .collect();
+    let first = |m: u32| {
+        Utc.with_ymd_and_hms(2026, m, 1, 0, 0, 0)
+            .unwrap()
+            .timestamp()
+    };
+    assert_eq!(
+        months,
+        // The first row starts at `from` (midday on 1 January), the next on 1 February.
+        vec![
+            (at(1, 1).timestamp(), "150.00".into()),
+            (first(2), "200.00".into())
+        ]
+    );
+    // A partner type no partner has gives no rows; a malformed campaign is refused.
+    let resellers = report("", "reseller", false).await.unwrap().into_inner();
+    assert!(resellers.rows.is_empty());
+    let bad = report("campaign-7", "", false).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("campaign_id"), "{}", bad.message());
 }
 
 /// Regression: a refund larger than the sale was silently capped to a full reversal.
