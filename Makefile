@@ -40,3 +40,4 @@ fmt:
 bench:
 	$(CARGO) bench -p pl-eventlog --bench eventlog
 	$(CARGO) bench -p pl-commissions --bench commissions
+	$(CARGO) bench -p pl-attribution --bench attribution
