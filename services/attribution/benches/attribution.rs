@@ -117,7 +117,8 @@ fn visitor(v: u64) -> String {
 
 /// Click `k` (0..5) of visitor `v`: from partner (v + k) mod partners, k+1 days apart.
 async fn record_click(store: &dyn EventStore, partners: u64, v: u64, k: u64) {
-    let occurred_at = conversion_time() - chrono::Duration::days(i64::try_from(25 - 5 * k).unwrap());
+    let occurred_at =
+        conversion_time() - chrono::Duration::days(i64::try_from(25 - 5 * k).unwrap());
     let n = v * CLICKS_PER_VISITOR + k;
     let t = service::resolve(
         store,

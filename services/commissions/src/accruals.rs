@@ -16,7 +16,10 @@ use pl_runtime::{CommandMeta, StateCache};
 use uuid::Uuid;
 
 use crate::book::{self, Book, BookCommand, BookError};
-use crate::contract::{ConversionAttributed, ConversionKind, Reversal, SubscriptionCancelled};
+use crate::contract::{
+    ConversionAttributed, ConversionKind, ConversionRejected, PartnerCredit, Reversal,
+    SubscriptionCancelled,
+};
 use crate::fx_wait::{self, FxWaitCommand, FxWaiting, Waiting};
 use crate::setup::{
     self, Accrued, Assignments, ConversionIndex, CustomerCredit, CustomerIndex, FxRates, Plan,
@@ -462,14 +465,79 @@ pub async fn on_reversal(
             r.amount
         )));
     }
-    for partner in &accrued.partners {
-        let command = BookCommand::Reverse {
-            reversal_id: r.reversal_id,
-            conversion_id: r.conversion_id,
-            fraction,
-            occurred_at: r.occurred_at,
-            source_event_id: event.id,
-        };
+    let command = |_: Uuid| BookCommand::Reverse {
+        reversal_id: r.reversal_id,
+        conversion_id: r.conversion_id,
+        fraction,
+        occurred_at: r.occurred_at,
+        source_event_id: event.id,
+    };
+    reverse_in_books(
+        store,
+        caches,
+        event,
+        &accrued.partners,
+        (r.reversal_id, r.conversion_id, r.occurred_at),
+        command,
+        trace,
+    )
+    .await
+}
+
+/// A conversion rejected by a compliance fraud rule: whatever is left of its commission is
+/// reversed in every book that holds it, overrides included (a clawback once matured).
+pub async fn on_rejection(
+    store: &dyn EventStore,
+    caches: &Caches,
+    event: &IntegrationEvent,
+    r: &ConversionRejected,
+    trace: &BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    let index = load::<ConversionIndex>(store, &setup::accrued_stream(r.conversion_id))
+        .await
+        .map_err(outcome)?
+        .state;
+    let Some(accrued) = index.0 else {
+        // Not accrued (yet): retried like a refund; dead-lettered if it never is.
+        return Err(HandleError::Retry(format!(
+            "conversion {} is not accrued yet",
+            r.conversion_id
+        )));
+    };
+    // One reversal per rejection event: a redelivery is the same reversal.
+    let reversal_id = derived_event_id(event.id, "commissions:rejection");
+    let command = |_: Uuid| BookCommand::ReverseRest {
+        reversal_id,
+        conversion_id: r.conversion_id,
+        occurred_at: r.occurred_at,
+        source_event_id: event.id,
+    };
+    tracing::info!(conversion_id = %r.conversion_id, rule = %r.rule, "conversion rejected by compliance: commission reversed");
+    reverse_in_books(
+        store,
+        caches,
+        event,
+        &accrued.partners,
+        (reversal_id, r.conversion_id, r.occurred_at),
+        command,
+        trace,
+    )
+    .await
+}
+
+/// Runs a reversal in each credited partner's book, then passes each override line it
+/// reversed on to the upline's book.
+async fn reverse_in_books(
+    store: &dyn EventStore,
+    caches: &Caches,
+    event: &IntegrationEvent,
+    partners: &[Uuid],
+    (reversal_id, conversion_id, occurred_at): (Uuid, Uuid, chrono::DateTime<chrono::Utc>),
+    command_for: impl Fn(Uuid) -> BookCommand,
+    trace: &BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    for partner in partners {
+        let command = command_for(*partner);
         let done = caches
             .books
             .execute(
@@ -477,7 +545,7 @@ pub async fn on_reversal(
                 &book::stream(*partner),
                 &command,
                 &meta(event, &format!("reverse:{partner}"), trace),
-                |b| b.reversals.get(&r.reversal_id).map(|rev| rev.lines.clone()),
+                |b| b.reversals.get(&reversal_id).map(|rev| rev.lines.clone()),
             )
             .await
             .map_err(book_outcome)?;
@@ -489,12 +557,12 @@ pub async fn on_reversal(
                 continue;
             };
             let command = BookCommand::ReverseOverride {
-                reversal_id: r.reversal_id,
-                conversion_id: r.conversion_id,
+                reversal_id,
+                conversion_id,
                 from_partner: *partner,
                 level,
                 amount: line.amount,
-                occurred_at: r.occurred_at,
+                occurred_at,
                 source_event_id: event.id,
             };
             let purpose = format!("reverse-override:{partner}:{}:{level}", line.partner_id);
@@ -511,6 +579,39 @@ pub async fn on_reversal(
                 .map_err(book_outcome)?;
         }
     }
+    Ok(())
+}
+
+/// A campaign fee or MDF reimbursement from partner CRM: credited once to the partner's
+/// payable (no hold: the fee is due on delivery, the claim was approved with its proof).
+pub async fn on_credit(
+    store: &dyn EventStore,
+    caches: &Caches,
+    event: &IntegrationEvent,
+    credit: book::CreditKind,
+    c: &PartnerCredit,
+    trace: &BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    let command = BookCommand::Credit {
+        credit,
+        program_id: c.program_id,
+        partner_id: c.partner_id,
+        amount: c.amount,
+        occurred_at: c.occurred_at,
+        source_event_id: event.id,
+        id_seed: derived_event_id(event.id, "commissions:credit"),
+    };
+    caches
+        .books
+        .execute(
+            store,
+            &book::stream(c.partner_id),
+            &command,
+            &meta(event, "credit", trace),
+            |_| (),
+        )
+        .await
+        .map_err(book_outcome)?;
     Ok(())
 }
 

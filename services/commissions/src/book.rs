@@ -124,14 +124,32 @@ pub enum BookEvent {
         reason: String,
         transactions: Vec<Transaction>,
     },
+    /// Money owed to the partner outside commission plans (a campaign's flat fee, an MDF
+    /// reimbursement), payable at once.
+    PartnerCredited {
+        program_id: Uuid,
+        credit: CreditKind,
+        transactions: Vec<Transaction>,
+    },
 }
 
 impl DomainEvent for BookEvent {}
+
+/// What a credit outside commission plans is for; each is credited once per partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CreditKind {
+    /// A creator campaign's flat fee (partner CRM's `CampaignFeeCommitted`).
+    CampaignFee { campaign_id: Uuid },
+    /// An approved MDF claim (partner CRM's `MdfReimbursementApproved`).
+    MdfReimbursement { claim_id: Uuid },
+}
 
 impl BookEvent {
     pub fn transactions(&self) -> &[Transaction] {
         match self {
             BookEvent::ConversionAccrued { transactions, .. }
+            | BookEvent::PartnerCredited { transactions, .. }
             | BookEvent::OverrideAccrued { transactions, .. }
             | BookEvent::ConversionReversed { transactions, .. }
             | BookEvent::OverrideReversed { transactions, .. }
@@ -163,6 +181,8 @@ pub struct Book {
     pub payable: BTreeMap<Currency, Money>,
     /// Payouts by (run, currency).
     pub payouts: BTreeMap<(Uuid, Currency), Payout>,
+    /// Credits outside plans already posted: the same one twice changes nothing.
+    pub credits: BTreeSet<CreditKind>,
     /// Set when a stored event could not be applied (never expected; reported on the next
     /// command instead of being ignored).
     pub broken: Option<String>,
@@ -223,6 +243,14 @@ pub enum BookCommand {
         occurred_at: DateTime<Utc>,
         source_event_id: Uuid,
     },
+    /// Reverses whatever is left of a conversion's commission (a rejected conversion): the
+    /// remaining fraction after earlier refunds, nothing when it is reversed in full already.
+    ReverseRest {
+        reversal_id: Uuid,
+        conversion_id: Uuid,
+        occurred_at: DateTime<Utc>,
+        source_event_id: Uuid,
+    },
     ReverseOverride {
         reversal_id: Uuid,
         conversion_id: Uuid,
@@ -269,6 +297,17 @@ pub enum BookCommand {
         at: DateTime<Utc>,
         id_seed: Uuid,
     },
+    /// Credits a campaign fee or an MDF reimbursement to the partner's payable.
+    Credit {
+        credit: CreditKind,
+        program_id: Uuid,
+        partner_id: Uuid,
+        /// Positive, in the currency's minor unit.
+        amount: Money,
+        occurred_at: DateTime<Utc>,
+        source_event_id: Uuid,
+        id_seed: Uuid,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -295,12 +334,18 @@ pub enum BookError {
         currency: Currency,
         status: PayoutStatus,
     },
+    #[error("a credit must be a positive amount in the currency's minor unit, not {0}")]
+    BadCredit(Money),
     #[error("a payout cannot settle or fail at {at}, before it was sent at {created_at}")]
     BeforeSent {
         at: DateTime<Utc>,
         created_at: DateTime<Utc>,
     },
 }
+
+/// The shape of the ledger's single-transfer posting builders.
+type PostingFn =
+    fn(Uuid, DateTime<Utc>, Uuid, Uuid, Money, Explanation) -> Result<Transaction, LedgerError>;
 
 fn txn_id(seed: Uuid, what: &str) -> Uuid {
     Uuid::new_v5(&seed, what.as_bytes())
@@ -498,6 +543,36 @@ impl Aggregate for Book {
                     line: line.clone(),
                     transactions,
                 }])
+            }
+            BookCommand::ReverseRest {
+                reversal_id,
+                conversion_id,
+                occurred_at,
+                source_event_id,
+            } => {
+                if book.reversals_seen.contains(reversal_id) {
+                    return Ok(vec![]);
+                }
+                let (_, earlier) = book
+                    .accruals
+                    .get(conversion_id)
+                    .ok_or(BookError::UnknownConversion(*conversion_id))?;
+                let rest = earlier
+                    .last()
+                    .map_or(Decimal::ONE, Reversal::remaining_fraction);
+                if rest <= Decimal::ZERO {
+                    return Ok(vec![]);
+                }
+                Self::decide(
+                    book,
+                    &BookCommand::Reverse {
+                        reversal_id: *reversal_id,
+                        conversion_id: *conversion_id,
+                        fraction: rest,
+                        occurred_at: *occurred_at,
+                        source_event_id: *source_event_id,
+                    },
+                )
             }
             BookCommand::Reverse {
                 reversal_id,
@@ -759,6 +834,46 @@ impl Aggregate for Book {
                     transactions: vec![t],
                 }])
             }
+            BookCommand::Credit {
+                credit,
+                program_id,
+                partner_id,
+                amount,
+                occurred_at,
+                source_event_id,
+                id_seed,
+            } => {
+                if book.credits.contains(credit) {
+                    return Ok(vec![]);
+                }
+                if !amount.is_positive() || amount.amount().scale() > amount.currency().minor_unit()
+                {
+                    return Err(BookError::BadCredit(*amount));
+                }
+                let (t, line) = match credit {
+                    CreditKind::CampaignFee { campaign_id } => (
+                        postings::campaign_fee as PostingFn,
+                        format!("flat fee of campaign {campaign_id}: {amount}"),
+                    ),
+                    CreditKind::MdfReimbursement { claim_id } => (
+                        postings::mdf_reimbursement as PostingFn,
+                        format!("MDF claim {claim_id} reimbursed: {amount}"),
+                    ),
+                };
+                let t = t(
+                    txn_id(*id_seed, "credit"),
+                    *occurred_at,
+                    *partner_id,
+                    *program_id,
+                    *amount,
+                    Explanation::new(*source_event_id, line),
+                )?;
+                Ok(vec![BookEvent::PartnerCredited {
+                    program_id: *program_id,
+                    credit: *credit,
+                    transactions: vec![t],
+                }])
+            }
         }
     }
 
@@ -970,6 +1085,9 @@ impl Book {
                         failure: None,
                     },
                 );
+            }
+            BookEvent::PartnerCredited { credit, .. } => {
+                self.credits.insert(*credit);
             }
             BookEvent::PayoutSettled {
                 run_id, currency, ..

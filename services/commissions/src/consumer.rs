@@ -13,8 +13,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::accruals::{self, Caches};
+use crate::book::CreditKind;
 use crate::contract::{
-    ConversionAttributed, PayoutHold, Reversal, SubscriptionCancelled, VerificationRecorded,
+    ConversionAttributed, ConversionRejected, PartnerCredit, PayoutHold, Reversal,
+    SubscriptionCancelled, VerificationRecorded,
 };
 use crate::domain::{self, Account, Opening};
 use crate::eligibility::{self, Eligibility, EligibilityEvent};
@@ -26,6 +28,14 @@ pub fn subscriptions(prefix: &str) -> Vec<(String, String)> {
         (
             "commissions-crm".to_owned(),
             format!("{prefix}.crm.PartnerApplied"),
+        ),
+        (
+            "commissions-crm-campaign-fees".to_owned(),
+            format!("{prefix}.crm.CampaignFeeCommitted"),
+        ),
+        (
+            "commissions-crm-mdf".to_owned(),
+            format!("{prefix}.crm.MdfReimbursementApproved"),
         ),
         (
             "commissions-attribution".to_owned(),
@@ -72,6 +82,25 @@ pub async fn handle(
                 let r = Reversal::parse(&event.event_type, event.data.get())
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
                 accruals::on_reversal(store, caches, &event, &r, &trace_context).await
+            }
+            "CampaignFeeCommitted" | "MdfReimbursementApproved" => {
+                let c = PartnerCredit::parse(&event.event_type, event.data.get())
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                let credit = if event.event_type == "CampaignFeeCommitted" {
+                    CreditKind::CampaignFee {
+                        campaign_id: c.subject_id,
+                    }
+                } else {
+                    CreditKind::MdfReimbursement {
+                        claim_id: c.subject_id,
+                    }
+                };
+                accruals::on_credit(store, caches, &event, credit, &c, &trace_context).await
+            }
+            "ConversionRejected" => {
+                let r = ConversionRejected::parse(event.data.get())
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                accruals::on_rejection(store, caches, &event, &r, &trace_context).await
             }
             "SubscriptionCancelled" => {
                 let c = SubscriptionCancelled::parse(event.data.get())

@@ -111,6 +111,59 @@ pub struct PayoutHold {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// Partner CRM's `CampaignFeeCommitted` (a creator campaign's flat fee to one partner) or
+/// `MdfReimbursementApproved` (an approved MDF claim): money owed outside commission plans.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PartnerCredit {
+    /// The campaign or the MDF claim (`campaign_id` / `claim_id` on the wire).
+    #[serde(alias = "campaign_id", alias = "claim_id")]
+    pub subject_id: Uuid,
+    pub partner_id: Uuid,
+    pub program_id: Uuid,
+    pub amount: Money,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl PartnerCredit {
+    pub fn parse(event_type: &str, data: &str) -> Result<Self, ContractError> {
+        let c: Self = from_json(event_type, data)?;
+        if !c.amount.is_positive() {
+            return Err(ContractError {
+                event_type: event_type.into(),
+                reason: "amount must be positive".into(),
+            });
+        }
+        Ok(c)
+    }
+}
+
+/// Compliance's `ConversionRejected`: a fraud rule rejected the conversion, so its commission
+/// is reversed in full in every book that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ConversionRejected {
+    pub conversion_id: Uuid,
+    pub program_id: Uuid,
+    #[serde(default)]
+    pub rule: String,
+    #[serde(default)]
+    pub reason: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl ConversionRejected {
+    pub fn parse(data: &str) -> Result<Self, ContractError> {
+        const T: &str = "ConversionRejected";
+        let r: Self = from_json(T, data)?;
+        if r.reason.chars().count() > MAX_REASON_CHARS || r.rule.chars().count() > MAX_ID_CHARS {
+            return Err(ContractError {
+                event_type: T.into(),
+                reason: "rule or reason too long".into(),
+            });
+        }
+        Ok(r)
+    }
+}
+
 /// Why a message breaks the contract.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{event_type} breaks its contract: {reason}")]

@@ -789,3 +789,104 @@ async fn a_refund_larger_than_the_sale_is_refused_and_reverses_nothing() {
         ("10.00".into(), "0.00".into())
     );
 }
+
+#[tokio::test]
+async fn a_campaign_fee_and_an_mdf_reimbursement_are_payable_at_once_and_credited_once() {
+    let w = world().await;
+    let fee = serde_json::json!({
+        "campaign_id": Uuid::from_u128(0xca), "partner_id": PARTNER, "program_id": PROGRAM,
+        "amount": { "amount": "500.00", "currency": "USD" }, "occurred_at": at(1, 15),
+    });
+    w.consume(message(20, "CampaignFeeCommitted", fee.clone(), at(1, 15)))
+        .await
+        .unwrap();
+    // A redelivery, and the same campaign's fee under another event id, change nothing.
+    w.consume(message(20, "CampaignFeeCommitted", fee.clone(), at(1, 15)))
+        .await
+        .unwrap();
+    w.consume(message(21, "CampaignFeeCommitted", fee, at(1, 15)))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("0.00".into(), "500.00".into())
+    );
+    let claim = serde_json::json!({
+        "claim_id": Uuid::from_u128(0xc1a1), "partner_id": PARTNER, "program_id": PROGRAM,
+        "amount": { "amount": "120.00", "currency": "USD" }, "occurred_at": at(1, 20),
+        "period": "2026-Q1",
+    });
+    w.consume(message(22, "MdfReimbursementApproved", claim, at(1, 20)))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("0.00".into(), "620.00".into())
+    );
+    // A credit of a fraction of a cent is refused with the reason; nothing is written.
+    let odd = serde_json::json!({
+        "claim_id": Uuid::from_u128(0xc1a2), "partner_id": PARTNER, "program_id": PROGRAM,
+        "amount": { "amount": "1.005", "currency": "USD" }, "occurred_at": at(1, 20),
+    });
+    let err = w
+        .consume(message(23, "MdfReimbursementApproved", odd, at(1, 20)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HandleError::Permanent(ref m) if m.contains("minor unit")),
+        "{err:?}"
+    );
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("0.00".into(), "620.00".into())
+    );
+}
+
+#[tokio::test]
+async fn a_conversion_rejected_by_compliance_reverses_what_is_left_of_its_commission_overrides_included(
+) {
+    let w = world().await;
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    let refund = serde_json::json!({
+        "refund_id": Uuid::from_u128(901), "conversion_id": Uuid::from_u128(100),
+        "amount": { "amount": "25.00", "currency": "USD" }, "occurred_at": at(1, 12),
+    });
+    w.consume(message(2, "ConversionRefunded", refund, at(1, 12)))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("7.50".into(), "0.00".into())
+    );
+    let rejected = serde_json::json!({
+        "conversion_id": Uuid::from_u128(100), "program_id": PROGRAM, "partner_id": PARTNER,
+        "rule": "self_referral", "reason": "customer domain equals the partner's",
+        "occurred_at": at(1, 14),
+    });
+    let mut m = message(3, "ConversionRejected", rejected.clone(), at(1, 14));
+    m.subject = "pl.compliance.ConversionRejected".into();
+    w.consume(m).await.unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("0.00".into(), "0.00".into())
+    );
+    assert_eq!(
+        w.balances(PARENT, None).await,
+        ("0.00".into(), "0.00".into())
+    );
+    // A redelivered rejection reverses nothing twice.
+    w.consume(message(3, "ConversionRejected", rejected, at(1, 14)))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("0.00".into(), "0.00".into())
+    );
+}
