@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "partnerledger/commissions/v1/commissions.proto",
         "partnerledger/compliance/v1/compliance.proto",
         "partnerledger/compliance/v1/events.proto",
+        "partnerledger/audit/v1/audit.proto",
     ];
     let fds = protox::compile(files.iter().map(|f| root.join(f)), [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

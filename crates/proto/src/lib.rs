@@ -37,5 +37,11 @@ pub mod compliance {
     }
 }
 
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("partnerledger.audit.v1");
+    }
+}
+
 /// The protobuf well-known types the generated code uses (timestamps), for callers.
 pub use prost_types;

@@ -216,6 +216,38 @@ async fn open_eventstoredb(_args: &ServeArgs) -> Result<SharedStore, AppError> {
     ))
 }
 
+fn read_seal_key(path: &std::path::Path) -> Result<pl_audit::seal::SigningKeyRef, AppError> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| AppError::Config(format!("--seal-key-file {}: {e}", path.display())))?;
+    pl_audit::seal::signing_key_from_pem(&pem)
+        .map(Box::new)
+        .map_err(|e| AppError::Config(format!("--seal-key-file {}: {e}", path.display())))
+}
+
+/// Seals the log every `every` when it grew; a failed seal is logged and retried next time
+/// (sealing never stops the service).
+async fn seal_periodically(
+    store: SharedStore,
+    key: pl_audit::seal::SigningKeyRef,
+    clock: Arc<dyn Clock>,
+    every: std::time::Duration,
+    token: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match pl_audit::seal::seal_if_grown(store.as_ref(), &key, clock.now()).await {
+            Ok(Some(s)) => tracing::info!(up_to_position = s.up_to_position, streams = s.streams, root = %s.merkle_root, "log sealed"),
+            Ok(None) => tracing::debug!("log unchanged since the last seal"),
+            Err(e) => tracing::warn!(error = %e, "sealing failed; retried at the next interval"),
+        }
+    }
+}
+
 /// The streams each service owns and the events it publishes.
 fn route(service: ServiceName) -> Route {
     let (prefix, events) = match service {
@@ -279,6 +311,13 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
                 commission_caches = svc.caches();
                 routes.add_service(svc.into_server(max));
                 names.push(pl_commissions::grpc::SERVICE_NAME);
+                // The auditors' read-only view of the ledger lives with its owner.
+                routes.add_service(
+                    pl_audit::AuditApi::new(plan.store.clone())
+                        .into_server()
+                        .max_decoding_message_size(max),
+                );
+                names.push(pl_audit::grpc::SERVICE_NAME);
             }
             ServiceName::Compliance => {
                 routes.add_service(
@@ -369,6 +408,16 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
                 .map_err(AppError::from)
             }));
         }
+    }
+
+    if let Some(path) = &plan.server.seal_key_file {
+        let key = read_seal_key(path)?;
+        let (store, clock, token) = (plan.store.clone(), clock.clone(), background.clone());
+        let every = std::time::Duration::from_millis(plan.server.seal_interval_ms.max(1000));
+        tasks.push(tokio::spawn(async move {
+            seal_periodically(store, key, clock, every, token).await;
+            Ok(())
+        }));
     }
 
     let bound = server::bind(config.listen).await?;

@@ -49,6 +49,113 @@ pub enum Command {
     Up(UpArgs),
     /// Run one service, with the store and bus chosen by configuration (cluster deployments).
     Serve(ServeArgs),
+    /// Audit the log directly (a data directory or an EventStoreDB connection): replay
+    /// balances, verify chains and seals, seal, export, render statements.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    #[arg(long, env = "PL_STORE", value_enum, default_value = "embedded", global = true)]
+    pub store: StoreKind,
+    /// Directory of the embedded event log (the service using it must be stopped: the log
+    /// is locked by one process at a time).
+    #[arg(long, env = "PL_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+    /// EventStoreDB connection string, when `--store eventstoredb`.
+    #[arg(long, env = "PL_EVENTSTORE_URL", hide_env_values = true, global = true)]
+    pub eventstore_url: Option<Secret>,
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReplayFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportWhat {
+    Transactions,
+    Events,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormatArg {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatementFormatArg {
+    Text,
+    Csv,
+    Html,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuditCommand {
+    /// Rebuild balances of one partner or all from the log, as of a business date and/or a
+    /// recording point.
+    Replay {
+        #[arg(long)]
+        partner: Option<String>,
+        /// RFC 3339; facts that occurred up to it.
+        #[arg(long)]
+        business_date: Option<String>,
+        /// What the log held at this position (inclusive).
+        #[arg(long, conflicts_with = "recorded_at")]
+        recorded_position: Option<u64>,
+        /// RFC 3339; what the log held at this time.
+        #[arg(long)]
+        recorded_at: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReplayFormat,
+    },
+    /// Walk every hash chain and every seal; exit 1 at the first break.
+    Verify {
+        /// The seal-signing public key (SPKI PEM file, or a file with 64 hex characters).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Append a signed checkpoint committing to every stream head.
+    Seal {
+        /// PKCS#8 PEM ed25519 private key (`openssl genpkey -algorithm ed25519`).
+        #[arg(long, env = "PL_SEAL_KEY_FILE")]
+        key_file: PathBuf,
+    },
+    /// Ledger transactions or events of a business period as JSONL or CSV.
+    Export {
+        #[arg(long, value_enum)]
+        what: ExportWhat,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormatArg,
+        /// RFC 3339, inclusive.
+        #[arg(long)]
+        from: String,
+        /// RFC 3339, exclusive.
+        #[arg(long)]
+        to: String,
+        /// File to write; standard output when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A partner's statement for a period.
+    Statement {
+        #[arg(long)]
+        partner: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: StatementFormatArg,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,6 +242,13 @@ pub struct ServerArgs {
     /// Prefix of every bus subject: `<prefix>.<context>.<event-type>`.
     #[arg(long, env = "PL_SUBJECT_PREFIX", default_value = "pl")]
     pub subject_prefix: String,
+    /// PKCS#8 PEM ed25519 key: when set, the process seals the log periodically (a signed
+    /// checkpoint in `audit-seals`; verify with the public key). Set it on one process per log.
+    #[arg(long, env = "PL_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<PathBuf>,
+    /// How often the log is sealed when `--seal-key-file` is set (only if it grew).
+    #[arg(long, env = "PL_SEAL_INTERVAL_MS", default_value_t = 3_600_000)]
+    pub seal_interval_ms: u64,
     /// Validate the configuration, print it, and exit without serving.
     #[arg(long)]
     pub check_config: bool,

@@ -10,6 +10,7 @@ fn telemetry_config(cli: &Cli) -> TelemetryConfig {
     let name = match &cli.command {
         Command::Up(_) => "partner-ledger",
         Command::Serve(args) => args.service.as_str(),
+        Command::Audit(_) => "audit",
     };
     let mut cfg = TelemetryConfig::new(name);
     cfg.log_format = match cli.telemetry.log_format {
@@ -55,7 +56,20 @@ async fn wait_for_signal(signals: Vec<(tokio::signal::unix::Signal, &'static str
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Audit(args) = &cli.command {
+        // Read-only (but for `seal`) and short-lived: no telemetry, no signals; the outcome is
+        // the exit code and what is printed.
+        return match partner_ledger::audit::run(args).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(partner_ledger::audit::AuditCliError::Broken) => std::process::ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("partner-ledger audit: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let check_only = match &cli.command {
+        Command::Audit(_) => false,
         Command::Up(a) => a.server.check_config,
         Command::Serve(a) => a.server.check_config,
     };
@@ -63,6 +77,7 @@ async fn main() -> std::process::ExitCode {
         let checked = match &cli.command {
             Command::Up(_) => Ok(()),
             Command::Serve(args) => app::validate_serve(args),
+            Command::Audit(_) => Ok(()),
         };
         return match checked {
             Ok(()) => {
@@ -86,6 +101,7 @@ async fn main() -> std::process::ExitCode {
     let started = match &cli.command {
         Command::Up(args) => app::start_up(args).await,
         Command::Serve(args) => app::start_serve(args).await,
+        Command::Audit(_) => return std::process::ExitCode::SUCCESS,
     };
     let running: Running = match started {
         Ok(r) => r,

@@ -1,0 +1,250 @@
+//! `partner-ledger audit …`: the audit commands run against a data directory or an
+//! EventStoreDB connection, without a running service. Output goes to standard output (or
+//! `--out`); `verify` exits 1 at the first break.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use pl_audit::{export, replay, seal, statement, AuditError};
+use pl_eventlog::{EmbeddedLog, EmbeddedOptions, SharedStore};
+use pl_ledger::{AsOf, RecordingPoint};
+use pl_runtime::{Clock, SystemClock};
+use uuid::Uuid;
+
+use crate::config::{
+    AuditArgs, AuditCommand, ExportFormatArg, ExportWhat, ReplayFormat, StatementFormatArg,
+    StoreKind,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditCliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("event store: {0}")]
+    Store(#[from] pl_eventlog::LogError),
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
+    /// `verify` found a break (already printed).
+    #[error("the log does not verify")]
+    Broken,
+}
+
+fn time(field: &str, s: &str) -> Result<DateTime<Utc>, AuditCliError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| AuditCliError::Usage(format!("--{field}: not an RFC 3339 time ({e})")))
+}
+
+fn uuid(field: &str, s: &str) -> Result<Uuid, AuditCliError> {
+    Uuid::parse_str(s).map_err(|e| AuditCliError::Usage(format!("--{field}: {e}")))
+}
+
+fn read(path: &Path) -> Result<String, AuditCliError> {
+    std::fs::read_to_string(path).map_err(|source| AuditCliError::File {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+async fn open(args: &AuditArgs) -> Result<(SharedStore, Option<Arc<EmbeddedLog>>), AuditCliError> {
+    match args.store {
+        StoreKind::Embedded => {
+            if !args.data_dir.is_dir() {
+                return Err(AuditCliError::Usage(format!(
+                    "--data-dir {}: no such directory",
+                    args.data_dir.display()
+                )));
+            }
+            let log = Arc::new(EmbeddedLog::open(&args.data_dir, EmbeddedOptions::default())?);
+            Ok((log.clone(), Some(log)))
+        }
+        StoreKind::Eventstoredb => Ok((open_eventstoredb(args).await?, None)),
+    }
+}
+
+#[cfg(feature = "eventstoredb")]
+async fn open_eventstoredb(args: &AuditArgs) -> Result<SharedStore, AuditCliError> {
+    let url = args.eventstore_url.as_ref().ok_or_else(|| {
+        AuditCliError::Usage("--store eventstoredb needs --eventstore-url".into())
+    })?;
+    Ok(Arc::new(
+        pl_eventlog::eventstoredb::EventStoreDbLog::connect(
+            url.expose(),
+            pl_eventlog::Limits::default(),
+        )
+        .await?,
+    ))
+}
+
+#[cfg(not(feature = "eventstoredb"))]
+async fn open_eventstoredb(_args: &AuditArgs) -> Result<SharedStore, AuditCliError> {
+    Err(AuditCliError::Usage(
+        "this binary was built without EventStoreDB support (cargo feature `eventstoredb`)"
+            .into(),
+    ))
+}
+
+fn output(out: Option<&Path>) -> Result<Box<dyn Write + Send>, AuditCliError> {
+    Ok(match out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|source| AuditCliError::File {
+                path: path.display().to_string(),
+                source,
+            })?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    })
+}
+
+fn write_all(out: &mut dyn Write, text: &str) -> Result<(), AuditCliError> {
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| AuditCliError::Audit(AuditError::Io(e)))
+}
+
+/// Runs one audit command.
+pub async fn run(args: &AuditArgs) -> Result<(), AuditCliError> {
+    let (store, embedded) = open(args).await?;
+    let outcome = command(args, &store).await;
+    if let Some(log) = embedded {
+        drop(store);
+        if let Ok(log) = Arc::try_unwrap(log) {
+            let _closed = tokio::task::spawn_blocking(move || log.close()).await;
+        }
+    }
+    outcome
+}
+
+async fn command(args: &AuditArgs, store: &SharedStore) -> Result<(), AuditCliError> {
+    match &args.command {
+        AuditCommand::Replay {
+            partner,
+            business_date,
+            recorded_position,
+            recorded_at,
+            format,
+        } => {
+            let partner = partner.as_deref().map(|p| uuid("partner", p)).transpose()?;
+            let business = business_date
+                .as_deref()
+                .map(|t| time("business-date", t))
+                .transpose()?;
+            let recorded = match (recorded_position, recorded_at) {
+                (Some(p), _) => Some(RecordingPoint::Position(*p)),
+                (None, Some(t)) => Some(RecordingPoint::At(time("recorded-at", t)?)),
+                (None, None) => None,
+            };
+            let as_of = match (business, recorded) {
+                (None, None) => AsOf::Latest,
+                (Some(d), None) => AsOf::BusinessDate(d),
+                (None, Some(RecordingPoint::Position(p))) => AsOf::Recorded { position: p },
+                (None, Some(RecordingPoint::At(t))) => AsOf::RecordedAt(t),
+                (Some(business_date), Some(recorded)) => AsOf::Bitemporal {
+                    business_date,
+                    recorded,
+                },
+            };
+            let replayed = replay::replay(store.as_ref(), partner, None).await?;
+            let rows = replay::balances(&replayed.ledger, partner, as_of)?;
+            let text = match format {
+                ReplayFormat::Table => replay::table(&rows),
+                ReplayFormat::Json => {
+                    let mut t = serde_json::to_string_pretty(&rows)
+                        .map_err(|e| AuditCliError::Usage(e.to_string()))?;
+                    t.push('\n');
+                    t
+                }
+            };
+            write_all(&mut *output(None)?, &text)
+        }
+        AuditCommand::Verify { public_key } => {
+            let key = public_key
+                .as_deref()
+                .map(|p| read(p).and_then(|k| Ok(seal::verifying_key_from(&k)?)))
+                .transpose()?;
+            let out = seal::verify(store.as_ref(), key.as_ref()).await?;
+            let summary = format!(
+                "checked {} events in {} streams, {} seals ({} signatures)\n",
+                out.events_checked, out.streams_checked, out.seals_checked, out.signatures_checked
+            );
+            match &out.first_break {
+                None => write_all(&mut *output(None)?, &format!("intact: {summary}")),
+                Some(b) => {
+                    eprintln!("partner-ledger audit verify: BROKEN: {b}");
+                    eprint!("{summary}");
+                    Err(AuditCliError::Broken)
+                }
+            }
+        }
+        AuditCommand::Seal { key_file } => {
+            let key = seal::signing_key_from_pem(&read(key_file)?)?;
+            // The edge of the system: the seal's time is the wall clock's.
+            let now = SystemClock.now();
+            match seal::seal(store.as_ref(), &key, now).await? {
+                Some(s) => write_all(
+                    &mut *output(None)?,
+                    &format!(
+                        "sealed up to position {} ({} streams): root {} signed by {}\n",
+                        s.up_to_position, s.streams, s.merkle_root, s.public_key
+                    ),
+                ),
+                None => write_all(&mut *output(None)?, "the log is empty: nothing to seal\n"),
+            }
+        }
+        AuditCommand::Export {
+            what,
+            format,
+            from,
+            to,
+            out,
+        } => {
+            let what = match what {
+                ExportWhat::Transactions => export::What::Transactions,
+                ExportWhat::Events => export::What::Events,
+            };
+            let format = match format {
+                ExportFormatArg::Jsonl => export::Format::Jsonl,
+                ExportFormatArg::Csv => export::Format::Csv,
+            };
+            let (from, to) = (time("from", from)?, time("to", to)?);
+            let mut sink = output(out.as_deref())?;
+            export::export(store.as_ref(), what, format, from, to, &mut *sink).await?;
+            sink.flush()
+                .map_err(|e| AuditCliError::Audit(AuditError::Io(e)))
+        }
+        AuditCommand::Statement {
+            partner,
+            currency,
+            from,
+            to,
+            format,
+            out,
+        } => {
+            let partner = uuid("partner", partner)?;
+            let currency = currency
+                .parse()
+                .map_err(|_| AuditCliError::Usage(format!("--currency {currency}: not an ISO 4217 code")))?;
+            let s = statement::build(
+                store.as_ref(),
+                partner,
+                currency,
+                time("from", from)?,
+                time("to", to)?,
+            )
+            .await?;
+            let format = match format {
+                StatementFormatArg::Text => statement::Format::Text,
+                StatementFormatArg::Csv => statement::Format::Csv,
+                StatementFormatArg::Html => statement::Format::Html,
+            };
+            write_all(&mut *output(out.as_deref())?, &statement::render(&s, format))
+        }
+    }
+}
