@@ -1,0 +1,378 @@
+//! Audit as an auditor meets it: a commissions history written through the live service on the
+//! embedded log, then replayed, sealed, verified, tampered with, exported and rendered by the
+//! audit functions alone — given (a history) / when (an audit command) / then (what it reports).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use ed25519_dalek::SigningKey;
+use pl_audit::{export, replay, seal, statement};
+use pl_bus::Message;
+use pl_commission_engine::{
+    Conditions, NetRevenuePolicy, Percent, PlanVersion, Reward, Rule, VersionPolicy,
+};
+use pl_commissions::CommissionsService;
+use pl_eventlog::{EmbeddedLog, EmbeddedOptions, EventStore, SharedStore};
+use pl_ledger::AsOf;
+use pl_money::{Currency, Money};
+use pl_proto::commissions::v1 as pb;
+use pl_proto::commissions::v1::commissions_service_server::CommissionsService as Api;
+use pl_proto::common::v1::RequestContext;
+use pl_runtime::FixedClock;
+use tonic::Request;
+use uuid::Uuid;
+
+const ALICE: Uuid = Uuid::from_u128(0xa1);
+const PARENT: Uuid = Uuid::from_u128(0xa2);
+const PLAN: Uuid = Uuid::from_u128(0xb1);
+const PROGRAM: Uuid = Uuid::from_u128(0xc1);
+
+fn at(month: u32, day: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, month, day, 12, 0, 0).unwrap()
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+fn ctx(key: &str) -> Option<RequestContext> {
+    Some(RequestContext {
+        idempotency_key: key.into(),
+        occurred_at: Some(ts(at(1, 1))),
+        correlation_id: String::new(),
+    })
+}
+
+fn plan() -> PlanVersion {
+    PlanVersion {
+        plan_id: PLAN,
+        version: 1,
+        effective_from: at(1, 1),
+        payout_currency: Currency::USD,
+        hold_days: 30,
+        minimum_payout: Money::from_minor_units(5000, Currency::USD),
+        version_policy: VersionPolicy::Grandfathered,
+        net_revenue_policy: NetRevenuePolicy::CarryForwardNegative,
+        cpa_recovery: false,
+        overrides: vec![Percent::new(2).unwrap()],
+        rules: vec![Rule {
+            id: "sales".into(),
+            conditions: Conditions::default(),
+            reward: Reward::PercentOfGross(Percent::new(10).unwrap()),
+            cap_per_conversion: None,
+            cap_per_period: None,
+        }],
+    }
+}
+
+fn message(id: u128, event_type: &str, data: serde_json::Value, t: DateTime<Utc>) -> Message {
+    let envelope = serde_json::json!({
+        "id": Uuid::from_u128(id), "type": event_type, "schema_version": 1,
+        "stream": "conversion-x", "version": 0, "position": id,
+        "occurred_at": t, "recorded_at": t,
+        "correlation_id": null, "causation_id": null, "data": data,
+    });
+    Message {
+        id: Uuid::from_u128(id),
+        subject: format!("pl.attribution.{event_type}"),
+        payload: bytes::Bytes::from(serde_json::to_vec(&envelope).unwrap()),
+        headers: BTreeMap::new(),
+    }
+}
+
+fn sale(conversion: u128, gross: &str, t: DateTime<Utc>) -> serde_json::Value {
+    serde_json::json!({
+        "conversion_id": Uuid::from_u128(conversion), "program_id": PROGRAM,
+        "kind": "CONVERSION_KIND_SALE", "customer_id": format!("cust-{conversion}"),
+        "gross": { "amount": gross, "currency": "USD" }, "occurred_at": t,
+        "shares": [{ "partner_id": ALICE, "weight": "1" }],
+    })
+}
+
+/// Given: a plan (10 % of gross, 2 % override to the parent), two sales, a 25 % refund and a
+/// maturity, written through the commissions service on an embedded log in `dir`.
+async fn history(dir: &std::path::Path) -> (Arc<EmbeddedLog>, CommissionsService) {
+    let log = Arc::new(EmbeddedLog::open(dir, EmbeddedOptions::default()).unwrap());
+    let store: SharedStore = log.clone();
+    let api = CommissionsService::new(store.clone(), Arc::new(FixedClock::at(at(1, 1))));
+    api.publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+        context: ctx("plan"),
+        plan_id: PLAN.to_string(),
+        plan_json: serde_json::to_string(&plan()).unwrap(),
+    }))
+    .await
+    .unwrap();
+    for (key, partner, parent) in [("a", ALICE, Some(PARENT)), ("p", PARENT, None)] {
+        api.assign_plan(Request::new(pb::AssignPlanRequest {
+            context: ctx(key),
+            partner_id: partner.to_string(),
+            plan_id: PLAN.to_string(),
+            effective_from: Some(ts(at(1, 1))),
+            partner_tier: String::new(),
+            parent_partner_id: parent.map(|p| p.to_string()).unwrap_or_default(),
+        }))
+        .await
+        .unwrap();
+    }
+    let consume = |m: Message| {
+        let (store, caches) = (store.clone(), api.caches());
+        async move {
+            pl_commissions::consumer::handle(store.as_ref(), &caches, m)
+                .await
+                .unwrap();
+        }
+    };
+    consume(message(1, "ConversionAttributed", sale(100, "100.00", at(1, 10)), at(1, 10))).await;
+    consume(message(2, "ConversionAttributed", sale(101, "300.00", at(2, 20)), at(2, 20))).await;
+    let refund = serde_json::json!({
+        "refund_id": Uuid::from_u128(900), "conversion_id": Uuid::from_u128(100),
+        "amount": { "amount": "25.00", "currency": "USD" }, "occurred_at": at(1, 12),
+    });
+    consume(message(3, "ConversionRefunded", refund, at(1, 12))).await;
+    api.mature_commissions(Request::new(pb::MatureCommissionsRequest {
+        context: ctx("m"),
+        partner_id: ALICE.to_string(),
+        as_of: Some(ts(at(3, 1))),
+    }))
+    .await
+    .unwrap();
+    (log, api)
+}
+
+async fn live(api: &CommissionsService, partner: Uuid, as_of: Option<pb::AsOf>) -> Vec<(String, String, String, String)> {
+    api.get_balances(Request::new(pb::GetBalancesRequest {
+        partner_id: partner.to_string(),
+        as_of,
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+    .currencies
+    .into_iter()
+    .map(|c| (c.currency, c.pending, c.payable, c.paid))
+    .collect()
+}
+
+fn audited(rows: &[replay::BalanceRow], partner: Uuid) -> Vec<(String, String, String, String)> {
+    rows.iter()
+        .filter(|r| r.partner_id == partner)
+        .map(|r| {
+            (
+                r.currency.code().to_owned(),
+                r.pending.clone(),
+                r.payable.clone(),
+                r.paid.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_replay_from_the_raw_log_reports_exactly_what_the_live_service_reports_at_every_as_of_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, api) = history(dir.path()).await;
+    let head = *log.watch_head().borrow();
+    let replayed = replay::replay(log.as_ref(), None, None).await.unwrap();
+    assert!(replayed.book_events >= 5, "{replayed:?}");
+    let cases: Vec<(AsOf, Option<pb::AsOf>)> = vec![
+        (AsOf::Latest, None),
+        (
+            AsOf::BusinessDate(at(1, 31)),
+            Some(pb::AsOf {
+                business_date: Some(ts(at(1, 31))),
+                ..Default::default()
+            }),
+        ),
+        (
+            AsOf::Recorded { position: head / 2 },
+            Some(pb::AsOf {
+                recorded_position: head / 2,
+                ..Default::default()
+            }),
+        ),
+    ];
+    for (as_of, request) in cases {
+        let rows = replay::balances(&replayed.ledger, None, as_of).unwrap();
+        for partner in [ALICE, PARENT] {
+            assert_eq!(
+                audited(&rows, partner),
+                live(&api, partner, request.clone()).await,
+                "partner {partner} as of {as_of:?}"
+            );
+        }
+    }
+    // Latest: Alice 10 % of 300 pending; of the January sale 7.50 matured to payable.
+    let rows = replay::balances(&replayed.ledger, Some(ALICE), AsOf::Latest).unwrap();
+    assert_eq!(
+        audited(&rows, ALICE),
+        vec![("USD".into(), "30.00".into(), "7.50".into(), "0.00".into())]
+    );
+}
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+#[tokio::test]
+async fn a_sealed_log_verifies_with_the_public_key_alone_and_not_with_another_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _api) = history(dir.path()).await;
+    let s = seal::seal(log.as_ref(), &key(7), at(3, 2)).await.unwrap().unwrap();
+    assert_eq!(s.public_key, hex::encode(key(7).verifying_key().to_bytes()));
+    // Sealing an unchanged log again appends nothing new to cover.
+    assert!(seal::seal_if_grown(log.as_ref(), &key(7), at(3, 3))
+        .await
+        .unwrap()
+        .is_none());
+    let public = key(7).verifying_key();
+    let ok = seal::verify(log.as_ref(), Some(&public)).await.unwrap();
+    assert!(ok.is_intact(), "{ok:?}");
+    assert_eq!((ok.seals_checked, ok.signatures_checked), (1, 1));
+    let other = key(8).verifying_key();
+    let wrong = seal::verify(log.as_ref(), Some(&other)).await.unwrap();
+    let b = wrong.first_break.unwrap();
+    assert!(b.contains("not by the given public key"), "{b}");
+    // The public key as PEM or hex reads the same.
+    let hex_key = hex::encode(public.to_bytes());
+    assert_eq!(seal::verifying_key_from(&hex_key).unwrap(), public);
+}
+
+/// Finds `needle` in the log file and changes its first byte; with `forge`, also recomputes the
+/// frame's checksum (an attacker who knows the file format), so only the hash chain can tell.
+fn tamper(dir: &std::path::Path, needle: &[u8], forge: bool) {
+    let path = dir.join("events.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the bytes to tamper with are in the log");
+    bytes[at] ^= 0x01;
+    if forge {
+        // Frames: payload_len:u32 crc32(payload):u32 payload (crates/eventlog/src/codec.rs).
+        let mut offset = 0;
+        loop {
+            let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+            let payload = offset + 8..offset + 8 + len;
+            if payload.contains(&at) {
+                let crc = crc32fast::hash(&bytes[payload]);
+                bytes[offset + 4..offset + 8].copy_from_slice(&crc.to_le_bytes());
+                break;
+            }
+            offset = payload.end;
+        }
+    }
+    std::fs::write(&path, bytes).unwrap();
+}
+
+async fn sealed_history(dir: &std::path::Path) {
+    let (log, api) = history(dir).await;
+    seal::seal(log.as_ref(), &key(7), at(3, 2)).await.unwrap();
+    drop(api);
+    let log = Arc::try_unwrap(log).unwrap();
+    log.close().unwrap();
+}
+
+#[tokio::test]
+async fn a_byte_changed_in_a_sealed_event_is_caught_by_verify_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    sealed_history(dir.path()).await;
+    // The 300.00 sale's amount, as written in its book event.
+    tamper(dir.path(), b"300.00", false);
+    let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    let out = seal::verify(&log, Some(&key(7).verifying_key()))
+        .await
+        .unwrap();
+    let b = out.first_break.unwrap();
+    assert!(b.contains("corrupt at byte offset"), "{b}");
+}
+
+#[tokio::test]
+async fn a_forged_event_with_a_valid_frame_checksum_is_caught_by_the_hash_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    sealed_history(dir.path()).await;
+    tamper(dir.path(), b"300.00", true);
+    let log = EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap();
+    let out = seal::verify(&log, Some(&key(7).verifying_key()))
+        .await
+        .unwrap();
+    let b = out.first_break.unwrap();
+    // Stream, version, and the expected and found hashes.
+    assert!(b.contains(&format!("stream ledger-{ALICE}")), "{b}");
+    assert!(b.contains("version"), "{b}");
+}
+
+#[tokio::test]
+async fn exports_have_stable_columns_decimal_amounts_and_currency_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _api) = history(dir.path()).await;
+    let mut csv = Vec::new();
+    let rows = export::export(
+        log.as_ref(),
+        export::What::Transactions,
+        export::Format::Csv,
+        at(1, 1),
+        at(2, 1),
+        &mut csv,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next().unwrap(), export::TRANSFER_COLUMNS.join(","));
+    // January: Alice's accrual and its override, the refund's two reversals (February's sale
+    // and March's maturity are outside the period).
+    assert_eq!(rows, 4, "{text}");
+    let first: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(first[4], "accrual");
+    assert_eq!((first[7], first[8]), ("10.00", "USD"));
+    let mut jsonl = Vec::new();
+    export::export(
+        log.as_ref(),
+        export::What::Events,
+        export::Format::Jsonl,
+        at(1, 1),
+        at(12, 31),
+        &mut jsonl,
+    )
+    .await
+    .unwrap();
+    for line in String::from_utf8(jsonl).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["stream"].is_string() && v["hash"].as_str().unwrap().len() == 64);
+    }
+    let bad = export::export(
+        log.as_ref(),
+        export::What::Events,
+        export::Format::Jsonl,
+        at(2, 1),
+        at(1, 1),
+        &mut Vec::new(),
+    )
+    .await;
+    assert!(bad.is_err());
+}
+
+#[tokio::test]
+async fn a_statement_renders_opening_entries_and_closing_as_text_csv_and_a_self_contained_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _api) = history(dir.path()).await;
+    let s = statement::build(log.as_ref(), ALICE, Currency::USD, at(1, 1), at(4, 1))
+        .await
+        .unwrap();
+    let text = statement::render(&s, statement::Format::Text);
+    assert!(text.contains("opening") && text.contains("closing"), "{text}");
+    assert!(text.contains("reversal"), "{text}");
+    let csv = statement::render(&s, statement::Format::Csv);
+    assert!(csv.starts_with("row,occurred_at,kind"), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("closing,") && l.contains(",payable,")));
+    let html = statement::render(&s, statement::Format::Html);
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(!html.contains("<script") && !html.contains("http"), "self-contained");
+    assert!(html.contains(&ALICE.to_string()));
+}
