@@ -141,7 +141,9 @@ pub async fn export(
     out: &mut (dyn Write + Send),
 ) -> Result<u64, AuditError> {
     if to <= from {
-        return Err(AuditError::Invalid("the period ends before it starts".into()));
+        return Err(AuditError::Invalid(
+            "the period ends before it starts".into(),
+        ));
     }
     if format == Format::Csv {
         let header: Vec<String> = match what {
@@ -163,8 +165,8 @@ pub async fn export(
                     if at < from || at >= to {
                         continue;
                     }
-                    let data: serde_json::Value = serde_json::from_slice(&e.data)
-                        .map_err(|err| AuditError::Decode {
+                    let data: serde_json::Value =
+                        serde_json::from_slice(&e.data).map_err(|err| AuditError::Decode {
                             stream: e.stream.clone(),
                             position: e.position,
                             reason: err.to_string(),

@@ -42,7 +42,9 @@ impl AuditApi {
 fn to_status(e: AuditError) -> Status {
     let api = match e {
         AuditError::Log(e) => ApiError::from(e),
-        AuditError::Invalid(reason) | AuditError::Key(reason) => ApiError::invalid("request", reason),
+        AuditError::Invalid(reason) | AuditError::Key(reason) => {
+            ApiError::invalid("request", reason)
+        }
         AuditError::Report(e) => ApiError::invalid("period", e.to_string()),
         other => ApiError::internal(other),
     };
@@ -59,7 +61,10 @@ pub fn as_of_from(
     let business = business.and_then(|t| v.check(to_datetime("business_date", t)));
     let recorded = match (recorded_at, recorded_position) {
         (Some(_), p) if p > 0 => {
-            v.add("recorded_at", "give recorded_position or recorded_at, not both");
+            v.add(
+                "recorded_at",
+                "give recorded_position or recorded_at, not both",
+            );
             None
         }
         (Some(t), _) => v

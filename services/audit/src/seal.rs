@@ -50,7 +50,11 @@ pub struct Seal {
 fn leaf(stream: &str, version: u64, hash: &EventHash) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update([0u8]);
-    h.update(u32::try_from(stream.len()).unwrap_or(u32::MAX).to_be_bytes());
+    h.update(
+        u32::try_from(stream.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     h.update(stream.as_bytes());
     h.update(version.to_be_bytes());
     h.update(hash.0);
@@ -173,11 +177,7 @@ pub async fn seal_if_grown(
 ) -> Result<Option<Seal>, AuditError> {
     if let Some(last) = last_seal(store).await? {
         // The last seal's own event follows its position; anything after that is growth.
-        if store
-            .read_all(last.up_to_position + 2, 1)
-            .await?
-            .is_empty()
-        {
+        if store.read_all(last.up_to_position + 2, 1).await?.is_empty() {
             return Ok(None);
         }
     }
@@ -324,9 +324,7 @@ fn check(
         s.up_to_position
     );
     if last_position != Some(s.up_to_position) {
-        return Some(format!(
-            "{here}: the log holds no event at that position"
-        ));
+        return Some(format!("{here}: the log holds no event at that position"));
     }
     let root = merkle_root(heads);
     if hex::encode(root) != s.merkle_root || heads.len() as u64 != s.streams {
@@ -355,7 +353,10 @@ fn check(
         return Some(format!("{here}: the signature is not 64 hex-encoded bytes"));
     };
     if key
-        .verify(&message(s.up_to_position, s.events, s.streams, &root), &signature)
+        .verify(
+            &message(s.up_to_position, s.events, s.streams, &root),
+            &signature,
+        )
         .is_err()
     {
         return Some(format!("{here}: the signature does not verify"));

@@ -6,9 +6,9 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use pl_commissions::reports::Statement;
+use pl_eventlog::EventStore;
 use pl_ledger::PartnerBalance;
 use pl_money::Currency;
-use pl_eventlog::EventStore;
 use uuid::Uuid;
 
 use crate::export::csv_field;
@@ -102,16 +102,20 @@ fn csv(s: &Statement) -> String {
     let mut out = CSV_COLUMNS.join(",");
     out.push('\n');
     let balance_rows = |label: &str, b: &PartnerBalance, at: DateTime<Utc>| {
-        [("pending", b.pending), ("payable", b.payable), ("paid", b.paid)]
-            .iter()
-            .map(|(name, m)| {
-                format!(
-                    "{label},{},balance,{name},,{},{c},,,\n",
-                    time(at),
-                    m.amount()
-                )
-            })
-            .collect::<String>()
+        [
+            ("pending", b.pending),
+            ("payable", b.payable),
+            ("paid", b.paid),
+        ]
+        .iter()
+        .map(|(name, m)| {
+            format!(
+                "{label},{},balance,{name},,{},{c},,,\n",
+                time(at),
+                m.amount()
+            )
+        })
+        .collect::<String>()
     };
     out.push_str(&balance_rows("opening", &s.opening, s.from));
     for e in &s.entries {

@@ -128,8 +128,20 @@ async fn history(dir: &std::path::Path) -> (Arc<EmbeddedLog>, CommissionsService
                 .unwrap();
         }
     };
-    consume(message(1, "ConversionAttributed", sale(100, "100.00", at(1, 10)), at(1, 10))).await;
-    consume(message(2, "ConversionAttributed", sale(101, "300.00", at(2, 20)), at(2, 20))).await;
+    consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00", at(1, 10)),
+        at(1, 10),
+    ))
+    .await;
+    consume(message(
+        2,
+        "ConversionAttributed",
+        sale(101, "300.00", at(2, 20)),
+        at(2, 20),
+    ))
+    .await;
     let refund = serde_json::json!({
         "refund_id": Uuid::from_u128(900), "conversion_id": Uuid::from_u128(100),
         "amount": { "amount": "25.00", "currency": "USD" }, "occurred_at": at(1, 12),
@@ -145,7 +157,11 @@ async fn history(dir: &std::path::Path) -> (Arc<EmbeddedLog>, CommissionsService
     (log, api)
 }
 
-async fn live(api: &CommissionsService, partner: Uuid, as_of: Option<pb::AsOf>) -> Vec<(String, String, String, String)> {
+async fn live(
+    api: &CommissionsService,
+    partner: Uuid,
+    as_of: Option<pb::AsOf>,
+) -> Vec<(String, String, String, String)> {
     api.get_balances(Request::new(pb::GetBalancesRequest {
         partner_id: partner.to_string(),
         as_of,
@@ -174,7 +190,8 @@ fn audited(rows: &[replay::BalanceRow], partner: Uuid) -> Vec<(String, String, S
 }
 
 #[tokio::test]
-async fn a_replay_from_the_raw_log_reports_exactly_what_the_live_service_reports_at_every_as_of_point() {
+async fn a_replay_from_the_raw_log_reports_exactly_what_the_live_service_reports_at_every_as_of_point(
+) {
     let dir = tempfile::tempdir().unwrap();
     let (log, api) = history(dir.path()).await;
     let head = *log.watch_head().borrow();
@@ -223,7 +240,10 @@ fn key(seed: u8) -> SigningKey {
 async fn a_sealed_log_verifies_with_the_public_key_alone_and_not_with_another_key() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _api) = history(dir.path()).await;
-    let s = seal::seal(log.as_ref(), &key(7), at(3, 2)).await.unwrap().unwrap();
+    let s = seal::seal(log.as_ref(), &key(7), at(3, 2))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.public_key, hex::encode(key(7).verifying_key().to_bytes()));
     // Sealing an unchanged log again appends nothing new to cover.
     assert!(seal::seal_if_grown(log.as_ref(), &key(7), at(3, 3))
@@ -366,13 +386,80 @@ async fn a_statement_renders_opening_entries_and_closing_as_text_csv_and_a_self_
         .await
         .unwrap();
     let text = statement::render(&s, statement::Format::Text);
-    assert!(text.contains("opening") && text.contains("closing"), "{text}");
+    assert!(
+        text.contains("opening") && text.contains("closing"),
+        "{text}"
+    );
     assert!(text.contains("reversal"), "{text}");
     let csv = statement::render(&s, statement::Format::Csv);
     assert!(csv.starts_with("row,occurred_at,kind"), "{csv}");
-    assert!(csv.lines().any(|l| l.starts_with("closing,") && l.contains(",payable,")));
+    assert!(csv
+        .lines()
+        .any(|l| l.starts_with("closing,") && l.contains(",payable,")));
     let html = statement::render(&s, statement::Format::Html);
     assert!(html.starts_with("<!DOCTYPE html>"));
-    assert!(!html.contains("<script") && !html.contains("http"), "self-contained");
+    assert!(
+        !html.contains("<script") && !html.contains("http"),
+        "self-contained"
+    );
     assert!(html.contains(&ALICE.to_string()));
+}
+
+#[tokio::test]
+async fn the_audit_service_streams_the_same_balances_and_refuses_bad_requests_precisely() {
+    use pl_proto::audit::v1 as apb;
+    use pl_proto::audit::v1::audit_service_server::AuditService as _;
+    use tokio_stream::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (log, api) = history(dir.path()).await;
+    let audit = pl_audit::AuditApi::new(log.clone());
+    let stream = audit
+        .replay(Request::new(apb::ReplayRequest {
+            partner_id: String::new(),
+            business_date: Some(ts(at(1, 31))),
+            recorded_position: 0,
+            recorded_at: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let rows: Vec<apb::BalanceRow> = stream.map(|r| r.unwrap()).collect().await;
+    let alice: Vec<(String, String, String, String)> = rows
+        .iter()
+        .filter(|r| r.partner_id == ALICE.to_string())
+        .map(|r| {
+            (
+                r.currency.clone(),
+                r.pending.clone(),
+                r.payable.clone(),
+                r.paid.clone(),
+            )
+        })
+        .collect();
+    let as_of = pb::AsOf {
+        business_date: Some(ts(at(1, 31))),
+        ..Default::default()
+    };
+    assert_eq!(alice, live(&api, ALICE, Some(as_of)).await);
+    let verified = audit
+        .verify(Request::new(apb::VerifyRequest {
+            public_key: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.intact, "{verified:?}");
+    let bad = audit
+        .replay(Request::new(apb::ReplayRequest {
+            partner_id: "alice".into(),
+            business_date: None,
+            recorded_position: 3,
+            recorded_at: Some(ts(at(1, 1))),
+        }))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("partner_id"), "{}", bad.message());
 }

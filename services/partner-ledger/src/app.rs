@@ -241,7 +241,9 @@ async fn seal_periodically(
             _ = ticks.tick() => {}
         }
         match pl_audit::seal::seal_if_grown(store.as_ref(), &key, clock.now()).await {
-            Ok(Some(s)) => tracing::info!(up_to_position = s.up_to_position, streams = s.streams, root = %s.merkle_root, "log sealed"),
+            Ok(Some(s)) => {
+                tracing::info!(up_to_position = s.up_to_position, streams = s.streams, root = %s.merkle_root, "log sealed")
+            }
             Ok(None) => tracing::debug!("log unchanged since the last seal"),
             Err(e) => tracing::warn!(error = %e, "sealing failed; retried at the next interval"),
         }

@@ -62,7 +62,10 @@ async fn open(args: &AuditArgs) -> Result<(SharedStore, Option<Arc<EmbeddedLog>>
                     args.data_dir.display()
                 )));
             }
-            let log = Arc::new(EmbeddedLog::open(&args.data_dir, EmbeddedOptions::default())?);
+            let log = Arc::new(EmbeddedLog::open(
+                &args.data_dir,
+                EmbeddedOptions::default(),
+            )?);
             Ok((log.clone(), Some(log)))
         }
         StoreKind::Eventstoredb => Ok((open_eventstoredb(args).await?, None)),
@@ -86,8 +89,7 @@ async fn open_eventstoredb(args: &AuditArgs) -> Result<SharedStore, AuditCliErro
 #[cfg(not(feature = "eventstoredb"))]
 async fn open_eventstoredb(_args: &AuditArgs) -> Result<SharedStore, AuditCliError> {
     Err(AuditCliError::Usage(
-        "this binary was built without EventStoreDB support (cargo feature `eventstoredb`)"
-            .into(),
+        "this binary was built without EventStoreDB support (cargo feature `eventstoredb`)".into(),
     ))
 }
 
@@ -228,9 +230,9 @@ async fn command(args: &AuditArgs, store: &SharedStore) -> Result<(), AuditCliEr
             out,
         } => {
             let partner = uuid("partner", partner)?;
-            let currency = currency
-                .parse()
-                .map_err(|_| AuditCliError::Usage(format!("--currency {currency}: not an ISO 4217 code")))?;
+            let currency = currency.parse().map_err(|_| {
+                AuditCliError::Usage(format!("--currency {currency}: not an ISO 4217 code"))
+            })?;
             let s = statement::build(
                 store.as_ref(),
                 partner,
@@ -244,7 +246,10 @@ async fn command(args: &AuditArgs, store: &SharedStore) -> Result<(), AuditCliEr
                 StatementFormatArg::Csv => statement::Format::Csv,
                 StatementFormatArg::Html => statement::Format::Html,
             };
-            write_all(&mut *output(out.as_deref())?, &statement::render(&s, format))
+            write_all(
+                &mut *output(out.as_deref())?,
+                &statement::render(&s, format),
+            )
         }
     }
 }

@@ -56,7 +56,13 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct AuditArgs {
-    #[arg(long, env = "PL_STORE", value_enum, default_value = "embedded", global = true)]
+    #[arg(
+        long,
+        env = "PL_STORE",
+        value_enum,
+        default_value = "embedded",
+        global = true
+    )]
     pub store: StoreKind,
     /// Directory of the embedded event log (the service using it must be stopped: the log
     /// is locked by one process at a time).

@@ -1,0 +1,117 @@
+//! The audit commands of the real binary on a data directory: seal, verify (exit 0 intact,
+//! exit 1 at the first break, printed precisely), replay as JSON, and precise usage errors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
+use std::process::{Command, Output};
+
+use chrono::{TimeZone, Utc};
+use ed25519_dalek::pkcs8::{spki::EncodePublicKey, EncodePrivateKey};
+use ed25519_dalek::SigningKey;
+use pl_eventlog::{
+    EmbeddedLog, EmbeddedOptions, EventMetadata, EventStore, ExpectedVersion, NewEvent,
+};
+use uuid::Uuid;
+
+fn audit(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_partner-ledger"))
+        .arg("audit")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Given: a data directory with a few events in two streams, and a key pair on disk.
+async fn given(dir: &std::path::Path) -> (String, String) {
+    let log = EmbeddedLog::open(dir, EmbeddedOptions::default()).unwrap();
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+    for (n, stream) in [(1u128, "notes-a"), (2, "notes-b"), (3, "notes-a")] {
+        let e = NewEvent::json(
+            Uuid::from_u128(n),
+            "NoteTaken",
+            1,
+            &serde_json::json!({"text": format!("note number {n}")}),
+            EventMetadata::at(at),
+        )
+        .unwrap();
+        log.append(stream, ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+    }
+    log.close().unwrap();
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let private = dir.join("../seal.pem");
+    let public = dir.join("../seal.pub.pem");
+    std::fs::write(
+        &private,
+        key.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        &public,
+        key.verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap(),
+    )
+    .unwrap();
+    (
+        private.to_string_lossy().into_owned(),
+        public.to_string_lossy().into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn seal_then_verify_passes_and_a_forged_byte_fails_verify_with_exit_1() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    let (private, public) = given(&dir).await;
+
+    let sealed = audit(&dir, &["seal", "--key-file", &private]);
+    assert!(sealed.status.success(), "{sealed:?}");
+    assert!(String::from_utf8_lossy(&sealed.stdout).contains("sealed up to position 2"));
+
+    let ok = audit(&dir, &["verify", "--public-key", &public]);
+    assert!(ok.status.success(), "{ok:?}");
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(text.starts_with("intact: checked 4 events"), "{text}");
+    assert!(text.contains("1 seals (1 signatures)"), "{text}");
+
+    // Flip one byte of an event's data without fixing its frame checksum.
+    let log_file = dir.join("events.log");
+    let mut bytes = std::fs::read(&log_file).unwrap();
+    let at = bytes
+        .windows(13)
+        .position(|w| w == b"note number 2")
+        .unwrap();
+    bytes[at] = b'N';
+    std::fs::write(&log_file, bytes).unwrap();
+    let broken = audit(&dir, &["verify", "--public-key", &public]);
+    assert_eq!(broken.status.code(), Some(1), "{broken:?}");
+    let err = String::from_utf8_lossy(&broken.stderr);
+    assert!(
+        err.contains("BROKEN") && err.contains("byte offset"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn replay_prints_json_and_bad_arguments_exit_2_with_the_reason() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    given(&dir).await;
+    let out = audit(&dir, &["replay", "--format", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows, serde_json::json!([]), "no partner books in this log");
+
+    let bad = audit(&dir, &["replay", "--business-date", "yesterday"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--business-date"));
+    let missing = audit(&root.path().join("nowhere"), &["verify"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no such directory"));
+}
