@@ -203,7 +203,7 @@ def check_partner_ledger(overlay: str, d: dict, spec: dict, c: dict, objs: dict,
     where = f"{overlay} {d['kind']}/{d['metadata']['name']}"
     checks.check("command" not in c, f"{where}: no `command` (the image's entrypoint is the binary)")
     args = [str(a) for a in c.get("args") or []]
-    env, spliced = container_env(c, objs, checks, where)
+    env, spliced = container_env(c, objs, Checks(), where)  # references: check_overlay
     for name in env:
         if name.startswith("PL_"):
             continue
@@ -362,16 +362,24 @@ def check_overlay(overlay: str, docs: list[dict], binary: str, checks: Checks) -
             for probe in ("readinessProbe", "livenessProbe"):
                 checks.check(probe in c, f"{cw}: has a {probe}")
             checks.check(":" in c["image"].split("/")[-1] or "@" in c["image"], f"{cw}: image {c['image']} has a tag")
-            env, _ = container_env(c, objs, Checks(), cw)  # references are checked below
-            for e in c.get("env") or []:
-                ref = e.get("valueFrom", {})
-                for kind, key in (("Secret", "secretKeyRef"), ("ConfigMap", "configMapKeyRef")):
-                    if key in ref:
-                        obj = objs.get((kind, ref[key]["name"]))
-                        data = (secret_data(obj) if kind == "Secret" else obj.get("data") or {}) if obj else {}
-                        checks.check(ref[key]["key"] in data, f"{cw}: env {e['name']} refers to an existing {kind} key {ref[key]['name']}/{ref[key]['key']}")
+            container_env(c, objs, checks, cw)  # every envFrom and valueFrom resolves
             if c["image"].split("@")[0].rsplit(":", 1)[0].split("/")[-1] == IMAGE:
                 check_partner_ledger(overlay, d, spec, c, objs, docs, binary, checks)
+
+
+def check_dockerfile(docs_by_overlay: dict[str, list[dict]], checks: Checks) -> None:
+    """The image the manifests run: built with the EventStoreDB feature (prod's PL_STORE),
+    running as the user the pods declare."""
+    text = (ROOT / "Dockerfile").read_text()
+    final = text[text.rfind("\nFROM "):]
+    checks.check("--features eventstoredb" in text, "Dockerfile builds with --features eventstoredb")
+    user = re.search(r"^USER (\d+)", final, flags=re.M)
+    checks.check(user is not None, "Dockerfile's runtime stage sets a numeric non-root USER")
+    for overlay, docs in docs_by_overlay.items():
+        for d, t in pod_templates(docs):
+            if any(c["image"].split("@")[0].rsplit(":", 1)[0].split("/")[-1] == IMAGE for c in t["spec"]["containers"]):
+                uid = (t["spec"].get("securityContext") or {}).get("runAsUser")
+                checks.check(user is not None and str(uid) == user.group(1), f"{overlay} {d['kind']}/{d['metadata']['name']}: runAsUser {uid} is the image's USER")
 
 
 def main() -> int:
@@ -382,10 +390,13 @@ def main() -> int:
     checks = Checks()
     with tempfile.TemporaryDirectory() as tmp:
         deploy = copy_with_secrets(Path(tmp))
+        rendered = {}
         for overlay in OVERLAYS:
             docs = render(args.kubectl, deploy, overlay)
             print(f"{overlay}: rendered {len(docs)} objects")
             check_overlay(overlay, docs, args.binary, checks)
+            rendered[overlay] = docs
+        check_dockerfile(rendered, checks)
     print(f"deploy-check: {checks.passed} passed, {len(checks.failures)} failed")
     return 1 if checks.failures else 0
 
