@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: build run test lint bench tools fmt
+.PHONY: build run test lint bench tools fmt deploy-check
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -32,6 +32,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	$(MAKE) deploy-check
+
+# The Kubernetes manifests, offline: render deploy/'s overlays (kubectl kustomize), validate them
+# against the Kubernetes schemas, check their secure defaults and references, and run the
+# binary's --check-config with each container's arguments and environment. Installs kubectl
+# and kubernetes-validate from PyPI into a virtualenv under ~/.cache when absent.
+deploy-check:
+	CARGO=$(CARGO) bash .ci/deploy-check
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,10 +1,12 @@
 //! Command line and environment: every setting is a flag with an environment variable of the
 //! same meaning (the README's configuration table lists them all).
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// A setting never printed: `--check-config` and logs show `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -164,6 +166,50 @@ pub enum AuditCommand {
     },
 }
 
+impl Command {
+    /// The subcommand's name on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Up(_) => "up",
+            Command::Serve(_) => "serve",
+        }
+    }
+}
+
+/// Prefix of every environment variable the binary reads.
+pub const ENV_PREFIX: &str = "PL_";
+
+/// The environment variables `subcommand` reads: its own settings' and the global ones.
+pub fn known_env_vars(subcommand: &str) -> BTreeSet<String> {
+    let cli = Cli::command();
+    let own = cli
+        .find_subcommand(subcommand)
+        .into_iter()
+        .flat_map(|sub| sub.get_arguments());
+    cli.get_arguments()
+        .chain(own)
+        .filter_map(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The `PL_*` names in `vars` that `subcommand` does not read. Such a variable (a typo, or a
+/// setting of the other mode) would otherwise be ignored without a word, so `--check-config`
+/// rejects it.
+pub fn unknown_env_vars(
+    subcommand: &str,
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Vec<String> {
+    let known = known_env_vars(subcommand);
+    let mut unknown: Vec<String> = vars
+        .into_iter()
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(ENV_PREFIX) && !known.contains(name))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ServiceName {
     Crm,
@@ -300,7 +346,46 @@ pub struct ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+
+    fn vars(names: &[&str]) -> Vec<(OsString, OsString)> {
+        names
+            .iter()
+            .map(|n| (OsString::from(*n), OsString::from("x")))
+            .collect()
+    }
+
+    #[test]
+    fn every_mode_knows_its_own_and_the_global_variables() {
+        let serve = known_env_vars("serve");
+        for name in [
+            "PL_LISTEN",
+            "PL_STORE",
+            "PL_NATS_URL",
+            "PL_LOG",
+            "PL_OTLP_ENDPOINT",
+        ] {
+            assert!(serve.contains(name), "{name}");
+        }
+        let up = known_env_vars("up");
+        assert!(up.contains("PL_DATA_DIR") && up.contains("PL_LOG_FORMAT"));
+        assert!(!up.contains("PL_STORE"), "up has no store setting");
+    }
+
+    #[test]
+    fn unknown_pl_variables_are_named_and_others_ignored() {
+        let found = unknown_env_vars(
+            "up",
+            vars(&[
+                "PL_LISTEN",
+                "PL_NATS_ULR",
+                "PL_STORE",
+                "HOME",
+                "SSL_CERT_FILE",
+            ]),
+        );
+        assert_eq!(found, ["PL_NATS_ULR", "PL_STORE"]);
+        assert!(unknown_env_vars("serve", vars(&["PL_STORE", "PL_BUS"])).is_empty());
+    }
 
     #[test]
     fn the_command_line_definition_is_consistent() {

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use partner_ledger::app::{self, Running};
-use partner_ledger::config::{Cli, Command, LogFormatArg};
+use partner_ledger::config::{self, Cli, Command, LogFormatArg};
 use pl_telemetry::{LogFormat, TelemetryConfig};
 
 fn telemetry_config(cli: &Cli) -> TelemetryConfig {
@@ -74,6 +74,15 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(a) => a.server.check_config,
     };
     if check_only {
+        let mode = cli.command.name();
+        let unknown = config::unknown_env_vars(mode, std::env::vars_os());
+        if !unknown.is_empty() {
+            eprintln!(
+                "partner-ledger: `{mode}` reads no environment variable named {} (see the configuration table)",
+                unknown.join(", ")
+            );
+            return std::process::ExitCode::FAILURE;
+        }
         let checked = match &cli.command {
             Command::Up(_) => Ok(()),
             Command::Serve(args) => app::validate_serve(args),

@@ -79,3 +79,21 @@ fn check_config_validates_and_exits_without_serving() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--listen"));
 }
+
+#[test]
+fn check_config_rejects_an_environment_variable_the_mode_does_not_read() {
+    let typo = Command::new(env!("CARGO_BIN_EXE_partner-ledger"))
+        .args(["serve", "crm", "--check-config"])
+        .env("PL_NATS_ULR", "nats://nats:4222")
+        .output()
+        .unwrap();
+    assert!(!typo.status.success());
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("PL_NATS_ULR"));
+    let other_mode = Command::new(env!("CARGO_BIN_EXE_partner-ledger"))
+        .args(["up", "--check-config"])
+        .env("PL_STORE", "eventstoredb")
+        .output()
+        .unwrap();
+    assert!(!other_mode.status.success());
+    assert!(String::from_utf8_lossy(&other_mode.stderr).contains("PL_STORE"));
+}
