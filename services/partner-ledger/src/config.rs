@@ -172,6 +172,7 @@ impl Command {
         match self {
             Command::Up(_) => "up",
             Command::Serve(_) => "serve",
+            Command::Audit(_) => "audit",
         }
     }
 }
