@@ -216,6 +216,14 @@ async fn open_eventstoredb(_args: &ServeArgs) -> Result<SharedStore, AppError> {
     ))
 }
 
+/// Chooses the TLS crypto back end for the process. With EventStoreDB support two are linked
+/// (the KurrentDB client's aws-lc-rs and NATS's ring) and rustls then refuses to guess: a
+/// `tls://` NATS URL on the embedded store panicked at connect. Ring is in every build.
+pub fn choose_tls_crypto() {
+    // Err means a provider was chosen already (a second call, or a test): nothing to do.
+    let _already_chosen = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn read_seal_key(path: &std::path::Path) -> Result<pl_audit::seal::SigningKeyRef, AppError> {
     let pem = std::fs::read_to_string(path)
         .map_err(|e| AppError::Config(format!("--seal-key-file {}: {e}", path.display())))?;
@@ -467,4 +475,18 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
         shutdown,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_tls_client_config_builds_once_the_crypto_back_end_is_chosen_in_every_build() {
+        super::choose_tls_crypto();
+        super::choose_tls_crypto();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        let roots = rustls::RootCertStore::empty();
+        let _config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    }
 }

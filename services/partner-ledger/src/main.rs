@@ -56,6 +56,7 @@ async fn wait_for_signal(signals: Vec<(tokio::signal::unix::Signal, &'static str
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    partner_ledger::app::choose_tls_crypto();
     if let Command::Audit(args) = &cli.command {
         // Read-only (but for `seal`) and short-lived: no telemetry, no signals; the outcome is
         // the exit code and what is printed.
