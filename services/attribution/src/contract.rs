@@ -112,6 +112,9 @@ pub struct CreditedTouchpoint {
     pub credit: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub campaign_id: Option<Uuid>,
+    /// The click's salted IP hash (for fraud rules); never the raw address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +147,10 @@ pub struct ConversionAttributed {
     pub facts_sha256: String,
     #[serde(default, with = "u64_str", skip_serializing_if = "is_zero_u64")]
     pub settings_version: u64,
+    /// The customer's company domain, when the conversion carried one (fraud rules compare
+    /// it with the partner's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +277,7 @@ fn credited(c: &Credited) -> CreditedTouchpoint {
         occurred_at: c.occurred_at,
         credit: c.credit,
         campaign_id: c.campaign_id,
+        ip_hash: c.ip_hash.clone(),
     }
 }
 
@@ -325,6 +333,7 @@ pub fn publish(d: &Decision) -> ConversionEvent {
                 0
             },
             touchpoints: touchpoints.iter().map(credited).collect(),
+            customer_domain: f.customer_domain.clone(),
             locked_by_conversion_id: *locked_by,
             facts_sha256: d.facts_sha256.clone(),
             settings_version: d.settings_version,

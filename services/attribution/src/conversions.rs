@@ -146,6 +146,9 @@ pub struct Credited {
     pub occurred_at: DateTime<Utc>,
     /// Its share of the raw credit, rounded half-even to 6 places (before per-partner rounding).
     pub credit: Decimal,
+    /// A click's salted IP hash, for compliance's fraud rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -588,6 +591,7 @@ fn attribute(cmd: &Decide) -> Outcome {
                 campaign_id: None,
                 occurred_at: deal.approved_at,
                 credit: Decimal::ONE,
+                ip_hash: None,
             }],
             campaign_id: None,
             locked_by: None,
@@ -730,5 +734,6 @@ fn credited(t: &Touchpoint, credit: Decimal) -> Credited {
         campaign_id: t.campaign_id,
         occurred_at: t.occurred_at,
         credit,
+        ip_hash: t.detail.ip_hash.clone(),
     }
 }

@@ -336,6 +336,7 @@ fn attribution_pb(e: &ConversionEvent) -> pb::Attribution {
                         occurred_at: ts(t.occurred_at),
                         credit: t.credit.to_string(),
                         campaign_id: opt_str(t.campaign_id),
+                        ip_hash: t.ip_hash.clone().unwrap_or_default(),
                     })
                     .collect(),
                 locked_by_conversion_id: opt_str(c.locked_by_conversion_id),

@@ -49,3 +49,6 @@ pub const INTEGRATION_EVENTS: &[&str] = &[
     "ChargebackReceived",
     "SubscriptionCancelled",
 ];
+/// Published from the `touchpoints-*` streams (the data is the recorded `Touchpoint`, with
+/// salted IP and user-agent hashes, never the raw values).
+pub const TOUCHPOINT_EVENTS: &[&str] = &["TouchpointRecorded"];

@@ -258,27 +258,9 @@ async fn seal_periodically(
     }
 }
 
-/// The streams each service owns and the events it publishes.
-fn route(service: ServiceName) -> Route {
-    let (prefix, events) = match service {
-        ServiceName::Crm => (
-            pl_partner_crm::STREAM_PREFIX,
-            pl_partner_crm::INTEGRATION_EVENTS,
-        ),
-        ServiceName::Attribution => (
-            pl_attribution::STREAM_PREFIX,
-            pl_attribution::INTEGRATION_EVENTS,
-        ),
-        ServiceName::Commissions => (
-            pl_commissions::STREAM_PREFIX,
-            pl_commissions::INTEGRATION_EVENTS,
-        ),
-        ServiceName::Compliance => (
-            pl_compliance::STREAM_PREFIX,
-            pl_compliance::INTEGRATION_EVENTS,
-        ),
-    };
-    Route {
+/// The streams each service owns and the events it publishes from them.
+fn relay_routes(service: ServiceName) -> Vec<Route> {
+    let route = |prefix: &str, events: &[&str]| Route {
         stream_prefix: prefix.to_owned(),
         context: service.as_str().to_owned(),
         event_types: Some(
@@ -287,6 +269,31 @@ fn route(service: ServiceName) -> Route {
                 .map(|e| (*e).to_owned())
                 .collect::<BTreeSet<_>>(),
         ),
+    };
+    match service {
+        ServiceName::Crm => vec![route(
+            pl_partner_crm::STREAM_PREFIX,
+            pl_partner_crm::INTEGRATION_EVENTS,
+        )],
+        ServiceName::Attribution => vec![
+            route(
+                pl_attribution::STREAM_PREFIX,
+                pl_attribution::INTEGRATION_EVENTS,
+            ),
+            // Recorded touchpoints, for compliance's click-velocity and self-referral rules.
+            route(
+                pl_attribution::streams::TOUCHPOINTS_PREFIX,
+                pl_attribution::TOUCHPOINT_EVENTS,
+            ),
+        ],
+        ServiceName::Commissions => vec![route(
+            pl_commissions::STREAM_PREFIX,
+            pl_commissions::INTEGRATION_EVENTS,
+        )],
+        ServiceName::Compliance => vec![route(
+            pl_compliance::STREAM_PREFIX,
+            pl_compliance::INTEGRATION_EVENTS,
+        )],
     }
 }
 
@@ -355,7 +362,11 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
         RelayConfig {
             name: relay_name,
             subject_prefix: plan.server.subject_prefix.clone(),
-            routes: plan.services.iter().map(|s| route(*s)).collect(),
+            routes: plan
+                .services
+                .iter()
+                .flat_map(|s| relay_routes(*s))
+                .collect(),
             checkpoint_every_events: 1000,
             checkpoint_every_ms: 1000,
             retry_backoff_max_ms: 5000,
