@@ -219,7 +219,7 @@ async fn a_replay_from_the_raw_log_reports_exactly_what_the_live_service_reports
         for partner in [ALICE, PARENT] {
             assert_eq!(
                 audited(&rows, partner),
-                live(&api, partner, request.clone()).await,
+                live(&api, partner, request).await,
                 "partner {partner} as of {as_of:?}"
             );
         }

@@ -182,9 +182,7 @@ mod tests {
     }
 
     fn given(events: &[FxWaitEvent]) -> FxWaiting {
-        events
-            .iter()
-            .fold(FxWaiting::default(), |s, e| FxWaiting::evolve(s, e))
+        events.iter().fold(FxWaiting::default(), FxWaiting::evolve)
     }
 
     #[test]
@@ -210,7 +208,7 @@ mod tests {
             },
         )
         .unwrap();
-        let after = released.iter().fold(state, |s, e| FxWaiting::evolve(s, e));
+        let after = released.iter().fold(state, FxWaiting::evolve);
         assert_eq!(after.list(None, None).len(), 1);
         assert_eq!(after.list(None, None)[0].conversion_id, Uuid::from_u128(11));
     }
