@@ -35,7 +35,7 @@ pub use message::{
     dead_letter_subject, subject, subject_matches, Message, DEAD_LETTER_CONTEXT, MAX_HEADERS,
     MAX_HEADER_BYTES, MAX_SUBJECT_BYTES,
 };
-pub use nats::{NatsBus, NatsConfig};
+pub use nats::{NatsBus, NatsConfig, NatsUser};
 pub use port::{
     Bus, Consumer, ConsumerSpec, Delivery, SharedBus, DLQ_CONSUMER_HEADER,
     DLQ_DELIVERED_COUNT_HEADER, DLQ_ORIGINAL_ID_HEADER, DLQ_ORIGINAL_SUBJECT_HEADER,

@@ -40,6 +40,19 @@ const MAX_PULL_BATCH: usize = 256;
 /// connection is noticed within about this time.
 const PULL_EXPIRES_MS: u64 = 6_000;
 
+/// A NATS user and password. The password never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NatsUser {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for NatsUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NatsUser {{ user: {:?}, password: *** }}", self.user)
+    }
+}
+
 /// Where and how to reach JetStream, and the stream's bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsConfig {
@@ -68,6 +81,8 @@ pub struct NatsConfig {
     /// and consumers on first use, instead of failing: a service then starts (and its commands
     /// succeed) while NATS is down, and the relay catches up later (principle 10).
     pub start_without_server: bool,
+    /// Credentials, when the server requires them.
+    pub auth: Option<NatsUser>,
 }
 
 impl NatsConfig {
@@ -90,6 +105,7 @@ impl NatsConfig {
             connect_timeout_ms: 5_000,
             reconnect_delay_max_ms: 2_000,
             start_without_server: true,
+            auth: None,
         }
     }
 
@@ -179,6 +195,9 @@ impl NatsBus {
             });
         if config.start_without_server {
             options = options.retry_on_initial_connect();
+        }
+        if let Some(auth) = &config.auth {
+            options = options.user_and_password(auth.user.clone(), auth.password.clone());
         }
         let client = options
             .connect(config.url.as_str())

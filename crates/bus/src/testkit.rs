@@ -25,6 +25,7 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
+    extra_args: Vec<String>,
 }
 
 fn find_binary() -> Result<PathBuf, String> {
@@ -61,6 +62,11 @@ fn free_port() -> Result<u16, String> {
 impl NatsServer {
     /// Starts a server and waits (bounded) until it accepts connections.
     pub async fn start() -> Result<Self, String> {
+        Self::start_with_args(&[]).await
+    }
+
+    /// Starts a server with extra command-line arguments (e.g. `--user u --pass p`).
+    pub async fn start_with_args(extra_args: &[&str]) -> Result<Self, String> {
         let binary = find_binary()?;
         let store = tempfile::Builder::new()
             .prefix("pl-bus-nats-")
@@ -71,6 +77,7 @@ impl NatsServer {
             port: free_port()?,
             store,
             child: None,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         server.spawn().await?;
         Ok(server)
@@ -107,6 +114,7 @@ impl NatsServer {
             .arg(dir.join("jetstream"))
             .arg("-l")
             .arg(dir.join("server.log"))
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -402,3 +402,33 @@ async fn the_trace_context_of_an_event_arrives_in_the_message_headers() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_server_requiring_a_password_is_reached_with_the_configured_user_and_refused_without() {
+    let server = NatsServer::start_with_args(&["--user", "pl", "--pass", "s3cret"])
+        .await
+        .unwrap();
+    let config = |auth: Option<pl_bus::NatsUser>| NatsConfig {
+        request_timeout_ms: 1_000,
+        connect_timeout_ms: 1_000,
+        start_without_server: false,
+        auth,
+        ..NatsConfig::new(server.url(), STREAM, "pl")
+    };
+    let refused = NatsBus::connect(config(None)).await;
+    assert!(
+        matches!(refused, Err(BusError::Unavailable(_))),
+        "{refused:?}"
+    );
+    let user = pl_bus::NatsUser {
+        user: "pl".into(),
+        password: "s3cret".into(),
+    };
+    assert!(
+        !format!("{user:?}").contains("s3cret"),
+        "the password is never printed"
+    );
+    let bus = NatsBus::connect(config(Some(user))).await.unwrap();
+    bus.publish(msg("pl.crm.PartnerApplied", 1)).await.unwrap();
+    assert_eq!(stored_messages(&bus).await, 1);
+}

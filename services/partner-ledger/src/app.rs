@@ -177,6 +177,12 @@ pub async fn start_serve(args: &ServeArgs) -> Result<Running, AppError> {
                 &args.server.subject_prefix,
             );
             cfg.replicas = args.nats_replicas;
+            if let (Some(user), Some(password)) = (&args.nats_user, &args.nats_password) {
+                cfg.auth = Some(pl_bus::NatsUser {
+                    user: user.clone(),
+                    password: password.expose().to_owned(),
+                });
+            }
             Arc::new(NatsBus::connect(cfg).await?)
         }
     };

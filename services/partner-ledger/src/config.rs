@@ -342,6 +342,17 @@ pub struct ServeArgs {
     /// Replicas of the JetStream stream (3 in a production cluster).
     #[arg(long, env = "PL_NATS_REPLICAS", default_value_t = 1)]
     pub nats_replicas: usize,
+    /// NATS user, when the server requires authentication (with `--nats-password`).
+    #[arg(long, env = "PL_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS password of `--nats-user`.
+    #[arg(
+        long,
+        env = "PL_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<Secret>,
 }
 
 #[cfg(test)]
