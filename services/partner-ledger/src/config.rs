@@ -132,6 +132,10 @@ pub struct ServerArgs {
     /// stable: changing it makes old and new hashes incomparable.
     #[arg(long, env = "PL_ATTRIBUTION_HASH_SALT", hide_env_values = true)]
     pub attribution_hash_salt: Option<Secret>,
+    /// Sanctions list file (compliance), loaded at start; format in the compliance README.
+    /// Without one, partners are not screened and ScreenPartner is refused.
+    #[arg(long, env = "PL_SANCTIONS_LIST")]
+    pub sanctions_list: Option<PathBuf>,
     /// Prefix of every bus subject: `<prefix>.<context>.<event-type>`.
     #[arg(long, env = "PL_SUBJECT_PREFIX", default_value = "pl")]
     pub subject_prefix: String,
