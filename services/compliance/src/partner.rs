@@ -452,6 +452,13 @@ impl Standing {
     pub fn next_expiry(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.verifications
             .iter()
+            .filter(|v| {
+                !matches!(
+                    v.kind,
+                    VerificationKind::DataSharingAgreement
+                        | VerificationKind::DisclosureAcknowledgement
+                )
+            })
             .filter(|v| v.occurred_at <= at && v.valid_at(at))
             .filter_map(|v| v.valid_until)
             .min()
