@@ -214,6 +214,24 @@ mod tests {
     }
 
     #[test]
+    fn the_sanctions_list_is_a_path_given_to_up_and_serve() {
+        let cli = Cli::try_parse_from([
+            "partner-ledger",
+            "up",
+            "--sanctions-list",
+            "/etc/pl/sdn.tsv",
+        ])
+        .unwrap();
+        let Command::Up(args) = cli.command else {
+            panic!("expected up");
+        };
+        assert_eq!(
+            args.server.sanctions_list,
+            Some(PathBuf::from("/etc/pl/sdn.tsv"))
+        );
+    }
+
+    #[test]
     fn an_unknown_service_is_rejected_with_the_valid_names() {
         let err = Cli::try_parse_from(["partner-ledger", "serve", "billing"]).unwrap_err();
         let text = err.to_string();
