@@ -144,7 +144,14 @@ impl Reversal {
     }
 }
 
-/// `TouchpointRecorded` {touchpoint_id, kind, program_id, partner_id, ip_hash, occurred_at}.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+struct TouchpointDetail {
+    #[serde(default)]
+    ip_hash: Option<String>,
+}
+
+/// `TouchpointRecorded` {touchpoint_id, kind, program_id, partner_id, ip_hash, occurred_at};
+/// the hashed IP is read at the top level or, as attribution publishes it, in `detail`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct TouchpointRecorded {
     pub touchpoint_id: Uuid,
@@ -154,6 +161,8 @@ pub struct TouchpointRecorded {
     #[serde(default)]
     pub ip_hash: Option<String>,
     pub occurred_at: DateTime<Utc>,
+    #[serde(default)]
+    detail: Option<TouchpointDetail>,
 }
 
 impl TouchpointRecorded {
@@ -161,7 +170,8 @@ impl TouchpointRecorded {
         const T: &str = "TouchpointRecorded";
         let mut t: Self = from_json(T, data)?;
         bounded(T, "kind", &t.kind, 32)?;
-        t.ip_hash = present(t.ip_hash.take());
+        let nested = t.detail.take().and_then(|d| present(d.ip_hash));
+        t.ip_hash = present(t.ip_hash.take()).or(nested);
         if let Some(h) = &t.ip_hash {
             bounded(T, "ip_hash", h, MAX_HASH_CHARS)?;
         }
@@ -324,6 +334,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.reason.contains("shares"), "{e}");
+    }
+
+    #[test]
+    fn a_touchpoint_carries_its_ip_hash_at_the_top_or_in_its_detail() {
+        let nested = TouchpointRecorded::parse(
+            r#"{"touchpoint_id":"00000000-0000-0000-0000-000000000001","kind":"click",
+                "program_id":"00000000-0000-0000-0000-000000000002",
+                "partner_id":"00000000-0000-0000-0000-000000000003",
+                "visitor_id":"v1","occurred_at":"2026-01-15T09:00:00Z",
+                "detail":{"tracking_link_id":"00000000-0000-0000-0000-000000000004",
+                          "ip_hash":"abc","user_agent_hash":"def"}}"#,
+        )
+        .unwrap();
+        assert_eq!(nested.ip_hash.as_deref(), Some("abc"));
+        let top = TouchpointRecorded::parse(
+            r#"{"touchpoint_id":"00000000-0000-0000-0000-000000000001","kind":"click",
+                "program_id":"00000000-0000-0000-0000-000000000002",
+                "partner_id":"00000000-0000-0000-0000-000000000003",
+                "ip_hash":"xyz","occurred_at":"2026-01-15T09:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(top.ip_hash.as_deref(), Some("xyz"));
     }
 
     #[test]
