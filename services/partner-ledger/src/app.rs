@@ -310,6 +310,7 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
     let mut routes = RoutesBuilder::default();
     let mut names = Vec::new();
     let mut commission_caches = Arc::default();
+    let mut compliance = None;
     for service in &plan.services {
         match service {
             ServiceName::Crm => {
@@ -343,10 +344,20 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
                 names.push(pl_audit::grpc::SERVICE_NAME);
             }
             ServiceName::Compliance => {
-                routes.add_service(
-                    pl_compliance::ComplianceService::new(plan.store.clone(), clock.clone())
-                        .into_server(max),
+                let list = match &plan.server.sanctions_list {
+                    Some(path) => Some(Arc::new(
+                        pl_compliance::SanctionsList::load(path)
+                            .map_err(|e| AppError::Config(e.to_string()))?,
+                    )),
+                    None => None,
+                };
+                let svc = pl_compliance::ComplianceService::with_sanctions(
+                    plan.store.clone(),
+                    clock.clone(),
+                    list,
                 );
+                compliance = Some(svc.compliance());
+                routes.add_service(svc.into_server(max));
                 names.push(pl_compliance::grpc::SERVICE_NAME);
             }
         }
@@ -445,6 +456,30 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
             seal_periodically(store, key, clock, every, token).await;
             Ok(())
         }));
+    }
+
+    if let Some(compliance) = compliance {
+        for (durable, filter) in pl_compliance::consumer::subscriptions(&plan.server.subject_prefix)
+        {
+            let consumer = plan
+                .bus
+                .consumer(ConsumerSpec::new(durable, vec![filter]))
+                .await?;
+            let compliance = compliance.clone();
+            let token = background.clone();
+            tasks.push(tokio::spawn(async move {
+                pl_bus::run_consumer(
+                    consumer,
+                    move |message| {
+                        let compliance = compliance.clone();
+                        async move { pl_compliance::consumer::handle(&compliance, message).await }
+                    },
+                    token,
+                )
+                .await
+                .map_err(AppError::from)
+            }));
+        }
     }
 
     let bound = server::bind(config.listen).await?;

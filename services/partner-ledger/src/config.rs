@@ -292,6 +292,10 @@ pub struct ServerArgs {
     /// stable: changing it makes old and new hashes incomparable.
     #[arg(long, env = "PL_ATTRIBUTION_HASH_SALT", hide_env_values = true)]
     pub attribution_hash_salt: Option<Secret>,
+    /// Sanctions list file (compliance), loaded at start; format in the compliance README.
+    /// Without one, partners are not screened and ScreenPartner is refused.
+    #[arg(long, env = "PL_SANCTIONS_LIST")]
+    pub sanctions_list: Option<PathBuf>,
     /// Prefix of every bus subject: `<prefix>.<context>.<event-type>`.
     #[arg(long, env = "PL_SUBJECT_PREFIX", default_value = "pl")]
     pub subject_prefix: String,
@@ -424,6 +428,24 @@ mod tests {
         assert_eq!(args.service, ServiceName::Commissions);
         assert_eq!(args.bus, BusKind::Nats);
         assert_eq!(args.server.listen.port(), 50051);
+    }
+
+    #[test]
+    fn the_sanctions_list_is_a_path_given_to_up_and_serve() {
+        let cli = Cli::try_parse_from([
+            "partner-ledger",
+            "up",
+            "--sanctions-list",
+            "/etc/pl/sdn.tsv",
+        ])
+        .unwrap();
+        let Command::Up(args) = cli.command else {
+            panic!("expected up");
+        };
+        assert_eq!(
+            args.server.sanctions_list,
+            Some(PathBuf::from("/etc/pl/sdn.tsv"))
+        );
     }
 
     #[test]

@@ -1,0 +1,624 @@
+//! The application layer: gathers what a decision needs from compliance's own streams (a
+//! program's settings, a partner's file, click and identity signals), runs the pure rules and
+//! deciders, and appends. gRPC handlers and the bus consumer both go through here. It never
+//! reads another service's streams, never reads the clock (instants arrive with requests and
+//! consumed events), and derives every event id from the request key or the consumed event.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use pl_eventlog::{LogError, SharedStore};
+use pl_runtime::aggregate::{execute, ExecuteError, Executed};
+use pl_runtime::{CommandMeta, StateCache};
+use uuid::Uuid;
+
+use crate::activity::{
+    ActivityCommand, ConversionCommand, ConversionError, ConversionEvent, ConversionRecord, Noted,
+    PartnerActivity,
+};
+use crate::contract::{ConversionAttributed, PartnerApplied, Reversal, TouchpointRecorded};
+use crate::partner::{
+    Action, FlagDraft, PartnerCommand, PartnerError, PartnerEvent, PartnerFile, Profile, Screening,
+    SYSTEM,
+};
+use crate::program::{Program, ProgramError, Settings};
+use crate::rules::{self, CustomerIdentity, Finding, PartnerIdentity, Rule};
+use crate::sanctions::SanctionsList;
+use crate::signals::{Claim, Click, Clicks, Identity};
+use crate::streams;
+
+/// Streams kept in memory per kind.
+const CACHED_PARTNERS: usize = 16_384;
+const CACHED_PROGRAMS: usize = 1_024;
+const CACHED_ACTIVITY: usize = 16_384;
+/// Click streams hold up to `KEPT_CLICKS` instants each: fewer of them are kept.
+const CACHED_CLICKS: usize = 4_096;
+
+#[derive(Debug)]
+pub struct Caches {
+    pub partners: StateCache<PartnerFile>,
+    pub programs: StateCache<Program>,
+    pub activity: StateCache<PartnerActivity>,
+    pub clicks: StateCache<Clicks>,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Self {
+            partners: StateCache::new(CACHED_PARTNERS),
+            programs: StateCache::new(CACHED_PROGRAMS),
+            activity: StateCache::new(CACHED_ACTIVITY),
+            clicks: StateCache::new(CACHED_CLICKS),
+        }
+    }
+}
+
+/// Why a command or a consumed event could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Partner(#[from] PartnerError),
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    #[error(transparent)]
+    Conversion(#[from] ConversionError),
+    /// A precondition outside any one aggregate (e.g. approving for an unregulated program).
+    #[error("{0}")]
+    Rule(String),
+    #[error("stream {0} kept changing under the command")]
+    Conflict(String),
+    #[error("stored event is unreadable: {0}")]
+    Decode(String),
+    #[error(transparent)]
+    Store(LogError),
+}
+
+impl From<std::convert::Infallible> for ServiceError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
+fn lift<E: Into<ServiceError>>(e: ExecuteError<E>) -> ServiceError {
+    match e {
+        ExecuteError::Domain(e) => e.into(),
+        ExecuteError::Conflict { stream, .. } => ServiceError::Conflict(stream),
+        ExecuteError::Decode(d) => ServiceError::Decode(d),
+        ExecuteError::Store(e) => ServiceError::Store(e),
+    }
+}
+
+/// Compliance's application services over one store.
+#[derive(Debug, Clone)]
+pub struct Compliance {
+    pub store: SharedStore,
+    pub caches: Arc<Caches>,
+    /// The sanctions list loaded at start; `None` when none is configured.
+    pub sanctions: Option<Arc<SanctionsList>>,
+}
+
+/// A command's meta for one step of handling a consumed event (or a request), so each step's
+/// event ids are distinct and stable across redeliveries.
+pub fn step(meta: &CommandMeta, purpose: &str) -> CommandMeta {
+    CommandMeta {
+        id_seed: Uuid::new_v5(&meta.id_seed, purpose.as_bytes()),
+        ..meta.clone()
+    }
+}
+
+impl Compliance {
+    pub fn new(store: SharedStore, sanctions: Option<Arc<SanctionsList>>) -> Self {
+        Self {
+            store,
+            caches: Arc::default(),
+            sanctions,
+        }
+    }
+
+    /// The program's settings in force (the defaults when never configured) and their version.
+    pub async fn program(&self, program_id: Uuid) -> Result<(Settings, u64), ServiceError> {
+        let (view, _) = self
+            .caches
+            .programs
+            .read(self.store.as_ref(), &streams::program(program_id), |p| {
+                (p.settings.clone(), p.version)
+            })
+            .await
+            .map_err(lift)?;
+        Ok(view)
+    }
+
+    pub async fn configure_program(
+        &self,
+        c: &crate::program::Configured,
+        meta: &CommandMeta,
+    ) -> Result<(Settings, u64), ServiceError> {
+        let done = execute::<Program>(
+            self.store.as_ref(),
+            &streams::program(c.program_id),
+            c,
+            meta,
+        )
+        .await
+        .map_err(lift)?;
+        Ok((done.state.settings, done.state.version))
+    }
+
+    /// A view of the partner's file as of its last event.
+    pub async fn partner<R>(
+        &self,
+        partner_id: Uuid,
+        view: impl FnOnce(&PartnerFile) -> R,
+    ) -> Result<(R, Option<u64>), ServiceError> {
+        self.caches
+            .partners
+            .read(self.store.as_ref(), &streams::partner(partner_id), view)
+            .await
+            .map_err(lift)
+    }
+
+    /// Runs a requested command on the partner's file. Uncached on purpose: a retried request
+    /// finds its own events by id while the stream is replayed, whatever the cache holds.
+    pub async fn run(
+        &self,
+        cmd: &PartnerCommand,
+        meta: &CommandMeta,
+    ) -> Result<Executed<PartnerFile, PartnerEvent>, ServiceError> {
+        execute::<PartnerFile>(
+            self.store.as_ref(),
+            &streams::partner(cmd.partner_id),
+            cmd,
+            meta,
+        )
+        .await
+        .map_err(lift)
+    }
+
+    /// Runs a command whose decider is idempotent by its own keys (consumed events' ids, flag
+    /// ids, screening ids) through the cache.
+    async fn run_cached(
+        &self,
+        cmd: &PartnerCommand,
+        meta: &CommandMeta,
+    ) -> Result<(), ServiceError> {
+        self.caches
+            .partners
+            .execute(
+                self.store.as_ref(),
+                &streams::partner(cmd.partner_id),
+                cmd,
+                meta,
+                |_| (),
+            )
+            .await
+            .map_err(lift)?;
+        Ok(())
+    }
+
+    /// Screens `name` and records the screening (with id `screening_id`) in the partner's file.
+    pub fn screening(
+        &self,
+        partner_id: Uuid,
+        screening_id: Uuid,
+        name: &str,
+        screened_by: &str,
+        at: DateTime<Utc>,
+    ) -> Option<Screening> {
+        let list = self.sanctions.as_ref()?;
+        Some(Screening {
+            screening_id,
+            partner_id,
+            name: name.to_owned(),
+            list_sha256: list.sha256().to_owned(),
+            list_entries: u64::try_from(list.entries()).unwrap_or(u64::MAX),
+            matches: list.screen(name),
+            screened_by: screened_by.to_owned(),
+            occurred_at: at,
+        })
+    }
+
+    // ----- consumed events --------------------------------------------------------------------
+
+    /// A conversion credited to partners: note it (for refunds), count it per partner, and run
+    /// the conversion rules for each partner.
+    pub async fn on_conversion(
+        &self,
+        c: &ConversionAttributed,
+        meta: &CommandMeta,
+    ) -> Result<usize, ServiceError> {
+        let (settings, version) = self.program(c.program_id).await?;
+        let partners: Vec<Uuid> = c
+            .shares
+            .iter()
+            .map(|s| s.partner_id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let note = ConversionCommand::Note(Noted {
+            conversion_id: c.conversion_id,
+            program_id: c.program_id,
+            partner_ids: partners.clone(),
+            occurred_at: c.occurred_at,
+        });
+        execute::<ConversionRecord>(
+            self.store.as_ref(),
+            &streams::conversion(c.conversion_id),
+            &note,
+            &step(meta, "note"),
+        )
+        .await
+        .map_err(lift)?;
+        let mut flags = 0;
+        for p in partners {
+            self.caches
+                .activity
+                .execute(
+                    self.store.as_ref(),
+                    &streams::activity(p),
+                    &ActivityCommand::Count {
+                        conversion_id: c.conversion_id,
+                        day: c.occurred_at.date_naive(),
+                    },
+                    &step(meta, &format!("count:{p}")),
+                    |_| (),
+                )
+                .await
+                .map_err(lift)?;
+            let findings = self.conversion_findings(c, p, &settings).await?;
+            if findings.is_empty() {
+                continue;
+            }
+            let drafts: Vec<FlagDraft> = findings
+                .into_iter()
+                .map(|mut f| {
+                    f.evidence
+                        .insert("settings_version".into(), version.to_string());
+                    FlagDraft {
+                        flag_id: streams::flag_id(f.rule.as_str(), p, &c.conversion_id.to_string()),
+                        conversion_id: Some(c.conversion_id),
+                        program_id: c.program_id,
+                        outcome: settings.rules.setting(f.rule).outcome,
+                        finding: f,
+                    }
+                })
+                .collect();
+            flags += drafts.len();
+            let cmd = PartnerCommand {
+                partner_id: p,
+                at: c.occurred_at,
+                action: Action::Raise(drafts),
+            };
+            self.run_cached(&cmd, &step(meta, &format!("flags:{p}")))
+                .await?;
+        }
+        Ok(flags)
+    }
+
+    /// Every conversion rule that fires for partner `p`'s credit.
+    async fn conversion_findings(
+        &self,
+        c: &ConversionAttributed,
+        p: Uuid,
+        settings: &Settings,
+    ) -> Result<Vec<Finding>, ServiceError> {
+        let rules = &settings.rules;
+        let mine: Vec<_> = c.touchpoints.iter().filter(|t| t.partner_id == p).collect();
+        let clicks: Vec<_> = mine.iter().filter(|t| t.kind == "click").collect();
+        let ((profile, licensed), _) = self
+            .partner(p, |f| {
+                (f.profile.clone(), f.standing.licensed(c.occurred_at))
+            })
+            .await?;
+        let profile = profile.unwrap_or_default();
+        let mut out = Vec::new();
+        if rules.self_referral.enabled {
+            let partner = PartnerIdentity {
+                email_sha256: profile.email_sha256.as_deref(),
+                email_domain: profile.email_domain.as_deref(),
+                ip_hashes: profile.signup_ip_hash.as_deref().into_iter().collect(),
+            };
+            let ids: Vec<String> = mine.iter().map(|t| t.touchpoint_id.to_string()).collect();
+            let customer = CustomerIdentity {
+                email_sha256: c.customer_email_hash.as_deref(),
+                domain: c.customer_domain.as_deref(),
+                ip_hashes: mine
+                    .iter()
+                    .zip(&ids)
+                    .filter_map(|(t, id)| t.ip_hash.as_deref().map(|ip| (id.as_str(), ip)))
+                    .collect(),
+            };
+            out.extend(rules::self_referral(
+                &partner,
+                &customer,
+                &rules.ignored_email_domains,
+            ));
+        }
+        if rules.click_to_conversion.enabled {
+            let times: Vec<(String, DateTime<Utc>)> = clicks
+                .iter()
+                .map(|t| (t.touchpoint_id.to_string(), t.occurred_at))
+                .collect();
+            out.extend(rules::click_to_conversion(
+                &times,
+                c.occurred_at,
+                rules.min_click_to_conversion_seconds,
+            ));
+        }
+        if rules.click_velocity.enabled {
+            for t in &clicks {
+                let Some(ip) = t.ip_hash.as_deref() else {
+                    continue;
+                };
+                let (velocity, _) = self
+                    .caches
+                    .clicks
+                    .read(
+                        self.store.as_ref(),
+                        &streams::clicks(c.program_id, ip),
+                        |s| s.velocity(t.touchpoint_id),
+                    )
+                    .await
+                    .map_err(lift)?;
+                if let Some(v) = velocity {
+                    out.extend(rules::click_velocity(
+                        &t.touchpoint_id.to_string(),
+                        ip,
+                        v.clicks_in_window,
+                        v.max_clicks,
+                        v.window_seconds,
+                    ));
+                    break;
+                }
+            }
+        }
+        if rules.unlicensed_jurisdiction.enabled && settings.regulated {
+            out.extend(rules::unlicensed_jurisdiction(
+                c.customer_country.as_deref(),
+                &licensed,
+                &settings.jurisdictions,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// A refund or chargeback: the conversion's first one counts towards each of its partners'
+    /// refund rate, judged over the window ending on the reversal's day.
+    pub async fn on_reversal(
+        &self,
+        kind: &str,
+        r: &Reversal,
+        meta: &CommandMeta,
+    ) -> Result<usize, ServiceError> {
+        let done = execute::<ConversionRecord>(
+            self.store.as_ref(),
+            &streams::conversion(r.conversion_id),
+            &ConversionCommand::Reverse {
+                reversal_id: r.reversal_id,
+                kind: kind.to_owned(),
+                at: r.occurred_at,
+            },
+            &step(meta, "reverse"),
+        )
+        .await
+        .map_err(lift)?;
+        let first = done
+            .events
+            .iter()
+            .any(|e| matches!(e, ConversionEvent::ReversalNoted(n) if n.first));
+        let Some(noted) = done.state.noted.filter(|_| first) else {
+            return Ok(0);
+        };
+        let (settings, version) = self.program(noted.program_id).await?;
+        if !settings.rules.refund_rate.enabled {
+            return Ok(0);
+        }
+        let rules = &settings.rules;
+        let refund_day = r.occurred_at.date_naive();
+        let mut flags = 0;
+        for p in &noted.partner_ids {
+            let counted = self
+                .caches
+                .activity
+                .execute(
+                    self.store.as_ref(),
+                    &streams::activity(*p),
+                    &ActivityCommand::Refund {
+                        conversion_id: noted.conversion_id,
+                        conversion_day: noted.occurred_at.date_naive(),
+                        refund_day,
+                        window_days: rules.refund_window_days,
+                    },
+                    &step(meta, &format!("refund:{p}")),
+                    |a| a.window(refund_day, rules.refund_window_days),
+                )
+                .await
+                .map_err(lift)?;
+            let (conversions, refunded) = counted.view;
+            let Some(mut finding) = rules::refund_rate(conversions, refunded, rules, refund_day)
+            else {
+                continue;
+            };
+            finding
+                .evidence
+                .insert("settings_version".into(), version.to_string());
+            finding
+                .evidence
+                .insert("reversal_id".into(), r.reversal_id.to_string());
+            flags += 1;
+            let cmd = PartnerCommand {
+                partner_id: *p,
+                at: r.occurred_at,
+                action: Action::Raise(vec![FlagDraft {
+                    flag_id: streams::flag_id(
+                        Rule::RefundRate.as_str(),
+                        *p,
+                        &r.reversal_id.to_string(),
+                    ),
+                    conversion_id: None,
+                    program_id: noted.program_id,
+                    outcome: rules.refund_rate.outcome,
+                    finding,
+                }]),
+            };
+            self.run_cached(&cmd, &step(meta, &format!("flags:{p}")))
+                .await?;
+        }
+        Ok(flags)
+    }
+
+    /// A touchpoint: clicks with a hashed IP are counted for the velocity rule.
+    pub async fn on_touchpoint(
+        &self,
+        t: &TouchpointRecorded,
+        meta: &CommandMeta,
+    ) -> Result<(), ServiceError> {
+        let Some(ip) = t.ip_hash.as_deref().filter(|_| t.kind == "click") else {
+            return Ok(());
+        };
+        let (settings, _) = self.program(t.program_id).await?;
+        if !settings.rules.click_velocity.enabled {
+            return Ok(());
+        }
+        self.caches
+            .clicks
+            .execute(
+                self.store.as_ref(),
+                &streams::clicks(t.program_id, ip),
+                &Click {
+                    touchpoint_id: t.touchpoint_id,
+                    partner_id: t.partner_id,
+                    at: t.occurred_at,
+                    window_seconds: settings.rules.velocity_window_seconds,
+                    max_clicks: settings.rules.max_clicks_per_ip,
+                },
+                &step(meta, "click"),
+                |_| (),
+            )
+            .await
+            .map_err(lift)?;
+        Ok(())
+    }
+
+    /// A partner applied: keep what the rules need, look for duplicate accounts, and screen
+    /// the name when a sanctions list is loaded.
+    pub async fn on_partner_applied(
+        &self,
+        source_event_id: Uuid,
+        a: &PartnerApplied,
+        at: DateTime<Utc>,
+        meta: &CommandMeta,
+    ) -> Result<(), ServiceError> {
+        let profile = Profile {
+            program_id: Some(a.program_id),
+            partner_type: a.partner_type.clone(),
+            display_name: a.display_name.clone(),
+            email_sha256: a.email_sha256.clone(),
+            email_domain: a.email_domain.clone(),
+            country: a.country.clone(),
+            signup_ip_hash: a.signup_ip_hash.clone(),
+        };
+        let note = PartnerCommand {
+            partner_id: a.partner_id,
+            at,
+            action: Action::NoteProfile {
+                source_event_id,
+                profile,
+            },
+        };
+        self.run_cached(&note, &step(meta, "profile")).await?;
+
+        let (settings, version) = self.program(a.program_id).await?;
+        let rules = &settings.rules;
+        let mut drafts = Vec::new();
+        if rules.duplicate_accounts.enabled {
+            for (kind, value) in [("email", &a.email_sha256), ("ip", &a.signup_ip_hash)] {
+                let Some(value) = value else { continue };
+                let done = execute::<Identity>(
+                    self.store.as_ref(),
+                    &streams::identity(a.program_id, kind, value),
+                    &Claim {
+                        partner_id: a.partner_id,
+                        kind: kind.to_owned(),
+                        at,
+                    },
+                    &step(meta, &format!("identity:{kind}")),
+                )
+                .await
+                .map_err(lift)?;
+                let partners = &done.state.partners;
+                let index = partners
+                    .iter()
+                    .position(|p| *p == a.partner_id)
+                    .unwrap_or(partners.len());
+                let others: Vec<String> = partners
+                    .iter()
+                    .take(index.min(crate::signals::MAX_OTHERS_NAMED))
+                    .map(Uuid::to_string)
+                    .collect();
+                let accounts = u32::try_from(index + 1).unwrap_or(u32::MAX);
+                if let Some(mut f) = rules::duplicate_accounts(
+                    kind,
+                    accounts,
+                    rules.max_accounts_per_identifier,
+                    &others,
+                ) {
+                    f.evidence
+                        .insert("settings_version".into(), version.to_string());
+                    drafts.push(FlagDraft {
+                        flag_id: streams::flag_id(
+                            Rule::DuplicateAccounts.as_str(),
+                            a.partner_id,
+                            kind,
+                        ),
+                        conversion_id: None,
+                        program_id: a.program_id,
+                        outcome: rules.duplicate_accounts.outcome,
+                        finding: f,
+                    });
+                }
+            }
+        }
+        if !drafts.is_empty() {
+            let cmd = PartnerCommand {
+                partner_id: a.partner_id,
+                at,
+                action: Action::Raise(drafts),
+            };
+            self.run_cached(&cmd, &step(meta, "flags")).await?;
+        }
+        if let Some(name) = &a.display_name {
+            let id = streams::screening_id(source_event_id);
+            if let Some(s) = self.screening(a.partner_id, id, name, SYSTEM, at) {
+                let cmd = PartnerCommand {
+                    partner_id: a.partner_id,
+                    at,
+                    action: Action::Screen(s),
+                };
+                self.run_cached(&cmd, &step(meta, "screen")).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn on_status(
+        &self,
+        source_event_id: Uuid,
+        partner_id: Uuid,
+        status: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+        meta: &CommandMeta,
+    ) -> Result<(), ServiceError> {
+        let cmd = PartnerCommand {
+            partner_id,
+            at,
+            action: Action::NoteStatus {
+                source_event_id,
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+            },
+        };
+        self.run_cached(&cmd, &step(meta, "status")).await
+    }
+}
