@@ -159,6 +159,7 @@ fn facts(j: u64, visitors: u64) -> ConversionFacts {
         customer_country: Some("DE".into()),
         original_external_id: None,
         occurred_at: conversion_time(),
+        customer_email_hash: None,
     }
 }
 

@@ -151,6 +151,8 @@ pub struct ConversionAttributed {
     /// it with the partner's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_email_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,6 +336,7 @@ pub fn publish(d: &Decision) -> ConversionEvent {
             },
             touchpoints: touchpoints.iter().map(credited).collect(),
             customer_domain: f.customer_domain.clone(),
+            customer_email_hash: f.customer_email_hash.clone(),
             locked_by_conversion_id: *locked_by,
             facts_sha256: d.facts_sha256.clone(),
             settings_version: d.settings_version,

@@ -97,6 +97,9 @@ pub struct ConversionFacts {
     pub customer_country: Option<String>,
     pub original_external_id: Option<String>,
     pub occurred_at: DateTime<Utc>,
+    /// Hex SHA-256 of the customer's canonical email; the address is never kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_email_hash: Option<String>,
 }
 
 impl ConversionFacts {

@@ -691,6 +691,13 @@ impl AttributionApi for AttributionService {
             MAX_DOMAIN_CHARS,
         )
         .map(|d| d.map(|d| d.to_lowercase()));
+        let email_hash = if req.customer_email.trim().is_empty() {
+            None
+        } else {
+            v.check(email_sha256(&req.customer_email).ok_or_else(|| {
+                FieldViolation::new("customer_email", "not an email address (local@domain)")
+            }))
+        };
         let amount = match &req.amount {
             None => Some(None),
             Some(m) => v.check(parse_money("amount", m)).map(Some),
@@ -792,6 +799,7 @@ impl AttributionApi for AttributionService {
             customer_country: country,
             original_external_id: original,
             occurred_at,
+            customer_email_hash: email_hash,
         };
         let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let store = self.store.as_ref();
@@ -1054,3 +1062,26 @@ fn exact_amount(amount: Decimal, currency: Currency) -> String {
     }
     a.to_string()
 }
+
+/// Hex SHA-256 of an email's canonical form (trimmed, lower case, "+tag" removed from the local
+/// part), as compliance computes it for partners; `None` when it is not an address.
+pub fn email_sha256(email: &str) -> Option<String> {
+    if email.len() > MAX_EMAIL_CHARS {
+        return None;
+    }
+    let email = email.trim().to_lowercase();
+    let (local, domain) = email.rsplit_once('@')?;
+    let local = local.split('+').next().unwrap_or_default();
+    if local.is_empty()
+        || domain.is_empty()
+        || !domain.contains('.')
+        || email.contains(char::is_whitespace)
+    {
+        return None;
+    }
+    Some(hex::encode(Sha256::digest(
+        format!("{local}@{domain}").as_bytes(),
+    )))
+}
+
+const MAX_EMAIL_CHARS: usize = 320;

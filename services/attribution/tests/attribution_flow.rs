@@ -179,6 +179,7 @@ struct Conv {
     amount: Option<&'static str>,
     original: &'static str,
     at: DateTime<Utc>,
+    email: &'static str,
 }
 
 fn sale(external_id: &'static str, visitor: &'static str) -> Conv {
@@ -190,6 +191,7 @@ fn sale(external_id: &'static str, visitor: &'static str) -> Conv {
         amount: Some("100.00"),
         original: "",
         at: at(),
+        email: "",
     }
 }
 
@@ -211,6 +213,7 @@ impl Conv {
             customer_country: "DE".into(),
             original_external_id: self.original.into(),
             occurred_at: Some(ts(self.at)),
+            customer_email: self.email.into(),
         }
     }
 
@@ -1027,4 +1030,36 @@ async fn get_attribution_explains_the_decision() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_customer_email_is_published_only_as_the_hash_of_its_canonical_form() {
+    use sha2::Digest;
+    let w = world().await;
+    w.click_at("v-1", ALICE, at() - Duration::hours(1)).await;
+    let mut s = sale("order-1", "v-1");
+    s.email = "  Jane.Doe+promo@Example.COM ";
+    let a = w.convert(s).await.unwrap();
+    let stored = w
+        .store
+        .read_stream(&format!("conversion-{}", a.conversion_id), 0, 10)
+        .await
+        .unwrap();
+    let data = std::str::from_utf8(&stored[0].data).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(data).unwrap();
+    let expected = hex::encode(sha2::Sha256::digest(b"jane.doe@example.com"));
+    assert_eq!(parsed["customer_email_hash"], expected.as_str());
+    assert!(
+        !data.to_lowercase().contains("jane"),
+        "the address is never stored"
+    );
+    let mut bad = sale("order-2", "v-1");
+    bad.email = "not-an-address";
+    let err = w.convert(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("customer_email"),
+        "{}",
+        err.message()
+    );
 }
