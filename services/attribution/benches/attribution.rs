@@ -160,6 +160,7 @@ fn facts(j: u64, visitors: u64) -> ConversionFacts {
         original_external_id: None,
         occurred_at: conversion_time(),
         customer_email_hash: None,
+        revenue: Default::default(),
     }
 }
 

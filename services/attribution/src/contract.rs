@@ -68,6 +68,27 @@ mod dec_str {
     }
 }
 
+mod opt_dec_str {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(d),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) if s.is_empty() => Ok(None),
+            Some(s) => Decimal::from_str_exact(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// proto3 JSON writes uint64 as a string.
 mod u64_str {
     use super::*;
@@ -153,6 +174,17 @@ pub struct ConversionAttributed {
     pub customer_domain: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_email_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<Money>,
+    /// Decimal string on the wire.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_dec_str")]
+    pub lots: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_price: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partner_price: Option<Money>,
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub quantity: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +369,11 @@ pub fn publish(d: &Decision) -> ConversionEvent {
             touchpoints: touchpoints.iter().map(credited).collect(),
             customer_domain: f.customer_domain.clone(),
             customer_email_hash: f.customer_email_hash.clone(),
+            net: f.revenue.net,
+            lots: f.revenue.lots,
+            list_price: f.revenue.list_price,
+            partner_price: f.revenue.partner_price,
+            quantity: f.revenue.quantity,
             locked_by_conversion_id: *locked_by,
             facts_sha256: d.facts_sha256.clone(),
             settings_version: d.settings_version,

@@ -100,6 +100,34 @@ pub struct ConversionFacts {
     /// Hex SHA-256 of the customer's canonical email; the address is never kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_email_hash: Option<String>,
+    /// Revenue details passed through to commissions (net revenue, lots, reseller pricing).
+    #[serde(default, skip_serializing_if = "Revenue::is_empty")]
+    pub revenue: Revenue,
+}
+
+/// What a commission plan may compute on besides the gross amount.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revenue {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lots: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_price: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partner_price: Option<Money>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quantity: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl Revenue {
+    pub fn is_empty(&self) -> bool {
+        *self == Revenue::default()
+    }
 }
 
 impl ConversionFacts {

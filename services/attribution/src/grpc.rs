@@ -698,6 +698,37 @@ impl AttributionApi for AttributionService {
                 FieldViolation::new("customer_email", "not an email address (local@domain)")
             }))
         };
+        let opt_money = |v: &mut Violations, field: &str, m: Option<&common::Money>| match m {
+            None => Some(None),
+            Some(m) => v.check(parse_money(field, m)).map(Some),
+        };
+        let net = opt_money(&mut v, "net", req.net.as_ref());
+        let list_price = opt_money(&mut v, "list_price", req.list_price.as_ref());
+        let partner_price = opt_money(&mut v, "partner_price", req.partner_price.as_ref());
+        let lots = if req.lots.is_empty() {
+            Some(None)
+        } else {
+            v.check(
+                pl_money::parse_amount(&req.lots)
+                    .map_err(|e| FieldViolation::new("lots", e.to_string()))
+                    .and_then(|l| {
+                        if l > Decimal::ZERO {
+                            Ok(Some(l))
+                        } else {
+                            Err(FieldViolation::new("lots", "must be positive"))
+                        }
+                    }),
+            )
+        };
+        if req.list_price.is_some() != req.partner_price.is_some() {
+            v.add(
+                "partner_price",
+                "list_price and partner_price come together",
+            );
+        }
+        if req.quantity > MAX_QUANTITY {
+            v.add("quantity", format!("at most {MAX_QUANTITY}"));
+        }
         let amount = match &req.amount {
             None => Some(None),
             Some(m) => v.check(parse_money("amount", m)).map(Some),
@@ -800,6 +831,13 @@ impl AttributionApi for AttributionService {
             original_external_id: original,
             occurred_at,
             customer_email_hash: email_hash,
+            revenue: crate::conversions::Revenue {
+                net: net.flatten(),
+                lots: lots.flatten(),
+                list_price: list_price.flatten(),
+                partner_price: partner_price.flatten(),
+                quantity: req.quantity,
+            },
         };
         let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let store = self.store.as_ref();
@@ -1085,3 +1123,5 @@ pub fn email_sha256(email: &str) -> Option<String> {
 }
 
 const MAX_EMAIL_CHARS: usize = 320;
+/// Units in one reseller conversion.
+const MAX_QUANTITY: u32 = 1_000_000;

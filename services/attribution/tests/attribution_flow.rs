@@ -214,6 +214,7 @@ impl Conv {
             original_external_id: self.original.into(),
             occurred_at: Some(ts(self.at)),
             customer_email: self.email.into(),
+            ..Default::default()
         }
     }
 
@@ -1059,6 +1060,65 @@ async fn a_customer_email_is_published_only_as_the_hash_of_its_canonical_form() 
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
         err.message().contains("customer_email"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn lots_net_revenue_and_reseller_pricing_pass_through_to_what_commissions_parses() {
+    let w = world().await;
+    w.click_at("v-1", ALICE, at() - Duration::hours(1)).await;
+    let mut req = sale("trade-1", "v-1").request(w.key());
+    req.lots = "2.5".into();
+    req.net = Some(Money {
+        amount: "80.00".into(),
+        currency: "USD".into(),
+    });
+    req.list_price = Some(Money {
+        amount: "1200.00".into(),
+        currency: "USD".into(),
+    });
+    req.partner_price = Some(Money {
+        amount: "1000.00".into(),
+        currency: "USD".into(),
+    });
+    req.quantity = 2;
+    let a = w
+        .api
+        .record_conversion(Request::new(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let stored = w
+        .store
+        .read_stream(&format!("conversion-{}", a.conversion_id), 0, 10)
+        .await
+        .unwrap();
+    let parsed = pl_commissions::contract::ConversionAttributed::parse(
+        std::str::from_utf8(&stored[0].data).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(parsed.lots.unwrap().to_string(), "2.5");
+    assert_eq!(parsed.net.unwrap().to_string(), "80.00 USD");
+    assert_eq!(parsed.list_price.unwrap().to_string(), "1200.00 USD");
+    assert_eq!(parsed.partner_price.unwrap().to_string(), "1000.00 USD");
+    assert_eq!(parsed.quantity, 2);
+
+    let mut bad = sale("trade-2", "v-1").request(w.key());
+    bad.lots = "-1".into();
+    bad.list_price = Some(Money {
+        amount: "1.00".into(),
+        currency: "USD".into(),
+    });
+    let err = w
+        .api
+        .record_conversion(Request::new(bad))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("lots") && err.message().contains("partner_price"),
         "{}",
         err.message()
     );
