@@ -151,3 +151,88 @@ pub async fn handle(store: &dyn EventStore, message: Message) -> Result<(), Hand
     .instrument(span)
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::collections::BTreeMap;
+
+    use pl_eventlog::MemoryLog;
+
+    use super::*;
+
+    fn message(event_type: &str, data: serde_json::Value) -> Message {
+        let id = Uuid::from_u128(0xe1);
+        let envelope = serde_json::json!({
+            "id": id, "type": event_type, "schema_version": 1,
+            "stream": "compliance-1", "version": 0, "position": 0,
+            "occurred_at": "2026-01-01T00:00:00Z", "recorded_at": "2026-01-01T00:00:00Z",
+            "correlation_id": null, "causation_id": null, "data": data,
+        });
+        Message {
+            id,
+            subject: format!("pl.compliance.{event_type}"),
+            payload: serde_json::to_vec(&envelope).unwrap().into(),
+            headers: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_grant_that_breaks_the_contract_is_dead_lettered_and_writes_nothing() {
+        let store = MemoryLog::default();
+        let bad = message(
+            "ComplianceApprovalGranted",
+            serde_json::json!({"partner_id": "nope"}),
+        );
+        assert!(matches!(
+            handle(&store, bad).await,
+            Err(HandleError::Permanent(_))
+        ));
+        let too_many = message(
+            "ComplianceApprovalGranted",
+            serde_json::json!({
+                "partner_id": Uuid::from_u128(1), "program_id": Uuid::from_u128(2),
+                "jurisdictions": vec!["GB"; MAX_JURISDICTIONS + 1],
+                "occurred_at": "2026-01-01T00:00:00Z",
+            }),
+        );
+        assert!(matches!(
+            handle(&store, too_many).await,
+            Err(HandleError::Permanent(_))
+        ));
+        assert_eq!(store.read_all(0, 10).await.unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_grant_for_a_partner_crm_does_not_know_yet_is_kept_for_when_it_applies() {
+        let store = MemoryLog::default();
+        let partner = Uuid::from_u128(1);
+        let grant = message(
+            "ComplianceApprovalGranted",
+            serde_json::json!({
+                "partner_id": partner, "program_id": Uuid::from_u128(2),
+                "jurisdictions": ["mt"], "reference": "LIC-1",
+                "occurred_at": "2026-01-01T00:00:00Z",
+            }),
+        );
+        handle(&store, grant.clone()).await.unwrap();
+        handle(&store, grant).await.unwrap();
+        let stored = store
+            .read_stream(&streams::partner(partner), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 1, "a redelivery appends nothing");
+        assert_eq!(stored[0].event_type, "ComplianceApprovalRecorded");
+        let data: serde_json::Value = serde_json::from_slice(&stored[0].data).unwrap();
+        assert_eq!(data["jurisdictions"], serde_json::json!(["MT"]));
+    }
+
+    #[tokio::test]
+    async fn other_compliance_events_are_ignored() {
+        let store = MemoryLog::default();
+        handle(&store, message("PayoutHoldPlaced", serde_json::json!({})))
+            .await
+            .unwrap();
+        assert_eq!(store.read_all(0, 10).await.unwrap().len(), 0);
+    }
+}

@@ -16,6 +16,8 @@ use crate::error::{Classify, Kind};
 
 /// Partners with a parent in one program.
 pub const MAX_LINKS: usize = 100_000;
+/// Parent changes kept per program (a runaway caller toggling parents stops here).
+pub const MAX_CHANGES: usize = 1_000_000;
 
 /// The `PartnerParentChanged` contract.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +49,7 @@ pub struct SetParent {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Hierarchy {
     pub parents: BTreeMap<Uuid, Uuid>,
+    pub changes: usize,
 }
 
 impl Hierarchy {
@@ -104,7 +107,7 @@ pub enum HierarchyError {
     Cycle { partner: Uuid, parent: Uuid },
     #[error("the hierarchy would have {levels} levels; the program allows {max_levels}")]
     TooDeep { levels: usize, max_levels: u8 },
-    #[error("the program's hierarchy holds {MAX_LINKS} parent links; no more are accepted")]
+    #[error("the program's hierarchy holds {MAX_LINKS} parent links or {MAX_CHANGES} changes; no more are accepted")]
     Full,
 }
 
@@ -123,6 +126,9 @@ impl Aggregate for Hierarchy {
     fn decide(state: &Hierarchy, c: &SetParent) -> Result<Vec<HierarchyEvent>, HierarchyError> {
         if state.parent_of(c.partner_id) == c.parent {
             return Ok(vec![]);
+        }
+        if state.changes >= MAX_CHANGES {
+            return Err(HierarchyError::Full);
         }
         if let Some(parent) = c.parent {
             if parent == c.partner_id {
@@ -156,6 +162,7 @@ impl Aggregate for Hierarchy {
 
     fn evolve(mut state: Hierarchy, event: &HierarchyEvent) -> Hierarchy {
         let HierarchyEvent::PartnerParentChanged(p) = event;
+        state.changes += 1;
         match p.parent_partner_id {
             Some(parent) => state.parents.insert(p.partner_id, parent),
             None => state.parents.remove(&p.partner_id),
