@@ -423,6 +423,31 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
         }
     }
 
+    if plan.services.contains(&ServiceName::Crm) {
+        for (durable, filter) in
+            pl_partner_crm::consumer::subscriptions(&plan.server.subject_prefix)
+        {
+            let consumer = plan
+                .bus
+                .consumer(ConsumerSpec::new(durable, vec![filter]))
+                .await?;
+            let store = plan.store.clone();
+            let token = background.clone();
+            tasks.push(tokio::spawn(async move {
+                pl_bus::run_consumer(
+                    consumer,
+                    move |message| {
+                        let store = store.clone();
+                        async move { pl_partner_crm::consumer::handle(store.as_ref(), message).await }
+                    },
+                    token,
+                )
+                .await
+                .map_err(AppError::from)
+            }));
+        }
+    }
+
     if plan.services.contains(&ServiceName::Attribution) {
         for (durable, filter) in
             pl_attribution::consumer::subscriptions(&plan.server.subject_prefix)
