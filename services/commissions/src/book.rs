@@ -143,6 +143,8 @@ pub enum CreditKind {
     CampaignFee { campaign_id: Uuid },
     /// An approved MDF claim (partner CRM's `MdfReimbursementApproved`).
     MdfReimbursement { claim_id: Uuid },
+    /// A campaign's performance bonus (partner CRM's `CampaignBonusAwarded`).
+    CampaignBonus { campaign_id: Uuid },
 }
 
 impl BookEvent {
@@ -858,6 +860,10 @@ impl Aggregate for Book {
                     CreditKind::MdfReimbursement { claim_id } => (
                         postings::mdf_reimbursement as PostingFn,
                         format!("MDF claim {claim_id} reimbursed: {amount}"),
+                    ),
+                    CreditKind::CampaignBonus { campaign_id } => (
+                        postings::campaign_fee as PostingFn,
+                        format!("performance bonus of campaign {campaign_id}: {amount}"),
                     ),
                 };
                 let t = t(

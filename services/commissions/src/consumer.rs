@@ -34,6 +34,10 @@ pub fn subscriptions(prefix: &str) -> Vec<(String, String)> {
             format!("{prefix}.crm.CampaignFeeCommitted"),
         ),
         (
+            "commissions-crm-campaign-bonuses".to_owned(),
+            format!("{prefix}.crm.CampaignBonusAwarded"),
+        ),
+        (
             "commissions-crm-mdf".to_owned(),
             format!("{prefix}.crm.MdfReimbursementApproved"),
         ),
@@ -83,17 +87,19 @@ pub async fn handle(
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
                 accruals::on_reversal(store, caches, &event, &r, &trace_context).await
             }
-            "CampaignFeeCommitted" | "MdfReimbursementApproved" => {
+            "CampaignFeeCommitted" | "CampaignBonusAwarded" | "MdfReimbursementApproved" => {
                 let c = PartnerCredit::parse(&event.event_type, event.data.get())
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
-                let credit = if event.event_type == "CampaignFeeCommitted" {
-                    CreditKind::CampaignFee {
+                let credit = match event.event_type.as_str() {
+                    "CampaignFeeCommitted" => CreditKind::CampaignFee {
                         campaign_id: c.subject_id,
-                    }
-                } else {
-                    CreditKind::MdfReimbursement {
+                    },
+                    "CampaignBonusAwarded" => CreditKind::CampaignBonus {
+                        campaign_id: c.subject_id,
+                    },
+                    _ => CreditKind::MdfReimbursement {
                         claim_id: c.subject_id,
-                    }
+                    },
                 };
                 accruals::on_credit(store, caches, &event, credit, &c, &trace_context).await
             }

@@ -111,8 +111,9 @@ pub struct PayoutHold {
     pub occurred_at: DateTime<Utc>,
 }
 
-/// Partner CRM's `CampaignFeeCommitted` (a creator campaign's flat fee to one partner) or
-/// `MdfReimbursementApproved` (an approved MDF claim): money owed outside commission plans.
+/// Partner CRM's `CampaignFeeCommitted` (a creator campaign's flat fee to one partner),
+/// `CampaignBonusAwarded` (its performance bonus) or `MdfReimbursementApproved` (an approved
+/// MDF claim): money owed outside commission plans.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PartnerCredit {
     /// The campaign or the MDF claim (`campaign_id` / `claim_id` on the wire).

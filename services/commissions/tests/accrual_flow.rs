@@ -823,6 +823,19 @@ async fn a_campaign_fee_and_an_mdf_reimbursement_are_payable_at_once_and_credite
         w.balances(PARTNER, None).await,
         ("0.00".into(), "620.00".into())
     );
+    // The campaign's performance bonus is a credit of its own, next to its fee.
+    let bonus = serde_json::json!({
+        "campaign_id": Uuid::from_u128(0xca), "partner_id": PARTNER, "program_id": PROGRAM,
+        "amount": { "amount": "80.00", "currency": "USD" }, "occurred_at": at(1, 25),
+        "conversions": 40,
+    });
+    w.consume(message(24, "CampaignBonusAwarded", bonus, at(1, 25)))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("0.00".into(), "700.00".into())
+    );
     // A credit of a fraction of a cent is refused with the reason; nothing is written.
     let odd = serde_json::json!({
         "claim_id": Uuid::from_u128(0xc1a2), "partner_id": PARTNER, "program_id": PROGRAM,
@@ -838,7 +851,7 @@ async fn a_campaign_fee_and_an_mdf_reimbursement_are_payable_at_once_and_credite
     );
     assert_eq!(
         w.balances(PARTNER, None).await,
-        ("0.00".into(), "620.00".into())
+        ("0.00".into(), "700.00".into())
     );
 }
 
