@@ -932,6 +932,106 @@ impl CommissionsApi for CommissionsService {
         Ok(Response::new(response))
     }
 
+    #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
+    async fn get_payout_eligibility(
+        &self,
+        request: Request<pb::GetPayoutEligibilityRequest>,
+    ) -> Result<Response<pb::PayoutEligibility>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
+        let as_of = match &req.as_of {
+            Some(t) => v.check(to_datetime("as_of", t)),
+            None => v.check(Err(FieldViolation::new(
+                "as_of",
+                "required: eligibility is judged at a date, never the clock",
+            ))),
+        };
+        v.finish()?;
+        let (Some(partner_id), Some(as_of)) = (partner_id, as_of) else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let blockers: Vec<pb::SkipReason> = load::<crate::eligibility::Eligibility>(
+            self.store.as_ref(),
+            &crate::eligibility::stream(partner_id),
+        )
+        .await
+        .map_err(domain("partner_id"))?
+        .state
+        .blockers(as_of)
+        .iter()
+        .map(|b| pb::SkipReason {
+            code: b.code().to_owned(),
+            detail: b.detail(),
+        })
+        .collect();
+        Ok(Response::new(pb::PayoutEligibility {
+            partner_id: partner_id.to_string(),
+            eligible: blockers.is_empty(),
+            blockers,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(conversion_id = %request.get_ref().conversion_id))]
+    async fn get_conversion_accrual(
+        &self,
+        request: Request<pb::GetConversionAccrualRequest>,
+    ) -> Result<Response<pb::ConversionAccrual>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let conversion_id = v.check(parse_uuid("conversion_id", &req.conversion_id));
+        v.finish()?;
+        let Some(conversion_id) = conversion_id else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let store = self.store.as_ref();
+        let index = load::<setup::ConversionIndex>(store, &setup::accrued_stream(conversion_id))
+            .await
+            .map_err(domain("conversion_id"))?
+            .state;
+        let Some(accrued) = index.0 else {
+            return Ok(Response::new(pb::ConversionAccrual {
+                conversion_id: conversion_id.to_string(),
+                accrued: false,
+                partners: vec![],
+            }));
+        };
+        let mut partners = Vec::with_capacity(accrued.partners.len());
+        for partner in &accrued.partners {
+            let (view, _) = self
+                .caches
+                .books
+                .read(store, &book::stream(*partner), |b| {
+                    let open = b
+                        .entries
+                        .get(&(conversion_id, book::EntryKey::Own))
+                        .map(|e| e.open);
+                    let reversals: Vec<String> = b
+                        .reversals
+                        .iter()
+                        .filter(|(_, r)| r.conversion_id == conversion_id)
+                        .map(|(id, _)| id.to_string())
+                        .collect();
+                    (open, reversals)
+                })
+                .await
+                .map_err(book_error)?;
+            partners.push(pb::PartnerAccrual {
+                partner_id: partner.to_string(),
+                open: view.0.map(|m| pl_proto::common::v1::Money {
+                    amount: m.amount().to_string(),
+                    currency: m.currency().code().to_owned(),
+                }),
+                reversal_ids: view.1,
+            });
+        }
+        Ok(Response::new(pb::ConversionAccrual {
+            conversion_id: conversion_id.to_string(),
+            accrued: true,
+            partners,
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(run_id = %request.get_ref().run_id))]
     async fn get_payout_run(
         &self,

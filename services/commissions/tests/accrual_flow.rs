@@ -903,3 +903,72 @@ async fn a_conversion_rejected_by_compliance_reverses_what_is_left_of_its_commis
         ("0.00".into(), "0.00".into())
     );
 }
+
+#[tokio::test]
+async fn a_conversion_shows_its_accrual_and_reversals_and_a_partner_its_payout_blockers() {
+    let w = world().await;
+    let unknown = w
+        .api
+        .get_conversion_accrual(Request::new(pb::GetConversionAccrualRequest {
+            conversion_id: Uuid::from_u128(100).to_string(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!unknown.accrued, "not consumed yet");
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    let refund = serde_json::json!({
+        "refund_id": Uuid::from_u128(901), "conversion_id": Uuid::from_u128(100),
+        "amount": { "amount": "25.00", "currency": "USD" }, "occurred_at": at(1, 12),
+    });
+    w.consume(message(2, "ConversionRefunded", refund, at(1, 12)))
+        .await
+        .unwrap();
+    let a = w
+        .api
+        .get_conversion_accrual(Request::new(pb::GetConversionAccrualRequest {
+            conversion_id: Uuid::from_u128(100).to_string(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(a.accrued);
+    assert_eq!(a.partners.len(), 1);
+    assert_eq!(a.partners[0].open.as_ref().unwrap().amount, "7.50");
+    assert_eq!(
+        a.partners[0].reversal_ids,
+        vec![Uuid::from_u128(901).to_string()]
+    );
+
+    let e = w
+        .api
+        .get_payout_eligibility(Request::new(pb::GetPayoutEligibilityRequest {
+            partner_id: PARTNER.to_string(),
+            as_of: Some(ts(at(2, 1))),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!e.eligible);
+    let codes: Vec<&str> = e.blockers.iter().map(|b| b.code.as_str()).collect();
+    assert!(
+        codes.contains(&"no_valid_tax_form") && codes.contains(&"identity_not_verified"),
+        "{codes:?}"
+    );
+    let err = w
+        .api
+        .get_payout_eligibility(Request::new(pb::GetPayoutEligibilityRequest {
+            partner_id: PARTNER.to_string(),
+            as_of: None,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
