@@ -360,15 +360,31 @@ fn explanation(
     conversion: Uuid,
 ) -> Explanation {
     let f = &line.formula;
+    let mut other = BTreeMap::from([("weight".to_owned(), f.weight.to_string())]);
+    if let Some(t) = &f.tier {
+        // The tier's name stays short (the ledger bounds it); the volumes go alongside.
+        other.insert(
+            "tier_price".to_owned(),
+            match &t.price {
+                pl_commission_engine::TierPrice::Percent(p) => format!("{}%", p.value()),
+                pl_commission_engine::TierPrice::PerUnit(m) => format!("{m} per unit"),
+            },
+        );
+        other.insert("volume_before".to_owned(), t.volume_before.to_string());
+        other.insert("volume_after".to_owned(), t.volume_after.to_string());
+    }
     let inputs = FormulaInputs {
         base_amount: f.credited_base.or(f.base),
         rate_percent: f.rate.map(|r| r.value()),
-        tier: f.tier.as_ref().map(|t| format!("{t:?}")),
+        tier: f
+            .tier
+            .as_ref()
+            .map(|t| format!("tier {} from {}", t.index + 1, t.from)),
         quantity: f.units,
         flat_amount: f.flat,
         month_index: f.month_index,
         fx_rate: f.fx_rate,
-        other: BTreeMap::from([("weight".to_owned(), f.weight.to_string())]),
+        other,
     };
     Explanation::new(source, f.text.clone())
         .with_conversion(conversion)
@@ -1213,6 +1229,56 @@ mod tests {
         let b = ledger.balances_of_partner(PARTNER, AsOf::Latest).unwrap();
         let usd = &b.currencies[&Currency::USD];
         (usd.pending, usd.payable)
+    }
+
+    /// Regression: a tiered-volume accrual was refused because its explanation named the
+    /// tier with its whole debug form (143 characters, over the ledger's 64).
+    #[test]
+    fn a_tiered_lots_accrual_crossing_a_tier_is_posted_with_a_short_tier_name_and_its_volumes() {
+        let mut tiered = plan();
+        tiered.overrides = vec![];
+        tiered.rules[0].reward = Reward::TieredVolume {
+            basis: pl_commission_engine::VolumeBasis::Lots,
+            mode: pl_commission_engine::TierMode::Tiered,
+            tiers: vec![
+                pl_commission_engine::Tier {
+                    from: Decimal::ZERO,
+                    price: pl_commission_engine::TierPrice::PerUnit(usd("5.00")),
+                },
+                pl_commission_engine::Tier {
+                    from: Decimal::from(100),
+                    price: pl_commission_engine::TierPrice::PerUnit(usd("7.00")),
+                },
+            ],
+        };
+        let trade = |n: u128, lots: i64| {
+            let BookCommand::Accrue {
+                program_id,
+                campaign_id,
+                mut facts,
+                ..
+            } = sale(n, "100.00", day(2))
+            else {
+                panic!("a sale is an accrual");
+            };
+            facts.lots = Some(Decimal::from(lots));
+            facts.upline = vec![];
+            BookCommand::Accrue {
+                program_id,
+                campaign_id,
+                facts,
+                versions: vec![tiered.clone()],
+            }
+        };
+        let (book, first) = run(Book::default(), &trade(1, 60));
+        let (_, second) = run(book, &trade(2, 50));
+        let all: Vec<BookEvent> = first.into_iter().chain(second).collect();
+        // 110 lots in the month reach the $7 tier for all of them.
+        assert_eq!(balances(&all), (usd("770.00"), usd("0.00")));
+        let t = &all[1].transactions()[0];
+        let inputs = &t.explanation().inputs;
+        assert_eq!(inputs.tier.as_deref(), Some("tier 2 from 100"));
+        assert_eq!(inputs.other["volume_after"], "110");
     }
 
     #[test]
