@@ -85,6 +85,11 @@ enum Enqueued {
     Sequenced(AppendResult, watch::Receiver<CommitState>),
     /// The pending buffer is full: wait for the next sync, then try again.
     Full(watch::Receiver<CommitState>),
+    /// The expected version did not hold: report it once every position assigned so far (the
+    /// winning append among them) is committed, so the caller's next read sees what it lost
+    /// to. Reads show committed events only; answering at once would send an optimistic
+    /// retry back to the same stale state for a whole sync.
+    Conflict(LogError, watch::Receiver<CommitState>, u64),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -274,7 +279,7 @@ impl Shared {
             ..
         } = &mut *st;
         let pending_start = pending.len();
-        let outcome = index.append(
+        let appended = index.append(
             stream,
             expected,
             events,
@@ -284,7 +289,15 @@ impl Shared {
                 offsets.push(base_offset + (pending.len() - pending_start) as u64);
                 codec::encode_frame(pending, offsets.len() as u64 - 1, flags, c)
             },
-        )?;
+        );
+        let outcome = match appended {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_conflict() => {
+                let assigned = offsets.len() as u64;
+                return Ok(Enqueued::Conflict(e, rx, assigned));
+            }
+            Err(e) => return Err(e),
+        };
         *assigned_end = base_offset + (pending.len() - pending_start) as u64;
         let result = match outcome {
             Outcome::Duplicate(r) => r,
@@ -455,6 +468,12 @@ impl EventStore for EmbeddedLog {
                 Enqueued::Full(mut rx) => {
                     // Wait for the sync thread to drain the pending buffer, then try again.
                     rx.changed().await.map_err(|_| LogError::Closed)?;
+                }
+                Enqueued::Conflict(conflict, mut rx, assigned) => {
+                    rx.wait_for(|c| c.committed >= assigned || c.failed)
+                        .await
+                        .map_err(|_| LogError::Closed)?;
+                    return Err(conflict);
                 }
             }
         };

@@ -343,3 +343,35 @@ async fn verify_reports_the_first_forged_event_with_stream_version_and_hashes() 
         .unwrap();
     assert!(stream_report.is_intact(), "other streams still verify");
 }
+
+/// Regression: a conflict was reported while the winning append was still waiting for its
+/// sync, so the loser's immediate re-read showed the old version and every optimistic retry
+/// lost again until the sync (a gRPC request then failed with ABORTED under load).
+#[tokio::test]
+async fn after_a_conflict_a_read_already_shows_the_append_that_won() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path()).unwrap();
+    log.append("s", ExpectedVersion::NoStream, vec![ev("E", 0)])
+        .await
+        .unwrap();
+    for round in 1..50u64 {
+        let expected = ExpectedVersion::Exact(round - 1);
+        // Each writer, on losing, reads the stream's version at once.
+        let race = |log: Arc<EmbeddedLog>, n: u64| async move {
+            match log.append("s", expected, vec![ev("E", n)]).await {
+                Ok(_) => None,
+                Err(e) => {
+                    assert!(e.is_conflict(), "{e}");
+                    Some(log.stream_version("s").await.unwrap())
+                }
+            }
+        };
+        let (x, y) = tokio::join!(
+            tokio::spawn(race(log.clone(), round * 2)),
+            tokio::spawn(race(log.clone(), round * 2 + 1)),
+        );
+        let seen: Vec<Option<u64>> = [x.unwrap(), y.unwrap()].into_iter().flatten().collect();
+        assert_eq!(seen.len(), 1, "exactly one of two racing appends wins");
+        assert_eq!(seen[0], Some(round), "the loser sees the winner at once");
+    }
+}
