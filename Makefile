@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 DATA_DIR ?= ./data
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: build run test lint bench tools fmt deploy-check
+.PHONY: build run test lint bench bench-e2e demo tools fmt deploy-check
 
 build:
 	$(CARGO) build --workspace --all-targets
@@ -43,6 +43,16 @@ deploy-check:
 
 fmt:
 	$(CARGO) fmt --all
+
+# A twelve-month partner program driven over gRPC against `up` on the embedded log, with each
+# partner's balances checked against the plan terms (README "End to end").
+demo:
+	$(CARGO) run --release -p pl-e2e --bin demo
+
+# Conversions/s and latency through gRPC, embedded and over NATS (needs nats-server: tools).
+bench-e2e: tools
+	$(CARGO) build --release -p partner-ledger
+	$(CARGO) bench -p pl-e2e --bench e2e
 
 # Numbers for issue notes, never a pass/fail test. Prints one table per benchmark.
 bench:

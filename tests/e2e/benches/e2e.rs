@@ -1,2 +1,135 @@
-//! `make bench-e2e` (placeholder until the load benchmark lands in this file).
-fn main() {}
+//! `make bench-e2e`: conversions per second through gRPC — a click and a sale recorded in
+//! attribution, attributed, accrued by commissions and visible in its `GetConversionAccrual` —
+//! with the latency of each from the sale's request to its commission being visible (p50,
+//! p99), on the embedded default (one process) and over NATS (four processes). Numbers for
+//! issue notes, never a pass/fail test.
+//!
+//! `BENCH_E2E_CONVERSIONS` (default 5,000) per mode, `BENCH_E2E_WORKERS` (default 64)
+//! concurrent callers.
+
+#![allow(
+    clippy::disallowed_methods,
+    clippy::disallowed_types,
+    clippy::float_arithmetic
+)] // timing code
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark fails loudly
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use pl_bus::testkit::NatsServer;
+use pl_e2e::process::{Cluster, InProcess};
+use pl_e2e::scenario::{t, Run};
+use pl_e2e::Endpoints;
+use pl_proto::attribution::v1 as att;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Figures {
+    conversions: u64,
+    wall: Duration,
+    latency: Histogram<u64>,
+}
+
+async fn load(endpoints: &Endpoints, conversions: u64, workers: u64) -> Figures {
+    let run = Arc::new(Run::new(endpoints, Box::new(|_| {})).unwrap());
+    run.setup().await.unwrap();
+    // Warm the click path (attribution learns the link from CRM over the bus).
+    run.click("affiliate", "warm-up", t(2, 1)).await.unwrap();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let run = run.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            let mut j = w;
+            while j < conversions {
+                let visitor = format!("bench-visitor-{j}");
+                run.click("affiliate", &visitor, t(3, 1)).await.unwrap();
+                let mut req = run.conversion(
+                    att::ConversionType::Sale,
+                    &format!("bench-sale-{j}"),
+                    &format!("bench-customer-{j}"),
+                    Some("100.00"),
+                    t(3, 2),
+                );
+                req.visitor_id = visitor;
+                let sent = Instant::now();
+                run.convert(req).await.unwrap();
+                h.record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX))
+                    .unwrap();
+                j += workers;
+            }
+            h
+        }));
+    }
+    let mut latency = Histogram::<u64>::new(3).unwrap();
+    for t in tasks {
+        latency.add(t.await.unwrap()).unwrap();
+    }
+    Figures {
+        conversions,
+        wall: started.elapsed(),
+        latency,
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}
+
+fn row(mode: &str, f: &Figures, targets: &str) {
+    let ms = |q: f64| f.latency.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "| {mode} | {} | {:.1} s | {:.0}/s | {:.1} ms | {:.1} ms | {targets} |",
+        f.conversions,
+        f.wall.as_secs_f64(),
+        f.conversions as f64 / f.wall.as_secs_f64(),
+        ms(0.5),
+        ms(0.99)
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let conversions = env_num("BENCH_E2E_CONVERSIONS", 5_000).max(1);
+    let workers = env_num("BENCH_E2E_WORKERS", 64).max(1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let system = InProcess::start(dir.path()).await.unwrap();
+    let embedded = load(&system.endpoints, conversions, workers).await;
+    system.stop().await.unwrap();
+
+    let nats = NatsServer::start().await.unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(&nats.url(), base.path()).await.unwrap();
+    let over_nats = load(&cluster.endpoints, conversions, workers).await;
+    cluster.stop().await.unwrap();
+
+    println!();
+    println!(
+        "end to end through gRPC (click + sale → attributed → accrued → visible) — {}; {workers} concurrent callers",
+        machine()
+    );
+    println!();
+    println!("| mode | conversions | wall | rate | p50 | p99 | targets |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    row("embedded, one process", &embedded, "≥20k/s, p99 ≤20 ms");
+    row("four processes over NATS", &over_nats, "p99 ≤50 ms");
+}

@@ -28,7 +28,7 @@ use crate::{Clients, Endpoints};
 
 /// How long a fact may take to travel between services before the scenario gives up.
 pub const PROPAGATION_TIMEOUT_MS: u64 = 60_000;
-const POLL_MS: u64 = 20;
+const POLL_MS: u64 = 5;
 
 pub const SAAS: Uuid = Uuid::from_u128(0x5000_0001);
 pub const FOREX: Uuid = Uuid::from_u128(0x5000_0002);
@@ -519,11 +519,19 @@ impl Run {
         Ok(())
     }
 
+    /// Programs, plans, partners (verified, approved, activated) and their tracking assets.
+    pub async fn setup(&self) -> Result<(), String> {
+        self.programs().await?;
+        self.plans_and_assignments().await?;
+        self.partners().await?;
+        self.assets().await
+    }
+
     // ----- touchpoints and conversions ----------------------------------------------------------
 
     /// A click on a partner's link, retried while attribution has not yet learned the link
     /// from partner CRM (a refused click writes nothing).
-    async fn click(&self, name: &str, visitor: &str, at: DateTime<Utc>) -> Result<(), String> {
+    pub async fn click(&self, name: &str, visitor: &str, at: DateTime<Utc>) -> Result<(), String> {
         let n = self.next_key.fetch_add(1, Ordering::Relaxed);
         eventually(&format!("click on {name}'s link"), || {
             let mut att = self.c.attribution.clone();
@@ -590,7 +598,7 @@ impl Run {
     }
 
     /// Records a conversion and waits until commissions has accrued it. Returns its id.
-    async fn convert(&self, req: att::RecordConversionRequest) -> Result<String, String> {
+    pub async fn convert(&self, req: att::RecordConversionRequest) -> Result<String, String> {
         let what = req.external_id.clone();
         let a = self
             .c
@@ -654,7 +662,7 @@ impl Run {
         Ok(r.partners.iter().map(|p| p.reversal_ids.len()).sum())
     }
 
-    fn conversion(
+    pub fn conversion(
         &self,
         kind: att::ConversionType,
         external_id: &str,
@@ -851,10 +859,7 @@ pub async fn run(
     let r = Run::new(endpoints, say)?;
     let mut out = Outcome::default();
     (r.say)("set-up: programs, plans, partners (KYC, W-9, CY licences), assets");
-    r.programs().await?;
-    r.plans_and_assignments().await?;
-    r.partners().await?;
-    r.assets().await?;
+    r.setup().await?;
 
     let mut paid: BTreeMap<String, pl_money::Decimal> = BTreeMap::new();
     let mut sale_a1 = String::new();
