@@ -85,6 +85,16 @@ struct ChainChecker {
 
 impl ChainChecker {
     fn check(&mut self, ev: &RecordedEvent) -> Result<Option<ChainBreak>, LogError> {
+        let computed = Canonical::of(ev)?.hash();
+        self.check_hashed(ev, computed)
+    }
+
+    /// `check` with the event's hash already recomputed (in parallel, by `verify`).
+    fn check_hashed(
+        &mut self,
+        ev: &RecordedEvent,
+        computed: EventHash,
+    ) -> Result<Option<ChainBreak>, LogError> {
         self.events += 1;
         let brk = |kind| {
             Some(ChainBreak {
@@ -103,7 +113,6 @@ impl ChainChecker {
             }
         }
         self.last_position = Some(ev.position);
-        let computed = Canonical::of(ev)?.hash();
         if computed != ev.hash {
             return Ok(brk(ChainBreakKind::HashMismatch {
                 stored: ev.hash,
@@ -148,6 +157,42 @@ impl ChainChecker {
 
 const PAGE_EVENTS: usize = 4096;
 
+/// Threads hashing one page at most.
+const MAX_HASH_THREADS: usize = 16;
+
+/// Recomputes the hashes of a page on every core (hashing is most of a verification); the
+/// chain itself is then checked in log order.
+fn hash_page(page: &[RecordedEvent]) -> Result<Vec<EventHash>, LogError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_HASH_THREADS);
+    let chunk = page.len().div_ceil(threads).max(1);
+    let parts: Vec<Result<Vec<EventHash>, LogError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = page
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|ev| Canonical::of(ev).map(|c| c.hash()))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(LogError::Backend("a hashing thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(page.len());
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
+}
+
 /// Walks the whole log in global order.
 pub async fn verify(store: &dyn EventStore) -> Result<VerifyReport, LogError> {
     let mut checker = ChainChecker::default();
@@ -158,8 +203,15 @@ pub async fn verify(store: &dyn EventStore) -> Result<VerifyReport, LogError> {
             return Ok(checker.report(None));
         };
         from = last.position + 1;
-        for ev in &page {
-            if let Some(b) = checker.check(ev)? {
+        // Hashing blocks: off the async workers, on every core.
+        let (page, hashes) = tokio::task::spawn_blocking(move || {
+            let hashes = hash_page(&page);
+            (page, hashes)
+        })
+        .await
+        .map_err(|e| LogError::Backend(format!("hashing task: {e}")))?;
+        for (ev, computed) in page.iter().zip(hashes?) {
+            if let Some(b) = checker.check_hashed(ev, computed)? {
                 return Ok(checker.report(Some(b)));
             }
         }
