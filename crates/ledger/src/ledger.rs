@@ -68,6 +68,26 @@ pub enum AsOf {
     },
 }
 
+impl AsOf {
+    /// The as-of point of a query that may name a business date, a recording point, both or
+    /// neither (everything known now).
+    pub fn from_parts(
+        business_date: Option<DateTime<Utc>>,
+        recorded: Option<RecordingPoint>,
+    ) -> AsOf {
+        match (business_date, recorded) {
+            (None, None) => AsOf::Latest,
+            (Some(d), None) => AsOf::BusinessDate(d),
+            (None, Some(RecordingPoint::Position(position))) => AsOf::Recorded { position },
+            (None, Some(RecordingPoint::At(t))) => AsOf::RecordedAt(t),
+            (Some(business_date), Some(recorded)) => AsOf::Bitemporal {
+                business_date,
+                recorded,
+            },
+        }
+    }
+}
+
 /// One page of entries: `limit` entries from `offset`, `limit` in `1..=`[`MAX_PAGE_ENTRIES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page {

@@ -73,16 +73,7 @@ pub fn as_of_from(
         (None, 0) => None,
         (None, p) => Some(RecordingPoint::Position(p)),
     };
-    match (business, recorded) {
-        (None, None) => AsOf::Latest,
-        (Some(d), None) => AsOf::BusinessDate(d),
-        (None, Some(RecordingPoint::Position(p))) => AsOf::Recorded { position: p },
-        (None, Some(RecordingPoint::At(t))) => AsOf::RecordedAt(t),
-        (Some(business_date), Some(recorded)) => AsOf::Bitemporal {
-            business_date,
-            recorded,
-        },
-    }
+    AsOf::from_parts(business, recorded)
 }
 
 use pl_proto::prost_types as prost_types_ts;

@@ -97,16 +97,7 @@ fn as_of(v: &mut Violations, a: Option<&pb::AsOf>) -> AsOf {
         (None, 0) => None,
         (None, p) => Some(RecordingPoint::Position(p)),
     };
-    match (business, recorded) {
-        (None, None) => AsOf::Latest,
-        (Some(d), None) => AsOf::BusinessDate(d),
-        (None, Some(RecordingPoint::Position(p))) => AsOf::Recorded { position: p },
-        (None, Some(RecordingPoint::At(t))) => AsOf::RecordedAt(t),
-        (Some(business_date), Some(recorded)) => AsOf::Bitemporal {
-            business_date,
-            recorded,
-        },
-    }
+    AsOf::from_parts(business, recorded)
 }
 
 /// Replays a partner's book into a ledger, with each transaction at its event's log position.

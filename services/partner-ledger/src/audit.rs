@@ -143,16 +143,7 @@ async fn command(args: &AuditArgs, store: &SharedStore) -> Result<(), AuditCliEr
                 (None, Some(t)) => Some(RecordingPoint::At(time("recorded-at", t)?)),
                 (None, None) => None,
             };
-            let as_of = match (business, recorded) {
-                (None, None) => AsOf::Latest,
-                (Some(d), None) => AsOf::BusinessDate(d),
-                (None, Some(RecordingPoint::Position(p))) => AsOf::Recorded { position: p },
-                (None, Some(RecordingPoint::At(t))) => AsOf::RecordedAt(t),
-                (Some(business_date), Some(recorded)) => AsOf::Bitemporal {
-                    business_date,
-                    recorded,
-                },
-            };
+            let as_of = AsOf::from_parts(business, recorded);
             let replayed = replay::replay(store.as_ref(), partner, None).await?;
             let rows = replay::balances(&replayed.ledger, partner, as_of)?;
             let text = match format {
