@@ -121,28 +121,133 @@ where
             }
             Err(e) => return Err(e),
         };
-        let message_id = delivery.message.id;
-        let delivered_count = delivery.delivered_count;
-        let outcome = tokio::time::timeout(
-            Duration::from_millis(config.handler_timeout_ms),
-            handler(delivery.message.clone()),
-        )
-        .await
-        .unwrap_or_else(|_| Err(HandleError::Retry("handler timed out".to_owned())));
-        let settled = match outcome {
-            Ok(()) => delivery.ack().await,
-            Err(HandleError::Retry(reason)) => {
-                let delay_ms = retry_delay_ms(&config, delivered_count);
-                tracing::info!(%message_id, delivered_count, delay_ms, reason, "handler failed, retrying");
-                delivery.nak(delay_ms).await
-            }
-            Err(HandleError::Permanent(reason)) => delivery.dead_letter(&reason).await,
-        };
-        if let Err(e) = settled {
-            // Unsettled means redelivered after the ack wait: the idempotent handler absorbs it.
-            tracing::warn!(%message_id, error = %e, "settling a delivery failed");
-        }
+        handle_one(delivery, &mut handler, &config).await;
     }
+}
+
+/// Runs the handler on one delivery (bounded by the handler timeout) and settles it: `Ok` acks,
+/// `Retry` naks with backoff, `Permanent` dead-letters.
+async fn handle_one<H, Fut>(delivery: crate::port::Delivery, handler: &mut H, config: &RunnerConfig)
+where
+    H: FnMut(Message) -> Fut + Send,
+    Fut: Future<Output = Result<(), HandleError>> + Send,
+{
+    let message_id = delivery.message.id;
+    let delivered_count = delivery.delivered_count;
+    let outcome = tokio::time::timeout(
+        Duration::from_millis(config.handler_timeout_ms),
+        handler(delivery.message.clone()),
+    )
+    .await
+    .unwrap_or_else(|_| Err(HandleError::Retry("handler timed out".to_owned())));
+    let settled = match outcome {
+        Ok(()) => delivery.ack().await,
+        Err(HandleError::Retry(reason)) => {
+            let delay_ms = retry_delay_ms(config, delivered_count);
+            tracing::info!(%message_id, delivered_count, delay_ms, reason, "handler failed, retrying");
+            delivery.nak(delay_ms).await
+        }
+        Err(HandleError::Permanent(reason)) => delivery.dead_letter(&reason).await,
+    };
+    if let Err(e) = settled {
+        // Unsettled means redelivered after the ack wait: the idempotent handler absorbs it.
+        tracing::warn!(%message_id, error = %e, "settling a delivery failed");
+    }
+}
+
+/// Deliveries waiting per lane of [`run_consumer_keyed`] (the consumer's `max_ack_pending`
+/// bounds the total in flight as well).
+const LANE_DEPTH: usize = 64;
+/// Lanes of [`run_consumer_keyed`] at most.
+pub const MAX_LANES: usize = 256;
+
+/// Like [`run_consumer_with`], with up to `lanes` messages in progress at once: messages whose
+/// `key_of` is equal are handled one at a time in delivery order (a customer's invoices, its
+/// refund after its sale), others concurrently. The handler must be safe to run concurrently
+/// for different keys (per-stream optimistic concurrency makes a command handler so). On
+/// `shutdown` each lane finishes the message in hand; queued ones are left unsettled and come
+/// back after the ack wait.
+pub async fn run_consumer_keyed<K, H, Fut>(
+    mut consumer: Box<dyn Consumer>,
+    key_of: K,
+    handler: H,
+    shutdown: CancellationToken,
+    config: RunnerConfig,
+    lanes: usize,
+) -> Result<(), BusError>
+where
+    K: Fn(&Message) -> u64 + Send,
+    H: FnMut(Message) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
+{
+    let lanes = lanes.clamp(1, MAX_LANES);
+    let mut senders = Vec::with_capacity(lanes);
+    let mut workers = Vec::with_capacity(lanes);
+    for _ in 0..lanes {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::port::Delivery>(LANE_DEPTH);
+        let (mut handler, config, stop) = (handler.clone(), config.clone(), shutdown.clone());
+        senders.push(tx);
+        workers.push(tokio::spawn(async move {
+            loop {
+                let delivery = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return,
+                    d = rx.recv() => match d {
+                        Some(d) => d,
+                        None => return,
+                    },
+                };
+                handle_one(delivery, &mut handler, &config).await;
+            }
+        }));
+    }
+    let mut bus_backoff_ms = 0_u64;
+    let outcome = loop {
+        let next = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Ok(d) => {
+                bus_backoff_ms = 0;
+                d
+            }
+            Err(e) if e.is_retryable() => {
+                bus_backoff_ms = (bus_backoff_ms * 2).clamp(50, config.bus_backoff_max_ms.max(50));
+                tracing::warn!(error = %e, backoff_ms = bus_backoff_ms, "consumer receive failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => break Ok(()),
+                    () = tokio::time::sleep(Duration::from_millis(bus_backoff_ms)) => continue,
+                }
+            }
+            Err(e) => break Err(e),
+        };
+        let lane = (key_of(&delivery.message) % lanes as u64) as usize;
+        let send = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            sent = senders[lane].send(delivery) => sent,
+        };
+        if send.is_err() {
+            break Err(BusError::Backend("a consumer lane stopped".to_owned()));
+        }
+    };
+    drop(senders);
+    for w in workers {
+        let _ = w.await;
+    }
+    outcome
+}
+
+/// A stable key for [`run_consumer_keyed`] from any string (the same in every process).
+pub fn lane_key(parts: &[&str]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: deterministic, unlike `RandomState`.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    parts.hash(&mut h);
+    h.finish()
 }
 
 fn retry_delay_ms(config: &RunnerConfig, delivered_count: u32) -> u64 {

@@ -353,3 +353,54 @@ proptest::proptest! {
                 });
     }
 }
+
+#[tokio::test]
+async fn the_keyed_runner_keeps_one_keys_order_and_handles_other_keys_meanwhile() {
+    let bus = bus();
+    let consumer = bus.consumer(spec("keyed", &["pl.crm.>"])).await.unwrap();
+    let shutdown = CancellationToken::new();
+    // Key = id / 10: messages 10, 11, 12 share a key; 20 has another.
+    let key_of = |m: &pl_bus::Message| pl_bus::lane_key(&[&(m.id.as_u128() / 10).to_string()]);
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel(16);
+    // Message 10 is held until message 20 was handled: only concurrency lets this finish.
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let handler = move |m: pl_bus::Message| {
+        let (seen_tx, mut release_rx) = (seen_tx.clone(), release_rx.clone());
+        async move {
+            let n = m.id.as_u128();
+            if n == 10 {
+                release_rx.wait_for(|r| *r).await.unwrap();
+            }
+            seen_tx.send(n).await.unwrap();
+            Ok::<(), HandleError>(())
+        }
+    };
+    let runner = tokio::spawn(pl_bus::run_consumer_keyed(
+        consumer,
+        key_of,
+        handler,
+        shutdown.clone(),
+        pl_bus::RunnerConfig::default(),
+        8,
+    ));
+    for n in [10, 11, 12, 20] {
+        bus.publish(msg("pl.crm.X", n)).await.unwrap();
+    }
+    // 20 goes by while 10 (and 11, 12 behind it) wait.
+    assert_eq!(recv(&mut seen_rx).await, 20);
+    release_tx.send(true).unwrap();
+    let mut rest = [0; 3];
+    for r in &mut rest {
+        *r = recv(&mut seen_rx).await;
+    }
+    assert_eq!(rest, [10, 11, 12], "one key's messages in delivery order");
+    shutdown.cancel();
+    runner.await.unwrap().unwrap();
+}
+
+async fn recv(rx: &mut tokio::sync::mpsc::Receiver<u128>) -> u128 {
+    tokio::time::timeout(common::STEP_TIMEOUT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}

@@ -52,6 +52,47 @@ pub fn subscriptions(prefix: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// Lanes the commissions consumers run on: messages of one key in order, others concurrently.
+pub const LANES: usize = 16;
+
+/// The ordering key of a message: a customer's events (its sale, invoices, refunds, churn)
+/// stay in delivery order, since the engine counts customer months and churn from them; a
+/// partner's compliance and CRM facts likewise. Anything else (unparseable data included)
+/// is keyed by its own id and goes wherever.
+pub fn ordering_key(message: &Message) -> u64 {
+    #[derive(Deserialize)]
+    struct Keys<'a> {
+        #[serde(borrow, default)]
+        program_id: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow, default)]
+        customer_id: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow, default)]
+        partner_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        data: Keys<'a>,
+    }
+    match serde_json::from_slice::<Envelope<'_>>(&message.payload) {
+        Ok(Envelope {
+            data:
+                Keys {
+                    program_id,
+                    customer_id: Some(customer),
+                    ..
+                },
+        }) => pl_bus::lane_key(&["customer", program_id.as_deref().unwrap_or(""), &customer]),
+        Ok(Envelope {
+            data: Keys {
+                partner_id: Some(partner),
+                ..
+            },
+        }) => pl_bus::lane_key(&["partner", &partner]),
+        _ => pl_bus::lane_key(&[&message.id.to_string()]),
+    }
+}
+
 /// What commissions needs of partner CRM's `PartnerApplied` (its own reading of the contract,
 /// so the two services share no code).
 #[derive(Debug, Deserialize)]

@@ -407,8 +407,11 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
             let caches: Arc<pl_commissions::accruals::Caches> = Arc::clone(&commission_caches);
             let token = background.clone();
             tasks.push(tokio::spawn(async move {
-                pl_bus::run_consumer(
+                // A customer's events in order, different customers concurrently: accruals
+                // wait on durable appends, so one at a time left the cores idle.
+                pl_bus::run_consumer_keyed(
                     consumer,
+                    pl_commissions::consumer::ordering_key,
                     move |message| {
                         let (store, caches) = (store.clone(), caches.clone());
                         async move {
@@ -416,6 +419,8 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
                         }
                     },
                     token,
+                    pl_bus::RunnerConfig::default(),
+                    pl_commissions::consumer::LANES,
                 )
                 .await
                 .map_err(AppError::from)
