@@ -116,19 +116,12 @@ fn visitor(v: u64) -> String {
 }
 
 /// Click `k` (0..5) of visitor `v`: from partner (v + k) mod partners, k+1 days apart.
-async fn record_click(
-    store: &dyn EventStore,
-    caches: &service::Caches,
-    partners: u64,
-    v: u64,
-    k: u64,
-) {
+async fn record_click(store: &dyn EventStore, partners: u64, v: u64, k: u64) {
     let occurred_at =
         conversion_time() - chrono::Duration::days(i64::try_from(25 - 5 * k).unwrap());
     let n = v * CLICKS_PER_VISITOR + k;
     let t = service::resolve(
         store,
-        caches,
         Some(visitor(v)),
         None,
         occurred_at,
@@ -263,16 +256,14 @@ async fn main() {
     let clicks = visitors * CLICKS_PER_VISITOR;
     eprintln!("recording {clicks} touchpoints of {visitors} visitors…");
     let cpu = cpu_time();
-    // One set of caches, as one attribution process has.
-    let caches = Arc::new(service::Caches::default());
-    let (s, cs) = (store.clone(), caches.clone());
+    let s = store.clone();
     let (touch_wall, touch_latency) = run_parallel(workers, clicks, move |n| {
-        let (s, c) = (s.clone(), cs.clone());
+        let s = s.clone();
         async move {
             // Click k of every visitor before click k + 1 of any: concurrent tasks write to
             // different visitors' streams (a visitor clicking twice at once would be a
             // retried conflict, not the workload measured here).
-            record_click(s.as_ref(), &c, partners, n % visitors, n / visitors).await;
+            record_click(s.as_ref(), partners, n % visitors, n / visitors).await;
         }
     })
     .await;
@@ -280,12 +271,12 @@ async fn main() {
 
     eprintln!("attributing {conversions} conversions…");
     let cpu = cpu_time();
-    let (s, cs) = (store.clone(), caches.clone());
+    let s = store.clone();
     let (conv_wall, conv_latency) = run_parallel(workers, conversions, move |j| {
-        let (s, c) = (s.clone(), cs.clone());
+        let s = s.clone();
         async move {
             let f = facts(j, visitors);
-            let event = service::record_conversion(s.as_ref(), &c, &f, &meta(2, j, f.occurred_at))
+            let event = service::record_conversion(s.as_ref(), &f, &meta(2, j, f.occurred_at))
                 .await
                 .unwrap();
             assert!(event.is_attributed(), "every bench conversion has clicks");

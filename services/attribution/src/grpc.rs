@@ -43,7 +43,6 @@ pub struct AttributionService {
     /// Secret mixed into IP and user-agent hashes so they cannot be reversed by enumeration.
     hash_salt: Arc<str>,
     reports: Arc<Reports>,
-    caches: Arc<service::Caches>,
 }
 
 impl std::fmt::Debug for AttributionService {
@@ -62,7 +61,6 @@ impl AttributionService {
             clock,
             hash_salt: Arc::from(hash_salt),
             reports: Arc::default(),
-            caches: Arc::default(),
         }
     }
 
@@ -588,15 +586,7 @@ impl AttributionApi for AttributionService {
         let store = self.store.as_ref();
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
-                let t = service::resolve(
-                    store,
-                    &self.caches,
-                    subject.0,
-                    subject.1,
-                    occurred_at,
-                    input,
-                )
-                .await?;
+                let t = service::resolve(store, subject.0, subject.1, occurred_at, input).await?;
                 let recorded = service::record_touchpoint(store, &t, &meta.command_meta()).await?;
                 Ok(touchpoint_pb(&recorded))
             })
@@ -669,8 +659,7 @@ impl AttributionApi for AttributionService {
                     // A new postback must come from a partner approved at its time; a retry of
                     // a recorded one answers as before, whatever happened since.
                     let record =
-                        service::load_crm(store, &self.caches, &streams::crm_partner(partner_id))
-                            .await?;
+                        service::load_crm(store, &streams::crm_partner(partner_id)).await?;
                     crate::crm::check_partner(partner_id, &record, occurred_at)
                         .map_err(|r| ApiError::rule(r.to_string()))?;
                 }
@@ -854,9 +843,7 @@ impl AttributionApi for AttributionService {
         let store = self.store.as_ref();
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
-                let event =
-                    service::record_conversion(store, &self.caches, &facts, &meta.command_meta())
-                        .await?;
+                let event = service::record_conversion(store, &facts, &meta.command_meta()).await?;
                 tracing::info!(
                     conversion_id = %facts.conversion_id,
                     attributed = event.is_attributed(),
@@ -994,7 +981,7 @@ impl AttributionApi for AttributionService {
     ) -> Result<Response<pb::AttributionSettings>, Status> {
         let program_id = parse_uuid("program_id", &request.get_ref().program_id)
             .map_err(|fv| ApiError::InvalidArgument(vec![fv]))?;
-        let s = service::settings(self.store.as_ref(), &self.caches, program_id).await?;
+        let s = service::settings(self.store.as_ref(), program_id).await?;
         Ok(Response::new(settings_pb(program_id, &s)))
     }
 

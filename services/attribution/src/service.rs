@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use chrono::{DateTime, Utc};
 use pl_eventlog::EventStore;
 use pl_runtime::aggregate::{decode_event, execute, load, ExecuteError};
-use pl_runtime::{ApiError, CommandMeta, StateCache};
+use pl_runtime::{ApiError, CommandMeta};
 use uuid::Uuid;
 
 use crate::contract::{self, ConversionEvent, Published};
@@ -38,26 +38,10 @@ fn rejected(r: crm::Rejection) -> ApiError {
     ApiError::rule(r.to_string())
 }
 
-/// The states read or written on every conversion, kept between commands (a catch-up read
-/// per use keeps them current with what the CRM consumer and other processes append).
-/// Relationships decide idempotently by conversion id, so they may go through the cache too.
-#[derive(Debug, Default)]
-pub struct Caches {
-    pub crm: StateCache<CrmRecord>,
-    pub settings: StateCache<ProgramSettings>,
-    pub relationships: StateCache<Relationship>,
-}
-
-pub async fn load_crm(
-    store: &dyn EventStore,
-    caches: &Caches,
-    stream: &str,
-) -> Result<CrmRecord, ApiError> {
-    caches
-        .crm
-        .read(store, stream, CrmRecord::clone)
+pub async fn load_crm(store: &dyn EventStore, stream: &str) -> Result<CrmRecord, ApiError> {
+    load::<CrmRecord>(store, stream)
         .await
-        .map(|(record, _)| record)
+        .map(|l| l.state)
         .map_err(|e| executed(e, ApiError::internal))
 }
 
@@ -89,7 +73,6 @@ pub enum TouchInput {
 /// partner, program and campaign. Refusals name their reason precisely (FAILED_PRECONDITION).
 pub async fn resolve(
     store: &dyn EventStore,
-    caches: &Caches,
     visitor_id: Option<String>,
     customer_id: Option<String>,
     occurred_at: DateTime<Utc>,
@@ -108,7 +91,7 @@ pub async fn resolve(
         } => {
             let (partner, program, campaign) = match tracking_link_id {
                 Some(link_id) => {
-                    let record = load_crm(store, caches, &streams::crm_link(link_id)).await?;
+                    let record = load_crm(store, &streams::crm_link(link_id)).await?;
                     let link = crm::check_link(link_id, &record, at).map_err(rejected)?;
                     if let Some(requested) = program_id.filter(|p| *p != link.program_id) {
                         return Err(rejected(crm::Rejection::LinkOfOtherProgram {
@@ -157,7 +140,7 @@ pub async fn resolve(
             program_id,
             code,
         } => {
-            let record = load_crm(store, caches, &streams::crm_coupon(program_id, &code)).await?;
+            let record = load_crm(store, &streams::crm_coupon(program_id, &code)).await?;
             let coupon = crm::check_coupon(&code, program_id, &record, at).map_err(rejected)?;
             let detail = Detail {
                 coupon_id: Some(coupon.coupon_id),
@@ -178,7 +161,7 @@ pub async fn resolve(
             campaign_id,
             partner_id,
         } => {
-            let record = load_crm(store, caches, &streams::crm_campaign(campaign_id)).await?;
+            let record = load_crm(store, &streams::crm_campaign(campaign_id)).await?;
             let campaign =
                 crm::check_campaign(campaign_id, partner_id, &record).map_err(rejected)?;
             (
@@ -191,7 +174,7 @@ pub async fn resolve(
             )
         }
     };
-    let partner = load_crm(store, caches, &streams::crm_partner(partner_id)).await?;
+    let partner = load_crm(store, &streams::crm_partner(partner_id)).await?;
     crm::check_partner(partner_id, &partner, at).map_err(rejected)?;
     Ok(Touchpoint {
         touchpoint_id: id,
@@ -282,18 +265,11 @@ pub async fn set_settings(
 
 pub async fn settings(
     store: &dyn EventStore,
-    caches: &Caches,
     program_id: Uuid,
 ) -> Result<ProgramSettings, ApiError> {
-    caches
-        .settings
-        .read(
-            store,
-            &streams::settings(program_id),
-            ProgramSettings::clone,
-        )
+    load::<ProgramSettings>(store, &streams::settings(program_id))
         .await
-        .map(|(s, _)| s)
+        .map(|l| l.state)
         .map_err(|e| executed(e, ApiError::internal))
 }
 
@@ -334,7 +310,6 @@ async fn recent_touchpoints(
 /// Everything a fresh decision may use, read from the log.
 async fn gather(
     store: &dyn EventStore,
-    caches: &Caches,
     facts: &ConversionFacts,
     window_days: u32,
 ) -> Result<Candidates, ApiError> {
@@ -364,7 +339,7 @@ async fn gather(
         deal_streams.push(streams::crm_deal_by_domain(facts.program_id, d));
     }
     for s in deal_streams {
-        for d in load_crm(store, caches, &s).await?.deals {
+        for d in load_crm(store, &s).await?.deals {
             if !c.deals.iter().any(|x| x.deal_id == d.deal_id) {
                 c.deals.push(d);
             }
@@ -382,12 +357,7 @@ async fn gather(
         .collect();
     let mut histories = BTreeMap::new();
     for p in partners {
-        histories.insert(
-            p,
-            load_crm(store, caches, &streams::crm_partner(p))
-                .await?
-                .statuses,
-        );
+        histories.insert(p, load_crm(store, &streams::crm_partner(p)).await?.statuses);
     }
     c.partners = histories;
     Ok(c)
@@ -415,7 +385,6 @@ fn conversion_error(e: ConversionError) -> ApiError {
 /// Decides a conversion (once per program and external id) and publishes the decision.
 pub async fn record_conversion(
     store: &dyn EventStore,
-    caches: &Caches,
     facts: &ConversionFacts,
     meta: &CommandMeta,
 ) -> Result<ConversionEvent, ApiError> {
@@ -428,13 +397,13 @@ pub async fn record_conversion(
             external_id: facts.external_id.clone(),
         }));
     }
-    let program = settings(store, caches, facts.program_id).await?;
+    let program = settings(store, facts.program_id).await?;
     let candidates = if facts.conversion_type.is_reversal()
         || facts.conversion_type == crate::conversions::ConversionType::SubscriptionCancelled
     {
         Candidates::default()
     } else {
-        gather(store, caches, facts, program.current.window_days).await?
+        gather(store, facts, program.current.window_days).await?
     };
     let cmd = Decide {
         facts: facts.clone(),
@@ -442,21 +411,19 @@ pub async fn record_conversion(
         settings_version: program.version,
         candidates,
     };
-    let done = caches
-        .relationships
-        .execute(
-            store,
-            &streams::relationship(facts.program_id, &facts.customer_id),
-            &cmd,
-            meta,
-            |r| r.decisions.get(&facts.conversion_id).cloned(),
-        )
-        .await
-        .map_err(|e| executed(e, conversion_error))?;
+    let done = execute::<Relationship>(
+        store,
+        &streams::relationship(facts.program_id, &facts.customer_id),
+        &cmd,
+        meta,
+    )
+    .await
+    .map_err(|e| executed(e, conversion_error))?;
     let decision = done
-        .view
+        .state
+        .decisions
+        .get(&facts.conversion_id)
         .ok_or_else(|| ApiError::internal("decision missing after decide"))?;
-    let decision = &decision;
     let event = contract::publish(decision);
     let publish_meta = CommandMeta {
         id_seed: Uuid::new_v5(&facts.conversion_id, b"publish"),
