@@ -174,6 +174,10 @@ pub struct Book {
     pub entries: BTreeMap<(Uuid, EntryKey), Entry>,
     /// Refund and chargeback ids already applied: the same one twice changes nothing.
     pub reversals_seen: BTreeSet<Uuid>,
+    /// Override reversals applied, by (refund id, conversion, downline partner, level): one
+    /// refund reverses this partner's own line and each override it earned on the conversion,
+    /// so the refund id alone does not tell them apart.
+    pub override_reversals_seen: BTreeSet<(Uuid, Uuid, Uuid, u8)>,
     /// Each applied reversal of a conversion credited to this partner, by refund id, so a
     /// redelivered refund can still pass the override reversals on to the upline.
     pub reversals: BTreeMap<Uuid, Reversal>,
@@ -606,6 +610,13 @@ impl Aggregate for Book {
                     .accruals
                     .get(conversion_id)
                     .ok_or(BookError::UnknownConversion(*conversion_id))?;
+                // Reversed in full already (a refund after a rejection): nothing is left.
+                if earlier
+                    .last()
+                    .is_some_and(|r| r.remaining_fraction() <= Decimal::ZERO)
+                {
+                    return Ok(vec![]);
+                }
                 let reversal = reverse_remaining(accrual, earlier, *fraction)?;
                 let mut transactions = Vec::new();
                 if let Some(own) = Self::own_amount(accrual, &reversal.lines)? {
@@ -663,7 +674,12 @@ impl Aggregate for Book {
                 let Some(entry) = book.entries.get(&key) else {
                     return Err(BookError::UnknownConversion(*conversion_id));
                 };
-                if book.reversals_seen.contains(reversal_id) {
+                if book.override_reversals_seen.contains(&(
+                    *reversal_id,
+                    *conversion_id,
+                    *from_partner,
+                    *level,
+                )) {
                     return Ok(vec![]);
                 }
                 let partner = book.partner_id.unwrap_or_default();
@@ -1060,7 +1076,12 @@ impl Book {
                 amount,
                 ..
             } => {
-                self.reversals_seen.insert(*reversal_id);
+                self.override_reversals_seen.insert((
+                    *reversal_id,
+                    *conversion_id,
+                    *from_partner,
+                    *level,
+                ));
                 if let Some(entry) = self.entries.get_mut(&(
                     *conversion_id,
                     EntryKey::Override {
@@ -1229,6 +1250,96 @@ mod tests {
         let b = ledger.balances_of_partner(PARTNER, AsOf::Latest).unwrap();
         let usd = &b.currencies[&Currency::USD];
         (usd.pending, usd.payable)
+    }
+
+    /// Regression: one refund id marked both kinds of reversal as seen, so a partner credited
+    /// on a conversion and also earning an override on it (from a co-credited downline) kept
+    /// whichever of the two was reversed second.
+    #[test]
+    fn one_refund_reverses_both_a_partners_own_line_and_its_override_on_the_same_conversion() {
+        const DOWNLINE: Uuid = Uuid::from_u128(0xd0);
+        // The downline's accrual on conversion 1, whose override line goes to PARTNER.
+        let BookCommand::Accrue {
+            program_id,
+            campaign_id,
+            mut facts,
+            versions,
+        } = sale(1, "100.00", day(2))
+        else {
+            panic!("a sale is an accrual");
+        };
+        facts.partner_id = DOWNLINE;
+        facts.upline = vec![PARTNER];
+        let downline = Book::decide(
+            &Book::default(),
+            &BookCommand::Accrue {
+                program_id,
+                campaign_id,
+                facts,
+                versions,
+            },
+        )
+        .unwrap();
+        let BookEvent::ConversionAccrued { accrual, .. } = &downline[0] else {
+            panic!("expected an accrual");
+        };
+        let line = accrual
+            .lines
+            .iter()
+            .find(|l| matches!(l.kind, LineKind::Override { .. }))
+            .unwrap()
+            .clone();
+        // PARTNER's book: its own 10 % on conversion 1 and the 2 % override from DOWNLINE.
+        let (book, mut all) = run(Book::default(), &sale(1, "100.00", day(2)));
+        let (book, events) = run(
+            book,
+            &BookCommand::AccrueOverride {
+                program_id: PROGRAM,
+                conversion_id: Uuid::from_u128(1),
+                from_partner: DOWNLINE,
+                occurred_at: day(2),
+                hold_days: 30,
+                line: line.clone(),
+                source_event_id: Uuid::from_u128(77),
+            },
+        );
+        all.extend(events);
+        assert_eq!(balances(&all), (usd("12.00"), usd("0.00")));
+        let refund = Uuid::from_u128(50);
+        let (book, events) = run(
+            book,
+            &BookCommand::ReverseOverride {
+                reversal_id: refund,
+                conversion_id: Uuid::from_u128(1),
+                from_partner: DOWNLINE,
+                level: 1,
+                amount: Money::new(-line.amount.amount(), line.amount.currency()),
+                occurred_at: day(5),
+                source_event_id: Uuid::from_u128(51),
+            },
+        );
+        all.extend(events);
+        let (book, events) = run(
+            book,
+            &BookCommand::Reverse {
+                reversal_id: refund,
+                conversion_id: Uuid::from_u128(1),
+                fraction: Decimal::ONE,
+                occurred_at: day(5),
+                source_event_id: Uuid::from_u128(51),
+            },
+        );
+        all.extend(events);
+        assert_eq!(balances(&all), (usd("0.00"), usd("0.00")));
+        // A later refund of what is fully reversed changes nothing (no error either).
+        let again = BookCommand::Reverse {
+            reversal_id: Uuid::from_u128(52),
+            conversion_id: Uuid::from_u128(1),
+            fraction: Decimal::new(25, 2),
+            occurred_at: day(6),
+            source_event_id: Uuid::from_u128(53),
+        };
+        assert!(Book::decide(&book, &again).unwrap().is_empty());
     }
 
     /// Regression: a tiered-volume accrual was refused because its explanation named the
