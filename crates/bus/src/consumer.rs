@@ -121,25 +121,43 @@ where
             }
             Err(e) => return Err(e),
         };
-        handle_one(delivery, &mut handler, &config).await;
+        handle_one(delivery, &mut handler, &config, 0).await;
     }
 }
 
 /// Runs the handler on one delivery (bounded by the handler timeout) and settles it: `Ok` acks,
-/// `Retry` naks with backoff, `Permanent` dead-letters.
-async fn handle_one<H, Fut>(delivery: crate::port::Delivery, handler: &mut H, config: &RunnerConfig)
-where
+/// `Retry` naks with backoff, `Permanent` dead-letters. With `retries_in_place`, a `Retry` is
+/// first retried right here (same backoff) that many times, so the messages queued behind it
+/// under the same key wait instead of overtaking it.
+async fn handle_one<H, Fut>(
+    delivery: crate::port::Delivery,
+    handler: &mut H,
+    config: &RunnerConfig,
+    retries_in_place: u32,
+) where
     H: FnMut(Message) -> Fut + Send,
     Fut: Future<Output = Result<(), HandleError>> + Send,
 {
     let message_id = delivery.message.id;
     let delivered_count = delivery.delivered_count;
-    let outcome = tokio::time::timeout(
-        Duration::from_millis(config.handler_timeout_ms),
-        handler(delivery.message.clone()),
-    )
-    .await
-    .unwrap_or_else(|_| Err(HandleError::Retry("handler timed out".to_owned())));
+    let mut attempt = 0;
+    let outcome = loop {
+        let outcome = tokio::time::timeout(
+            Duration::from_millis(config.handler_timeout_ms),
+            handler(delivery.message.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| Err(HandleError::Retry("handler timed out".to_owned())));
+        match outcome {
+            Err(HandleError::Retry(reason)) if attempt < retries_in_place => {
+                attempt += 1;
+                let delay_ms = retry_delay_ms(config, attempt);
+                tracing::debug!(%message_id, attempt, delay_ms, reason, "retrying in place");
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            other => break other,
+        }
+    };
     let settled = match outcome {
         Ok(()) => delivery.ack().await,
         Err(HandleError::Retry(reason)) => {
@@ -155,15 +173,21 @@ where
     }
 }
 
+/// `Retry` outcomes a lane of [`run_consumer_keyed`] retries in place before it naks (the
+/// backoff doubles from `retry_backoff_min_ms`: 1.5 s in all with the defaults).
+const RETRIES_IN_PLACE: u32 = 4;
+
 /// Deliveries waiting per lane of [`run_consumer_keyed`] (the consumer's `max_ack_pending`
 /// bounds the total in flight as well).
-const LANE_DEPTH: usize = 64;
+const LANE_DEPTH: usize = 8;
 /// Lanes of [`run_consumer_keyed`] at most.
 pub const MAX_LANES: usize = 256;
 
 /// Like [`run_consumer_with`], with up to `lanes` messages in progress at once: messages whose
-/// `key_of` is equal are handled one at a time in delivery order (a customer's invoices, its
-/// refund after its sale), others concurrently. The handler must be safe to run concurrently
+/// `key_of` is equal are handled one at a time in delivery order, others concurrently; a
+/// message that asks to be retried is retried in place first, so the ones behind it under the
+/// same key do not overtake it (unless it is finally nak'ed). Order holds within one process:
+/// run one consumer process per durable consumer where order matters. The handler must be safe to run concurrently
 /// for different keys (per-stream optimistic concurrency makes a command handler so). On
 /// `shutdown` each lane finishes the message in hand; queued ones are left unsettled and come
 /// back after the ack wait.
@@ -197,7 +221,7 @@ where
                         None => return,
                     },
                 };
-                handle_one(delivery, &mut handler, &config).await;
+                handle_one(delivery, &mut handler, &config, RETRIES_IN_PLACE).await;
             }
         }));
     }

@@ -55,17 +55,17 @@ pub fn subscriptions(prefix: &str) -> Vec<(String, String)> {
 /// Lanes the commissions consumers run on: messages of one key in order, others concurrently.
 pub const LANES: usize = 16;
 
-/// The ordering key of a message: a customer's events (its sale, invoices, refunds, churn)
-/// stay in delivery order, since the engine counts customer months and churn from them; a
-/// partner's compliance and CRM facts likewise. Anything else (unparseable data included)
-/// is keyed by its own id and goes wherever.
+/// The ordering key of a message. Attribution's events are keyed by program: the engine's
+/// state is per partner and plan (tier volume, period caps, a customer's months), and a
+/// conversion touches several partners' books (shares, overrides), so only a program's whole
+/// sequence in delivery order decides exactly as a sequential consumer would. Compliance's and
+/// CRM's facts are keyed by partner (they touch one partner's eligibility or account).
+/// Anything unparseable is keyed by its id (it is dead-lettered anyway).
 pub fn ordering_key(message: &Message) -> u64 {
     #[derive(Deserialize)]
     struct Keys<'a> {
         #[serde(borrow, default)]
         program_id: Option<std::borrow::Cow<'a, str>>,
-        #[serde(borrow, default)]
-        customer_id: Option<std::borrow::Cow<'a, str>>,
         #[serde(borrow, default)]
         partner_id: Option<std::borrow::Cow<'a, str>>,
     }
@@ -74,15 +74,14 @@ pub fn ordering_key(message: &Message) -> u64 {
         #[serde(borrow)]
         data: Keys<'a>,
     }
+    let from_attribution = message.subject.split('.').nth(1) == Some("attribution");
     match serde_json::from_slice::<Envelope<'_>>(&message.payload) {
         Ok(Envelope {
-            data:
-                Keys {
-                    program_id,
-                    customer_id: Some(customer),
-                    ..
-                },
-        }) => pl_bus::lane_key(&["customer", program_id.as_deref().unwrap_or(""), &customer]),
+            data: Keys {
+                program_id: Some(program),
+                ..
+            },
+        }) if from_attribution => pl_bus::lane_key(&["program", &program]),
         Ok(Envelope {
             data: Keys {
                 partner_id: Some(partner),
