@@ -98,6 +98,12 @@ pub async fn on_conversion(
     trace: &BTreeMap<String, String>,
 ) -> Result<(), HandleError> {
     let revenue = c.gross.or(c.net);
+    // A conversion waits for a missing FX rate as a whole, before any partner's accrual: a
+    // partial accrual would leave its follow-ups (overrides, the customer's credit, the
+    // conversion's index that refunds look for) unwritten until the release.
+    if let Some(waiting) = first_missing_rate(store, caches, event, c).await? {
+        return park(store, caches, waiting, trace).await;
+    }
     let mut credited = Vec::with_capacity(c.shares.len());
     let mut follow_ups: Vec<FollowUp<'_>> = Vec::new();
     for share in &c.shares {
@@ -145,20 +151,13 @@ pub async fn on_conversion(
                 let date = c.occurred_at.date_naive();
                 let rate = fx_rate(store, caches, from, to, date).await?;
                 if rate.is_none() {
-                    // No rate for the business date: the conversion waits, visibly, until one
-                    // is recorded. Accruals already made for other partners stay (they are
-                    // repeated idempotently when the conversion is released).
-                    let waiting = Waiting {
-                        conversion_id: c.conversion_id,
-                        program_id: c.program_id,
-                        partner_id: share.partner_id,
-                        from,
-                        to,
-                        date,
-                        occurred_at: c.occurred_at,
-                        event: event.clone(),
-                    };
-                    return park(store, caches, waiting, trace).await;
+                    // Checked for every share before the first accrual (below): a rate that
+                    // vanished since is a race to retry, never a partial accrual.
+                    return Err(HandleError::Retry(format!(
+                        "fx rate {}→{} of {date} not visible yet",
+                        from.code(),
+                        to.code()
+                    )));
                 }
                 rate
             }
@@ -291,6 +290,56 @@ pub async fn on_conversion(
     // failure of any retries the message and repeats only what is missing.
     futures::future::try_join_all(follow_ups).await?;
     Ok(())
+}
+
+/// The first credited partner whose plan pays in another currency with no rate recorded for
+/// the conversion's business date, as the entry to park.
+async fn first_missing_rate(
+    store: &dyn EventStore,
+    caches: &Caches,
+    event: &IntegrationEvent,
+    c: &ConversionAttributed,
+) -> Result<Option<Waiting>, HandleError> {
+    let Some(from) = c.gross.or(c.net).map(|m| m.currency()) else {
+        return Ok(None);
+    };
+    let date = c.occurred_at.date_naive();
+    for share in &c.shares {
+        let (assignment, _) = caches
+            .assignments
+            .read(store, &setup::assignment_stream(share.partner_id), |a| {
+                a.at(c.occurred_at).map(|a| a.plan_id)
+            })
+            .await
+            .map_err(outcome)?;
+        let Some(plan_id) = assignment else { continue };
+        let (to, _) = caches
+            .plans
+            .read(store, &setup::plan_stream(plan_id), |p| {
+                p.0.iter()
+                    .filter(|v| v.effective_from <= c.occurred_at)
+                    .max_by_key(|v| v.effective_from)
+                    .map(|v| v.payout_currency)
+            })
+            .await
+            .map_err(outcome)?;
+        let Some(to) = to.filter(|to| *to != from) else {
+            continue;
+        };
+        if fx_rate(store, caches, from, to, date).await?.is_none() {
+            return Ok(Some(Waiting {
+                conversion_id: c.conversion_id,
+                program_id: c.program_id,
+                partner_id: share.partner_id,
+                from,
+                to,
+                date,
+                occurred_at: c.occurred_at,
+                event: event.clone(),
+            }));
+        }
+    }
+    Ok(None)
 }
 
 async fn fx_rate(

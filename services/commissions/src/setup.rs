@@ -39,6 +39,10 @@ pub enum PlanPublishError {
     },
     #[error("the plan id in the body ({body}) differs from the request's ({request})")]
     WrongPlan { request: Uuid, body: Uuid },
+    /// Grandfathered customers stay on older versions: every version of a plan pays in one
+    /// currency, so a conversion's FX pair does not depend on which version it is computed with.
+    #[error("the plan pays in {first}; a version cannot pay in {got} (publish a new plan)")]
+    PayoutCurrencyChanged { first: Currency, got: Currency },
 }
 
 /// Publishing a version (for the plan `plan_id`).
@@ -63,6 +67,14 @@ impl Aggregate for Plan {
             });
         }
         let last = plan.0.last();
+        if let Some(first) = plan.0.first() {
+            if first.payout_currency != v.payout_currency {
+                return Err(PlanPublishError::PayoutCurrencyChanged {
+                    first: first.payout_currency,
+                    got: v.payout_currency,
+                });
+            }
+        }
         let expected = last.map_or(1, |l| l.version + 1);
         if v.version != expected {
             return Err(PlanPublishError::VersionOutOfOrder {

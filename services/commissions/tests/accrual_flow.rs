@@ -972,3 +972,103 @@ async fn a_conversion_shows_its_accrual_and_reversals_and_a_partner_its_payout_b
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+/// Regression (found in review): a conversion credited to two partners, one paid in another
+/// currency without a rate, used to accrue the first partner and park the rest — leaving its
+/// override, customer credit and index (which refunds look for) unwritten until the release.
+#[tokio::test]
+async fn a_conversion_waits_for_a_missing_rate_as_a_whole_before_any_partner_accrues() {
+    let w = world().await;
+    const EURO_PARTNER: Uuid = Uuid::from_u128(0xa3);
+    const EURO_PLAN: Uuid = Uuid::from_u128(0xb2);
+    let mut euro = plan();
+    euro.plan_id = EURO_PLAN;
+    euro.payout_currency = Currency::EUR;
+    euro.minimum_payout = Money::from_minor_units(5000, Currency::EUR);
+    euro.overrides = vec![];
+    w.api
+        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx("plan-eur"),
+            plan_id: EURO_PLAN.to_string(),
+            plan_json: serde_json::to_string(&euro).unwrap(),
+        }))
+        .await
+        .unwrap();
+    w.api
+        .assign_plan(Request::new(pb::AssignPlanRequest {
+            context: ctx("assign-eur"),
+            partner_id: EURO_PARTNER.to_string(),
+            plan_id: EURO_PLAN.to_string(),
+            effective_from: Some(ts(at(1, 1))),
+            partner_tier: String::new(),
+            parent_partner_id: String::new(),
+        }))
+        .await
+        .unwrap();
+    let mut both = sale(120, "100.00");
+    both["shares"] = serde_json::json!([
+        { "partner_id": PARTNER, "weight": "0.5" },
+        { "partner_id": EURO_PARTNER, "weight": "0.5" },
+    ]);
+    w.consume(message(30, "ConversionAttributed", both, at(1, 10)))
+        .await
+        .unwrap();
+    // Nobody accrued, not even the partner paid in USD.
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("none".into(), "none".into())
+    );
+    let waiting = w.awaiting_fx("USD", "EUR").await;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].partner_id, EURO_PARTNER.to_string());
+    let recorded = w
+        .api
+        .record_fx_rate(Request::new(pb::RecordFxRateRequest {
+            context: ctx("fx-usd-eur"),
+            from_currency: "USD".into(),
+            to_currency: "EUR".into(),
+            date: Some(ts(at(1, 10))),
+            rate: "0.90".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(recorded.released_accruals, 1);
+    // 10 % of the 50.00 USD share; the EUR partner: 10 % of 50.00 USD × 0.90.
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("5.00".into(), "0.00".into())
+    );
+    assert_eq!(w.balances(PARENT, None).await.0, "1.00");
+    let accrual = w
+        .api
+        .get_conversion_accrual(Request::new(pb::GetConversionAccrualRequest {
+            conversion_id: Uuid::from_u128(120).to_string(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(accrual.accrued, "the index refunds look for is written");
+    assert_eq!(accrual.partners.len(), 2);
+
+    // Every version of a plan pays in one currency.
+    let mut v2 = euro;
+    v2.version = 2;
+    v2.effective_from = at(2, 1);
+    v2.payout_currency = Currency::GBP;
+    let err = w
+        .api
+        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx("plan-eur-2"),
+            plan_id: EURO_PLAN.to_string(),
+            plan_json: serde_json::to_string(&v2).unwrap(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("cannot pay in GBP"),
+        "{}",
+        err.message()
+    );
+}
