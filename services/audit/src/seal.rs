@@ -35,7 +35,7 @@ pub const MAX_SEALS: usize = 1_000_000;
 pub struct Seal {
     /// The last position covered.
     pub up_to_position: u64,
-    /// Events at positions up to it (positions are gap-free, so `up_to_position + 1`).
+    /// Events up to it, counted.
     pub events: u64,
     pub streams: u64,
     /// Hex.
@@ -116,12 +116,13 @@ pub fn verifying_key_from(text: &str) -> Result<VerifyingKey, AuditError> {
     VerifyingKey::from_bytes(&bytes).map_err(|e| AuditError::Key(format!("public key: {e}")))
 }
 
-/// Stream heads as of the log's current end, and the last position.
+/// Stream heads as of the log's current end, the last position, and the events counted.
+/// Positions are counted, never assumed gap-free: EventStoreDB's are byte offsets.
 async fn heads_now(
     store: &dyn EventStore,
-) -> Result<(BTreeMap<String, (u64, EventHash)>, Option<u64>), AuditError> {
+) -> Result<(BTreeMap<String, (u64, EventHash)>, Option<u64>, u64), AuditError> {
     let mut heads = BTreeMap::new();
-    let (mut from, mut last) = (0, None);
+    let (mut from, mut last, mut events) = (0, None, 0u64);
     loop {
         let page = store.read_all(from, PAGE_EVENTS).await?;
         let Some(end) = page.last() else { break };
@@ -129,9 +130,10 @@ async fn heads_now(
         for e in &page {
             heads.insert(e.stream.clone(), (e.version, e.hash));
             last = Some(e.position);
+            events += 1;
         }
     }
-    Ok((heads, last))
+    Ok((heads, last, events))
 }
 
 /// Seals the log as it is now: appends a `LogSealed` committing to every stream head. Returns
@@ -141,12 +143,12 @@ pub async fn seal(
     key: &SigningKey,
     sealed_at: DateTime<Utc>,
 ) -> Result<Option<Seal>, AuditError> {
-    let (heads, last) = heads_now(store).await?;
+    let (heads, last, events) = heads_now(store).await?;
     let Some(position) = last else {
         return Ok(None);
     };
     let root = merkle_root(&heads);
-    let (events, streams) = (position + 1, heads.len() as u64);
+    let streams = heads.len() as u64;
     let signature = key.sign(&message(position, events, streams, &root));
     let s = Seal {
         up_to_position: position,
@@ -175,29 +177,22 @@ pub async fn seal_if_grown(
     key: &SigningKey,
     sealed_at: DateTime<Utc>,
 ) -> Result<Option<Seal>, AuditError> {
-    if let Some(last) = last_seal(store).await? {
-        // The last seal's own event follows its position; anything after that is growth.
-        if store.read_all(last.up_to_position + 2, 1).await?.is_empty() {
+    if let Some(seal_position) = last_seal_position(store).await? {
+        // Anything after the last seal's own event is growth (positions may have gaps:
+        // EventStoreDB's are byte offsets, so nothing is computed from them).
+        if store.read_all(seal_position + 1, 1).await?.is_empty() {
             return Ok(None);
         }
     }
     seal(store, key, sealed_at).await
 }
 
-async fn last_seal(store: &dyn EventStore) -> Result<Option<Seal>, AuditError> {
+async fn last_seal_position(store: &dyn EventStore) -> Result<Option<u64>, AuditError> {
     let Some(v) = store.stream_version(SEALS_STREAM).await? else {
         return Ok(None);
     };
     let page = store.read_stream(SEALS_STREAM, v, 1).await?;
-    page.first()
-        .map(|e| {
-            e.data_as::<Seal>().map_err(|err| AuditError::Decode {
-                stream: e.stream.clone(),
-                position: e.position,
-                reason: err.to_string(),
-            })
-        })
-        .transpose()
+    Ok(page.first().map(|e| e.position))
 }
 
 /// The first thing wrong with the log, if anything.
@@ -279,6 +274,7 @@ pub async fn verify(
     let mut next = seals.iter().peekable();
     let mut from = 0;
     let mut last_position = None;
+    let mut counted = 0u64;
     'walk: loop {
         let page = store.read_all(from, PAGE_EVENTS).await?;
         let Some(end) = page.last() else { break };
@@ -289,7 +285,14 @@ pub async fn verify(
                 if s.up_to_position >= e.position {
                     break;
                 }
-                if let Some(b) = check(s, *at, &heads, last_position, public_key, &mut out) {
+                if let Some(b) = check(
+                    s,
+                    *at,
+                    &heads,
+                    (last_position, counted),
+                    public_key,
+                    &mut out,
+                ) {
                     out.first_break = Some(b);
                     break 'walk;
                 }
@@ -297,11 +300,19 @@ pub async fn verify(
             }
             heads.insert(e.stream.clone(), (e.version, e.hash));
             last_position = Some(e.position);
+            counted += 1;
         }
     }
     if out.first_break.is_none() {
         for (at, s) in next {
-            if let Some(b) = check(s, *at, &heads, last_position, public_key, &mut out) {
+            if let Some(b) = check(
+                s,
+                *at,
+                &heads,
+                (last_position, counted),
+                public_key,
+                &mut out,
+            ) {
                 out.first_break = Some(b);
                 break;
             }
@@ -314,7 +325,7 @@ fn check(
     s: &Seal,
     at: u64,
     heads: &BTreeMap<String, (u64, EventHash)>,
-    last_position: Option<u64>,
+    (last_position, counted): (Option<u64>, u64),
     public_key: Option<&VerifyingKey>,
     out: &mut VerifyOutcome,
 ) -> Option<String> {
@@ -325,6 +336,12 @@ fn check(
     );
     if last_position != Some(s.up_to_position) {
         return Some(format!("{here}: the log holds no event at that position"));
+    }
+    if counted != s.events {
+        return Some(format!(
+            "{here}: the log holds {counted} events up to that position, the seal says {}",
+            s.events
+        ));
     }
     let root = merkle_root(heads);
     if hex::encode(root) != s.merkle_root || heads.len() as u64 != s.streams {
