@@ -47,6 +47,20 @@ pub fn transactions_of(recorded: &RecordedEvent) -> Result<Vec<RecordedTransacti
         .collect())
 }
 
+/// The book events decoded postings-only; any other type is decoded in full.
+const KNOWN_BOOK_EVENTS: &[&str] = &[
+    "ConversionAccrued",
+    "OverrideAccrued",
+    "ConversionReversed",
+    "OverrideReversed",
+    "CommissionsMatured",
+    "CustomerChurned",
+    "PayoutCreated",
+    "PayoutSettled",
+    "PayoutFailed",
+    "PartnerCredited",
+];
+
 /// Every book event's data holds its postings under `transactions` (or none, for a churn):
 /// balances need only those, so the rest of the document (the engine's accrual, 60 % of the
 /// bytes) is skipped unparsed. Events whose schema needs an upcast go the full way.
@@ -58,7 +72,11 @@ struct Postings {
 
 fn postings_of(recorded: &RecordedEvent) -> Result<Vec<RecordedTransaction>, AuditError> {
     use pl_runtime::aggregate::DomainEvent;
-    if BookEvent::needs_upcast(&recorded.event_type, recorded.schema_version) {
+    // A type this version does not know, or an old schema, goes the service's own way (which
+    // refuses what it cannot decode) instead of counting as no postings.
+    if !KNOWN_BOOK_EVENTS.contains(&recorded.event_type.as_str())
+        || BookEvent::needs_upcast(&recorded.event_type, recorded.schema_version)
+    {
         return transactions_of(recorded);
     }
     let p: Postings = serde_json::from_slice(&recorded.data).map_err(|e| AuditError::Decode {
