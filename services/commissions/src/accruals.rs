@@ -21,6 +21,7 @@ use crate::contract::{
     SubscriptionCancelled,
 };
 use crate::fx_wait::{self, FxWaitCommand, FxWaiting, Waiting};
+use crate::pending::{self, Pending, PendingCommand};
 use crate::setup::{
     self, Accrued, Assignments, ConversionIndex, CustomerCredit, CustomerIndex, FxRates, Plan,
     MAX_UPLINE,
@@ -289,6 +290,107 @@ pub async fn on_conversion(
     // to the log together (one group commit instead of one each). Each is idempotent, so a
     // failure of any retries the message and repeats only what is missing.
     futures::future::try_join_all(follow_ups).await?;
+    apply_pending_reversals(store, caches, c.conversion_id, trace).await
+}
+
+/// Parks a refund, chargeback or rejection of a conversion not accrued yet. If the accrual
+/// landed in the meantime (it may have looked for pending reversals before this one was
+/// parked), the message is retried at once and applies directly.
+async fn park_reversal(
+    store: &dyn EventStore,
+    event: &IntegrationEvent,
+    conversion_id: Uuid,
+    trace: &BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    execute::<Pending>(
+        store,
+        &pending::stream(conversion_id),
+        &PendingCommand::Park(Box::new(event.clone())),
+        &meta(event, "pending-reversal", trace),
+    )
+    .await
+    .map_err(|e| match e {
+        ExecuteError::Domain(e) => HandleError::Retry(e.to_string()),
+        other => outcome(other),
+    })?;
+    let index = load::<ConversionIndex>(store, &setup::accrued_stream(conversion_id))
+        .await
+        .map_err(outcome)?
+        .state;
+    if index.0.is_some() {
+        return Err(HandleError::Retry(format!(
+            "conversion {conversion_id} was accrued meanwhile"
+        )));
+    }
+    tracing::info!(%conversion_id, event_type = %event.event_type, "reversal waits for its conversion's accrual");
+    Ok(())
+}
+
+/// Applies the reversals that arrived before this conversion's accrual, then marks them
+/// applied. A reversal that can never apply (a refund larger than the sale) is logged and
+/// dropped from the wait: it must not block the conversion.
+async fn apply_pending_reversals(
+    store: &dyn EventStore,
+    caches: &Caches,
+    conversion_id: Uuid,
+    trace: &BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    let pending = load::<Pending>(store, &pending::stream(conversion_id))
+        .await
+        .map_err(outcome)?;
+    if pending.state.waiting.is_empty() {
+        return Ok(());
+    }
+    let mut applied = Vec::with_capacity(pending.state.waiting.len());
+    for e in &pending.state.waiting {
+        let done = match e.event_type.as_str() {
+            "ConversionRefunded" | "ChargebackReceived" => {
+                match Reversal::parse(&e.event_type, e.data.get()) {
+                    Ok(r) => Box::pin(on_reversal(store, caches, e, &r, trace)).await,
+                    Err(err) => Err(HandleError::Permanent(err.to_string())),
+                }
+            }
+            "ConversionRejected" => match ConversionRejected::parse(e.data.get()) {
+                Ok(r) => Box::pin(on_rejection(store, caches, e, &r, trace)).await,
+                Err(err) => Err(HandleError::Permanent(err.to_string())),
+            },
+            other => Err(HandleError::Permanent(format!("{other} is not a reversal"))),
+        };
+        match done {
+            Ok(()) => applied.push(e.id),
+            Err(HandleError::Permanent(reason)) => {
+                tracing::warn!(%conversion_id, event_id = %e.id, reason, "a pending reversal can never apply; dropped");
+                applied.push(e.id);
+            }
+            Err(retry) => return Err(retry),
+        }
+    }
+    let release_meta = CommandMeta {
+        id_seed: Uuid::new_v5(
+            &pl_bus::DERIVED_EVENT_ID_NAMESPACE,
+            format!(
+                "pending-applied:{conversion_id}:{}",
+                pending.version.unwrap_or(0)
+            )
+            .as_bytes(),
+        ),
+        occurred_at: pending
+            .state
+            .waiting
+            .last()
+            .map_or_else(chrono::DateTime::<chrono::Utc>::default, |e| e.occurred_at),
+        correlation_id: None,
+        causation_id: None,
+        trace_context: trace.clone(),
+    };
+    execute::<Pending>(
+        store,
+        &pending::stream(conversion_id),
+        &PendingCommand::Applied { event_ids: applied },
+        &release_meta,
+    )
+    .await
+    .map_err(outcome)?;
     Ok(())
 }
 
@@ -482,12 +584,8 @@ pub async fn on_reversal(
         .map_err(outcome)?
         .state;
     let Some(accrued) = index.0 else {
-        // The conversion was never accrued (no plan, or not yet): retry, as attribution's
-        // events may arrive out of order across subjects.
-        return Err(HandleError::Retry(format!(
-            "conversion {} is not accrued yet",
-            r.conversion_id
-        )));
+        // Not accrued yet (every accrued conversion has its index, plan or not): wait for it.
+        return park_reversal(store, event, r.conversion_id, trace).await;
     };
     let Some(revenue) = accrued.revenue else {
         return Err(HandleError::Permanent(
@@ -547,11 +645,7 @@ pub async fn on_rejection(
         .map_err(outcome)?
         .state;
     let Some(accrued) = index.0 else {
-        // Not accrued (yet): retried like a refund; dead-lettered if it never is.
-        return Err(HandleError::Retry(format!(
-            "conversion {} is not accrued yet",
-            r.conversion_id
-        )));
+        return park_reversal(store, event, r.conversion_id, trace).await;
     };
     // One reversal per rejection event: a redelivery is the same reversal.
     let reversal_id = derived_event_id(event.id, "commissions:rejection");

@@ -6,7 +6,8 @@
 //! nothing; `grpc` answers queries and runs payouts (`payout_runs`). Its streams: `account-*`,
 //! `ledger-*` (partner books), `plan-*`, `assignment-*`, `fx-*`, `accrued-*`, `customer-*`,
 //! `eligibility-*` (its projection of compliance's events), `payout-*` (payout runs) and
-//! `waiting-fx` (accruals parked until their FX rate is recorded, `fx_wait`). It
+//! `waiting-fx` (accruals parked until their FX rate is recorded, `fx_wait`) and
+//! `pending-reversals-*` (refunds and rejections that arrived before their accrual, `pending`). It
 //! reads no other service's streams — what it knows of partners arrives over the bus.
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod fx_wait;
 pub mod grpc;
 pub mod payout;
 pub mod payout_runs;
+pub mod pending;
 pub mod reports;
 pub mod setup;
 

@@ -1072,3 +1072,65 @@ async fn a_conversion_waits_for_a_missing_rate_as_a_whole_before_any_partner_acc
         err.message()
     );
 }
+
+/// Regression (found in review): a rejection or refund that arrived before its conversion's
+/// accrual was retried on the bus and dead-lettered within seconds, so the commission was
+/// never reversed. It now waits and the accrual applies it.
+#[tokio::test]
+async fn a_rejection_and_a_refund_that_arrive_before_the_accrual_are_applied_when_it_lands() {
+    let w = world().await;
+    let refund = serde_json::json!({
+        "refund_id": Uuid::from_u128(910), "conversion_id": Uuid::from_u128(100),
+        "amount": { "amount": "25.00", "currency": "USD" }, "occurred_at": at(1, 12),
+    });
+    w.consume(message(2, "ConversionRefunded", refund, at(1, 12)))
+        .await
+        .unwrap();
+    let rejected = serde_json::json!({
+        "conversion_id": Uuid::from_u128(101), "program_id": PROGRAM, "partner_id": PARTNER,
+        "rule": "cookie_stuffing", "reason": "click 2 s before the sale", "occurred_at": at(1, 14),
+    });
+    w.consume(message(3, "ConversionRejected", rejected, at(1, 14)))
+        .await
+        .unwrap();
+    // Nothing to reverse yet, and nothing lost.
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("none".into(), "none".into())
+    );
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    w.consume(message(
+        4,
+        "ConversionAttributed",
+        sale(101, "300.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    // 10 % of 100 less its 25 % refund; the rejected 300 sale earns nothing.
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("7.50".into(), "0.00".into())
+    );
+    assert_eq!(w.balances(PARENT, None).await.0, "1.50");
+    // Redelivering the sale applies nothing twice.
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("7.50".into(), "0.00".into())
+    );
+}
