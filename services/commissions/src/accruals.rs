@@ -519,55 +519,76 @@ pub async fn release_waiting(
     occurred_at: chrono::DateTime<chrono::Utc>,
     trace: &BTreeMap<String, String>,
 ) -> Result<usize, HandleError> {
-    let (waiting, _) = caches
-        .fx_waiting
-        .read(store, fx_wait::STREAM, |w| {
-            w.released_by(from, to, date)
-                .into_iter()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(outcome)?;
-    if waiting.is_empty() {
-        return Ok(0);
+    // Waiting conversions that can never be accrued (a broken parked event): left parked,
+    // visible in the listing, and never allowed to block the others.
+    let mut stuck: std::collections::BTreeSet<Uuid> = std::collections::BTreeSet::new();
+    let mut total = 0usize;
+    // Pages of `MAX_RELEASE` until none is left; bounded by the backlog's own bound.
+    for _ in 0..=fx_wait::MAX_WAITING / fx_wait::MAX_RELEASE {
+        let (waiting, _) = caches
+            .fx_waiting
+            .read(store, fx_wait::STREAM, |w| {
+                w.released_by(from, to, date)
+                    .into_iter()
+                    .filter(|w| !stuck.contains(&w.conversion_id))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(outcome)?;
+        if waiting.is_empty() {
+            break;
+        }
+        let mut released = Vec::with_capacity(waiting.len());
+        for w in &waiting {
+            let done = match ConversionAttributed::parse(w.event.data.get()) {
+                Ok(c) => Box::pin(on_conversion(store, caches, &w.event, &c, trace)).await,
+                Err(e) => Err(HandleError::Permanent(e.to_string())),
+            };
+            match done {
+                Ok(()) => released.push(w.conversion_id),
+                Err(HandleError::Permanent(reason)) => {
+                    tracing::warn!(conversion_id = %w.conversion_id, reason, "a conversion waiting for an fx rate cannot be accrued; it stays listed");
+                    stuck.insert(w.conversion_id);
+                }
+                Err(retry) => return Err(retry),
+            }
+        }
+        if released.is_empty() {
+            continue;
+        }
+        // The release's id derives from what it releases, so a repeated release appends nothing.
+        let mut name = format!("fx-release:{}:{}:{date}", from.code(), to.code());
+        for id in &released {
+            name.push(':');
+            name.push_str(&id.to_string());
+        }
+        let release_meta = CommandMeta {
+            id_seed: Uuid::new_v5(&pl_bus::DERIVED_EVENT_ID_NAMESPACE, name.as_bytes()),
+            occurred_at,
+            correlation_id: None,
+            causation_id: None,
+            trace_context: trace.clone(),
+        };
+        total += released.len();
+        caches
+            .fx_waiting
+            .execute(
+                store,
+                fx_wait::STREAM,
+                &FxWaitCommand::Release {
+                    from,
+                    to,
+                    conversion_ids: released,
+                },
+                &release_meta,
+                |_| (),
+            )
+            .await
+            .map_err(outcome)?;
     }
-    for w in &waiting {
-        let c = ConversionAttributed::parse(w.event.data.get())
-            .map_err(|e| HandleError::Permanent(e.to_string()))?;
-        Box::pin(on_conversion(store, caches, &w.event, &c, trace)).await?;
-    }
-    let conversion_ids: Vec<Uuid> = waiting.iter().map(|w| w.conversion_id).collect();
-    // The release's id derives from what it releases, so a repeated release appends nothing.
-    let mut name = format!("fx-release:{}:{}:{date}", from.code(), to.code());
-    for id in &conversion_ids {
-        name.push(':');
-        name.push_str(&id.to_string());
-    }
-    let release_meta = CommandMeta {
-        id_seed: Uuid::new_v5(&pl_bus::DERIVED_EVENT_ID_NAMESPACE, name.as_bytes()),
-        occurred_at,
-        correlation_id: None,
-        causation_id: None,
-        trace_context: trace.clone(),
-    };
-    caches
-        .fx_waiting
-        .execute(
-            store,
-            fx_wait::STREAM,
-            &FxWaitCommand::Release {
-                from,
-                to,
-                conversion_ids,
-            },
-            &release_meta,
-            |_| (),
-        )
-        .await
-        .map_err(outcome)?;
-    tracing::info!(from = from.code(), to = to.code(), %date, released = waiting.len(), "accruals released by an fx rate");
-    Ok(waiting.len())
+    tracing::info!(from = from.code(), to = to.code(), %date, released = total, stuck = stuck.len(), "accruals released by an fx rate");
+    Ok(total)
 }
 
 /// Reverses a refund's or chargeback's share of a conversion's commission in every book that

@@ -1134,3 +1134,58 @@ async fn a_rejection_and_a_refund_that_arrive_before_the_accrual_are_applied_whe
         ("7.50".into(), "0.00".into())
     );
 }
+
+/// Regression (found in review): one waiting conversion that could never be accrued made every
+/// release of its pair and date fail, so the others waited forever.
+#[tokio::test]
+async fn a_broken_waiting_conversion_stays_listed_and_does_not_hold_back_the_others() {
+    use pl_commissions::fx_wait::{FxWaitCommand, FxWaiting, Waiting, STREAM};
+    let w = world().await;
+    let mut eur = sale(101, "100.00");
+    eur["gross"]["currency"] = "EUR".into();
+    w.consume(message(5, "ConversionAttributed", eur, at(1, 10)))
+        .await
+        .unwrap();
+    // A parked entry whose event no longer reads as a conversion.
+    let broken: pl_bus::IntegrationEvent = serde_json::from_value(serde_json::json!({
+        "id": Uuid::from_u128(0xbad), "type": "ConversionAttributed", "schema_version": 1,
+        "stream": "conversion-x", "version": 0, "position": 0,
+        "occurred_at": at(1, 10), "recorded_at": at(1, 10),
+        "correlation_id": null, "causation_id": null, "data": {"not": "a conversion"},
+    }))
+    .unwrap();
+    let parked = Waiting {
+        conversion_id: Uuid::from_u128(0xbad),
+        program_id: PROGRAM,
+        partner_id: PARTNER,
+        from: Currency::EUR,
+        to: Currency::USD,
+        date: at(1, 10).date_naive(),
+        occurred_at: at(1, 9),
+        event: broken,
+    };
+    pl_runtime::aggregate::execute::<FxWaiting>(
+        w.store.as_ref(),
+        STREAM,
+        &FxWaitCommand::Park(Box::new(parked)),
+        &pl_runtime::CommandMeta {
+            id_seed: Uuid::from_u128(0x5eed),
+            occurred_at: at(1, 10),
+            correlation_id: None,
+            causation_id: None,
+            trace_context: BTreeMap::new(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.awaiting_fx("EUR", "USD").await.len(), 2);
+    let recorded = w.record_rate("fx-1", at(1, 10), "1.10").await;
+    assert_eq!(recorded.released_accruals, 1);
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("11.00".into(), "0.00".into())
+    );
+    let left = w.awaiting_fx("EUR", "USD").await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].conversion_id, Uuid::from_u128(0xbad).to_string());
+}
