@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use pl_proto::common::v1::RequestContext;
+use pl_proto::common::v1::{PageRequest, RequestContext};
 use uuid::Uuid;
 
 use crate::aggregate::CommandMeta;
@@ -96,6 +96,55 @@ pub fn to_timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
         seconds: at.timestamp(),
         nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
     }
+}
+
+/// Bounds of one listing: the page size a caller gets when it names none, and the largest it
+/// may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageBounds {
+    pub default_size: usize,
+    pub max_size: usize,
+}
+
+/// The (offset, size) a page request asks for. Page tokens are offsets the service issued
+/// (listings that only grow keep them stable). A size over the bound or a token that is not
+/// one is a violation of `<field>.page_size` / `<field>.page_token`; absent means the first
+/// page of the default size. The one place every service reads its page requests.
+pub fn page(
+    v: &mut Violations,
+    field: &str,
+    page: Option<&PageRequest>,
+    bounds: PageBounds,
+) -> (usize, usize) {
+    let Some(p) = page else {
+        return (0, bounds.default_size);
+    };
+    let size = match usize::try_from(p.page_size).unwrap_or(usize::MAX) {
+        0 => bounds.default_size,
+        n if n > bounds.max_size => {
+            v.add(
+                format!("{field}.page_size"),
+                format!("at most {}", bounds.max_size),
+            );
+            bounds.default_size
+        }
+        n => n,
+    };
+    let offset = if p.page_token.is_empty() {
+        0
+    } else {
+        match p.page_token.parse::<usize>() {
+            Ok(o) => o,
+            Err(_) => {
+                v.add(
+                    format!("{field}.page_token"),
+                    "not a token from a previous page",
+                );
+                0
+            }
+        }
+    };
+    (offset, size)
 }
 
 /// The validated `RequestContext` of a mutating request.

@@ -448,32 +448,15 @@ fn conversion_type(v: &mut Violations, value: i32) -> Option<ConversionType> {
 }
 
 fn page_of(v: &mut Violations, page: Option<&common::PageRequest>) -> (usize, usize) {
-    let Some(p) = page else {
-        return (0, report::DEFAULT_PAGE_SIZE);
-    };
-    let size = match usize::try_from(p.page_size).unwrap_or(usize::MAX) {
-        0 => report::DEFAULT_PAGE_SIZE,
-        n if n > report::MAX_PAGE_SIZE => {
-            v.add(
-                "page.page_size",
-                format!("at most {}", report::MAX_PAGE_SIZE),
-            );
-            report::DEFAULT_PAGE_SIZE
-        }
-        n => n,
-    };
-    let offset = if p.page_token.is_empty() {
-        0
-    } else {
-        match p.page_token.parse::<usize>() {
-            Ok(o) => o,
-            Err(_) => {
-                v.add("page.page_token", "not a token this service issued");
-                0
-            }
-        }
-    };
-    (offset, size)
+    pl_runtime::request::page(
+        v,
+        "page",
+        page,
+        pl_runtime::request::PageBounds {
+            default_size: report::DEFAULT_PAGE_SIZE,
+            max_size: report::MAX_PAGE_SIZE,
+        },
+    )
 }
 
 /// Every field checked; `Some` only when there was no violation.

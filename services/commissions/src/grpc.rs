@@ -48,31 +48,20 @@ fn book_error(e: ExecuteError<BookError>) -> ApiError {
     }
 }
 
-/// A page request's (offset, size): the token is the offset a previous page handed out; the
-/// size defaults to [`DEFAULT_PAGE`] and is bounded by the ledger's page limit.
+/// A page request's (offset, size), bounded by the ledger's page limit.
 fn page_window(
     v: &mut Violations,
-    page: pl_proto::common::v1::PageRequest,
-) -> (Option<usize>, usize) {
-    let limit = match page.page_size as usize {
-        0 => DEFAULT_PAGE,
-        n if n > pl_ledger::MAX_PAGE_ENTRIES => {
-            v.add(
-                "page.page_size",
-                format!("at most {}", pl_ledger::MAX_PAGE_ENTRIES),
-            );
-            1
-        }
-        n => n,
-    };
-    let offset = if page.page_token.is_empty() {
-        Some(0)
-    } else {
-        v.check(page.page_token.parse::<usize>().map_err(|_| {
-            FieldViolation::new("page.page_token", "not a token from a previous page")
-        }))
-    };
-    (offset, limit)
+    page: Option<&pl_proto::common::v1::PageRequest>,
+) -> (usize, usize) {
+    pl_runtime::request::page(
+        v,
+        "page",
+        page,
+        pl_runtime::request::PageBounds {
+            default_size: DEFAULT_PAGE,
+            max_size: pl_ledger::MAX_PAGE_ENTRIES,
+        },
+    )
 }
 
 fn currency(field: &str, code: &str) -> Result<Currency, FieldViolation> {
@@ -593,11 +582,8 @@ impl CommissionsApi for CommissionsService {
         };
         let from = optional(&mut v, "from_currency", &req.from_currency);
         let to = optional(&mut v, "to_currency", &req.to_currency);
-        let (offset, limit) = page_window(&mut v, req.page.unwrap_or_default());
+        let (offset, limit) = page_window(&mut v, req.page.as_ref());
         v.finish()?;
-        let Some(offset) = offset else {
-            return Err(ApiError::internal("validated fields missing").into());
-        };
         let (all, _) = self
             .caches
             .fx_waiting
@@ -738,10 +724,9 @@ impl CommissionsApi for CommissionsService {
         let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
         let currency = v.check(currency("currency", &req.currency));
         let as_of = as_of(&mut v, req.as_of.as_ref());
-        let (offset, limit) = page_window(&mut v, req.page.unwrap_or_default());
+        let (offset, limit) = page_window(&mut v, req.page.as_ref());
         v.finish()?;
-        let (Some(partner_id), Some(currency), Some(offset)) = (partner_id, currency, offset)
-        else {
+        let (Some(partner_id), Some(currency)) = (partner_id, currency) else {
             return Err(ApiError::internal("validated fields missing").into());
         };
         let ledger = partner_ledger(self.store.as_ref(), partner_id).await?;

@@ -188,29 +188,15 @@ fn hold_id(field: &str, value: &str, manual: bool) -> Result<String, FieldViolat
 }
 
 fn page_of(v: &mut Violations, page: Option<&common::PageRequest>) -> (usize, usize) {
-    let Some(p) = page else {
-        return (0, DEFAULT_PAGE_SIZE);
-    };
-    let size = match usize::try_from(p.page_size).unwrap_or(usize::MAX) {
-        0 => DEFAULT_PAGE_SIZE,
-        n if n > MAX_PAGE_SIZE => {
-            v.add("page.page_size", format!("at most {MAX_PAGE_SIZE}"));
-            DEFAULT_PAGE_SIZE
-        }
-        n => n,
-    };
-    let offset = if p.page_token.is_empty() {
-        0
-    } else {
-        match p.page_token.parse::<usize>() {
-            Ok(o) => o,
-            Err(_) => {
-                v.add("page.page_token", "not a token from a previous page");
-                0
-            }
-        }
-    };
-    (offset, size)
+    pl_runtime::request::page(
+        v,
+        "page",
+        page,
+        pl_runtime::request::PageBounds {
+            default_size: DEFAULT_PAGE_SIZE,
+            max_size: MAX_PAGE_SIZE,
+        },
+    )
 }
 
 /// Items `offset..` of `items` (indexes into the full list are the page tokens, stable since

@@ -299,35 +299,15 @@ pub fn opt_time(
 
 /// Offset and size of a page; the token is an offset this service issued.
 pub fn page(v: &mut Violations, field: &str, page: Option<&common::PageRequest>) -> (usize, usize) {
-    let Some(p) = page else {
-        return (0, DEFAULT_PAGE_SIZE);
-    };
-    let size = match usize::try_from(p.page_size).unwrap_or(usize::MAX) {
-        0 => DEFAULT_PAGE_SIZE,
-        n if n > MAX_PAGE_SIZE => {
-            v.add(
-                format!("{field}.page_size"),
-                format!("at most {MAX_PAGE_SIZE}"),
-            );
-            DEFAULT_PAGE_SIZE
-        }
-        n => n,
-    };
-    let offset = if p.page_token.is_empty() {
-        0
-    } else {
-        match p.page_token.parse::<usize>() {
-            Ok(o) => o,
-            Err(_) => {
-                v.add(
-                    format!("{field}.page_token"),
-                    "not a token this service issued",
-                );
-                0
-            }
-        }
-    };
-    (offset, size)
+    pl_runtime::request::page(
+        v,
+        field,
+        page,
+        pl_runtime::request::PageBounds {
+            default_size: DEFAULT_PAGE_SIZE,
+            max_size: MAX_PAGE_SIZE,
+        },
+    )
 }
 
 pub fn partner_type(field: &str, value: i32) -> Result<PartnerType, FieldViolation> {
