@@ -177,20 +177,24 @@ async fn handle_one<H, Fut>(
 /// backoff doubles from `retry_backoff_min_ms`: 1.5 s in all with the defaults).
 const RETRIES_IN_PLACE: u32 = 4;
 
-/// Deliveries waiting per lane of [`run_consumer_keyed`] (the consumer's `max_ack_pending`
-/// bounds the total in flight as well).
+/// Deliveries queued in each lane's channel of [`run_consumer_keyed`].
 const LANE_DEPTH: usize = 8;
+/// Deliveries of [`run_consumer_keyed`] held back, over all lanes, because their lane was full;
+/// at this many the runner stops pulling until a lane takes one (the consumer's
+/// `max_ack_pending` bounds the total in flight as well).
+const MAX_HELD_BACK: usize = 4096;
 /// Lanes of [`run_consumer_keyed`] at most.
 pub const MAX_LANES: usize = 256;
 
 /// Like [`run_consumer_with`], with up to `lanes` messages in progress at once: messages whose
 /// `key_of` is equal are handled one at a time in delivery order, others concurrently; a
 /// message that asks to be retried is retried in place first, so the ones behind it under the
-/// same key do not overtake it (unless it is finally nak'ed). Order holds within one process:
-/// run one consumer process per durable consumer where order matters. The handler must be safe to run concurrently
-/// for different keys (per-stream optimistic concurrency makes a command handler so). On
-/// `shutdown` each lane finishes the message in hand; queued ones are left unsettled and come
-/// back after the ack wait.
+/// same key do not overtake it (unless it is finally nak'ed). A busy key never holds up the
+/// others: what its full lane cannot take yet waits in order beside it while other lanes go on.
+/// Order holds within one process: run one consumer process per durable consumer where order
+/// matters. The handler must be safe to run concurrently for different keys (per-stream
+/// optimistic concurrency makes a command handler so). On `shutdown` each lane finishes the
+/// message in hand; queued ones are left unsettled and come back after the ack wait.
 pub async fn run_consumer_keyed<K, H, Fut>(
     mut consumer: Box<dyn Consumer>,
     key_of: K,
@@ -204,12 +208,18 @@ where
     H: FnMut(Message) -> Fut + Send + Clone + 'static,
     Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
 {
+    use tokio::sync::mpsc::error::TrySendError;
+
     let lanes = lanes.clamp(1, MAX_LANES);
     let mut senders = Vec::with_capacity(lanes);
     let mut workers = Vec::with_capacity(lanes);
+    // A lane that takes a delivery off its channel makes room: the dispatcher then moves what it
+    // held back for that lane (one stored permit, so a wake-up is never lost).
+    let room = std::sync::Arc::new(tokio::sync::Notify::new());
     for _ in 0..lanes {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::port::Delivery>(LANE_DEPTH);
         let (mut handler, config, stop) = (handler.clone(), config.clone(), shutdown.clone());
+        let room = room.clone();
         senders.push(tx);
         workers.push(tokio::spawn(async move {
             loop {
@@ -221,16 +231,37 @@ where
                         None => return,
                     },
                 };
+                room.notify_one();
                 handle_one(delivery, &mut handler, &config, RETRIES_IN_PLACE).await;
             }
         }));
     }
+    // Per lane, in delivery order, what its full channel could not take yet.
+    let mut held: Vec<std::collections::VecDeque<crate::port::Delivery>> = (0..lanes)
+        .map(|_| std::collections::VecDeque::new())
+        .collect();
+    let mut held_total = 0_usize;
     let mut bus_backoff_ms = 0_u64;
-    let outcome = loop {
+    let outcome = 'run: loop {
+        for (lane, queue) in held.iter_mut().enumerate() {
+            while let Some(delivery) = queue.pop_front() {
+                match senders[lane].try_send(delivery) {
+                    Ok(()) => held_total -= 1,
+                    Err(TrySendError::Full(delivery)) => {
+                        queue.push_front(delivery);
+                        break;
+                    }
+                    Err(TrySendError::Closed(_)) => {
+                        break 'run Err(BusError::Backend("a consumer lane stopped".to_owned()))
+                    }
+                }
+            }
+        }
         let next = tokio::select! {
             biased;
             () = shutdown.cancelled() => break Ok(()),
-            next = consumer.next() => next,
+            () = room.notified(), if held_total > 0 => continue,
+            next = consumer.next(), if held_total < MAX_HELD_BACK => next,
         };
         let delivery = match next {
             Ok(d) => {
@@ -248,13 +279,21 @@ where
             Err(e) => break Err(e),
         };
         let lane = (key_of(&delivery.message) % lanes as u64) as usize;
-        let send = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break Ok(()),
-            sent = senders[lane].send(delivery) => sent,
-        };
-        if send.is_err() {
-            break Err(BusError::Backend("a consumer lane stopped".to_owned()));
+        if !held[lane].is_empty() {
+            // Behind what waits already, so one key's order holds.
+            held[lane].push_back(delivery);
+            held_total += 1;
+            continue;
+        }
+        match senders[lane].try_send(delivery) {
+            Ok(()) => {}
+            Err(TrySendError::Full(delivery)) => {
+                held[lane].push_back(delivery);
+                held_total += 1;
+            }
+            Err(TrySendError::Closed(_)) => {
+                break Err(BusError::Backend("a consumer lane stopped".to_owned()))
+            }
         }
     };
     drop(senders);

@@ -398,6 +398,54 @@ async fn the_keyed_runner_keeps_one_keys_order_and_handles_other_keys_meanwhile(
     runner.await.unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn a_busy_key_with_a_full_lane_does_not_hold_up_other_keys() {
+    let bus = bus();
+    let consumer = bus.consumer(spec("hot", &["pl.crm.>"])).await.unwrap();
+    let shutdown = CancellationToken::new();
+    // Messages 1..=40 share the hot key (more than a lane's queue holds); 1000 has another.
+    let key_of = |m: &pl_bus::Message| u64::from(m.id.as_u128() >= 1000);
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel(64);
+    // Message 1 is held until 1000 was handled: the dispatcher must get past the hot key's
+    // full lane to deliver it.
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let handler = move |m: pl_bus::Message| {
+        let (seen_tx, mut release_rx) = (seen_tx.clone(), release_rx.clone());
+        async move {
+            let n = m.id.as_u128();
+            if n == 1 {
+                release_rx.wait_for(|r| *r).await.unwrap();
+            }
+            seen_tx.send(n).await.unwrap();
+            Ok::<(), HandleError>(())
+        }
+    };
+    let runner = tokio::spawn(pl_bus::run_consumer_keyed(
+        consumer,
+        key_of,
+        handler,
+        shutdown.clone(),
+        pl_bus::RunnerConfig::default(),
+        2,
+    ));
+    for n in (1..=40).chain([1000]) {
+        bus.publish(msg("pl.crm.X", n)).await.unwrap();
+    }
+    assert_eq!(recv(&mut seen_rx).await, 1000);
+    release_tx.send(true).unwrap();
+    let mut hot = Vec::new();
+    for _ in 1..=40 {
+        hot.push(recv(&mut seen_rx).await);
+    }
+    assert_eq!(
+        hot,
+        (1..=40).collect::<Vec<_>>(),
+        "the hot key's messages in delivery order"
+    );
+    shutdown.cancel();
+    runner.await.unwrap().unwrap();
+}
+
 async fn recv(rx: &mut tokio::sync::mpsc::Receiver<u128>) -> u128 {
     tokio::time::timeout(common::STEP_TIMEOUT, rx.recv())
         .await
