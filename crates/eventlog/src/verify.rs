@@ -161,20 +161,22 @@ const PAGE_EVENTS: usize = 4096;
 const MAX_HASH_THREADS: usize = 16;
 
 /// Recomputes the hashes of a page on every core (hashing is most of a verification); the
-/// chain itself is then checked in log order.
-fn hash_page(page: &[RecordedEvent]) -> Result<Vec<EventHash>, LogError> {
+/// chain itself is then checked in log order. Each event keeps its own outcome, so an event that
+/// cannot be encoded is reported only once every earlier one was checked (an earlier break
+/// comes first).
+fn hash_page(page: &[RecordedEvent]) -> Result<Vec<Result<EventHash, LogError>>, LogError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_HASH_THREADS);
     let chunk = page.len().div_ceil(threads).max(1);
-    let parts: Vec<Result<Vec<EventHash>, LogError>> = std::thread::scope(|s| {
+    let parts: Vec<Result<Vec<Result<EventHash, LogError>>, LogError>> = std::thread::scope(|s| {
         let handles: Vec<_> = page
             .chunks(chunk)
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
                         .map(|ev| Canonical::of(ev).map(|c| c.hash()))
-                        .collect::<Result<Vec<_>, _>>()
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -182,7 +184,7 @@ fn hash_page(page: &[RecordedEvent]) -> Result<Vec<EventHash>, LogError> {
             .into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(LogError::Backend("a hashing thread panicked".into())))
+                    .map_err(|_| LogError::Backend("a hashing thread panicked".into()))
             })
             .collect()
     });
@@ -211,7 +213,7 @@ pub async fn verify(store: &dyn EventStore) -> Result<VerifyReport, LogError> {
         .await
         .map_err(|e| LogError::Backend(format!("hashing task: {e}")))?;
         for (ev, computed) in page.iter().zip(hashes?) {
-            if let Some(b) = checker.check_hashed(ev, computed)? {
+            if let Some(b) = checker.check_hashed(ev, computed?)? {
                 return Ok(checker.report(Some(b)));
             }
         }
@@ -233,5 +235,92 @@ pub async fn verify_stream(store: &dyn EventStore, stream: &str) -> Result<Verif
                 return Ok(checker.report(Some(b)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use chrono::{TimeZone, Utc};
+    use tokio::sync::watch;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::event::{AppendResult, EventMetadata, ExpectedVersion, NewEvent};
+    use crate::limits::Limits;
+    use crate::memory::MemoryLog;
+
+    /// Serves a fixed log, as a store that was tampered with would.
+    #[derive(Debug)]
+    struct Fixed(Vec<RecordedEvent>);
+
+    #[async_trait]
+    impl EventStore for Fixed {
+        async fn append(
+            &self,
+            _: &str,
+            _: ExpectedVersion,
+            _: Vec<NewEvent>,
+        ) -> Result<AppendResult, LogError> {
+            Err(LogError::Backend("read-only".into()))
+        }
+        async fn read_stream(
+            &self,
+            _: &str,
+            _: u64,
+            _: usize,
+        ) -> Result<Vec<RecordedEvent>, LogError> {
+            Ok(Vec::new())
+        }
+        async fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, LogError> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|e| e.position >= from)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        async fn stream_version(&self, _: &str) -> Result<Option<u64>, LogError> {
+            Ok(None)
+        }
+        fn watch_head(&self) -> watch::Receiver<u64> {
+            watch::Sender::new(0).subscribe()
+        }
+        fn limits(&self) -> Limits {
+            Limits::default()
+        }
+    }
+
+    fn event(n: u128) -> NewEvent {
+        NewEvent {
+            id: Uuid::from_u128(n),
+            event_type: "Happened".into(),
+            schema_version: 1,
+            data: Bytes::from_static(b"{}"),
+            metadata: EventMetadata::at(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chain_break_is_reported_before_a_later_event_of_the_page_that_cannot_be_encoded() {
+        let log = MemoryLog::default();
+        log.append("s", ExpectedVersion::Any, (1..=4).map(event).collect())
+            .await
+            .unwrap();
+        let mut events = log.read_all(0, 10).await.unwrap();
+        // Version 1's data was altered: the first break.
+        events[1].data = Bytes::from_static(b"{\"altered\":true}");
+        // Version 3 has a business time the canonical encoding cannot hold.
+        events[3].metadata.occurred_at = Utc.with_ymd_and_hms(2300, 1, 1, 0, 0, 0).unwrap();
+
+        let report = verify(&Fixed(events)).await.unwrap();
+
+        let first = report.first_break.expect("a break");
+        assert_eq!((first.stream.as_str(), first.version), ("s", 1));
+        assert!(matches!(first.kind, ChainBreakKind::HashMismatch { .. }));
     }
 }
