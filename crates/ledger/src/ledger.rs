@@ -562,7 +562,7 @@ impl Ledger {
 }
 
 /// A partner's pending, payable and paid accounts in one currency.
-fn partner_accounts(partner_id: Uuid, currency: Currency) -> [Account; 3] {
+pub(crate) fn partner_accounts(partner_id: Uuid, currency: Currency) -> [Account; 3] {
     [
         Account::PartnerPending {
             partner_id,
@@ -580,7 +580,10 @@ fn partner_accounts(partner_id: Uuid, currency: Currency) -> [Account; 3] {
 }
 
 /// A debit-positive total, shown positive in the account's normal direction.
-fn display(account: &Account, debit_positive_minor_units: i128) -> Result<Money, LedgerError> {
+pub(crate) fn display(
+    account: &Account,
+    debit_positive_minor_units: i128,
+) -> Result<Money, LedgerError> {
     let shown = match account.normal_side() {
         NormalSide::Debit => debit_positive_minor_units,
         NormalSide::Credit => -debit_positive_minor_units,

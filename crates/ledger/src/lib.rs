@@ -65,18 +65,20 @@
 
 mod account;
 mod error;
+mod fold;
 mod ledger;
 pub mod postings;
 mod transaction;
 
 pub use account::{Account, NormalSide};
 pub use error::LedgerError;
+pub use fold::{BalanceFold, PostingsRef};
 pub use ledger::{
     AsOf, Explained, ExplainedEntry, Ledger, Page, PartnerBalance, PartnerBalances,
     RecordedTransaction, RecordingPoint, MAX_PAGE_ENTRIES,
 };
 pub use transaction::{
-    Explanation, FormulaInputs, PlanRef, Transaction, TransactionKind, Transfer,
+    validate_postings, Explanation, FormulaInputs, PlanRef, Transaction, TransactionKind, Transfer,
     MAX_EXPLANATION_INPUTS, MAX_EXPLANATION_LABEL_CHARS, MAX_EXPLANATION_LINE_CHARS,
     MAX_EXPLANATION_VALUE_CHARS, MAX_TRANSACTION_TRANSFERS, MAX_TRANSFER_AMOUNT_MINOR_UNITS,
 };

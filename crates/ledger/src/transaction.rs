@@ -335,110 +335,120 @@ impl Transaction {
     /// credits in every currency; a conversion between two currencies at least; the
     /// explanation within its limits.
     pub fn validate(&self) -> Result<(), LedgerError> {
-        let count = self.transfers.len();
-        if count == 0 {
-            return Err(LedgerError::NoTransfers);
-        }
-        if count > MAX_TRANSACTION_TRANSFERS {
-            return Err(LedgerError::TooManyTransfers {
-                count,
-                limit: MAX_TRANSACTION_TRANSFERS,
-            });
-        }
-        // Debits and credits per currency, each counted in its own account's currency so that a
-        // transfer between accounts of different currencies shows up as an imbalance.
-        let mut totals: BTreeMap<Currency, (i128, i128)> = BTreeMap::new();
-        for (index, transfer) in self.transfers.iter().enumerate() {
-            let units = self.check_transfer(index, transfer)?;
-            totals.entry(transfer.debit.currency()).or_default().0 += i128::from(units);
-            totals.entry(transfer.credit.currency()).or_default().1 += i128::from(units);
-        }
-        if let Some((&currency, &(debits, credits))) = totals
-            .iter()
-            .find(|(_, (debits, credits))| debits != credits)
-        {
-            return Err(LedgerError::Unbalanced {
-                currency,
-                debits_minor_units: debits,
-                credits_minor_units: credits,
-            });
-        }
-        for (index, transfer) in self.transfers.iter().enumerate() {
-            for account in [transfer.debit, transfer.credit] {
-                if account.currency() != transfer.amount.currency() {
-                    return Err(LedgerError::CurrencyMismatch {
-                        index,
-                        amount: transfer.amount,
-                        account,
-                    });
-                }
-            }
-        }
-        if matches!(
-            self.kind,
-            TransactionKind::Conversion | TransactionKind::Maturity
-        ) {
-            self.check_one_partner()?;
-        }
-        if self.kind == TransactionKind::Conversion && totals.len() < 2 {
-            return Err(LedgerError::ConversionWithinCurrency);
-        }
+        validate_postings(self.kind, &self.transfers)?;
         self.explanation.validate()
     }
+}
 
-    /// Checks one transfer on its own and returns its amount in minor units.
-    fn check_transfer(&self, index: usize, transfer: &Transfer) -> Result<i64, LedgerError> {
-        let Transfer {
+/// The money invariants of [`Transaction::validate`] alone — everything but the explanation's
+/// text limits: what a replay of balances must re-check on every transaction it folds in.
+pub fn validate_postings(kind: TransactionKind, transfers: &[Transfer]) -> Result<(), LedgerError> {
+    let count = transfers.len();
+    if count == 0 {
+        return Err(LedgerError::NoTransfers);
+    }
+    if count > MAX_TRANSACTION_TRANSFERS {
+        return Err(LedgerError::TooManyTransfers {
+            count,
+            limit: MAX_TRANSACTION_TRANSFERS,
+        });
+    }
+    // Debits and credits per currency, each counted in its own account's currency so that a
+    // transfer between accounts of different currencies shows up as an imbalance.
+    let mut totals: BTreeMap<Currency, (i128, i128)> = BTreeMap::new();
+    for (index, transfer) in transfers.iter().enumerate() {
+        let units = check_transfer(kind, index, transfer)?;
+        totals.entry(transfer.debit.currency()).or_default().0 += i128::from(units);
+        totals.entry(transfer.credit.currency()).or_default().1 += i128::from(units);
+    }
+    if let Some((&currency, &(debits, credits))) = totals
+        .iter()
+        .find(|(_, (debits, credits))| debits != credits)
+    {
+        return Err(LedgerError::Unbalanced {
+            currency,
+            debits_minor_units: debits,
+            credits_minor_units: credits,
+        });
+    }
+    for (index, transfer) in transfers.iter().enumerate() {
+        for account in [transfer.debit, transfer.credit] {
+            if account.currency() != transfer.amount.currency() {
+                return Err(LedgerError::CurrencyMismatch {
+                    index,
+                    amount: transfer.amount,
+                    account,
+                });
+            }
+        }
+    }
+    if matches!(
+        kind,
+        TransactionKind::Conversion | TransactionKind::Maturity
+    ) {
+        check_one_partner(transfers)?;
+    }
+    if kind == TransactionKind::Conversion && totals.len() < 2 {
+        return Err(LedgerError::ConversionWithinCurrency);
+    }
+    Ok(())
+}
+
+/// Checks one transfer on its own and returns its amount in minor units.
+fn check_transfer(
+    kind: TransactionKind,
+    index: usize,
+    transfer: &Transfer,
+) -> Result<i64, LedgerError> {
+    let Transfer {
+        debit,
+        credit,
+        amount,
+    } = *transfer;
+    if !amount.is_positive() {
+        return Err(LedgerError::NonPositiveAmount { index, amount });
+    }
+    let units = match amount.to_minor_units() {
+        Ok(units) if units <= MAX_TRANSFER_AMOUNT_MINOR_UNITS => units,
+        Err(pl_money::MoneyError::ExcessPrecision { .. }) => {
+            return Err(LedgerError::SubMinorUnit { index, amount })
+        }
+        _ => {
+            return Err(LedgerError::AmountTooLarge {
+                index,
+                amount,
+                limit_minor_units: MAX_TRANSFER_AMOUNT_MINOR_UNITS,
+            })
+        }
+    };
+    if debit == credit {
+        return Err(LedgerError::SelfTransfer {
+            index,
+            account: debit,
+        });
+    }
+    if !kind.allows(&debit, &credit) {
+        return Err(LedgerError::PostingNotAllowed {
+            index,
+            kind,
             debit,
             credit,
-            amount,
-        } = *transfer;
-        if !amount.is_positive() {
-            return Err(LedgerError::NonPositiveAmount { index, amount });
-        }
-        let units = match amount.to_minor_units() {
-            Ok(units) if units <= MAX_TRANSFER_AMOUNT_MINOR_UNITS => units,
-            Err(pl_money::MoneyError::ExcessPrecision { .. }) => {
-                return Err(LedgerError::SubMinorUnit { index, amount })
-            }
-            _ => {
-                return Err(LedgerError::AmountTooLarge {
-                    index,
-                    amount,
-                    limit_minor_units: MAX_TRANSFER_AMOUNT_MINOR_UNITS,
-                })
-            }
-        };
-        if debit == credit {
-            return Err(LedgerError::SelfTransfer {
-                index,
-                account: debit,
-            });
-        }
-        if !self.kind.allows(&debit, &credit) {
-            return Err(LedgerError::PostingNotAllowed {
-                index,
-                kind: self.kind,
-                debit,
-                credit,
-            });
-        }
-        Ok(units)
+        });
     }
+    Ok(units)
+}
 
-    fn check_one_partner(&self) -> Result<(), LedgerError> {
-        let mut partners = self
-            .transfers
-            .iter()
-            .flat_map(|t| [t.debit.partner_id(), t.credit.partner_id()])
-            .flatten();
-        let Some(first) = partners.next() else {
-            return Ok(());
-        };
-        match partners.find(|p| *p != first) {
-            Some(second) => Err(LedgerError::PartnersMixed { first, second }),
-            None => Ok(()),
-        }
+fn check_one_partner(transfers: &[Transfer]) -> Result<(), LedgerError> {
+    let mut partners = transfers
+        .iter()
+        .flat_map(|t| [t.debit.partner_id(), t.credit.partner_id()])
+        .flatten();
+    let Some(first) = partners.next() else {
+        return Ok(());
+    };
+    match partners.find(|p| *p != first) {
+        Some(second) => Err(LedgerError::PartnersMixed { first, second }),
+        None => Ok(()),
     }
 }
 

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use pl_ledger::{
-    postings, Account, AsOf, Explanation, Ledger, LedgerError, NormalSide, Page,
-    RecordedTransaction, RecordingPoint, Transaction,
+    postings, Account, AsOf, BalanceFold, Explanation, Ledger, LedgerError, NormalSide, Page,
+    PostingsRef, RecordedTransaction, RecordingPoint, Transaction,
 };
 use pl_money::{allocate, Currency, Decimal, Money};
 use proptest::prelude::*;
@@ -344,4 +344,87 @@ proptest! {
         prop_assert_eq!(ledger, before);
         prop_assert!(Ledger::replay(&log).is_err());
     }
+}
+
+proptest! {
+    #[test]
+    fn a_balance_fold_for_an_as_of_point_reports_what_the_ledger_reports_for_it(
+        steps in prop::collection::vec(step(), 0..60),
+        as_of in as_of(),
+        zigzag in any::<bool>(),
+    ) {
+        let mut log = history(&steps);
+        if zigzag {
+            // Recording times that go back and forth, as a store's clock may.
+            for (index, recorded) in log.iter_mut().enumerate() {
+                recorded.recorded_at = hour(index as i64 - 2 * (index as i64 % 2));
+            }
+        }
+        let ledger = Ledger::replay(&log).unwrap();
+        let mut fold = BalanceFold::new(as_of);
+        for recorded in &log {
+            fold.apply_recorded(recorded).unwrap();
+        }
+        prop_assert_eq!(fold.len(), log.len() as u64);
+        let from_ledger: Vec<Uuid> = ledger.accounts().iter().filter_map(Account::partner_id).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        prop_assert_eq!(fold.partners().collect::<Vec<_>>(), from_ledger);
+        for partner in partners() {
+            prop_assert_eq!(
+                fold.balances_of_partner(partner).unwrap(),
+                ledger.balances_of_partner(partner, as_of).unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_balance_fold_refuses_a_disallowed_posting_a_repeated_or_an_out_of_order_transaction_and_keeps_its_balances(
+) {
+    let accrual = Step {
+        kind: 0,
+        partner: 0,
+        program: 0,
+        currency: Currency::USD,
+        amount_minor_units: 1000,
+        other_currency: Currency::EUR,
+        other_amount_minor_units: 1000,
+        negative: false,
+        backdated_hours: 0,
+    };
+    let log = history(&[accrual.clone(), accrual.clone(), accrual]);
+    let mut fold = BalanceFold::new(AsOf::Latest);
+    fold.apply_recorded(&log[1]).unwrap();
+    let before = fold.balances_of_partner(Uuid::from_u128(1)).unwrap();
+    assert!(matches!(
+        fold.apply_recorded(&log[1]),
+        Err(LedgerError::DuplicateTransaction { .. })
+    ));
+    assert!(matches!(
+        fold.apply_recorded(&log[0]),
+        Err(LedgerError::PositionOutOfOrder { .. })
+    ));
+    let t = &log[2].transaction;
+    // An accrual that takes from the partner's pending: not a posting an accrual may make.
+    let mut swapped = t.transfers().to_vec();
+    let first = &mut swapped[0];
+    (first.debit, first.credit) = (first.credit, first.debit);
+    let refused = fold.apply(
+        log[2].position,
+        log[2].recorded_at,
+        PostingsRef {
+            id: t.id(),
+            kind: t.kind(),
+            occurred_at: t.occurred_at(),
+            transfers: &swapped,
+        },
+    );
+    assert!(
+        matches!(refused, Err(LedgerError::InvalidRecorded { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        fold.balances_of_partner(Uuid::from_u128(1)).unwrap(),
+        before
+    );
+    assert_eq!(fold.len(), 1);
 }
