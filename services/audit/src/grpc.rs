@@ -131,10 +131,10 @@ impl AuditService for AuditApi {
         let Some(partner) = partner else {
             return Err(ApiError::internal("validated fields missing").into());
         };
-        let replayed = replay::replay(self.store.as_ref(), partner, None)
+        let rows = replay::replay_balances(self.store.as_ref(), partner, as_of)
             .await
-            .map_err(to_status)?;
-        let rows = replay::balances(&replayed.ledger, partner, as_of).map_err(to_status)?;
+            .map_err(to_status)?
+            .rows;
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_DEPTH);
         tokio::spawn(async move {
             for r in rows {

@@ -216,7 +216,20 @@ async fn a_replay_from_the_raw_log_reports_exactly_what_the_live_service_reports
     ];
     for (as_of, request) in cases {
         let rows = replay::balances(&replayed.ledger, None, as_of).unwrap();
+        // The one-pass fold that `audit replay` runs reports the same rows.
+        let folded = replay::replay_balances(log.as_ref(), None, as_of)
+            .await
+            .unwrap();
+        assert_eq!(folded.rows, rows, "fold as of {as_of:?}");
         for partner in [ALICE, PARENT] {
+            let one = replay::replay_balances(log.as_ref(), Some(partner), as_of)
+                .await
+                .unwrap();
+            assert_eq!(
+                audited(&one.rows, partner),
+                audited(&rows, partner),
+                "fold of partner {partner} as of {as_of:?}"
+            );
             assert_eq!(
                 audited(&rows, partner),
                 live(&api, partner, request).await,

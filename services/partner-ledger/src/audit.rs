@@ -144,8 +144,9 @@ async fn command(args: &AuditArgs, store: &SharedStore) -> Result<(), AuditCliEr
                 (None, None) => None,
             };
             let as_of = AsOf::from_parts(business, recorded);
-            let replayed = replay::replay(store.as_ref(), partner, None).await?;
-            let rows = replay::balances(&replayed.ledger, partner, as_of)?;
+            let rows = replay::replay_balances(store.as_ref(), partner, as_of)
+                .await?
+                .rows;
             let text = match format {
                 ReplayFormat::Table => replay::table(&rows),
                 ReplayFormat::Json => {
