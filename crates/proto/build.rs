@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "partnerledger/attribution/v1/attribution.proto",
         "partnerledger/attribution/v1/events.proto",
         "partnerledger/commissions/v1/commissions.proto",
+        "partnerledger/commissions/v1/book.proto",
         "partnerledger/compliance/v1/compliance.proto",
         "partnerledger/compliance/v1/events.proto",
         "partnerledger/audit/v1/audit.proto",

@@ -6,8 +6,9 @@
 //! adapters pass one conformance suite: [`EmbeddedLog`] (the durable file log, the default),
 //! [`MemoryLog`] (fast tests) and, behind the `eventstoredb` feature, EventStoreDB/KurrentDB.
 //!
-//! This crate knows nothing of the domain: it never interprets event data beyond checking that
-//! it is JSON, and it never deletes or rewrites an acknowledged event. Only the adapters read
+//! This crate knows nothing of the domain: it never interprets event data (bytes in the format
+//! the event's type and schema version name), and it never deletes or rewrites an acknowledged
+//! event. Only the adapters read
 //! the clock (to stamp `recorded_at`); callers supply business time in [`EventMetadata`].
 
 #![forbid(unsafe_code)]

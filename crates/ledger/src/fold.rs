@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use foldhash::fast::RandomState;
+
 use chrono::{DateTime, Utc};
 use pl_money::Currency;
 use uuid::Uuid;
@@ -35,11 +37,13 @@ pub struct PostingsRef<'a> {
 #[derive(Debug, Clone)]
 pub struct BalanceFold {
     as_of: AsOf,
-    ids: HashSet<Uuid>,
+    // foldhash, not SipHash: hashing ids and accounts was a tenth of a replay. The log was
+    // hash-verified; a crafted collision costs the auditor time, never a wrong balance.
+    ids: HashSet<Uuid, RandomState>,
     last_position: Option<u64>,
     recorded_at_max: Option<DateTime<Utc>>,
     /// Debit-positive sum (minor units) and entry count per account, inside the cut.
-    totals: HashMap<Account, (i128, usize)>,
+    totals: HashMap<Account, (i128, usize), RandomState>,
     /// Every partner with an account, inside the cut or not, and its accounts' currencies.
     partners: BTreeMap<Uuid, BTreeSet<Currency>>,
     applied: u64,
@@ -50,10 +54,10 @@ impl BalanceFold {
     pub fn new(as_of: AsOf) -> BalanceFold {
         BalanceFold {
             as_of,
-            ids: HashSet::new(),
+            ids: HashSet::default(),
             last_position: None,
             recorded_at_max: None,
-            totals: HashMap::new(),
+            totals: HashMap::default(),
             partners: BTreeMap::new(),
             applied: 0,
         }

@@ -43,6 +43,24 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync {
     ) -> Result<serde_json::Value, String> {
         Ok(data)
     }
+
+    /// Splits the event into the log's `(event_type, data)`: JSON ([`encode_json`]) unless the
+    /// aggregate stores a format of its own (then `decode` reads it back, and every earlier
+    /// schema version still).
+    fn encode(&self) -> Result<(String, Bytes), String> {
+        encode_json(self).map_err(|e| e.to_string())
+    }
+
+    /// Rebuilds the event from a stored one: [`decode_json`] unless the aggregate stores a
+    /// format of its own.
+    fn decode(recorded: &RecordedEvent) -> Result<Self, String> {
+        decode_json(
+            &recorded.event_type,
+            recorded.schema_version,
+            recorded.id,
+            &recorded.data,
+        )
+    }
 }
 
 pub trait Aggregate {
@@ -58,13 +76,19 @@ pub trait Aggregate {
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
 }
 
-/// Splits a domain event into the log's `(event_type, data)`.
+/// Splits a domain event into the log's `(event_type, data)`, in its aggregate's stored format
+/// ([`DomainEvent::encode`]).
+pub fn encode_event<E: DomainEvent>(event: &E) -> Result<(String, Bytes), String> {
+    event.encode()
+}
+
+/// The JSON form of [`encode_event`], for events stored as JSON (the default).
 ///
 /// Serialised once, straight to bytes: an adjacently tagged enum comes out as
 /// `{"type":"Name","data":…}`, so the type and the data are cut out of that document without
 /// copying. Anything else (a unit variant, a type that is not a tagged enum) goes the slow way
 /// through a JSON value, which writes `null` data or reports what is wrong.
-pub fn encode_event<E: DomainEvent>(event: &E) -> Result<(String, Bytes), serde_json::Error> {
+pub fn encode_json<E: Serialize>(event: &E) -> Result<(String, Bytes), serde_json::Error> {
     let doc = Bytes::from(serde_json::to_vec(event)?);
     if let Some((event_type, data)) = split_tagged(&doc) {
         return Ok((event_type, doc.slice(data)));
@@ -104,26 +128,38 @@ fn split_tagged(doc: &Bytes) -> Option<(String, std::ops::Range<usize>)> {
     Some((name, start..start + data.len()))
 }
 
-/// Rebuilds a domain event from a stored one, upcasting older schema versions.
+/// Rebuilds a domain event from a stored one, upcasting older schema versions
+/// ([`DomainEvent::decode`]).
 pub fn decode_event<E: DomainEvent>(recorded: &RecordedEvent) -> Result<E, String> {
-    if !E::needs_upcast(&recorded.event_type, recorded.schema_version) {
+    E::decode(recorded)
+}
+
+/// The JSON form of [`decode_event`]: `data` of an event `id` of `event_type`, stored with
+/// `schema_version`, upcast first when [`DomainEvent::needs_upcast`] says so.
+pub fn decode_json<E: DomainEvent>(
+    event_type: &str,
+    schema_version: u32,
+    id: Uuid,
+    data: &[u8],
+) -> Result<E, String> {
+    if !E::needs_upcast(event_type, schema_version) {
         // One pass: the tag first, so serde need not buffer the payload. The event type was
         // checked by the log to hold no whitespace or control characters; JSON-escape it anyway.
-        let tag = serde_json::to_string(&recorded.event_type).map_err(|e| e.to_string())?;
-        let mut doc = Vec::with_capacity(recorded.data.len() + tag.len() + 20);
+        let tag = serde_json::to_string(event_type).map_err(|e| e.to_string())?;
+        let mut doc = Vec::with_capacity(data.len() + tag.len() + 20);
         doc.extend_from_slice(b"{\"type\":");
         doc.extend_from_slice(tag.as_bytes());
         doc.extend_from_slice(b",\"data\":");
-        doc.extend_from_slice(&recorded.data);
+        doc.extend_from_slice(data);
         doc.push(b'}');
         return serde_json::from_slice(&doc)
-            .map_err(|e| format!("event {} ({}): {e}", recorded.id, recorded.event_type));
+            .map_err(|e| format!("event {} ({}): {e}", id, event_type));
     }
-    let data: serde_json::Value = serde_json::from_slice(&recorded.data)
-        .map_err(|e| format!("event {} data: {e}", recorded.id))?;
-    let data = E::upcast(&recorded.event_type, recorded.schema_version, data)?;
-    serde_json::from_value(serde_json::json!({ "type": recorded.event_type, "data": data }))
-        .map_err(|e| format!("event {} ({}): {e}", recorded.id, recorded.event_type))
+    let data: serde_json::Value =
+        serde_json::from_slice(data).map_err(|e| format!("event {} data: {e}", id))?;
+    let data = E::upcast(event_type, schema_version, data)?;
+    serde_json::from_value(serde_json::json!({ "type": event_type, "data": data }))
+        .map_err(|e| format!("event {} ({}): {e}", id, event_type))
 }
 
 /// What a command carries besides its payload: business time, correlation, trace context, and

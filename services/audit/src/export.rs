@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use pl_eventlog::EventStore;
+use pl_eventlog::{EventStore, RecordedEvent};
 use serde::Serialize;
 
 use crate::replay::{transactions_of, BOOK_PREFIX};
@@ -165,12 +165,7 @@ pub async fn export(
                     if at < from || at >= to {
                         continue;
                     }
-                    let data: serde_json::Value =
-                        serde_json::from_slice(&e.data).map_err(|err| AuditError::Decode {
-                            stream: e.stream.clone(),
-                            position: e.position,
-                            reason: err.to_string(),
-                        })?;
+                    let data = event_data(e)?;
                     let row = EventRow {
                         position: e.position,
                         stream: e.stream.clone(),
@@ -269,4 +264,21 @@ fn write_row<T: Serialize>(
         Format::Csv => csv_line(out, &cells())?,
     }
     Ok(())
+}
+
+/// An event's data as JSON: partner book events are stored in binary from schema version 2 on
+/// (`pl_commissions::book_codec`), so they are exported in their JSON form; every other event is
+/// JSON as stored.
+fn event_data(e: &RecordedEvent) -> Result<serde_json::Value, AuditError> {
+    let decode_error = |reason: String| AuditError::Decode {
+        stream: e.stream.clone(),
+        position: e.position,
+        reason,
+    };
+    if e.stream.starts_with(BOOK_PREFIX)
+        && e.schema_version >= pl_commissions::book_codec::STORED_SCHEMA_VERSION
+    {
+        return pl_commissions::book_codec::data_json(e).map_err(decode_error);
+    }
+    serde_json::from_slice(&e.data).map_err(|err| decode_error(err.to_string()))
 }

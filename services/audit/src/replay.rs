@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 
 use pl_commissions::book::BookEvent;
+use pl_commissions::book_codec;
 use pl_eventlog::{EventStore, RecordedEvent};
 use pl_ledger::{AsOf, BalanceFold, Ledger, PartnerBalance, RecordedTransaction, RecordingPoint};
 use pl_money::Currency;
@@ -61,9 +62,10 @@ const KNOWN_BOOK_EVENTS: &[&str] = &[
     "PartnerCredited",
 ];
 
-/// Every book event's data holds its postings under `transactions` (or none, for a churn):
+/// A schema-1 book event's JSON holds its postings under `transactions` (or none, for a churn):
 /// balances need only those, so the rest of the document (the engine's accrual, 60 % of the
-/// bytes) is skipped unparsed. Events whose schema needs an upcast go the full way.
+/// bytes) is skipped unparsed. Events whose schema needs an upcast go the full way, and so do
+/// later schema versions here (their postings come whole from `decode_event`).
 #[derive(serde::Deserialize)]
 struct Postings {
     #[serde(default)]
@@ -76,6 +78,7 @@ fn postings_of(recorded: &RecordedEvent) -> Result<Vec<RecordedTransaction>, Aud
     // refuses what it cannot decode) instead of counting as no postings.
     if !KNOWN_BOOK_EVENTS.contains(&recorded.event_type.as_str())
         || BookEvent::needs_upcast(&recorded.event_type, recorded.schema_version)
+        || recorded.schema_version >= book_codec::STORED_SCHEMA_VERSION
     {
         return transactions_of(recorded);
     }
@@ -94,25 +97,55 @@ fn postings_of(recorded: &RecordedEvent) -> Result<Vec<RecordedTransaction>, Aud
         .collect())
 }
 
+/// What a balance fold needs of a book event: its postings, read alone from the stored form
+/// (schema 2 on); a schema-1 event's come from its JSON.
+fn fold_postings_of(recorded: &RecordedEvent) -> Result<Vec<book_codec::Postings>, AuditError> {
+    let decode_error = |reason: String| AuditError::Decode {
+        stream: recorded.stream.clone(),
+        position: recorded.position,
+        reason,
+    };
+    if KNOWN_BOOK_EVENTS.contains(&recorded.event_type.as_str()) {
+        if let Some(postings) = book_codec::postings(recorded).map_err(decode_error)? {
+            return Ok(postings);
+        }
+    }
+    Ok(postings_of(recorded)?
+        .into_iter()
+        .map(|r| {
+            let t = r.transaction;
+            book_codec::Postings {
+                id: t.id(),
+                kind: t.kind(),
+                occurred_at: t.occurred_at(),
+                transfers: t.transfers().to_vec(),
+            }
+        })
+        .collect())
+}
+
 /// Decodes a page's book events on every core (JSON decoding is nine tenths of a replay),
 /// keeping log order.
 fn decode_page(events: &[RecordedEvent]) -> Result<Vec<RecordedTransaction>, AuditError> {
+    Ok(decode_parallel(events, postings_of)?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// `decode` of every event on every core, in log order.
+fn decode_parallel<T: Send>(
+    events: &[RecordedEvent],
+    decode: fn(&RecordedEvent) -> Result<T, AuditError>,
+) -> Result<Vec<T>, AuditError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_DECODE_THREADS);
     let chunk = events.len().div_ceil(threads).max(1);
-    let decoded: Vec<Result<Vec<RecordedTransaction>, AuditError>> = std::thread::scope(|s| {
+    let decoded: Vec<Result<Vec<T>, AuditError>> = std::thread::scope(|s| {
         let handles: Vec<_> = events
             .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || -> Result<Vec<RecordedTransaction>, AuditError> {
-                    let mut out = Vec::with_capacity(part.len());
-                    for e in part {
-                        out.extend(postings_of(e)?);
-                    }
-                    Ok(out)
-                })
-            })
+            .map(|part| s.spawn(move || part.iter().map(decode).collect()))
             .collect();
         handles
             .into_iter()
@@ -123,7 +156,7 @@ fn decode_page(events: &[RecordedEvent]) -> Result<Vec<RecordedTransaction>, Aud
             })
             .collect()
     });
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(events.len());
     for part in decoded {
         out.extend(part?);
     }
@@ -251,8 +284,11 @@ pub async fn replay_balances(
         book_events += books.len() as u64;
         let mut current = current;
         folding = Some(tokio::task::spawn_blocking(move || {
-            for t in decode_page(&books)? {
-                current.apply_recorded(&t)?;
+            let decoded = decode_parallel(&books, fold_postings_of)?;
+            for (recorded, postings) in books.iter().zip(decoded) {
+                for p in postings {
+                    current.apply(recorded.position, recorded.recorded_at, p.as_ref())?;
+                }
             }
             Ok(current)
         }));

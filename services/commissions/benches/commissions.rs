@@ -50,7 +50,7 @@ use pl_proto::commissions::v1 as pb;
 use pl_proto::commissions::v1::commissions_service_server::CommissionsService as Api;
 use pl_proto::common::v1::RequestContext;
 use pl_runtime::aggregate::{decode_event, encode_event};
-use pl_runtime::{Aggregate, FixedClock};
+use pl_runtime::{Aggregate, DomainEvent, FixedClock};
 use tonic::Request;
 use uuid::Uuid;
 
@@ -424,7 +424,7 @@ fn new_event(tag: u8, n: u128, event: &BookEvent, occurred_at: DateTime<Utc>) ->
     NewEvent {
         id: id(tag, n),
         event_type,
-        schema_version: 1,
+        schema_version: event.schema_version(),
         data,
         metadata: EventMetadata::at(occurred_at),
     }

@@ -133,7 +133,20 @@ pub enum BookEvent {
     },
 }
 
-impl DomainEvent for BookEvent {}
+impl DomainEvent for BookEvent {
+    /// Stored as `StoredBookEvent` (see [`crate::book_codec`]); version 1 was all JSON.
+    fn schema_version(&self) -> u32 {
+        crate::book_codec::STORED_SCHEMA_VERSION
+    }
+
+    fn encode(&self) -> Result<(String, bytes::Bytes), String> {
+        crate::book_codec::encode(self)
+    }
+
+    fn decode(recorded: &pl_eventlog::RecordedEvent) -> Result<Self, String> {
+        crate::book_codec::decode(recorded)
+    }
+}
 
 /// What a credit outside commission plans is for; each is credited once per partner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -160,6 +173,22 @@ impl BookEvent {
             | BookEvent::PayoutSettled { transactions, .. }
             | BookEvent::PayoutFailed { transactions, .. } => transactions,
             BookEvent::CustomerChurned { .. } => &[],
+        }
+    }
+
+    /// The transactions, for the codec; `None` for an event that posts none.
+    pub(crate) fn transactions_mut(&mut self) -> Option<&mut Vec<Transaction>> {
+        match self {
+            BookEvent::ConversionAccrued { transactions, .. }
+            | BookEvent::PartnerCredited { transactions, .. }
+            | BookEvent::OverrideAccrued { transactions, .. }
+            | BookEvent::ConversionReversed { transactions, .. }
+            | BookEvent::OverrideReversed { transactions, .. }
+            | BookEvent::CommissionsMatured { transactions, .. }
+            | BookEvent::PayoutCreated { transactions, .. }
+            | BookEvent::PayoutSettled { transactions, .. }
+            | BookEvent::PayoutFailed { transactions, .. } => Some(transactions),
+            BookEvent::CustomerChurned { .. } => None,
         }
     }
 }

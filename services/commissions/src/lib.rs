@@ -14,6 +14,7 @@
 
 pub mod accruals;
 pub mod book;
+pub mod book_codec;
 pub mod consumer;
 pub mod contract;
 pub mod domain;
