@@ -13,11 +13,11 @@ use chrono::{DateTime, Utc};
 use pl_money::Currency;
 use uuid::Uuid;
 
-use crate::ledger::{display, partner_accounts};
+use crate::ledger::partner_balance_from;
 use crate::transaction::validate_postings;
 use crate::{
-    Account, AsOf, LedgerError, PartnerBalance, PartnerBalances, RecordedTransaction,
-    RecordingPoint, TransactionKind, Transfer,
+    Account, AsOf, LedgerError, PartnerBalances, RecordedTransaction, RecordingPoint,
+    TransactionKind, Transfer,
 };
 
 /// What a balance needs of a recorded transaction: everything but its explanation.
@@ -210,18 +210,9 @@ impl BalanceFold {
         let currencies = self.partners.get(&partner_id).into_iter().flatten();
         let mut balances = BTreeMap::new();
         for &currency in currencies {
-            let [pending, payable, paid] = partner_accounts(partner_id, currency);
-            let mut count = 0;
-            let mut shown = |account: &Account| {
-                let (total, entries) = self.totals.get(account).copied().unwrap_or((0, 0));
-                count += entries;
-                display(account, total)
-            };
-            let balance = PartnerBalance {
-                pending: shown(&pending)?,
-                payable: shown(&payable)?,
-                paid: shown(&paid)?,
-            };
+            let (balance, count) = partner_balance_from(partner_id, currency, |account| {
+                self.totals.get(account).copied().unwrap_or((0, 0))
+            })?;
             if count > 0 {
                 balances.insert(currency, balance);
             }

@@ -518,19 +518,7 @@ impl Ledger {
         currency: Currency,
         cut: Cut,
     ) -> Result<(PartnerBalance, usize), LedgerError> {
-        let [pending, payable, paid] = partner_accounts(partner_id, currency);
-        let mut count = 0;
-        let mut shown = |account: &Account| {
-            let (total, entries) = self.total(account, cut);
-            count += entries;
-            display(account, total)
-        };
-        let balance = PartnerBalance {
-            pending: shown(&pending)?,
-            payable: shown(&payable)?,
-            paid: shown(&paid)?,
-        };
-        Ok((balance, count))
+        partner_balance_from(partner_id, currency, |account| self.total(account, cut))
     }
 
     fn explained_entry(
@@ -561,8 +549,30 @@ impl Ledger {
     }
 }
 
+/// A partner's balances in `currency` from each account's debit-positive total and entry
+/// count, and how many entries make them up.
+pub(crate) fn partner_balance_from(
+    partner_id: Uuid,
+    currency: Currency,
+    total: impl Fn(&Account) -> (i128, usize),
+) -> Result<(PartnerBalance, usize), LedgerError> {
+    let [pending, payable, paid] = partner_accounts(partner_id, currency);
+    let mut count = 0;
+    let mut shown = |account: &Account| {
+        let (sum, entries) = total(account);
+        count += entries;
+        display(account, sum)
+    };
+    let balance = PartnerBalance {
+        pending: shown(&pending)?,
+        payable: shown(&payable)?,
+        paid: shown(&paid)?,
+    };
+    Ok((balance, count))
+}
+
 /// A partner's pending, payable and paid accounts in one currency.
-pub(crate) fn partner_accounts(partner_id: Uuid, currency: Currency) -> [Account; 3] {
+fn partner_accounts(partner_id: Uuid, currency: Currency) -> [Account; 3] {
     [
         Account::PartnerPending {
             partner_id,
