@@ -26,11 +26,13 @@ use crate::setup::{
     self, Accrued, Assignments, ConversionIndex, CustomerCredit, CustomerIndex, FxRates, Plan,
     MAX_UPLINE,
 };
+use crate::visible::Waiters;
 
 /// The states the consumer and the gRPC service keep between commands: partner books, plans,
 /// assignments and FX rates, read or written on every accrual. Streams with one command in
 /// their life (a conversion's index, a customer's credits) are not worth a slot and go through
-/// the uncached executor.
+/// the uncached executor. `visible` is not a state but shared the same way: the consumer
+/// signals through it the gRPC callers waiting for an accrual.
 #[derive(Debug, Default)]
 pub struct Caches {
     pub books: StateCache<Book>,
@@ -38,6 +40,7 @@ pub struct Caches {
     pub assignments: StateCache<Assignments>,
     pub fx: StateCache<FxRates>,
     pub fx_waiting: StateCache<FxWaiting>,
+    pub visible: Waiters,
 }
 
 /// A write that follows from an accrual (a customer credit, an override, the conversion's
@@ -290,6 +293,10 @@ pub async fn on_conversion(
     // to the log together (one group commit instead of one each). Each is idempotent, so a
     // failure of any retries the message and repeats only what is missing.
     futures::future::try_join_all(follow_ups).await?;
+    // The index is what `GetConversionAccrual` reads: from here the accrual is visible. Also
+    // reached by an FX release (`release_waiting` replays through here) and by a redelivery
+    // (a spare wake-up: the waiter reads the log again and finds the same answer).
+    caches.visible.accrued(c.conversion_id);
     apply_pending_reversals(store, caches, c.conversion_id, trace).await
 }
 

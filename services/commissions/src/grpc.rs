@@ -1,6 +1,7 @@
 //! The gRPC face of commissions.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pl_eventlog::{EventStore, SharedStore};
 use pl_ledger::{AsOf, Ledger, Page, PartnerBalance, RecordedTransaction, RecordingPoint};
@@ -13,6 +14,7 @@ use crate::accruals::{self, Caches};
 use crate::book::{self, Book, BookCommand, BookError, BookEvent};
 use crate::fx_wait;
 use crate::setup::{self, Assignment, Assignments, FxRate, Plan, Publish};
+use crate::visible;
 use crate::SERVICE;
 use pl_proto::commissions::v1 as pb;
 use pl_proto::commissions::v1::commissions_service_server::{
@@ -336,6 +338,60 @@ impl CommissionsService {
     ) -> Option<RequestMeta> {
         let trace = pl_telemetry::inject(&tracing::Span::current());
         RequestMeta::parse(SERVICE, context, self.clock.as_ref(), trace, v)
+    }
+
+    /// What `GetConversionAccrual` answers now: the conversion's index and, once accrued, each
+    /// credited partner's open commission and applied reversals.
+    async fn conversion_accrual(
+        &self,
+        conversion_id: uuid::Uuid,
+    ) -> Result<pb::ConversionAccrual, ApiError> {
+        let store = self.store.as_ref();
+        let index = load::<setup::ConversionIndex>(store, &setup::accrued_stream(conversion_id))
+            .await
+            .map_err(domain("conversion_id"))?
+            .state;
+        let Some(accrued) = index.0 else {
+            return Ok(pb::ConversionAccrual {
+                conversion_id: conversion_id.to_string(),
+                accrued: false,
+                partners: vec![],
+            });
+        };
+        let mut partners = Vec::with_capacity(accrued.partners.len());
+        for partner in &accrued.partners {
+            let (view, _) = self
+                .caches
+                .books
+                .read(store, &book::stream(*partner), |b| {
+                    let open = b
+                        .entries
+                        .get(&(conversion_id, book::EntryKey::Own))
+                        .map(|e| e.open);
+                    let reversals: Vec<String> = b
+                        .reversals
+                        .iter()
+                        .filter(|(_, r)| r.conversion_id == conversion_id)
+                        .map(|(id, _)| id.to_string())
+                        .collect();
+                    (open, reversals)
+                })
+                .await
+                .map_err(book_error)?;
+            partners.push(pb::PartnerAccrual {
+                partner_id: partner.to_string(),
+                open: view.0.map(|m| pl_proto::common::v1::Money {
+                    amount: m.amount().to_string(),
+                    currency: m.currency().code().to_owned(),
+                }),
+                reversal_ids: view.1,
+            });
+        }
+        Ok(pb::ConversionAccrual {
+            conversion_id: conversion_id.to_string(),
+            accrued: true,
+            partners,
+        })
     }
 
     pub fn into_server(self, max_request_bytes: usize) -> CommissionsServiceServer<Self> {
@@ -948,7 +1004,7 @@ impl CommissionsApi for CommissionsService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(conversion_id = %request.get_ref().conversion_id))]
+    #[tracing::instrument(skip_all, fields(conversion_id = %request.get_ref().conversion_id, wait_ms = request.get_ref().wait_ms))]
     async fn get_conversion_accrual(
         &self,
         request: Request<pb::GetConversionAccrualRequest>,
@@ -956,56 +1012,47 @@ impl CommissionsApi for CommissionsService {
         let req = request.into_inner();
         let mut v = Violations::new();
         let conversion_id = v.check(parse_uuid("conversion_id", &req.conversion_id));
+        if req.wait_ms > visible::MAX_WAIT_MS {
+            v.add(
+                "wait_ms",
+                format!(
+                    "at most {} (milliseconds), got {}",
+                    visible::MAX_WAIT_MS,
+                    req.wait_ms
+                ),
+            );
+        }
         v.finish()?;
         let Some(conversion_id) = conversion_id else {
             return Err(ApiError::internal("validated fields missing").into());
         };
-        let store = self.store.as_ref();
-        let index = load::<setup::ConversionIndex>(store, &setup::accrued_stream(conversion_id))
-            .await
-            .map_err(domain("conversion_id"))?
-            .state;
-        let Some(accrued) = index.0 else {
-            return Ok(Response::new(pb::ConversionAccrual {
-                conversion_id: conversion_id.to_string(),
-                accrued: false,
-                partners: vec![],
-            }));
-        };
-        let mut partners = Vec::with_capacity(accrued.partners.len());
-        for partner in &accrued.partners {
-            let (view, _) = self
-                .caches
-                .books
-                .read(store, &book::stream(*partner), |b| {
-                    let open = b
-                        .entries
-                        .get(&(conversion_id, book::EntryKey::Own))
-                        .map(|e| e.open);
-                    let reversals: Vec<String> = b
-                        .reversals
-                        .iter()
-                        .filter(|(_, r)| r.conversion_id == conversion_id)
-                        .map(|(id, _)| id.to_string())
-                        .collect();
-                    (open, reversals)
-                })
-                .await
-                .map_err(book_error)?;
-            partners.push(pb::PartnerAccrual {
-                partner_id: partner.to_string(),
-                open: view.0.map(|m| pl_proto::common::v1::Money {
-                    amount: m.amount().to_string(),
-                    currency: m.currency().code().to_owned(),
-                }),
-                reversal_ids: view.1,
-            });
+        if req.wait_ms == 0 {
+            return Ok(Response::new(self.conversion_accrual(conversion_id).await?));
         }
-        Ok(Response::new(pb::ConversionAccrual {
-            conversion_id: conversion_id.to_string(),
-            accrued: true,
-            partners,
-        }))
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(req.wait_ms));
+        // Registered before the first read, so an accrual landing between that read and the
+        // wait below still wakes this caller (its permit is kept).
+        let waiter =
+            self.caches
+                .visible
+                .register(conversion_id)
+                .map_err(|e| ApiError::Exhausted {
+                    what: e.to_string(),
+                })?;
+        loop {
+            let answer = self.conversion_accrual(conversion_id).await?;
+            let now = tokio::time::Instant::now();
+            if answer.accrued || now >= deadline {
+                return Ok(Response::new(answer));
+            }
+            // The signal covers this process's consumer; the periodic read covers another
+            // replica's (or anything else that wrote the index without signalling here).
+            let recheck = deadline.min(now + Duration::from_millis(visible::RECHECK_MS));
+            tokio::select! {
+                () = waiter.signalled() => {}
+                () = tokio::time::sleep_until(recheck) => {}
+            }
+        }
     }
 
     #[tracing::instrument(skip_all, fields(run_id = %request.get_ref().run_id))]

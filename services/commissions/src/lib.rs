@@ -8,7 +8,8 @@
 //! `eligibility-*` (its projection of compliance's events), `payout-*` (payout runs) and
 //! `waiting-fx` (accruals parked until their FX rate is recorded, `fx_wait`) and
 //! `pending-reversals-*` (refunds and rejections that arrived before their accrual, `pending`). It
-//! reads no other service's streams — what it knows of partners arrives over the bus.
+//! reads no other service's streams — what it knows of partners arrives over the bus. `visible`
+//! wakes callers waiting for a conversion's accrual (`GetConversionAccrual` with `wait_ms`).
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod payout_runs;
 pub mod pending;
 pub mod reports;
 pub mod setup;
+pub mod visible;
 
 pub use grpc::CommissionsService;
 

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use pl_bus::{HandleError, Message};
@@ -911,6 +912,7 @@ async fn a_conversion_shows_its_accrual_and_reversals_and_a_partner_its_payout_b
         .api
         .get_conversion_accrual(Request::new(pb::GetConversionAccrualRequest {
             conversion_id: Uuid::from_u128(100).to_string(),
+            wait_ms: 0,
         }))
         .await
         .unwrap()
@@ -935,6 +937,7 @@ async fn a_conversion_shows_its_accrual_and_reversals_and_a_partner_its_payout_b
         .api
         .get_conversion_accrual(Request::new(pb::GetConversionAccrualRequest {
             conversion_id: Uuid::from_u128(100).to_string(),
+            wait_ms: 0,
         }))
         .await
         .unwrap()
@@ -1044,6 +1047,7 @@ async fn a_conversion_waits_for_a_missing_rate_as_a_whole_before_any_partner_acc
         .api
         .get_conversion_accrual(Request::new(pb::GetConversionAccrualRequest {
             conversion_id: Uuid::from_u128(120).to_string(),
+            wait_ms: 0,
         }))
         .await
         .unwrap()
@@ -1188,4 +1192,182 @@ async fn a_broken_waiting_conversion_stays_listed_and_does_not_hold_back_the_oth
     let left = w.awaiting_fx("EUR", "USD").await;
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].conversion_id, Uuid::from_u128(0xbad).to_string());
+}
+
+// Waiting for an accrual to become visible (`wait_ms`). On paused time the clock moves only
+// when every task is idle, so a wait that returns with the clock unmoved was woken by the
+// consumer's signal, not by a periodic re-check or its end.
+
+fn accrual_request(conversion: u128, wait_ms: u32) -> Request<pb::GetConversionAccrualRequest> {
+    Request::new(pb::GetConversionAccrualRequest {
+        conversion_id: Uuid::from_u128(conversion).to_string(),
+        wait_ms,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_returns_the_accrual_as_soon_as_the_conversion_is_accrued() {
+    let w = world().await;
+    let mut wait = w.api.get_conversion_accrual(accrual_request(100, 10_000));
+    assert!(
+        futures::poll!(&mut wait).is_pending(),
+        "nothing accrued yet"
+    );
+    assert_eq!(w.api.caches().visible.len(), 1);
+    let started = tokio::time::Instant::now();
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    let a = wait.await.unwrap().into_inner();
+    assert!(a.accrued);
+    assert_eq!(a.partners.len(), 1);
+    assert_eq!(a.partners[0].open.as_ref().unwrap().amount, "10.00");
+    assert_eq!(started.elapsed(), Duration::ZERO, "woken by the accrual");
+    assert!(w.api.caches().visible.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_on_a_conversion_already_accrued_answers_at_once() {
+    let w = world().await;
+    w.consume(message(
+        1,
+        "ConversionAttributed",
+        sale(100, "100.00"),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let waited = w
+        .api
+        .get_conversion_accrual(accrual_request(100, 10_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    let at_once = w
+        .api
+        .get_conversion_accrual(accrual_request(100, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(waited.accrued);
+    assert_eq!(waited, at_once);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_on_a_conversion_parked_for_its_fx_rate_returns_when_the_rate_releases_it() {
+    let w = world().await;
+    let mut eur = sale(101, "100.00");
+    eur["gross"]["currency"] = "EUR".into();
+    w.consume(message(5, "ConversionAttributed", eur, at(1, 10)))
+        .await
+        .unwrap();
+    let mut wait = w.api.get_conversion_accrual(accrual_request(101, 10_000));
+    assert!(
+        futures::poll!(&mut wait).is_pending(),
+        "parked, not accrued"
+    );
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        w.record_rate("fx-1", at(1, 10), "1.10")
+            .await
+            .released_accruals,
+        1
+    );
+    let a = wait.await.unwrap().into_inner();
+    assert!(a.accrued);
+    assert_eq!(a.partners[0].open.as_ref().unwrap().amount, "11.00");
+    assert_eq!(started.elapsed(), Duration::ZERO, "woken by the release");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_that_ends_answers_not_accrued_as_without_waiting_and_leaves_no_waiter() {
+    let w = world().await;
+    let started = tokio::time::Instant::now();
+    let waited = w
+        .api
+        .get_conversion_accrual(accrual_request(100, 250))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+    let at_once = w
+        .api
+        .get_conversion_accrual(accrual_request(100, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!waited.accrued);
+    assert_eq!(waited, at_once);
+    assert!(w.api.caches().visible.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_gives_up_waiting_leaves_no_waiter_behind() {
+    let w = world().await;
+    let mut wait = w.api.get_conversion_accrual(accrual_request(100, 10_000));
+    assert!(futures::poll!(&mut wait).is_pending());
+    assert_eq!(w.api.caches().visible.len(), 1);
+    // What tonic does with the handler when the caller cancels or its deadline passes.
+    drop(wait);
+    assert!(w.api.caches().visible.is_empty());
+}
+
+#[tokio::test]
+async fn a_wait_longer_than_the_limit_is_refused_with_the_field_and_the_limit() {
+    let w = world().await;
+    let limit = pl_commissions::visible::MAX_WAIT_MS;
+    let err = w
+        .api
+        .get_conversion_accrual(accrual_request(100, limit + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("wait_ms: at most 10000 (milliseconds), got 10001"),
+        "{}",
+        err.message()
+    );
+    assert!(w.api.caches().visible.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_beyond_the_table_of_waiting_callers_is_refused_as_exhausted() {
+    let w = world().await;
+    let mut waits = Vec::with_capacity(pl_commissions::visible::MAX_WAITERS);
+    for _ in 0..pl_commissions::visible::MAX_WAITERS {
+        let mut wait = w.api.get_conversion_accrual(accrual_request(100, 10_000));
+        assert!(futures::poll!(&mut wait).is_pending());
+        waits.push(wait);
+    }
+    let err = w
+        .api
+        .get_conversion_accrual(accrual_request(100, 10_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        err.message()
+            .contains("too many callers waiting for accruals (limit 10000)"),
+        "{}",
+        err.message()
+    );
+    // Answering at once needs no place in the table.
+    assert!(
+        !w.api
+            .get_conversion_accrual(accrual_request(100, 0))
+            .await
+            .unwrap()
+            .into_inner()
+            .accrued
+    );
+    drop(waits);
+    assert!(w.api.caches().visible.is_empty());
 }

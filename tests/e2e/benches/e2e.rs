@@ -4,6 +4,10 @@
 //! p99), on the embedded default (one process) and over NATS (four processes). Numbers for
 //! issue notes, never a pass/fail test.
 //!
+//! Each caller learns of its commission from one `GetConversionAccrual` that waits in
+//! commissions until the accrual is visible (`wait_ms`, `Run::convert`), so the figures
+//! measure the system rather than a client's poll loop.
+//!
 //! `BENCH_E2E_CONVERSIONS` (default 5,000) per mode, `BENCH_E2E_WORKERS` (default 64)
 //! concurrent callers.
 

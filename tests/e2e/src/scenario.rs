@@ -29,6 +29,10 @@ use crate::{Clients, Endpoints};
 /// How long a fact may take to travel between services before the scenario gives up.
 pub const PROPAGATION_TIMEOUT_MS: u64 = 60_000;
 const POLL_MS: u64 = 5;
+/// How long one `GetConversionAccrual` waits in commissions for the accrual to become visible:
+/// well inside the calls' own timeout ([`crate::CALL_TIMEOUT_MS`]), so a slow accrual is asked
+/// again rather than cut off by the client.
+const ACCRUAL_WAIT_MS: u32 = 5_000;
 
 pub const SAAS: Uuid = Uuid::from_u128(0x5000_0001);
 pub const FOREX: Uuid = Uuid::from_u128(0x5000_0002);
@@ -597,7 +601,8 @@ impl Run {
         .await
     }
 
-    /// Records a conversion and waits until commissions has accrued it. Returns its id.
+    /// Records a conversion and waits until commissions has accrued it (commissions answers
+    /// as soon as the accrual is visible, `wait_ms`; no polling here). Returns its id.
     pub async fn convert(&self, req: att::RecordConversionRequest) -> Result<String, String> {
         let what = req.external_id.clone();
         let a = self
@@ -617,7 +622,10 @@ impl Run {
             let id = id.clone();
             async move {
                 let r = com
-                    .get_conversion_accrual(com::GetConversionAccrualRequest { conversion_id: id })
+                    .get_conversion_accrual(com::GetConversionAccrualRequest {
+                        conversion_id: id,
+                        wait_ms: ACCRUAL_WAIT_MS,
+                    })
                     .await
                     .map_err(status("get accrual"))?
                     .into_inner();
@@ -655,6 +663,8 @@ impl Run {
             .clone()
             .get_conversion_accrual(com::GetConversionAccrualRequest {
                 conversion_id: conversion.into(),
+                // A reversal does not end a wait (it ends at the accrual): asked at once, polled.
+                wait_ms: 0,
             })
             .await
             .map_err(status("get accrual"))?
