@@ -39,6 +39,7 @@ use pl_commission_engine::{
     Reward, Rule, VersionPolicy,
 };
 use pl_commissions::book::{self, Book, BookCommand, BookEvent};
+use pl_commissions::book_codec;
 use pl_commissions::CommissionsService;
 use pl_eventlog::{
     AppendResult, EmbeddedLog, EmbeddedOptions, EventMetadata, EventStore, ExpectedVersion, Limits,
@@ -600,7 +601,7 @@ async fn fill(dir: &std::path::Path, group_rounds: u64) -> Duration {
 struct RebuildStats {
     events: u64,
     transactions: u64,
-    /// Bytes of event data (JSON) decoded.
+    /// Bytes of event data decoded.
     bytes: u64,
     partners: usize,
     total: Duration,
@@ -612,37 +613,15 @@ struct RebuildStats {
     rss_before_kb: u64,
     rss_opened_kb: u64,
     hwm_kb: u64,
-    /// Events decoded three ways, and the time `decode_event`, one pass, and the transactions
-    /// alone took.
-    decode_sample: (u64, Duration, Duration, Duration),
+    /// Events decoded two ways, and the time whole events and their postings alone took.
+    decode_sample: (u64, Duration, Duration),
 }
 
-/// For the diagnosis only: the same event decoded in one pass over the stored bytes, the tag
-/// first (`decode_event` parses into a `Value`, rebuilds it under `{type, data}`, and lets serde
-/// buffer the untagged content because `data` sorts before `type`).
-fn decode_one_pass(recorded: &RecordedEvent) -> BookEvent {
-    let mut json = Vec::with_capacity(recorded.data.len() + 64);
-    json.extend_from_slice(b"{\"type\":");
-    serde_json::to_writer(&mut json, &recorded.event_type).unwrap();
-    json.extend_from_slice(b",\"data\":");
-    json.extend_from_slice(&recorded.data);
-    json.push(b'}');
-    serde_json::from_slice(&json).unwrap()
-}
-
-/// For the diagnosis only: what a balance projection needs of a book event, its transactions,
-/// read straight from the stored data (every other field skipped unparsed into values).
-#[derive(serde::Deserialize)]
-struct TransactionsOnly {
-    #[serde(default)]
-    transactions: Vec<pl_ledger::Transaction>,
-}
-
-/// Decodes the first `events` events with `decode_event`, in one pass, and only their
-/// transactions, checking they agree.
-async fn decode_sample(log: &EmbeddedLog, events: u64) -> (u64, Duration, Duration, Duration) {
-    let (mut n, mut service, mut one_pass, mut only) =
-        (0u64, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+/// Decodes the first `events` book events whole (`decode_event`, what the service reads) and
+/// their postings alone (`book_codec::postings`, what a replay of balances reads), checking
+/// they agree.
+async fn decode_sample(log: &EmbeddedLog, events: u64) -> (u64, Duration, Duration) {
+    let (mut n, mut whole, mut postings) = (0u64, Duration::ZERO, Duration::ZERO);
     while n < events {
         let page = log.read_all(n, 4096).await.unwrap();
         if page.is_empty() {
@@ -651,23 +630,22 @@ async fn decode_sample(log: &EmbeddedLog, events: u64) -> (u64, Duration, Durati
         n += page.len() as u64;
         let t = Instant::now();
         let a: Vec<BookEvent> = page.iter().map(|r| decode_event(r).unwrap()).collect();
-        service += t.elapsed();
+        whole += t.elapsed();
         let t = Instant::now();
-        let b: Vec<BookEvent> = page.iter().map(decode_one_pass).collect();
-        one_pass += t.elapsed();
-        let t = Instant::now();
-        let c: Vec<TransactionsOnly> = page
+        let b: Vec<Vec<book_codec::Postings>> = page
             .iter()
-            .map(|r| serde_json::from_slice(&r.data).unwrap())
+            .map(|r| book_codec::postings(r).unwrap().unwrap())
             .collect();
-        only += t.elapsed();
-        assert!(a == b);
-        assert!(a
-            .iter()
-            .zip(&c)
-            .all(|(a, c)| a.transactions() == c.transactions.as_slice()));
+        postings += t.elapsed();
+        assert!(a.iter().zip(&b).all(|(a, b)| {
+            a.transactions().len() == b.len()
+                && a.transactions()
+                    .iter()
+                    .zip(b)
+                    .all(|(t, p)| t.id() == p.id && t.transfers() == p.transfers.as_slice())
+        }));
     }
-    (n, service, one_pass, only)
+    (n, whole, postings)
 }
 
 async fn rebuild(dir: &std::path::Path) -> RebuildStats {
@@ -890,7 +868,7 @@ async fn main() {
             share(r.balances, r.total)
         ),
         format!(
-            "{} transactions; {} bytes of JSON per event; decode alone {}",
+            "{} transactions; {} bytes per event; decode alone {}",
             r.transactions,
             r.bytes / r.events.max(1),
             fmt_rate(per_sec(r.decode))
@@ -906,11 +884,11 @@ async fn main() {
             (r.hwm_kb.saturating_sub(r.rss_opened_kb) * 1024) as f64 / r.events.max(1) as f64
         ),
     ));
-    let (sampled, service, one_pass, only) = r.decode_sample;
+    let (sampled, whole, postings) = r.decode_sample;
     let rate = |d: Duration| fmt_rate(sampled as f64 / d.as_secs_f64());
     rows.push((
-        format!("diagnosis: decode {sampled} book events with decode_event / in one serde pass / only their transactions"),
-        format!("{} / {} / {}", rate(service), rate(one_pass), rate(only)),
+        format!("diagnosis: decode {sampled} book events whole (decode_event) / their postings alone (book_codec::postings)"),
+        format!("{} / {}", rate(whole), rate(postings)),
         "one thread; same events, compared equal".into(),
     ));
     rows.push((
