@@ -71,6 +71,13 @@ impl Canonical<'_> {
     /// Appends the canonical encoding. Lengths were bounded by `Limits` before we get here,
     /// so the narrowing casts cannot truncate (asserted in debug builds).
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_head(out);
+        out.extend_from_slice(self.data);
+        out.extend_from_slice(&self.prev_hash.0);
+    }
+
+    /// Everything before the data, its length last.
+    fn encode_head(&self, out: &mut Vec<u8>) {
         put_str16(out, self.stream);
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(self.id.as_bytes());
@@ -88,8 +95,6 @@ impl Canonical<'_> {
         }
         debug_assert!(u32::try_from(self.data.len()).is_ok());
         out.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
-        out.extend_from_slice(self.data);
-        out.extend_from_slice(&self.prev_hash.0);
     }
 
     pub fn of(ev: &RecordedEvent) -> Result<Canonical<'_>, LogError> {
@@ -107,10 +112,17 @@ impl Canonical<'_> {
         })
     }
 
+    /// The hash of [`Canonical::encode`]'s bytes, fed to the hasher in parts so the data is
+    /// not copied first (verification hashes every event of the log).
     pub fn hash(&self) -> EventHash {
-        let mut buf = Vec::with_capacity(256 + self.data.len());
-        self.encode(&mut buf);
-        hash_canonical(&buf)
+        let mut head = Vec::with_capacity(256);
+        self.encode_head(&mut head);
+        let mut h = Sha256::new();
+        h.update(HASH_DOMAIN);
+        h.update(&head);
+        h.update(self.data);
+        h.update(self.prev_hash.0);
+        EventHash(h.finalize().into())
     }
 }
 
@@ -402,6 +414,11 @@ mod tests {
         let mut buf = Vec::new();
         let hash = encode_frame(&mut buf, 17, FLAG_LAST_IN_APPEND, &c);
         assert_eq!(buf.len(), frame_len("partner-1", &ev));
+        // Hashed in parts by verification, whole when written: the same hash.
+        let mut canonical = Vec::new();
+        c.encode(&mut canonical);
+        assert_eq!(c.hash(), hash_canonical(&canonical));
+        assert_eq!(c.hash(), hash);
         let bytes = Bytes::from(buf);
         let range = frame_payload(&bytes, 0, 1 << 20).unwrap();
         let d = decode_payload(&bytes.slice(range)).unwrap();

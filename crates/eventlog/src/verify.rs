@@ -195,28 +195,41 @@ fn hash_page(page: &[RecordedEvent]) -> Result<Vec<Result<EventHash, LogError>>,
     Ok(out)
 }
 
-/// Walks the whole log in global order.
+/// A page and its recomputed hashes.
+type HashedPage = (
+    Vec<RecordedEvent>,
+    Result<Vec<Result<EventHash, LogError>>, LogError>,
+);
+
+/// Walks the whole log in global order. Each page is hashed on every core while the next one
+/// is read.
 pub async fn verify(store: &dyn EventStore) -> Result<VerifyReport, LogError> {
     let mut checker = ChainChecker::default();
+    let mut hashing: Option<tokio::task::JoinHandle<HashedPage>> = None;
     let mut from = 0;
     loop {
-        let page = store.read_all(from, PAGE_EVENTS).await?;
+        let page = store.read_all(from, PAGE_EVENTS).await;
+        // The page before this one first: a break in it is the first, whatever the read found.
+        if let Some(task) = hashing.take() {
+            let (hashed, hashes) = task
+                .await
+                .map_err(|e| LogError::Backend(format!("hashing task: {e}")))?;
+            for (ev, computed) in hashed.iter().zip(hashes?) {
+                if let Some(b) = checker.check_hashed(ev, computed?)? {
+                    return Ok(checker.report(Some(b)));
+                }
+            }
+        }
+        let page = page?;
         let Some(last) = page.last() else {
             return Ok(checker.report(None));
         };
         from = last.position + 1;
         // Hashing blocks: off the async workers, on every core.
-        let (page, hashes) = tokio::task::spawn_blocking(move || {
+        hashing = Some(tokio::task::spawn_blocking(move || {
             let hashes = hash_page(&page);
             (page, hashes)
-        })
-        .await
-        .map_err(|e| LogError::Backend(format!("hashing task: {e}")))?;
-        for (ev, computed) in page.iter().zip(hashes?) {
-            if let Some(b) = checker.check_hashed(ev, computed?)? {
-                return Ok(checker.report(Some(b)));
-            }
-        }
+        }));
     }
 }
 
