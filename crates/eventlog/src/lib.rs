@@ -36,4 +36,6 @@ pub use limits::Limits;
 pub use memory::MemoryLog;
 pub use store::{EventStore, SharedStore};
 pub use subscription::{Subscription, SubscriptionFilter};
-pub use verify::{verify, verify_stream, ChainBreak, ChainBreakKind, VerifyReport};
+pub use verify::{
+    verify, verify_stream, verify_visiting, ChainBreak, ChainBreakKind, VerifyReport,
+};

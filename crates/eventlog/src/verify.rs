@@ -204,6 +204,16 @@ type HashedPage = (
 /// Walks the whole log in global order. Each page is hashed on every core while the next one
 /// is read.
 pub async fn verify(store: &dyn EventStore) -> Result<VerifyReport, LogError> {
+    verify_visiting(store, |_| {}).await
+}
+
+/// [`verify`], handing every event whose link in its chain checked out to `visit`, in log
+/// order, so a caller can check more on the same walk (the audit's seals) instead of reading
+/// the log again.
+pub async fn verify_visiting(
+    store: &dyn EventStore,
+    mut visit: impl FnMut(&RecordedEvent) + Send,
+) -> Result<VerifyReport, LogError> {
     let mut checker = ChainChecker::default();
     let mut hashing: Option<tokio::task::JoinHandle<HashedPage>> = None;
     let mut from = 0;
@@ -218,6 +228,7 @@ pub async fn verify(store: &dyn EventStore) -> Result<VerifyReport, LogError> {
                 if let Some(b) = checker.check_hashed(ev, computed?)? {
                     return Ok(checker.report(Some(b)));
                 }
+                visit(ev);
             }
         }
         let page = page?;

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use pl_eventlog::{EventHash, EventMetadata, EventStore, ExpectedVersion, NewEvent};
+use pl_eventlog::{EventHash, EventMetadata, EventStore, ExpectedVersion, NewEvent, RecordedEvent};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -213,14 +213,86 @@ impl VerifyOutcome {
     }
 }
 
-/// Walks every stream's hash chain, then checks every seal: its Merkle root against the
-/// stream heads recomputed from the log at its position and, with `public_key`, that the key
-/// signed it. Reports the first break precisely.
+/// Walks every stream's hash chain and, on the same walk, checks every seal: its Merkle root
+/// against the stream heads recomputed from the log at its position and, with `public_key`,
+/// that the key signed it. Reports the first break precisely; a broken chain before any seal
+/// (a chain break is what tampering shows first).
 pub async fn verify(
     store: &dyn EventStore,
     public_key: Option<&VerifyingKey>,
 ) -> Result<VerifyOutcome, AuditError> {
-    let chains = match pl_eventlog::verify(store).await {
+    // The seals first (one small stream), by the position they cover.
+    let mut seals: Vec<(u64, Seal)> = Vec::new();
+    let mut not_a_seal = None;
+    let mut from = 0;
+    'seals: loop {
+        let page = store.read_stream(SEALS_STREAM, from, PAGE_EVENTS).await?;
+        let Some(last) = page.last() else { break };
+        from = last.version + 1;
+        for e in &page {
+            if seals.len() >= MAX_SEALS {
+                return Err(AuditError::Invalid(format!("more than {MAX_SEALS} seals")));
+            }
+            match e.data_as::<Seal>() {
+                Ok(s) => seals.push((e.position, s)),
+                Err(err) => {
+                    not_a_seal = Some(format!(
+                        "seal at position {}: not a seal: {err}",
+                        e.position
+                    ));
+                    break 'seals;
+                }
+            }
+        }
+    }
+    seals.sort_by_key(|(_, s)| s.up_to_position);
+
+    let mut out = VerifyOutcome {
+        events_checked: 0,
+        streams_checked: 0,
+        seals_checked: 0,
+        signatures_checked: 0,
+        first_break: None,
+    };
+    let mut seal_break: Option<String> = None;
+    let mut heads: BTreeMap<String, (u64, EventHash)> = BTreeMap::new();
+    let mut next = seals.iter().peekable();
+    let (mut last_position, mut counted) = (None, 0u64);
+    let walked = {
+        let visit = |e: &RecordedEvent| {
+            if seal_break.is_some() || not_a_seal.is_some() {
+                return;
+            }
+            // Every seal covering positions before this event is checked on the heads so far.
+            while let Some((at, s)) = next.peek() {
+                if s.up_to_position >= e.position {
+                    break;
+                }
+                if let Some(b) = check(
+                    s,
+                    *at,
+                    &heads,
+                    (last_position, counted),
+                    public_key,
+                    &mut out,
+                ) {
+                    seal_break = Some(b);
+                    return;
+                }
+                next.next();
+            }
+            match heads.get_mut(e.stream.as_str()) {
+                Some(head) => *head = (e.version, e.hash),
+                None => {
+                    heads.insert(e.stream.clone(), (e.version, e.hash));
+                }
+            }
+            last_position = Some(e.position);
+            counted += 1;
+        };
+        pl_eventlog::verify_visiting(store, visit).await
+    };
+    let chains = match walked {
         Ok(c) => c,
         // Bytes altered without fixing the frame checksum: the file itself says where.
         Err(pl_eventlog::LogError::Corrupt { offset, reason }) => {
@@ -236,86 +308,27 @@ pub async fn verify(
         }
         Err(e) => return Err(e.into()),
     };
-    let mut out = VerifyOutcome {
-        events_checked: chains.events_checked,
-        streams_checked: chains.streams_checked,
-        seals_checked: 0,
-        signatures_checked: 0,
-        first_break: chains.first_break.map(|b| format!("hash chain: {b}")),
-    };
-    if out.first_break.is_some() {
+    out.events_checked = chains.events_checked;
+    out.streams_checked = chains.streams_checked;
+    if let Some(b) = chains.first_break {
+        out.first_break = Some(format!("hash chain: {b}"));
         return Ok(out);
     }
-    // The seals, by position they cover.
-    let mut seals: Vec<(u64, Seal)> = Vec::new();
-    let mut from = 0;
-    loop {
-        let page = store.read_stream(SEALS_STREAM, from, PAGE_EVENTS).await?;
-        let Some(last) = page.last() else { break };
-        from = last.version + 1;
-        for e in &page {
-            if seals.len() >= MAX_SEALS {
-                return Err(AuditError::Invalid(format!("more than {MAX_SEALS} seals")));
-            }
-            match e.data_as::<Seal>() {
-                Ok(s) => seals.push((e.position, s)),
-                Err(err) => {
-                    out.first_break = Some(format!(
-                        "seal at position {}: not a seal: {err}",
-                        e.position
-                    ));
-                    return Ok(out);
-                }
-            }
-        }
+    if let Some(b) = not_a_seal.or(seal_break) {
+        out.first_break = Some(b);
+        return Ok(out);
     }
-    seals.sort_by_key(|(_, s)| s.up_to_position);
-    let mut heads: BTreeMap<String, (u64, EventHash)> = BTreeMap::new();
-    let mut next = seals.iter().peekable();
-    let mut from = 0;
-    let mut last_position = None;
-    let mut counted = 0u64;
-    'walk: loop {
-        let page = store.read_all(from, PAGE_EVENTS).await?;
-        let Some(end) = page.last() else { break };
-        from = end.position + 1;
-        for e in &page {
-            // Every seal covering positions before this event is checked on the heads so far.
-            while let Some((at, s)) = next.peek() {
-                if s.up_to_position >= e.position {
-                    break;
-                }
-                if let Some(b) = check(
-                    s,
-                    *at,
-                    &heads,
-                    (last_position, counted),
-                    public_key,
-                    &mut out,
-                ) {
-                    out.first_break = Some(b);
-                    break 'walk;
-                }
-                next.next();
-            }
-            heads.insert(e.stream.clone(), (e.version, e.hash));
-            last_position = Some(e.position);
-            counted += 1;
-        }
-    }
-    if out.first_break.is_none() {
-        for (at, s) in next {
-            if let Some(b) = check(
-                s,
-                *at,
-                &heads,
-                (last_position, counted),
-                public_key,
-                &mut out,
-            ) {
-                out.first_break = Some(b);
-                break;
-            }
+    for (at, s) in next {
+        if let Some(b) = check(
+            s,
+            *at,
+            &heads,
+            (last_position, counted),
+            public_key,
+            &mut out,
+        ) {
+            out.first_break = Some(b);
+            break;
         }
     }
     Ok(out)
