@@ -12,6 +12,7 @@
 )] // timing code
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
+use pl_bench_support::{env_num, fmt_rate, machine};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,13 +23,6 @@ use pl_eventlog::{
     verify, EmbeddedLog, EmbeddedOptions, EventMetadata, EventStore, ExpectedVersion, NewEvent,
 };
 use uuid::Uuid;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A 300-byte JSON event body, like a commission accrual.
 fn payload(n: u64) -> serde_json::Value {
@@ -215,30 +209,6 @@ async fn fill(dir: &std::path::Path, events: u64) -> Duration {
     let took = started.elapsed();
     log.close().unwrap();
     took
-}
-
-fn fmt_rate(per_sec: f64) -> String {
-    if per_sec >= 1e6 {
-        format!("{:.2}M/s", per_sec / 1e6)
-    } else if per_sec >= 1e3 {
-        format!("{:.1}k/s", per_sec / 1e3)
-    } else {
-        format!("{per_sec:.0}/s")
-    }
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

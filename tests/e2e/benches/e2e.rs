@@ -18,6 +18,7 @@
 )] // timing code
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark fails loudly
 
+use pl_bench_support::{env_num, machine};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,13 +28,6 @@ use pl_e2e::process::{Cluster, InProcess};
 use pl_e2e::scenario::{t, Run};
 use pl_e2e::Endpoints;
 use pl_proto::attribution::v1 as att;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Figures {
     conversions: u64,
@@ -82,20 +76,6 @@ async fn load(endpoints: &Endpoints, conversions: u64, workers: u64) -> Figures 
         wall: started.elapsed(),
         latency,
     }
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores")
 }
 
 fn row(mode: &str, f: &Figures, targets: &str) {
