@@ -9,6 +9,7 @@
 //! earlier append as success (re-read, find its derived id, ack).
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -106,20 +107,10 @@ where
             () = shutdown.cancelled() => return Ok(()),
             next = consumer.next() => next,
         };
-        let delivery = match next {
-            Ok(d) => {
-                bus_backoff_ms = 0;
-                d
-            }
-            Err(e) if e.is_retryable() => {
-                bus_backoff_ms = (bus_backoff_ms * 2).clamp(50, config.bus_backoff_max_ms.max(50));
-                tracing::warn!(error = %e, backoff_ms = bus_backoff_ms, "consumer receive failed");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(Duration::from_millis(bus_backoff_ms)) => continue,
-                }
-            }
-            Err(e) => return Err(e),
+        let delivery = match received(next, &mut bus_backoff_ms, &config, &shutdown).await {
+            ControlFlow::Continue(Some(d)) => d,
+            ControlFlow::Continue(None) => continue,
+            ControlFlow::Break(outcome) => return outcome,
         };
         handle_one(delivery, &mut handler, &config, 0).await;
     }
@@ -263,20 +254,10 @@ where
             () = room.notified(), if held_total > 0 => continue,
             next = consumer.next(), if held_total < MAX_HELD_BACK => next,
         };
-        let delivery = match next {
-            Ok(d) => {
-                bus_backoff_ms = 0;
-                d
-            }
-            Err(e) if e.is_retryable() => {
-                bus_backoff_ms = (bus_backoff_ms * 2).clamp(50, config.bus_backoff_max_ms.max(50));
-                tracing::warn!(error = %e, backoff_ms = bus_backoff_ms, "consumer receive failed");
-                tokio::select! {
-                    () = shutdown.cancelled() => break Ok(()),
-                    () = tokio::time::sleep(Duration::from_millis(bus_backoff_ms)) => continue,
-                }
-            }
-            Err(e) => break Err(e),
+        let delivery = match received(next, &mut bus_backoff_ms, &config, &shutdown).await {
+            ControlFlow::Continue(Some(d)) => d,
+            ControlFlow::Continue(None) => continue,
+            ControlFlow::Break(outcome) => break outcome,
         };
         let lane = (key_of(&delivery.message) % lanes as u64) as usize;
         if !held[lane].is_empty() {
@@ -301,6 +282,33 @@ where
         let _ = w.await;
     }
     outcome
+}
+
+/// What a runner does with the outcome of `consumer.next()`: a delivery to handle; after a
+/// retryable failure, a backoff (doubling from 50 ms to `bus_backoff_max_ms`, reset by the next
+/// delivery) and nothing to handle; a fatal failure, or shutdown during the backoff, ends the
+/// runner with that outcome.
+async fn received(
+    next: Result<crate::port::Delivery, BusError>,
+    backoff_ms: &mut u64,
+    config: &RunnerConfig,
+    shutdown: &CancellationToken,
+) -> ControlFlow<Result<(), BusError>, Option<crate::port::Delivery>> {
+    match next {
+        Ok(d) => {
+            *backoff_ms = 0;
+            ControlFlow::Continue(Some(d))
+        }
+        Err(e) if e.is_retryable() => {
+            *backoff_ms = (*backoff_ms * 2).clamp(50, config.bus_backoff_max_ms.max(50));
+            tracing::warn!(error = %e, backoff_ms = *backoff_ms, "consumer receive failed");
+            tokio::select! {
+                () = shutdown.cancelled() => ControlFlow::Break(Ok(())),
+                () = tokio::time::sleep(Duration::from_millis(*backoff_ms)) => ControlFlow::Continue(None),
+            }
+        }
+        Err(e) => ControlFlow::Break(Err(e)),
+    }
 }
 
 /// A stable key for [`run_consumer_keyed`] from any string (the same in every process).

@@ -354,21 +354,29 @@ proptest::proptest! {
     }
 }
 
-#[tokio::test]
-async fn the_keyed_runner_keeps_one_keys_order_and_handles_other_keys_meanwhile() {
-    let bus = bus();
-    let consumer = bus.consumer(spec("keyed", &["pl.crm.>"])).await.unwrap();
+/// A keyed runner over `consumer` whose handler reports each message id it handled, holding
+/// message `held` until released.
+struct Keyed {
+    seen: tokio::sync::mpsc::Receiver<u128>,
+    release: tokio::sync::watch::Sender<bool>,
+    shutdown: CancellationToken,
+    runner: tokio::task::JoinHandle<Result<(), pl_bus::BusError>>,
+}
+
+fn keyed(
+    consumer: Box<dyn pl_bus::Consumer>,
+    key_of: fn(&pl_bus::Message) -> u64,
+    held: u128,
+    lanes: usize,
+) -> Keyed {
     let shutdown = CancellationToken::new();
-    // Key = id / 10: messages 10, 11, 12 share a key; 20 has another.
-    let key_of = |m: &pl_bus::Message| pl_bus::lane_key(&[&(m.id.as_u128() / 10).to_string()]);
-    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel(16);
-    // Message 10 is held until message 20 was handled: only concurrency lets this finish.
-    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (seen_tx, seen) = tokio::sync::mpsc::channel(64);
+    let (release, release_rx) = tokio::sync::watch::channel(false);
     let handler = move |m: pl_bus::Message| {
         let (seen_tx, mut release_rx) = (seen_tx.clone(), release_rx.clone());
         async move {
             let n = m.id.as_u128();
-            if n == 10 {
+            if n == held {
                 release_rx.wait_for(|r| *r).await.unwrap();
             }
             seen_tx.send(n).await.unwrap();
@@ -381,69 +389,72 @@ async fn the_keyed_runner_keeps_one_keys_order_and_handles_other_keys_meanwhile(
         handler,
         shutdown.clone(),
         pl_bus::RunnerConfig::default(),
-        8,
+        lanes,
     ));
+    Keyed {
+        seen,
+        release,
+        shutdown,
+        runner,
+    }
+}
+
+impl Keyed {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.runner.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_keyed_runner_keeps_one_keys_order_and_handles_other_keys_meanwhile() {
+    let bus = bus();
+    let consumer = bus.consumer(spec("keyed", &["pl.crm.>"])).await.unwrap();
+    // Key = id / 10: messages 10, 11, 12 share a key; 20 has another. Message 10 is held until
+    // message 20 was handled: only concurrency lets this finish.
+    let mut k = keyed(
+        consumer,
+        |m| pl_bus::lane_key(&[&(m.id.as_u128() / 10).to_string()]),
+        10,
+        8,
+    );
     for n in [10, 11, 12, 20] {
         bus.publish(msg("pl.crm.X", n)).await.unwrap();
     }
     // 20 goes by while 10 (and 11, 12 behind it) wait.
-    assert_eq!(recv(&mut seen_rx).await, 20);
-    release_tx.send(true).unwrap();
+    assert_eq!(recv(&mut k.seen).await, 20);
+    k.release.send(true).unwrap();
     let mut rest = [0; 3];
     for r in &mut rest {
-        *r = recv(&mut seen_rx).await;
+        *r = recv(&mut k.seen).await;
     }
     assert_eq!(rest, [10, 11, 12], "one key's messages in delivery order");
-    shutdown.cancel();
-    runner.await.unwrap().unwrap();
+    k.stop().await;
 }
 
 #[tokio::test]
 async fn a_busy_key_with_a_full_lane_does_not_hold_up_other_keys() {
     let bus = bus();
     let consumer = bus.consumer(spec("hot", &["pl.crm.>"])).await.unwrap();
-    let shutdown = CancellationToken::new();
     // Messages 1..=40 share the hot key (more than a lane's queue holds); 1000 has another.
-    let key_of = |m: &pl_bus::Message| u64::from(m.id.as_u128() >= 1000);
-    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel(64);
     // Message 1 is held until 1000 was handled: the dispatcher must get past the hot key's
     // full lane to deliver it.
-    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let handler = move |m: pl_bus::Message| {
-        let (seen_tx, mut release_rx) = (seen_tx.clone(), release_rx.clone());
-        async move {
-            let n = m.id.as_u128();
-            if n == 1 {
-                release_rx.wait_for(|r| *r).await.unwrap();
-            }
-            seen_tx.send(n).await.unwrap();
-            Ok::<(), HandleError>(())
-        }
-    };
-    let runner = tokio::spawn(pl_bus::run_consumer_keyed(
-        consumer,
-        key_of,
-        handler,
-        shutdown.clone(),
-        pl_bus::RunnerConfig::default(),
-        2,
-    ));
+    let mut k = keyed(consumer, |m| u64::from(m.id.as_u128() >= 1000), 1, 2);
     for n in (1..=40).chain([1000]) {
         bus.publish(msg("pl.crm.X", n)).await.unwrap();
     }
-    assert_eq!(recv(&mut seen_rx).await, 1000);
-    release_tx.send(true).unwrap();
+    assert_eq!(recv(&mut k.seen).await, 1000);
+    k.release.send(true).unwrap();
     let mut hot = Vec::new();
     for _ in 1..=40 {
-        hot.push(recv(&mut seen_rx).await);
+        hot.push(recv(&mut k.seen).await);
     }
     assert_eq!(
         hot,
         (1..=40).collect::<Vec<_>>(),
         "the hot key's messages in delivery order"
     );
-    shutdown.cancel();
-    runner.await.unwrap().unwrap();
+    k.stop().await;
 }
 
 async fn recv(rx: &mut tokio::sync::mpsc::Receiver<u128>) -> u128 {

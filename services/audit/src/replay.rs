@@ -246,28 +246,21 @@ pub async fn replay_balances(
         } => Some(position),
         _ => None,
     };
-    let mut fold = Some(BalanceFold::new(as_of));
+    // The fold is with the task folding the last page read, and back here between pages.
+    let mut fold = BalanceFold::new(as_of);
     let mut folding: Option<tokio::task::JoinHandle<Result<BalanceFold, AuditError>>> = None;
     let (mut events_read, mut book_events) = (0u64, 0u64);
     let mut from = 0;
     loop {
         let page = store.read_all(from, PAGE_EVENTS).await;
         if let Some(task) = folding.take() {
-            fold = Some(joined(task).await??);
+            fold = joined(task).await??;
         }
         let page = page?;
-        let Some(current) = fold.take() else {
-            return Err(AuditError::Invalid("balance fold lost".into()));
-        };
-        let Some(last) = page.last() else {
-            fold = Some(current);
-            break;
-        };
+        let Some(last) = page.last() else { break };
         from = last.position + 1;
-        if current.past_recording_point()
-            || last_known_position.is_some_and(|p| page[0].position > p)
+        if fold.past_recording_point() || last_known_position.is_some_and(|p| page[0].position > p)
         {
-            fold = Some(current);
             break;
         }
         events_read += page.len() as u64;
@@ -282,7 +275,7 @@ pub async fn replay_balances(
             })
             .collect();
         book_events += books.len() as u64;
-        let mut current = current;
+        let mut current = std::mem::replace(&mut fold, BalanceFold::new(as_of));
         folding = Some(tokio::task::spawn_blocking(move || {
             let decoded = decode_parallel(&books, fold_postings_of)?;
             for (recorded, postings) in books.iter().zip(decoded) {
@@ -293,12 +286,6 @@ pub async fn replay_balances(
             Ok(current)
         }));
     }
-    if let Some(task) = folding.take() {
-        fold = Some(joined(task).await??);
-    }
-    let Some(fold) = fold else {
-        return Err(AuditError::Invalid("balance fold lost".into()));
-    };
     let partners: Vec<Uuid> = match partner {
         Some(p) => vec![p],
         None => fold.partners().collect(),

@@ -136,6 +136,19 @@ impl World {
         pl_commissions::consumer::handle(self.store.as_ref(), &self.api.caches(), m).await
     }
 
+    /// Consumes attribution's `ConversionAttributed` (message `id`) for a sale of `gross` USD
+    /// credited to the partner; it must be accepted.
+    async fn sell(&self, id: u128, conversion: u128, gross: &str, when: DateTime<Utc>) {
+        self.consume(message(
+            id,
+            "ConversionAttributed",
+            sale(conversion, gross),
+            when,
+        ))
+        .await
+        .unwrap();
+    }
+
     async fn balances(&self, partner: Uuid, as_of: Option<pb::AsOf>) -> (String, String) {
         let b = self
             .api
@@ -156,14 +169,7 @@ impl World {
 #[tokio::test]
 async fn a_sale_accrues_for_the_partner_and_its_parent_and_a_redelivery_changes_nothing() {
     let w = world().await;
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     assert_eq!(
         w.balances(PARTNER, None).await,
         ("10.00".into(), "0.00".into())
@@ -172,14 +178,7 @@ async fn a_sale_accrues_for_the_partner_and_its_parent_and_a_redelivery_changes_
         w.balances(PARENT, None).await,
         ("2.00".into(), "0.00".into())
     );
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     assert_eq!(
         w.balances(PARTNER, None).await,
         ("10.00".into(), "0.00".into())
@@ -193,14 +192,7 @@ async fn a_sale_accrues_for_the_partner_and_its_parent_and_a_redelivery_changes_
 #[tokio::test]
 async fn a_partial_refund_reverses_a_quarter_of_every_line_and_once_only() {
     let w = world().await;
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     let refund = serde_json::json!({
         "refund_id": Uuid::from_u128(900), "conversion_id": Uuid::from_u128(100),
         "amount": { "amount": "25.00", "currency": "USD" }, "occurred_at": at(1, 12),
@@ -224,14 +216,7 @@ async fn a_partial_refund_reverses_a_quarter_of_every_line_and_once_only() {
 #[tokio::test]
 async fn maturity_after_the_hold_makes_commissions_payable_and_explain_says_why() {
     let w = world().await;
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     let mature = |key: &str, day: DateTime<Utc>| pb::MatureCommissionsRequest {
         context: ctx(key),
         partner_id: PARTNER.to_string(),
@@ -301,14 +286,7 @@ async fn maturity_after_the_hold_makes_commissions_payable_and_explain_says_why(
 #[tokio::test]
 async fn a_refund_after_maturity_is_clawed_back_from_payable() {
     let w = world().await;
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     w.api
         .mature_commissions(Request::new(pb::MatureCommissionsRequest {
             context: ctx("m"),
@@ -481,14 +459,7 @@ async fn listing_accruals_awaiting_fx_rejects_bad_filters_precisely() {
 #[tokio::test]
 async fn a_statement_of_a_period_opens_and_closes_with_the_balances_around_its_entries() {
     let w = world().await;
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     let mut later = sale(101, "50.00");
     later["occurred_at"] = serde_json::to_value(at(2, 5)).unwrap();
     w.consume(message(2, "ConversionAttributed", later, at(2, 5)))
@@ -540,14 +511,7 @@ async fn recurring_shares_are_listed_per_customer_as_of_a_date() {
         .unwrap()
         .into_inner();
     // A one-off sale plan pays no recurring share.
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     assert!(shares.shares.is_empty());
     let missing_date = w
         .api
@@ -565,22 +529,8 @@ async fn recurring_shares_are_listed_per_customer_as_of_a_date() {
 #[tokio::test]
 async fn balances_still_answer_after_a_maturity_run_moves_several_entries() {
     let w = world().await;
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
-    w.consume(message(
-        2,
-        "ConversionAttributed",
-        sale(101, "50.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
+    w.sell(2, 101, "50.00", at(1, 10)).await;
     let r = w
         .api
         .mature_commissions(Request::new(pb::MatureCommissionsRequest {
@@ -601,22 +551,8 @@ async fn balances_still_answer_after_a_maturity_run_moves_several_entries() {
 #[tokio::test]
 async fn the_program_report_shows_revenue_cost_and_cost_per_acquisition_per_partner() {
     let w = world().await;
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
-    w.consume(message(
-        2,
-        "ConversionAttributed",
-        sale(101, "300.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
+    w.sell(2, 101, "300.00", at(1, 10)).await;
     let report = w
         .api
         .get_program_report(Request::new(pb::GetProgramReportRequest {
@@ -655,14 +591,7 @@ async fn the_program_report_splits_by_campaign_and_month_and_filters_by_campaign
     .unwrap();
     // Given: a January sale through no campaign, a January and a February sale through the
     // campaign, and a 25 % refund of the January campaign sale.
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     let mut in_campaign = sale(101, "200.00");
     in_campaign["shares"][0]["campaign_id"] = CAMPAIGN.to_string().into();
     w.consume(message(
@@ -765,14 +694,7 @@ async fn the_program_report_splits_by_campaign_and_month_and_filters_by_campaign
 #[tokio::test]
 async fn a_refund_larger_than_the_sale_is_refused_and_reverses_nothing() {
     let w = world().await;
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     let refund = serde_json::json!({
         "refund_id": Uuid::from_u128(902), "conversion_id": Uuid::from_u128(100),
         "amount": { "amount": "150.00", "currency": "USD" }, "occurred_at": at(1, 12),
@@ -860,14 +782,7 @@ async fn a_campaign_fee_and_an_mdf_reimbursement_are_payable_at_once_and_credite
 async fn a_conversion_rejected_by_compliance_reverses_what_is_left_of_its_commission_overrides_included(
 ) {
     let w = world().await;
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     let refund = serde_json::json!({
         "refund_id": Uuid::from_u128(901), "conversion_id": Uuid::from_u128(100),
         "amount": { "amount": "25.00", "currency": "USD" }, "occurred_at": at(1, 12),
@@ -918,14 +833,7 @@ async fn a_conversion_shows_its_accrual_and_reversals_and_a_partner_its_payout_b
         .unwrap()
         .into_inner();
     assert!(!unknown.accrued, "not consumed yet");
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     let refund = serde_json::json!({
         "refund_id": Uuid::from_u128(901), "conversion_id": Uuid::from_u128(100),
         "amount": { "amount": "25.00", "currency": "USD" }, "occurred_at": at(1, 12),
@@ -1102,22 +1010,8 @@ async fn a_rejection_and_a_refund_that_arrive_before_the_accrual_are_applied_whe
         w.balances(PARTNER, None).await,
         ("none".into(), "none".into())
     );
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
-    w.consume(message(
-        4,
-        "ConversionAttributed",
-        sale(101, "300.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
+    w.sell(4, 101, "300.00", at(1, 10)).await;
     // 10 % of 100 less its 25 % refund; the rejected 300 sale earns nothing.
     assert_eq!(
         w.balances(PARTNER, None).await,
@@ -1125,14 +1019,7 @@ async fn a_rejection_and_a_refund_that_arrive_before_the_accrual_are_applied_whe
     );
     assert_eq!(w.balances(PARENT, None).await.0, "1.50");
     // Redelivering the sale applies nothing twice.
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     assert_eq!(
         w.balances(PARTNER, None).await,
         ("7.50".into(), "0.00".into())
@@ -1215,14 +1102,7 @@ async fn a_wait_returns_the_accrual_as_soon_as_the_conversion_is_accrued() {
     );
     assert_eq!(w.api.caches().visible.len(), 1);
     let started = tokio::time::Instant::now();
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     let a = wait.await.unwrap().into_inner();
     assert!(a.accrued);
     assert_eq!(a.partners.len(), 1);
@@ -1234,14 +1114,7 @@ async fn a_wait_returns_the_accrual_as_soon_as_the_conversion_is_accrued() {
 #[tokio::test(start_paused = true)]
 async fn a_wait_on_a_conversion_already_accrued_answers_at_once() {
     let w = world().await;
-    w.consume(message(
-        1,
-        "ConversionAttributed",
-        sale(100, "100.00"),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.sell(1, 100, "100.00", at(1, 10)).await;
     let started = tokio::time::Instant::now();
     let waited = w
         .api

@@ -441,19 +441,16 @@ async fn a_failed_payout_returns_the_amount_to_payable_and_the_next_run_pays_it_
     assert_eq!(w.balance(p).await.payable, "0.00");
 }
 
-#[tokio::test]
-async fn a_clawback_after_payout_drives_payable_negative_and_no_run_pays_until_it_is_positive_again(
-) {
+/// $100.00 earned on a $1,000.00 sale, paid out by run-1 and settled, then the sale charged
+/// back: the partner, and the first run.
+async fn charged_back_after_payout() -> (World, Uuid, pb::PayoutRun) {
     let w = world().await;
     let p = partner(1);
     w.assign(p, PLAN).await;
     w.eligible(p).await;
-    // $100.00 earned and paid out.
     w.earn(p, 1, "1000.00", at(1, 10)).await;
     let first = w.run("run-1", at(3, 1), &[p]).await.unwrap();
-    assert_eq!(item(&first, p).amount, "100.00");
     w.settle("settle-1", &first, p).await.unwrap();
-    // The sale is charged back after the payout: the $100.00 is clawed back from payable.
     let chargeback = serde_json::json!({
         "chargeback_id": Uuid::from_u128(901), "conversion_id": Uuid::from_u128(1),
         "amount": { "amount": "1000.00", "currency": "USD" }, "occurred_at": at(3, 5),
@@ -461,6 +458,14 @@ async fn a_clawback_after_payout_drives_payable_negative_and_no_run_pays_until_i
     w.consume(message(w.id(), "ChargebackReceived", chargeback, at(3, 5)))
         .await
         .unwrap();
+    (w, p, first)
+}
+
+#[tokio::test]
+async fn a_clawback_after_payout_drives_payable_negative_and_no_run_pays_until_it_is_positive_again(
+) {
+    let (w, p, first) = charged_back_after_payout().await;
+    assert_eq!(item(&first, p).amount, "100.00");
     // Then $20.00 earned: $20 − $100 = −$80 (PartnerStack's example).
     w.earn(p, 2, "200.00", at(3, 10)).await;
     let b = w.balance(p).await;
@@ -661,20 +666,7 @@ async fn book_events_round_trip(store: &SharedStore) -> std::collections::BTreeS
 async fn every_kind_of_book_event_is_stored_in_binary_and_reads_back_unchanged_as_do_schema_1_events(
 ) {
     // Accruals, maturity, a payout created and settled, a clawback after it.
-    let w = world().await;
-    let p = partner(1);
-    w.assign(p, PLAN).await;
-    w.eligible(p).await;
-    w.earn(p, 1, "1000.00", at(1, 10)).await;
-    let first = w.run("run-1", at(3, 1), &[p]).await.unwrap();
-    w.settle("settle-1", &first, p).await.unwrap();
-    let chargeback = serde_json::json!({
-        "chargeback_id": Uuid::from_u128(901), "conversion_id": Uuid::from_u128(1),
-        "amount": { "amount": "1000.00", "currency": "USD" }, "occurred_at": at(3, 5),
-    });
-    w.consume(message(w.id(), "ChargebackReceived", chargeback, at(3, 5)))
-        .await
-        .unwrap();
+    let (w, _, _) = charged_back_after_payout().await;
     let mut seen = book_events_round_trip(&w.store).await;
     // A payout that fails.
     let (w, p, run) = paid_world().await;
