@@ -115,13 +115,17 @@ impl BalanceFold {
                     .map_err(LedgerError::from)?,
             );
             for (account, signed) in [(transfer.debit, units), (transfer.credit, -units)] {
-                if let Some(partner_id) = account.partner_id() {
-                    self.partners
-                        .entry(partner_id)
-                        .or_default()
-                        .insert(account.currency());
-                }
-                let total = self.totals.entry(account).or_insert((0, 0));
+                // A partner is noted once, with its account's first entry (an ordered map per
+                // entry was a tenth of a replay).
+                let total = self.totals.entry(account).or_insert_with(|| {
+                    if let Some(partner_id) = account.partner_id() {
+                        self.partners
+                            .entry(partner_id)
+                            .or_default()
+                            .insert(account.currency());
+                    }
+                    (0, 0)
+                });
                 if inside {
                     total.0 += signed;
                     total.1 += 1;
@@ -187,6 +191,44 @@ impl BalanceFold {
             (Some(RecordingPoint::At(t)), _, Some(max)) => max > t,
             _ => false,
         }
+    }
+
+    /// Adds a fold of other transactions of the same log for the same as-of point (a reader
+    /// folding partners' books on several cores, each in log order, and each given the log's
+    /// running latest `recorded_at` rather than its own): the result answers as one fold of
+    /// all of them would. A transaction id in both is refused, as [`BalanceFold::apply`]
+    /// refuses it, and leaves `self` unchanged.
+    pub fn merge(&mut self, mut other: BalanceFold) -> Result<(), LedgerError> {
+        debug_assert_eq!(self.as_of, other.as_of, "folds of different as-of points");
+        let (small, large) = if other.ids.len() > self.ids.len() {
+            (&self.ids, &other.ids)
+        } else {
+            (&other.ids, &self.ids)
+        };
+        // The least duplicate id, so the report does not depend on hash order.
+        if let Some(&id) = small.iter().filter(|id| large.contains(*id)).min() {
+            return Err(LedgerError::DuplicateTransaction { transaction_id: id });
+        }
+        // The smaller set goes into the larger.
+        if other.ids.len() > self.ids.len() {
+            std::mem::swap(self, &mut other);
+        }
+        self.ids.extend(other.ids);
+        self.last_position = self.last_position.max(other.last_position);
+        self.recorded_at_max = self.recorded_at_max.max(other.recorded_at_max);
+        for (account, (sum, entries)) in other.totals {
+            let total = self.totals.entry(account).or_insert((0, 0));
+            total.0 += sum;
+            total.1 += entries;
+        }
+        for (partner_id, currencies) in other.partners {
+            self.partners
+                .entry(partner_id)
+                .or_default()
+                .extend(currencies);
+        }
+        self.applied += other.applied;
+        Ok(())
     }
 
     /// Transactions folded in.

@@ -377,6 +377,79 @@ proptest! {
     }
 }
 
+proptest! {
+    #[test]
+    fn balance_folds_of_the_partners_books_split_over_threads_merge_into_what_one_fold_reports(
+        steps in prop::collection::vec(step(), 0..60),
+        as_of in as_of(),
+        zigzag in any::<bool>(),
+        shards in 1..4usize,
+    ) {
+        let mut log = history(&steps);
+        if zigzag {
+            for (index, recorded) in log.iter_mut().enumerate() {
+                recorded.recorded_at = hour(index as i64 - 2 * (index as i64 % 2));
+            }
+        }
+        let mut whole = BalanceFold::new(as_of);
+        let mut parts: Vec<BalanceFold> = (0..shards).map(|_| BalanceFold::new(as_of)).collect();
+        // Each part sees its partners' transactions with the log's running latest recorded_at,
+        // as the audit replay hands them to its folding threads.
+        let mut recorded_at_max: Option<DateTime<Utc>> = None;
+        for recorded in &log {
+            whole.apply_recorded(recorded).unwrap();
+            let max = recorded_at_max.map_or(recorded.recorded_at, |m| m.max(recorded.recorded_at));
+            recorded_at_max = Some(max);
+            let t = &recorded.transaction;
+            let partner = t.transfers().iter().find_map(|x| x.debit.partner_id().or(x.credit.partner_id()));
+            let shard = partner.map_or(0, |p| (p.as_u128() % shards as u128) as usize);
+            parts[shard]
+                .apply(recorded.position, max, PostingsRef { id: t.id(), kind: t.kind(), occurred_at: t.occurred_at(), transfers: t.transfers() })
+                .unwrap();
+        }
+        let mut merged = BalanceFold::new(as_of);
+        for part in parts {
+            merged.merge(part).unwrap();
+        }
+        prop_assert_eq!(merged.len(), whole.len());
+        prop_assert_eq!(merged.partners().collect::<Vec<_>>(), whole.partners().collect::<Vec<_>>());
+        prop_assert_eq!(merged.past_recording_point(), whole.past_recording_point());
+        for partner in partners() {
+            prop_assert_eq!(merged.balances_of_partner(partner).unwrap(), whole.balances_of_partner(partner).unwrap());
+        }
+    }
+}
+
+#[test]
+fn merging_balance_folds_that_share_a_transaction_is_refused_and_changes_nothing() {
+    let accrual = Step {
+        kind: 0,
+        partner: 0,
+        program: 0,
+        currency: Currency::USD,
+        amount_minor_units: 1000,
+        other_currency: Currency::EUR,
+        other_amount_minor_units: 1000,
+        negative: false,
+        backdated_hours: 0,
+    };
+    let log = history(&[accrual.clone(), accrual]);
+    let (mut a, mut b) = (
+        BalanceFold::new(AsOf::Latest),
+        BalanceFold::new(AsOf::Latest),
+    );
+    a.apply_recorded(&log[0]).unwrap();
+    a.apply_recorded(&log[1]).unwrap();
+    b.apply_recorded(&log[1]).unwrap();
+    let before = a.balances_of_partner(Uuid::from_u128(1)).unwrap();
+    assert!(matches!(
+        a.merge(b),
+        Err(LedgerError::DuplicateTransaction { transaction_id }) if transaction_id == log[1].transaction.id()
+    ));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a.balances_of_partner(Uuid::from_u128(1)).unwrap(), before);
+}
+
 #[test]
 fn a_balance_fold_refuses_a_disallowed_posting_a_repeated_or_an_out_of_order_transaction_and_keeps_its_balances(
 ) {

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, Utc};
 use pl_commissions::book::BookEvent;
 use pl_commissions::book_codec;
 use pl_eventlog::{EventStore, RecordedEvent};
@@ -228,64 +229,66 @@ pub struct BalanceReplay {
 }
 
 /// Replays the balances of one partner (`Some`) or all as of `as_of` in one pass, without
-/// keeping the transactions: each page's book events are decoded and folded into a
-/// [`BalanceFold`] on another core while the next page is read. Reports exactly what
-/// [`replay`] then [`balances`] report for the same as-of point (a test holds them equal); a
-/// recording point ends the read where it lies.
+/// keeping the transactions. The partners' books are split over one folding thread per core
+/// (by stream, so each book stays in log order in one [`BalanceFold`]) while this task reads
+/// the next page; the folds are merged at the end. Reports exactly what [`replay`] then
+/// [`balances`] report for the same as-of point (a test holds them equal); a recording point
+/// ends the read where it lies.
 pub async fn replay_balances(
     store: &dyn EventStore,
     partner: Option<Uuid>,
     as_of: AsOf,
 ) -> Result<BalanceReplay, AuditError> {
     let only = partner.map(pl_commissions::book::stream);
-    let last_known_position = match as_of {
+    let (last_known_position, last_known_at) = match as_of {
         AsOf::Recorded { position }
         | AsOf::Bitemporal {
             recorded: RecordingPoint::Position(position),
             ..
-        } => Some(position),
-        _ => None,
+        } => (Some(position), None),
+        AsOf::RecordedAt(t)
+        | AsOf::Bitemporal {
+            recorded: RecordingPoint::At(t),
+            ..
+        } => (None, Some(t)),
+        _ => (None, None),
     };
-    // The fold is with the task folding the last page read, and back here between pages.
-    let mut fold = BalanceFold::new(as_of);
-    let mut folding: Option<tokio::task::JoinHandle<Result<BalanceFold, AuditError>>> = None;
-    let (mut events_read, mut book_events) = (0u64, 0u64);
-    let mut from = 0;
-    loop {
-        let page = store.read_all(from, PAGE_EVENTS).await;
-        if let Some(task) = folding.take() {
-            fold = joined(task).await??;
-        }
-        let page = page?;
-        let Some(last) = page.last() else { break };
-        from = last.position + 1;
-        if fold.past_recording_point() || last_known_position.is_some_and(|p| page[0].position > p)
-        {
-            break;
-        }
-        events_read += page.len() as u64;
-        let books: Vec<RecordedEvent> = page
-            .into_iter()
-            .filter(|recorded| {
-                last_known_position.is_none_or(|p| recorded.position <= p)
-                    && match &only {
-                        Some(stream) => recorded.stream == *stream,
-                        None => recorded.stream.starts_with(BOOK_PREFIX),
-                    }
-            })
-            .collect();
-        book_events += books.len() as u64;
-        let mut current = std::mem::replace(&mut fold, BalanceFold::new(as_of));
-        folding = Some(tokio::task::spawn_blocking(move || {
-            let decoded = decode_parallel(&books, fold_postings_of)?;
-            for (recorded, postings) in books.iter().zip(decoded) {
-                for p in postings {
-                    current.apply(recorded.position, recorded.recorded_at, p.as_ref())?;
-                }
-            }
-            Ok(current)
+    let shards = if partner.is_some() {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_FOLD_SHARDS)
+    };
+    let (mut queues, mut folders) = (Vec::with_capacity(shards), Vec::with_capacity(shards));
+    for _ in 0..shards {
+        let (queue, pages) = std::sync::mpsc::sync_channel(FOLD_QUEUE_PAGES);
+        queues.push(queue);
+        folders.push(tokio::task::spawn_blocking(move || {
+            fold_shard(&pages, as_of)
         }));
     }
+    let read = read_into_shards(
+        store,
+        only.as_deref(),
+        last_known_position,
+        last_known_at,
+        &queues,
+    )
+    .await;
+    // Closing the queues ends the folds.
+    drop(queues);
+    // Every thread is joined before any error returns. A fold's own error comes first: it
+    // says why the fold stopped taking pages, which is what failed the reader's send.
+    let mut parts = Vec::with_capacity(folders.len());
+    for folder in folders {
+        parts.push(joined(folder).await.and_then(|part| part));
+    }
+    let mut fold = BalanceFold::new(as_of);
+    for part in parts {
+        fold.merge(part?)?;
+    }
+    let (events_read, book_events) = read?;
     let partners: Vec<Uuid> = match partner {
         Some(p) => vec![p],
         None => fold.partners().collect(),
@@ -305,6 +308,92 @@ pub async fn replay_balances(
         book_events,
         transactions: fold.len(),
     })
+}
+
+/// Folding threads of one replay at most.
+const MAX_FOLD_SHARDS: usize = 8;
+/// Pages waiting for a folding thread: enough to keep it busy while the next is read, few
+/// enough that a slow fold holds back the reader instead of filling memory.
+const FOLD_QUEUE_PAGES: usize = 2;
+
+/// A book event for a folding thread, with the latest `recorded_at` of the log up to it (a
+/// recording-time cut looks at the log's, not the book's).
+type Queued = (RecordedEvent, DateTime<Utc>);
+
+/// Reads the log page by page and hands each book event to its stream's folding thread;
+/// returns the events read and the book events among them. Stops after the page that passes
+/// the recording point.
+async fn read_into_shards(
+    store: &dyn EventStore,
+    only: Option<&str>,
+    last_known_position: Option<u64>,
+    last_known_at: Option<DateTime<Utc>>,
+    queues: &[std::sync::mpsc::SyncSender<Vec<Queued>>],
+) -> Result<(u64, u64), AuditError> {
+    let (mut events_read, mut book_events) = (0u64, 0u64);
+    let mut recorded_at_max: Option<DateTime<Utc>> = None;
+    let mut from = 0;
+    loop {
+        let page = store.read_all(from, PAGE_EVENTS).await?;
+        let Some(last) = page.last() else { break };
+        from = last.position + 1;
+        if last_known_position.is_some_and(|p| page[0].position > p)
+            || last_known_at.is_some_and(|t| recorded_at_max.is_some_and(|max| max > t))
+        {
+            break;
+        }
+        events_read += page.len() as u64;
+        let mut parts: Vec<Vec<Queued>> = (0..queues.len())
+            .map(|_| Vec::with_capacity(page.len() / queues.len() + 1))
+            .collect();
+        for recorded in page {
+            let max = recorded_at_max.map_or(recorded.recorded_at, |m| m.max(recorded.recorded_at));
+            recorded_at_max = Some(max);
+            if last_known_position.is_some_and(|p| recorded.position > p) {
+                continue;
+            }
+            let wanted = match only {
+                Some(stream) => recorded.stream == stream,
+                None => recorded.stream.starts_with(BOOK_PREFIX),
+            };
+            if wanted {
+                book_events += 1;
+                let shard = shard_of(&recorded.stream, queues.len());
+                parts[shard].push((recorded, max));
+            }
+        }
+        for (queue, part) in queues.iter().zip(parts) {
+            if !part.is_empty() && queue.send(part).is_err() {
+                return Err(AuditError::Invalid("a folding thread stopped".into()));
+            }
+        }
+    }
+    Ok((events_read, book_events))
+}
+
+/// The folding thread of a book: a stable function of its stream name.
+fn shard_of(stream: &str, shards: usize) -> usize {
+    let h = stream
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    (h % shards as u64) as usize
+}
+
+/// One folding thread: decodes the postings of its books' events and folds them, until the
+/// reader closes the queue.
+fn fold_shard(
+    pages: &std::sync::mpsc::Receiver<Vec<Queued>>,
+    as_of: AsOf,
+) -> Result<BalanceFold, AuditError> {
+    let mut fold = BalanceFold::new(as_of);
+    while let Ok(page) = pages.recv() {
+        for (recorded, recorded_at_max) in &page {
+            for p in fold_postings_of(recorded)? {
+                fold.apply(recorded.position, *recorded_at_max, p.as_ref())?;
+            }
+        }
+    }
+    Ok(fold)
 }
 
 async fn joined<T>(task: tokio::task::JoinHandle<T>) -> Result<T, AuditError> {

@@ -37,7 +37,7 @@ fn at(month: u32, day: u32) -> DateTime<Utc> {
 fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
-        nanos: 0,
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap(),
     }
 }
 
@@ -197,6 +197,7 @@ async fn a_replay_from_the_raw_log_reports_exactly_what_the_live_service_reports
     let head = *log.watch_head().borrow();
     let replayed = replay::replay(log.as_ref(), None, None).await.unwrap();
     assert!(replayed.book_events >= 5, "{replayed:?}");
+    let middle_recorded_at = log.read_all(head / 2, 1).await.unwrap()[0].recorded_at;
     let cases: Vec<(AsOf, Option<pb::AsOf>)> = vec![
         (AsOf::Latest, None),
         (
@@ -210,6 +211,13 @@ async fn a_replay_from_the_raw_log_reports_exactly_what_the_live_service_reports
             AsOf::Recorded { position: head / 2 },
             Some(pb::AsOf {
                 recorded_position: head / 2,
+                ..Default::default()
+            }),
+        ),
+        (
+            AsOf::RecordedAt(middle_recorded_at),
+            Some(pb::AsOf {
+                recorded_at: Some(ts(middle_recorded_at)),
                 ..Default::default()
             }),
         ),
