@@ -276,7 +276,7 @@ fn event_data(e: &RecordedEvent) -> Result<serde_json::Value, AuditError> {
         reason,
     };
     if e.stream.starts_with(BOOK_PREFIX)
-        && e.schema_version >= pl_commissions::book_codec::STORED_SCHEMA_VERSION
+        && e.schema_version >= pl_commissions::book_codec::FIRST_BINARY_SCHEMA_VERSION
     {
         return pl_commissions::book_codec::data_json(e).map_err(decode_error);
     }

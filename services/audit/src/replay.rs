@@ -79,7 +79,7 @@ fn postings_of(recorded: &RecordedEvent) -> Result<Vec<RecordedTransaction>, Aud
     // refuses what it cannot decode) instead of counting as no postings.
     if !KNOWN_BOOK_EVENTS.contains(&recorded.event_type.as_str())
         || BookEvent::needs_upcast(&recorded.event_type, recorded.schema_version)
-        || recorded.schema_version >= book_codec::STORED_SCHEMA_VERSION
+        || recorded.schema_version >= book_codec::FIRST_BINARY_SCHEMA_VERSION
     {
         return transactions_of(recorded);
     }
@@ -262,10 +262,10 @@ pub async fn replay_balances(
     };
     let (mut queues, mut folders) = (Vec::with_capacity(shards), Vec::with_capacity(shards));
     for _ in 0..shards {
-        let (queue, pages) = std::sync::mpsc::sync_channel(FOLD_QUEUE_PAGES);
+        let (queue, pages) = tokio::sync::mpsc::channel(FOLD_QUEUE_PAGES);
         queues.push(queue);
         folders.push(tokio::task::spawn_blocking(move || {
-            fold_shard(&pages, as_of)
+            fold_shard(pages, as_of)
         }));
     }
     let read = read_into_shards(
@@ -321,52 +321,57 @@ const FOLD_QUEUE_PAGES: usize = 2;
 type Queued = (RecordedEvent, DateTime<Utc>);
 
 /// Reads the log page by page and hands each book event to its stream's folding thread;
-/// returns the events read and the book events among them. Stops after the page that passes
-/// the recording point.
+/// returns the events read and the book events among them. The next page is read while the
+/// last is handed out. Stops after the page that passes the recording point.
 async fn read_into_shards(
     store: &dyn EventStore,
     only: Option<&str>,
     last_known_position: Option<u64>,
     last_known_at: Option<DateTime<Utc>>,
-    queues: &[std::sync::mpsc::SyncSender<Vec<Queued>>],
+    queues: &[tokio::sync::mpsc::Sender<Vec<Queued>>],
 ) -> Result<(u64, u64), AuditError> {
     let (mut events_read, mut book_events) = (0u64, 0u64);
     let mut recorded_at_max: Option<DateTime<Utc>> = None;
-    let mut from = 0;
-    loop {
-        let page = store.read_all(from, PAGE_EVENTS).await?;
-        let Some(last) = page.last() else { break };
-        from = last.position + 1;
+    let mut page = store.read_all(0, PAGE_EVENTS).await?;
+    while let Some(last) = page.last() {
+        let from = last.position + 1;
         if last_known_position.is_some_and(|p| page[0].position > p)
             || last_known_at.is_some_and(|t| recorded_at_max.is_some_and(|max| max > t))
         {
             break;
         }
         events_read += page.len() as u64;
-        let mut parts: Vec<Vec<Queued>> = (0..queues.len())
-            .map(|_| Vec::with_capacity(page.len() / queues.len() + 1))
-            .collect();
-        for recorded in page {
-            let max = recorded_at_max.map_or(recorded.recorded_at, |m| m.max(recorded.recorded_at));
-            recorded_at_max = Some(max);
-            if last_known_position.is_some_and(|p| recorded.position > p) {
-                continue;
+        let hand_out = async {
+            let mut parts: Vec<Vec<Queued>> = (0..queues.len())
+                .map(|_| Vec::with_capacity(page.len() / queues.len() + 1))
+                .collect();
+            for recorded in page {
+                let max =
+                    recorded_at_max.map_or(recorded.recorded_at, |m| m.max(recorded.recorded_at));
+                recorded_at_max = Some(max);
+                if last_known_position.is_some_and(|p| recorded.position > p) {
+                    continue;
+                }
+                let wanted = match only {
+                    Some(stream) => recorded.stream == stream,
+                    None => recorded.stream.starts_with(BOOK_PREFIX),
+                };
+                if wanted {
+                    book_events += 1;
+                    let shard = shard_of(&recorded.stream, queues.len());
+                    parts[shard].push((recorded, max));
+                }
             }
-            let wanted = match only {
-                Some(stream) => recorded.stream == stream,
-                None => recorded.stream.starts_with(BOOK_PREFIX),
-            };
-            if wanted {
-                book_events += 1;
-                let shard = shard_of(&recorded.stream, queues.len());
-                parts[shard].push((recorded, max));
+            for (queue, part) in queues.iter().zip(parts) {
+                if !part.is_empty() && queue.send(part).await.is_err() {
+                    return Err(AuditError::Invalid("a folding thread stopped".into()));
+                }
             }
-        }
-        for (queue, part) in queues.iter().zip(parts) {
-            if !part.is_empty() && queue.send(part).is_err() {
-                return Err(AuditError::Invalid("a folding thread stopped".into()));
-            }
-        }
+            Ok(())
+        };
+        let (next, handed_out) = tokio::join!(store.read_all(from, PAGE_EVENTS), hand_out);
+        handed_out?;
+        page = next?;
     }
     Ok((events_read, book_events))
 }
@@ -382,11 +387,11 @@ fn shard_of(stream: &str, shards: usize) -> usize {
 /// One folding thread: decodes the postings of its books' events and folds them, until the
 /// reader closes the queue.
 fn fold_shard(
-    pages: &std::sync::mpsc::Receiver<Vec<Queued>>,
+    mut pages: tokio::sync::mpsc::Receiver<Vec<Queued>>,
     as_of: AsOf,
 ) -> Result<BalanceFold, AuditError> {
     let mut fold = BalanceFold::new(as_of);
-    while let Ok(page) = pages.recv() {
+    while let Some(page) = pages.blocking_recv() {
         for (recorded, recorded_at_max) in &page {
             for p in fold_postings_of(recorded)? {
                 fold.apply(recorded.position, *recorded_at_max, p.as_ref())?;

@@ -485,17 +485,28 @@ async fn the_audit_service_streams_the_same_balances_and_refuses_bad_requests_pr
     assert!(bad.message().contains("partner_id"), "{}", bad.message());
 }
 
-/// The same history with every other book event rewritten as schema 1 (all JSON, as logs
-/// written before the binary form hold them), in a fresh in-memory log.
+/// The same history with a third of the book events rewritten as schema 1 (all JSON) and a
+/// third as schema 2 (binary, body uncompressed), as logs written by earlier versions hold
+/// them, in a fresh in-memory log.
 async fn mixed_schema_copy(log: &dyn EventStore) -> SharedStore {
     let copy: SharedStore = Arc::new(pl_eventlog::MemoryLog::default());
     let events = log.read_all(0, 10_000).await.unwrap();
     for (n, r) in events.into_iter().enumerate() {
-        let (schema_version, data) = if r.stream.starts_with("ledger-") && n % 2 == 0 {
-            let event = pl_commissions::book_codec::decode(&r).unwrap();
-            (1, pl_runtime::aggregate::encode_json(&event).unwrap().1)
-        } else {
-            (r.schema_version, r.data)
+        let (schema_version, data) = match (r.stream.starts_with("ledger-"), n % 3) {
+            (true, 0) => {
+                let event = pl_commissions::book_codec::decode(&r).unwrap();
+                (1, pl_runtime::aggregate::encode_json(&event).unwrap().1)
+            }
+            (true, 1) => {
+                let event = pl_commissions::book_codec::decode(&r).unwrap();
+                (
+                    2,
+                    pl_commissions::book_codec::encode_schema_2(&event)
+                        .unwrap()
+                        .1,
+                )
+            }
+            _ => (r.schema_version, r.data),
         };
         let event = pl_eventlog::NewEvent {
             id: r.id,
@@ -524,7 +535,7 @@ async fn a_log_mixing_json_and_binary_book_events_replays_to_the_same_balances()
         .filter(|r| r.stream.starts_with("ledger-"))
         .map(|r| r.schema_version)
         .collect();
-    assert_eq!(schemas, [1, 2].into());
+    assert_eq!(schemas, [1, 2, 3].into());
     for as_of in [AsOf::Latest, AsOf::BusinessDate(at(1, 31))] {
         let original = replay::replay_balances(log.as_ref(), None, as_of)
             .await
@@ -556,7 +567,7 @@ async fn a_book_event_of_a_schema_newer_than_the_auditor_reads_is_refused_by_nam
     let event = pl_eventlog::NewEvent {
         id: book.id,
         event_type: book.event_type.clone(),
-        schema_version: 3,
+        schema_version: pl_commissions::book_codec::STORED_SCHEMA_VERSION + 1,
         data: book.data.clone(),
         metadata: book.metadata.clone(),
     };
@@ -567,6 +578,6 @@ async fn a_book_event_of_a_schema_newer_than_the_auditor_reads_is_refused_by_nam
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("schema version 3"), "{err}");
+    assert!(err.contains("schema version 4"), "{err}");
     assert!(err.contains(&book.stream), "{err}");
 }

@@ -1,8 +1,9 @@
 //! How partner book events are stored: from schema version 2 on, `StoredBookEvent`
 //! (`proto/partnerledger/commissions/v1/book.proto`) — the ledger transactions in protobuf
-//! first, then the rest of the event as its schema-1 JSON — so a replay of balances reads the
-//! postings alone and skips the rest unread ([`postings`]). Schema version 1 (the whole event
-//! as JSON) is still read. Encoding only: no I/O, no clock.
+//! first, then the rest of the event as its schema-1 JSON, LZ4-compressed from schema version 3
+//! on — so a replay of balances reads the postings alone and skips the rest unread
+//! ([`postings`]). Schema versions 1 (the whole event as JSON) and 2 (the body uncompressed)
+//! are still read. Encoding only: no I/O, no clock.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -17,24 +18,57 @@ use uuid::Uuid;
 use crate::book::BookEvent;
 
 /// The schema version of book events written now.
-pub const STORED_SCHEMA_VERSION: u32 = 2;
+pub const STORED_SCHEMA_VERSION: u32 = 3;
+
+/// The first schema version stored as `StoredBookEvent` (the ones before are all JSON).
+pub const FIRST_BINARY_SCHEMA_VERSION: u32 = 2;
+
+/// The largest body a stored event may declare: a book event's JSON is a few kilobytes, so a
+/// larger claim is a damaged record, refused before anything is allocated for it.
+pub const MAX_BODY_JSON_BYTES: u32 = 4 * 1024 * 1024;
 
 /// A book event in its stored form.
 pub fn encode(event: &BookEvent) -> Result<(String, Bytes), String> {
+    let (event_type, transactions, body_json) = parts(event)?;
+    let body_json_bytes = u32::try_from(body_json.len())
+        .ok()
+        .filter(|n| *n <= MAX_BODY_JSON_BYTES)
+        .ok_or_else(|| format!("{event_type} body is {} bytes", body_json.len()))?;
+    let stored = pb::StoredBookEvent {
+        transactions,
+        body_json: Bytes::new(),
+        body_json_lz4: lz4_flex::block::compress(&body_json).into(),
+        body_json_bytes,
+    };
+    Ok((event_type, Bytes::from(stored.encode_to_vec())))
+}
+
+/// A book event in the form schema version 2 stored (the body uncompressed): what logs written
+/// before version 3 hold. Kept so that tests and tools can write such logs.
+#[doc(hidden)]
+pub fn encode_schema_2(event: &BookEvent) -> Result<(String, Bytes), String> {
+    let (event_type, transactions, body_json) = parts(event)?;
+    let stored = pb::StoredBookEvent {
+        transactions,
+        body_json,
+        ..Default::default()
+    };
+    Ok((event_type, Bytes::from(stored.encode_to_vec())))
+}
+
+/// The event's type, its transactions in stored form, and its JSON body without them.
+fn parts(event: &BookEvent) -> Result<(String, Vec<pb::StoredTransaction>, Bytes), String> {
     let mut body = event.clone();
     let transactions = body
         .transactions_mut()
         .map(std::mem::take)
         .unwrap_or_default();
     let (event_type, body_json) = encode_json(&body).map_err(|e| e.to_string())?;
-    let stored = pb::StoredBookEvent {
-        transactions: transactions
-            .iter()
-            .map(stored_transaction)
-            .collect::<Result<_, _>>()?,
-        body_json,
-    };
-    Ok((event_type, Bytes::from(stored.encode_to_vec())))
+    let transactions = transactions
+        .iter()
+        .map(stored_transaction)
+        .collect::<Result<_, _>>()?;
+    Ok((event_type, transactions, body_json))
 }
 
 /// A stored book event of any schema version, as the service reads it.
@@ -47,12 +81,13 @@ pub fn decode(recorded: &RecordedEvent) -> Result<BookEvent, String> {
             recorded.id,
             &recorded.data,
         ),
-        STORED_SCHEMA_VERSION => {
+        version @ FIRST_BINARY_SCHEMA_VERSION..=STORED_SCHEMA_VERSION => {
             // From the shared buffer: the body and ids are slices of it, not copies.
             let stored = pb::StoredBookEvent::decode(recorded.data.clone())
                 .map_err(|e| format!("{}: {e}", what()))?;
+            let body_json = body_json(version, &stored).map_err(|e| format!("{}: {e}", what()))?;
             let mut event: BookEvent =
-                decode_json(&recorded.event_type, 1, recorded.id, &stored.body_json)?;
+                decode_json(&recorded.event_type, 1, recorded.id, &body_json)?;
             let transactions = stored
                 .transactions
                 .into_iter()
@@ -78,6 +113,38 @@ pub fn decode(recorded: &RecordedEvent) -> Result<BookEvent, String> {
     }
 }
 
+/// The JSON body of a stored event of schema version 2 (as stored) or 3 (decompressed, and
+/// checked to be exactly the length recorded with it).
+fn body_json(version: u32, stored: &pb::StoredBookEvent) -> Result<Bytes, String> {
+    if version == FIRST_BINARY_SCHEMA_VERSION {
+        return Ok(stored.body_json.clone());
+    }
+    if !stored.body_json.is_empty() {
+        return Err("an uncompressed body in a compressed record".into());
+    }
+    let declared = stored.body_json_bytes;
+    if declared > MAX_BODY_JSON_BYTES {
+        return Err(format!(
+            "body declares {declared} bytes, more than {MAX_BODY_JSON_BYTES}"
+        ));
+    }
+    let body = lz4_flex::block::decompress(&stored.body_json_lz4, declared as usize)
+        .map_err(|e| format!("body: {e}"))?;
+    if body.len() != declared as usize {
+        return Err(format!(
+            "body is {} bytes, its record says {declared}",
+            body.len()
+        ));
+    }
+    Ok(body.into())
+}
+
+/// Whether a book event of this schema version is stored as `StoredBookEvent` (and one this
+/// version reads).
+pub const fn is_binary(schema_version: u32) -> bool {
+    schema_version >= FIRST_BINARY_SCHEMA_VERSION && schema_version <= STORED_SCHEMA_VERSION
+}
+
 /// What a balance needs of one stored transaction: everything but its explanation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Postings {
@@ -99,9 +166,10 @@ impl Postings {
 }
 
 /// The postings of a stored book event, reading nothing else of it; `None` for an event of
-/// schema version 1, which has to be decoded whole.
+/// schema version 1, which has to be decoded whole (and for a schema newer than this version
+/// reads, which [`decode`] refuses by name).
 pub fn postings(recorded: &RecordedEvent) -> Result<Option<Vec<Postings>>, String> {
-    if recorded.schema_version != STORED_SCHEMA_VERSION {
+    if !is_binary(recorded.schema_version) {
         return Ok(None);
     }
     // From a plain slice: the few small ids are copied once each, and the folding threads do

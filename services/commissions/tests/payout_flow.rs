@@ -615,10 +615,11 @@ async fn a_churned_customers_lifetime_recurring_share_stops_at_the_churn() {
         .unwrap();
 }
 
-/// Checks every partner book event in the store: stored in the binary form of schema 2; reads
-/// back to an event that re-encodes to the very same bytes; its postings read alone are its
-/// transactions' postings; and the same event written as schema 1 (all JSON, as older logs
-/// hold it) reads back equal. Returns the event types seen.
+/// Checks every partner book event in the store: stored in the binary form of schema 3 (body
+/// compressed); reads back to an event that re-encodes to the very same bytes; its postings
+/// read alone are its transactions' postings; and the same event written as schema 1 (all
+/// JSON) or schema 2 (body uncompressed), as older logs hold it, reads back equal. Returns the
+/// event types seen.
 async fn book_events_round_trip(store: &SharedStore) -> std::collections::BTreeSet<String> {
     use pl_commissions::book_codec;
     let mut seen = std::collections::BTreeSet::new();
@@ -638,7 +639,7 @@ async fn book_events_round_trip(store: &SharedStore) -> std::collections::BTreeS
                 r.event_type
             );
             let postings = book_codec::postings(r).unwrap().unwrap();
-            let expected: Vec<_> = event
+            let expected: Vec<(_, _, _, Vec<_>)> = event
                 .transactions()
                 .iter()
                 .map(|t| (t.id(), t.kind(), t.occurred_at(), t.transfers().to_vec()))
@@ -656,6 +657,29 @@ async fn book_events_round_trip(store: &SharedStore) -> std::collections::BTreeS
             };
             assert_eq!(book_codec::decode(&schema_1).unwrap(), event);
             assert_eq!(book_codec::postings(&schema_1).unwrap(), None);
+            // Schema 2: the same binary form with the body uncompressed.
+            let (_, data) = book_codec::encode_schema_2(&event).unwrap();
+            let schema_2 = pl_eventlog::RecordedEvent {
+                schema_version: 2,
+                data,
+                ..r.clone()
+            };
+            assert_eq!(book_codec::decode(&schema_2).unwrap(), event);
+            let postings_2: Vec<_> = book_codec::postings(&schema_2)
+                .unwrap()
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.id, p.kind, p.occurred_at, p.transfers))
+                .collect();
+            assert_eq!(postings_2, expected);
+            if r.event_type == "ConversionAccrued" {
+                assert!(
+                    r.data.len() * 3 < schema_2.data.len() * 2,
+                    "an accrual is stored in {} bytes, {} uncompressed",
+                    r.data.len(),
+                    schema_2.data.len()
+                );
+            }
             seen.insert(r.event_type.clone());
         }
     }
@@ -663,7 +687,7 @@ async fn book_events_round_trip(store: &SharedStore) -> std::collections::BTreeS
 }
 
 #[tokio::test]
-async fn every_kind_of_book_event_is_stored_in_binary_and_reads_back_unchanged_as_do_schema_1_events(
+async fn every_kind_of_book_event_is_stored_in_binary_and_reads_back_unchanged_as_do_schema_1_and_2_events(
 ) {
     // Accruals, maturity, a payout created and settled, a clawback after it.
     let (w, _, _) = charged_back_after_payout().await;
@@ -711,4 +735,40 @@ async fn every_kind_of_book_event_is_stored_in_binary_and_reads_back_unchanged_a
             "{event_type} not exercised: {seen:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_read_as_another() {
+    use pl_commissions::book_codec;
+    use prost::Message;
+    let (w, _, _) = charged_back_after_payout().await;
+    let accrual = w
+        .store
+        .read_all(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.event_type == "ConversionAccrued")
+        .unwrap();
+    let stored = pl_proto::commissions::v1::StoredBookEvent::decode(accrual.data.clone()).unwrap();
+    let damaged = |change: &dyn Fn(&mut pl_proto::commissions::v1::StoredBookEvent)| {
+        let mut copy = stored.clone();
+        change(&mut copy);
+        let r = pl_eventlog::RecordedEvent {
+            data: copy.encode_to_vec().into(),
+            ..accrual.clone()
+        };
+        book_codec::decode(&r).unwrap_err()
+    };
+    let err = damaged(&|s| s.body_json_bytes = book_codec::MAX_BODY_JSON_BYTES + 1);
+    assert!(err.contains("more than"), "{err}");
+    let err = damaged(&|s| s.body_json_bytes -= 1);
+    assert!(err.contains("body"), "{err}");
+    let err = damaged(&|s| s.body_json_bytes += 1);
+    assert!(err.contains("its record says"), "{err}");
+    let err = damaged(&|s| s.body_json_lz4 = s.body_json_lz4.slice(..s.body_json_lz4.len() / 2));
+    assert!(err.contains("body"), "{err}");
+    let err = damaged(&|s| s.body_json = bytes::Bytes::from_static(b"{}"));
+    assert!(err.contains("uncompressed body"), "{err}");
+    assert!(err.contains(&accrual.id.to_string()), "{err}");
 }
