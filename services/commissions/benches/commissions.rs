@@ -848,12 +848,21 @@ async fn main() {
         let log = EmbeddedLog::open(dir.join("rebuild"), EmbeddedOptions::default()).unwrap();
         let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
         pl_audit::seal::seal(&log, &key, at(12, 31)).await.unwrap();
-        let started = Instant::now();
-        let replayed = pl_audit::replay::replay_balances(&log, None, AsOf::Latest)
-            .await
-            .unwrap();
-        let replay_took = started.elapsed();
-        assert_eq!(replayed.transactions, r.transactions);
+        // Three replays, the median reported with the range: on a shared two-core machine one
+        // run moves by a fifth either way.
+        let mut replay_rates = Vec::new();
+        let mut replayed = None;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let run = pl_audit::replay::replay_balances(&log, None, AsOf::Latest)
+                .await
+                .unwrap();
+            replay_rates.push(run.events_read as f64 / started.elapsed().as_secs_f64());
+            assert_eq!(run.transactions, r.transactions);
+            replayed = Some(run);
+        }
+        let replayed = replayed.unwrap();
+        replay_rates.sort_by(f64::total_cmp);
         let started = Instant::now();
         let verified = pl_audit::seal::verify(&log, Some(&key.verifying_key()))
             .await
@@ -866,8 +875,12 @@ async fn main() {
                 replayed.events_read,
                 replayed.rows.len()
             ),
-            fmt_rate(replayed.events_read as f64 / replay_took.as_secs_f64()),
-            "target >= 1M events/s on 2 cores (issue 8)".into(),
+            fmt_rate(replay_rates[1]),
+            format!(
+                "median of 3 runs ({} to {}); target >= 1M events/s on 2 cores (issue 8)",
+                fmt_rate(replay_rates[0]),
+                fmt_rate(replay_rates[2])
+            ),
         ));
         rows.push((
             format!(
