@@ -260,13 +260,25 @@ pub async fn replay_balances(
             .map_or(1, |n| n.get())
             .clamp(1, MAX_FOLD_SHARDS)
     };
+    // Folding threads are the replay's own, not the runtime's blocking pool (which the log's
+    // reads need: folds waiting on pages there could take every slot), and few at a time.
+    let _permit = REPLAYS
+        .acquire()
+        .await
+        .map_err(|e| AuditError::Invalid(format!("replay limit: {e}")))?;
     let (mut queues, mut folders) = (Vec::with_capacity(shards), Vec::with_capacity(shards));
     for _ in 0..shards {
         let (queue, pages) = tokio::sync::mpsc::channel(FOLD_QUEUE_PAGES);
+        let (done, folded) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("replay-fold".into())
+            .spawn(move || {
+                // The receiver is gone only when the replay was dropped: nobody to tell.
+                let _ = done.send(fold_shard(pages, as_of));
+            })
+            .map_err(|e| AuditError::Invalid(format!("starting a folding thread: {e}")))?;
         queues.push(queue);
-        folders.push(tokio::task::spawn_blocking(move || {
-            fold_shard(pages, as_of)
-        }));
+        folders.push(folded);
     }
     let read = read_into_shards(
         store,
@@ -278,15 +290,33 @@ pub async fn replay_balances(
     .await;
     // Closing the queues ends the folds.
     drop(queues);
-    // Every thread is joined before any error returns. A fold's own error comes first: it
-    // says why the fold stopped taking pages, which is what failed the reader's send.
+    // Every thread is joined before any error returns. The folds' errors come first, the one
+    // earliest in the log (whatever the number of threads): a fold that stopped is what failed
+    // the reader's send.
     let mut parts = Vec::with_capacity(folders.len());
-    for folder in folders {
-        parts.push(joined(folder).await.and_then(|part| part));
+    let mut first_error: Option<(u64, AuditError)> = None;
+    for folded in folders {
+        match folded.await {
+            Ok(Ok(part)) => parts.push(part),
+            Ok(Err((position, e))) => {
+                if first_error.as_ref().is_none_or(|(p, _)| position < *p) {
+                    first_error = Some((position, e));
+                }
+            }
+            Err(_) => {
+                first_error.get_or_insert((
+                    u64::MAX,
+                    AuditError::Invalid("a folding thread panicked".into()),
+                ));
+            }
+        }
+    }
+    if let Some((_, e)) = first_error {
+        return Err(e);
     }
     let mut fold = BalanceFold::new(as_of);
     for part in parts {
-        fold.merge(part?)?;
+        fold.merge(part)?;
     }
     let (events_read, book_events) = read?;
     let partners: Vec<Uuid> = match partner {
@@ -315,14 +345,17 @@ pub async fn replay_balances(
 /// the shared cache when they do (4,096 events a page replayed a 1M-event log about a fifth
 /// slower; 256 lost to the per-page overhead).
 const FOLD_PAGE_EVENTS: usize = 1024;
+/// Replays of balances running at once; more wait their turn.
+const MAX_CONCURRENT_REPLAYS: usize = 8;
+static REPLAYS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_CONCURRENT_REPLAYS);
 /// Folding threads of one replay at most.
 const MAX_FOLD_SHARDS: usize = 8;
 /// Pages waiting for a folding thread: enough to keep it busy while the next is read, few
 /// enough that a slow fold holds back the reader instead of filling memory.
 const FOLD_QUEUE_PAGES: usize = 2;
 
-/// A book event for a folding thread, with the latest `recorded_at` of the log up to it (a
-/// recording-time cut looks at the log's, not the book's).
+/// A book event for a folding thread, with the latest `recorded_at` of the books replayed up
+/// to it (a recording-time cut looks at all of them, not at the one book).
 type Queued = (RecordedEvent, DateTime<Utc>);
 
 /// Reads the log page by page and hands each book event to its stream's folding thread;
@@ -351,9 +384,6 @@ async fn read_into_shards(
                 .map(|_| Vec::with_capacity(page.len() / queues.len() + 1))
                 .collect();
             for recorded in page {
-                let max =
-                    recorded_at_max.map_or(recorded.recorded_at, |m| m.max(recorded.recorded_at));
-                recorded_at_max = Some(max);
                 if last_known_position.is_some_and(|p| recorded.position > p) {
                     continue;
                 }
@@ -362,6 +392,11 @@ async fn read_into_shards(
                     None => recorded.stream.starts_with(BOOK_PREFIX),
                 };
                 if wanted {
+                    // Over the books replayed only, as one fold of them would see it: a store
+                    // may order recording times within a stream alone (EventStoreDB).
+                    let max = recorded_at_max
+                        .map_or(recorded.recorded_at, |m| m.max(recorded.recorded_at));
+                    recorded_at_max = Some(max);
                     book_events += 1;
                     let shard = shard_of(&recorded.stream, queues.len());
                     parts[shard].push((recorded, max));
@@ -390,25 +425,22 @@ fn shard_of(stream: &str, shards: usize) -> usize {
 }
 
 /// One folding thread: decodes the postings of its books' events and folds them, until the
-/// reader closes the queue.
+/// reader closes the queue. An error comes with the position of its event.
 fn fold_shard(
     mut pages: tokio::sync::mpsc::Receiver<Vec<Queued>>,
     as_of: AsOf,
-) -> Result<BalanceFold, AuditError> {
+) -> Result<BalanceFold, (u64, AuditError)> {
     let mut fold = BalanceFold::new(as_of);
     while let Some(page) = pages.blocking_recv() {
         for (recorded, recorded_at_max) in &page {
-            for p in fold_postings_of(recorded)? {
-                fold.apply(recorded.position, *recorded_at_max, p.as_ref())?;
+            let at = |e: AuditError| (recorded.position, e);
+            for p in fold_postings_of(recorded).map_err(at)? {
+                fold.apply(recorded.position, *recorded_at_max, p.as_ref())
+                    .map_err(|e| at(e.into()))?;
             }
         }
     }
     Ok(fold)
-}
-
-async fn joined<T>(task: tokio::task::JoinHandle<T>) -> Result<T, AuditError> {
-    task.await
-        .map_err(|e| AuditError::Invalid(format!("decoding task: {e}")))
 }
 
 /// One line of a balance report.

@@ -581,3 +581,52 @@ async fn a_book_event_of_a_schema_newer_than_the_auditor_reads_is_refused_by_nam
     assert!(err.contains("schema version 4"), "{err}");
     assert!(err.contains(&book.stream), "{err}");
 }
+
+#[tokio::test]
+async fn a_replay_of_a_log_damaged_in_many_books_reports_the_first_damage_in_log_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _api) = history(dir.path()).await;
+    let copy: SharedStore = Arc::new(pl_eventlog::MemoryLog::default());
+    let events = log.read_all(0, 10_000).await.unwrap();
+    let first_book = events
+        .iter()
+        .find(|r| r.stream.starts_with("ledger-"))
+        .unwrap()
+        .clone();
+    let books: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter(|r| r.stream.starts_with("ledger-"))
+        .map(|r| r.stream.as_str())
+        .collect();
+    assert!(books.len() >= 2, "{books:?}");
+    // Every book event of a schema this version does not read: each folding thread fails at
+    // its first, and the report must not depend on which thread answers first.
+    for r in &events {
+        let schema_version = if r.stream.starts_with("ledger-") {
+            pl_commissions::book_codec::STORED_SCHEMA_VERSION + 1
+        } else {
+            r.schema_version
+        };
+        let event = pl_eventlog::NewEvent {
+            id: r.id,
+            event_type: r.event_type.clone(),
+            schema_version,
+            data: r.data.clone(),
+            metadata: r.metadata.clone(),
+        };
+        copy.append(&r.stream, pl_eventlog::ExpectedVersion::Any, vec![event])
+            .await
+            .unwrap();
+    }
+    let err = replay::replay_balances(copy.as_ref(), None, AsOf::Latest)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "position {} in {}",
+            first_book.position, first_book.stream
+        )),
+        "{err}"
+    );
+}

@@ -117,6 +117,9 @@ pub fn decode(recorded: &RecordedEvent) -> Result<BookEvent, String> {
 /// checked to be exactly the length recorded with it).
 fn body_json(version: u32, stored: &pb::StoredBookEvent) -> Result<Bytes, String> {
     if version == FIRST_BINARY_SCHEMA_VERSION {
+        if !stored.body_json_lz4.is_empty() || stored.body_json_bytes != 0 {
+            return Err("a compressed body in an uncompressed record".into());
+        }
         return Ok(stored.body_json.clone());
     }
     if !stored.body_json.is_empty() {

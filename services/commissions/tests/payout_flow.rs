@@ -771,4 +771,14 @@ async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_re
     let err = damaged(&|s| s.body_json = bytes::Bytes::from_static(b"{}"));
     assert!(err.contains("uncompressed body"), "{err}");
     assert!(err.contains(&accrual.id.to_string()), "{err}");
+    // A schema-2 record holds its body uncompressed, and nothing else.
+    let as_schema_2 = pl_eventlog::RecordedEvent {
+        schema_version: 2,
+        ..accrual.clone()
+    };
+    let err = book_codec::decode(&as_schema_2).unwrap_err();
+    assert!(
+        err.contains("compressed body in an uncompressed record"),
+        "{err}"
+    );
 }
