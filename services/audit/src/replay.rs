@@ -416,11 +416,13 @@ async fn read_into_shards(
     Ok((events_read, book_events))
 }
 
-/// The folding thread of a book: a stable function of its stream name.
+/// The folding thread of a book: a stable function of its stream name, of the tail alone (a
+/// book's stream name ends in its partner's id).
 fn shard_of(stream: &str, shards: usize) -> usize {
-    let h = stream
-        .bytes()
-        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let tail = &stream.as_bytes()[stream.len().saturating_sub(16)..];
+    let h = tail
+        .iter()
+        .fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
     (h % shards as u64) as usize
 }
 
