@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // decode (through a `Bytes`), a tenth of an audit replay.
     for message in [
         "StoredBookEvent",
+        "StoredBookEventV3",
+        "StoredBookBody",
         "StoredBookPostings",
         "StoredTransaction",
         "StoredPostings",

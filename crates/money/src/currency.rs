@@ -62,6 +62,12 @@ macro_rules! currencies {
                 match self { $(Currency::$code => $numeric,)+ }
             }
 
+            /// The currency of an ISO 4217 numeric code, e.g. USD for 840; `None` for a code
+            /// this version does not know.
+            pub const fn from_numeric(numeric: u16) -> Option<Currency> {
+                match numeric { $($numeric => Some(Currency::$code),)+ _ => None }
+            }
+
             /// The ISO 4217 English name, e.g. `"US Dollar"`.
             pub const fn name(self) -> &'static str {
                 match self { $(Currency::$code => $name,)+ }
@@ -299,6 +305,18 @@ mod tests {
             assert_eq!(currency.code().parse::<Currency>(), Ok(currency));
             assert_eq!(currency.to_string(), currency.code());
         }
+    }
+
+    #[test]
+    fn every_numeric_code_finds_its_currency_and_no_other_number_finds_one() {
+        for &currency in Currency::all() {
+            assert_eq!(Currency::from_numeric(currency.numeric()), Some(currency));
+        }
+        let known = (0..=u16::MAX)
+            .filter(|&n| Currency::from_numeric(n).is_some())
+            .count();
+        assert_eq!(known, Currency::all().len());
+        assert_eq!(Currency::from_numeric(0), None);
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! How partner book events are stored: from schema version 2 on, `StoredBookEvent`
-//! (`proto/partnerledger/commissions/v1/book.proto`) — the ledger transactions in protobuf
-//! first, then the rest of the event as its schema-1 JSON, LZ4-compressed from schema version 3
-//! on — so a replay of balances reads the postings alone and skips the rest unread
-//! ([`postings`]). Schema versions 1 (the whole event as JSON) and 2 (the body uncompressed)
-//! are still read. Encoding only: no I/O, no clock.
+//! How partner book events are stored. Schema version 3 (written now) is `StoredBookEventV3`
+//! (`proto/partnerledger/commissions/v1/book.proto`): the ledger transactions' postings first,
+//! in fixed-width protobuf fields, then the rest of the event (its schema-1 JSON body and the
+//! transactions' explanations) LZ4-compressed — so a replay of balances reads the postings
+//! alone, without allocating or parsing text, and skips the rest unread ([`postings`]).
+//! Schema versions 1 (the whole event as JSON) and 2 (`StoredBookEvent`: postings with their
+//! explanations, body uncompressed) are still read. Encoding only: no I/O, no clock.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -20,118 +21,129 @@ use crate::book::BookEvent;
 /// The schema version of book events written now.
 pub const STORED_SCHEMA_VERSION: u32 = 3;
 
-/// The first schema version stored as `StoredBookEvent` (the ones before are all JSON).
+/// The first schema version stored in protobuf (the ones before are all JSON).
 pub const FIRST_BINARY_SCHEMA_VERSION: u32 = 2;
 
-/// The largest body a stored event may declare: a book event's JSON is a few kilobytes, so a
+/// The largest body a stored event may declare: a book event's body is a few kilobytes, so a
 /// larger claim is a damaged record, refused before anything is allocated for it.
-pub const MAX_BODY_JSON_BYTES: u32 = 4 * 1024 * 1024;
+pub const MAX_BODY_BYTES: u32 = 4 * 1024 * 1024;
 
-/// A book event in its stored form.
+/// A book event in its stored form (schema version [`STORED_SCHEMA_VERSION`]).
 pub fn encode(event: &BookEvent) -> Result<(String, Bytes), String> {
-    let (event_type, transactions, body_json) = parts(event)?;
-    let body_json_bytes = u32::try_from(body_json.len())
+    let (event_type, transactions, body_json) = split(event)?;
+    let body = pb::StoredBookBody {
+        body_json,
+        explanation_json: transactions
+            .iter()
+            .map(|t| {
+                serde_json::to_vec(t.explanation())
+                    .map(Bytes::from)
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?,
+    }
+    .encode_to_vec();
+    let body_bytes = u32::try_from(body.len())
         .ok()
-        .filter(|n| *n <= MAX_BODY_JSON_BYTES)
-        .ok_or_else(|| format!("{event_type} body is {} bytes", body_json.len()))?;
-    let stored = pb::StoredBookEvent {
-        transactions,
-        body_json: Bytes::new(),
-        body_json_lz4: lz4_flex::block::compress(&body_json).into(),
-        body_json_bytes,
+        .filter(|n| *n <= MAX_BODY_BYTES)
+        .ok_or_else(|| format!("{event_type} body is {} bytes", body.len()))?;
+    let stored = pb::StoredBookEventV3 {
+        transactions: transactions
+            .iter()
+            .map(stored_postings)
+            .collect::<Result<_, _>>()?,
+        body_lz4: lz4_flex::block::compress(&body).into(),
+        body_bytes,
     };
     Ok((event_type, Bytes::from(stored.encode_to_vec())))
 }
 
-/// A book event in the form schema version 2 stored (the body uncompressed): what logs written
-/// before version 3 hold. Kept so that tests and tools can write such logs.
+/// A book event in the form schema version 2 stored: what logs written before version 3 hold.
+/// Kept so that tests and tools can write such logs.
 #[doc(hidden)]
 pub fn encode_schema_2(event: &BookEvent) -> Result<(String, Bytes), String> {
-    let (event_type, transactions, body_json) = parts(event)?;
+    let (event_type, transactions, body_json) = split(event)?;
     let stored = pb::StoredBookEvent {
-        transactions,
+        transactions: transactions
+            .iter()
+            .map(stored_transaction)
+            .collect::<Result<_, _>>()?,
         body_json,
-        ..Default::default()
     };
     Ok((event_type, Bytes::from(stored.encode_to_vec())))
 }
 
-/// The event's type, its transactions in stored form, and its JSON body without them.
-fn parts(event: &BookEvent) -> Result<(String, Vec<pb::StoredTransaction>, Bytes), String> {
+/// The event's type, its transactions, and its JSON body without them.
+fn split(event: &BookEvent) -> Result<(String, Vec<Transaction>, Bytes), String> {
     let mut body = event.clone();
     let transactions = body
         .transactions_mut()
         .map(std::mem::take)
         .unwrap_or_default();
     let (event_type, body_json) = encode_json(&body).map_err(|e| e.to_string())?;
-    let transactions = transactions
-        .iter()
-        .map(stored_transaction)
-        .collect::<Result<_, _>>()?;
     Ok((event_type, transactions, body_json))
 }
 
 /// A stored book event of any schema version, as the service reads it.
 pub fn decode(recorded: &RecordedEvent) -> Result<BookEvent, String> {
     let what = || format!("event {} ({})", recorded.id, recorded.event_type);
-    match recorded.schema_version {
-        0 | 1 => decode_json(
-            &recorded.event_type,
-            recorded.schema_version,
-            recorded.id,
-            &recorded.data,
-        ),
-        version @ FIRST_BINARY_SCHEMA_VERSION..=STORED_SCHEMA_VERSION => {
-            // From the shared buffer: the body and ids are slices of it, not copies.
-            let stored = pb::StoredBookEvent::decode(recorded.data.clone())
-                .map_err(|e| format!("{}: {e}", what()))?;
-            let body_json = body_json(version, &stored).map_err(|e| format!("{}: {e}", what()))?;
-            let mut event: BookEvent =
-                decode_json(&recorded.event_type, 1, recorded.id, &body_json)?;
-            let transactions = stored
-                .transactions
-                .into_iter()
-                .map(transaction)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{}: {e}", what()))?;
-            match event.transactions_mut() {
-                Some(slot) => *slot = transactions,
-                None if transactions.is_empty() => {}
-                None => {
-                    return Err(format!(
-                        "{}: transactions on an event that has none",
-                        what()
-                    ))
-                }
-            }
-            Ok(event)
+    let (body_json, transactions) = match recorded.schema_version {
+        0 | 1 => {
+            return decode_json(
+                &recorded.event_type,
+                recorded.schema_version,
+                recorded.id,
+                &recorded.data,
+            )
         }
-        newer => Err(format!(
-            "{}: schema version {newer} is newer than this version reads",
-            what()
-        )),
+        FIRST_BINARY_SCHEMA_VERSION => decode_schema_2(&recorded.data),
+        STORED_SCHEMA_VERSION => decode_schema_3(&recorded.data),
+        newer => {
+            return Err(format!(
+                "{}: schema version {newer} is newer than this version reads",
+                what()
+            ))
+        }
     }
+    .map_err(|e| format!("{}: {e}", what()))?;
+    let mut event: BookEvent = decode_json(&recorded.event_type, 1, recorded.id, &body_json)?;
+    match event.transactions_mut() {
+        Some(slot) => *slot = transactions,
+        None if transactions.is_empty() => {}
+        None => {
+            return Err(format!(
+                "{}: transactions on an event that has none",
+                what()
+            ))
+        }
+    }
+    Ok(event)
 }
 
-/// The JSON body of a stored event of schema version 2 (as stored) or 3 (decompressed, and
-/// checked to be exactly the length recorded with it).
-fn body_json(version: u32, stored: &pb::StoredBookEvent) -> Result<Bytes, String> {
-    if version == FIRST_BINARY_SCHEMA_VERSION {
-        if !stored.body_json_lz4.is_empty() || stored.body_json_bytes != 0 {
-            return Err("a compressed body in an uncompressed record".into());
-        }
-        return Ok(stored.body_json.clone());
-    }
-    if !stored.body_json.is_empty() {
-        return Err("an uncompressed body in a compressed record".into());
-    }
-    let declared = stored.body_json_bytes;
-    if declared > MAX_BODY_JSON_BYTES {
+/// A schema-2 record's JSON body and transactions.
+fn decode_schema_2(data: &Bytes) -> Result<(Bytes, Vec<Transaction>), String> {
+    // From the shared buffer: the body and ids are slices of it, not copies.
+    let stored = pb::StoredBookEvent::decode(data.clone()).map_err(|e| e.to_string())?;
+    let transactions = stored
+        .transactions
+        .into_iter()
+        .map(transaction)
+        .collect::<Result<_, _>>()?;
+    Ok((stored.body_json, transactions))
+}
+
+/// A schema-3 record's JSON body and transactions: the body decompressed (checked to be
+/// exactly the length recorded with it), each transaction's postings joined with its
+/// explanation.
+fn decode_schema_3(data: &Bytes) -> Result<(Bytes, Vec<Transaction>), String> {
+    let stored = pb::StoredBookEventV3::decode(data.clone()).map_err(|e| e.to_string())?;
+    let declared = stored.body_bytes;
+    if declared > MAX_BODY_BYTES {
         return Err(format!(
-            "body declares {declared} bytes, more than {MAX_BODY_JSON_BYTES}"
+            "body declares {declared} bytes, more than {MAX_BODY_BYTES}"
         ));
     }
-    let body = lz4_flex::block::decompress(&stored.body_json_lz4, declared as usize)
+    let body = lz4_flex::block::decompress(&stored.body_lz4, declared as usize)
         .map_err(|e| format!("body: {e}"))?;
     if body.len() != declared as usize {
         return Err(format!(
@@ -139,11 +151,31 @@ fn body_json(version: u32, stored: &pb::StoredBookEvent) -> Result<Bytes, String
             body.len()
         ));
     }
-    Ok(body.into())
+    let body = pb::StoredBookBody::decode(Bytes::from(body)).map_err(|e| format!("body: {e}"))?;
+    if body.explanation_json.len() != stored.transactions.len() {
+        return Err(format!(
+            "{} explanations for {} transactions",
+            body.explanation_json.len(),
+            stored.transactions.len()
+        ));
+    }
+    let transactions = stored
+        .transactions
+        .into_iter()
+        .zip(&body.explanation_json)
+        .map(|(p, explanation)| {
+            let p = postings_of_schema_3(p)?;
+            let explanation: Explanation =
+                serde_json::from_slice(explanation).map_err(|e| format!("explanation: {e}"))?;
+            Transaction::new(p.id, p.kind, p.occurred_at, p.transfers, explanation)
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((body.body_json, transactions))
 }
 
-/// Whether a book event of this schema version is stored as `StoredBookEvent` (and one this
-/// version reads).
+/// Whether a book event of this schema version is stored in protobuf (and one this version
+/// reads).
 pub const fn is_binary(schema_version: u32) -> bool {
     schema_version >= FIRST_BINARY_SCHEMA_VERSION && schema_version <= STORED_SCHEMA_VERSION
 }
@@ -172,31 +204,125 @@ impl Postings {
 /// schema version 1, which has to be decoded whole (and for a schema newer than this version
 /// reads, which [`decode`] refuses by name).
 pub fn postings(recorded: &RecordedEvent) -> Result<Option<Vec<Postings>>, String> {
-    if !is_binary(recorded.schema_version) {
-        return Ok(None);
-    }
-    // From a plain slice: the few small ids are copied once each, and the folding threads do
-    // not contend on the reference count of the page buffer they share.
-    let stored = pb::StoredBookPostings::decode(recorded.data.as_ref())
-        .map_err(|e| format!("event {} ({}): {e}", recorded.id, recorded.event_type))?;
-    stored
-        .transactions
-        .into_iter()
-        .map(|p| {
-            Ok(Postings {
-                id: uuid("transaction id", &p.id)?,
-                kind: transaction_kind(p.kind)?,
-                occurred_at: time(p.occurred_at_seconds, p.occurred_at_nanos)?,
-                transfers: p
-                    .transfers
+    // From a plain slice: the folding threads of a replay do not contend on the reference
+    // count of the page buffer they share.
+    let data = recorded.data.as_ref();
+    let postings = match recorded.schema_version {
+        FIRST_BINARY_SCHEMA_VERSION => pb::StoredBookPostings::decode(data)
+            .map_err(|e| e.to_string())
+            .and_then(|stored| {
+                stored
+                    .transactions
                     .into_iter()
-                    .map(transfer)
-                    .collect::<Result<_, _>>()?,
-            })
-        })
-        .collect::<Result<Vec<_>, String>>()
+                    .map(postings_of_schema_2)
+                    .collect()
+            }),
+        STORED_SCHEMA_VERSION => pb::StoredBookPostingsV3::decode(data)
+            .map_err(|e| e.to_string())
+            .and_then(|stored| {
+                stored
+                    .transactions
+                    .into_iter()
+                    .map(postings_of_schema_3)
+                    .collect()
+            }),
+        _ => return Ok(None),
+    };
+    postings
         .map(Some)
         .map_err(|e| format!("event {} ({}): {e}", recorded.id, recorded.event_type))
+}
+
+fn postings_of_schema_2(p: pb::StoredPostings) -> Result<Postings, String> {
+    Ok(Postings {
+        id: uuid("transaction id", &p.id)?,
+        kind: transaction_kind(p.kind)?,
+        occurred_at: time(p.occurred_at_seconds, p.occurred_at_nanos)?,
+        transfers: p
+            .transfers
+            .into_iter()
+            .map(transfer)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn postings_of_schema_3(p: pb::StoredPostingsV3) -> Result<Postings, String> {
+    Ok(Postings {
+        id: Uuid::from_u64_pair(p.id_high, p.id_low),
+        kind: transaction_kind(p.kind)?,
+        occurred_at: time(p.occurred_at_seconds, p.occurred_at_nanos)?,
+        transfers: p
+            .transfers
+            .iter()
+            .map(transfer_of_schema_3)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn transfer_of_schema_3(t: &pb::StoredTransferV3) -> Result<Transfer, String> {
+    let currency = u16::try_from(t.currency_numeric)
+        .ok()
+        .and_then(Currency::from_numeric)
+        .ok_or_else(|| format!("unknown currency numeric code {}", t.currency_numeric))?;
+    // Both halves 0: no owner (an FX account).
+    let owner = |high, low| Some(Uuid::from_u64_pair(high, low)).filter(|o| !o.is_nil());
+    Ok(Transfer {
+        debit: account_of(
+            t.debit_kind,
+            owner(t.debit_owner_high, t.debit_owner_low),
+            currency,
+        )?,
+        credit: account_of(
+            t.credit_kind,
+            owner(t.credit_owner_high, t.credit_owner_low),
+            currency,
+        )?,
+        amount: Money::from_minor_units(t.amount_minor_units, currency),
+    })
+}
+
+fn stored_postings(t: &Transaction) -> Result<pb::StoredPostingsV3, String> {
+    let at = t.occurred_at();
+    let (id_high, id_low) = t.id().as_u64_pair();
+    Ok(pb::StoredPostingsV3 {
+        id_high,
+        id_low,
+        kind: stored_transaction_kind(t.kind())? as i32,
+        occurred_at_seconds: at.timestamp(),
+        occurred_at_nanos: at.timestamp_subsec_nanos(),
+        transfers: t
+            .transfers()
+            .iter()
+            .map(stored_transfer_of_schema_3)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn stored_transfer_of_schema_3(t: &Transfer) -> Result<pb::StoredTransferV3, String> {
+    let currency = t.amount.currency();
+    // This form records one currency per transfer: the ledger refuses a transaction whose
+    // accounts do not hold its transfers' currencies before it is written, and so does this.
+    if t.debit.currency() != currency || t.credit.currency() != currency {
+        return Err(format!(
+            "a transfer of {currency} between accounts of {} and {}",
+            t.debit.currency(),
+            t.credit.currency()
+        ));
+    }
+    let (debit_kind, debit_owner) = account_kind(&t.debit);
+    let (credit_kind, credit_owner) = account_kind(&t.credit);
+    let (debit_owner_high, debit_owner_low) = debit_owner.unwrap_or_default().as_u64_pair();
+    let (credit_owner_high, credit_owner_low) = credit_owner.unwrap_or_default().as_u64_pair();
+    Ok(pb::StoredTransferV3 {
+        debit_kind: debit_kind as i32,
+        debit_owner_high,
+        debit_owner_low,
+        credit_kind: credit_kind as i32,
+        credit_owner_high,
+        credit_owner_low,
+        amount_minor_units: t.amount.to_minor_units().map_err(|e| e.to_string())?,
+        currency_numeric: u32::from(currency.numeric()),
+    })
 }
 
 /// The event's data as schema-1 JSON, whatever its stored form (for exports).
@@ -237,8 +363,20 @@ fn stored_transfer(t: &Transfer) -> Result<pb::StoredTransfer, String> {
 }
 
 fn stored_account(a: &Account) -> pb::StoredAccount {
+    let (kind, owner) = account_kind(a);
+    pb::StoredAccount {
+        kind: kind as i32,
+        owner_id: owner
+            .map(|o| Bytes::copy_from_slice(o.as_bytes()))
+            .unwrap_or_default(),
+        currency: a.currency().code().to_owned(),
+    }
+}
+
+/// An account's stored kind and its owner (its partner or program; none for FX).
+fn account_kind(a: &Account) -> (pb::StoredAccountKind, Option<Uuid>) {
     use pb::StoredAccountKind as K;
-    let (kind, owner) = match *a {
+    match *a {
         Account::PartnerPending { partner_id, .. } => (K::PartnerPending, Some(partner_id)),
         Account::PartnerPayable { partner_id, .. } => (K::PartnerPayable, Some(partner_id)),
         Account::PartnerPaid { partner_id, .. } => (K::PartnerPaid, Some(partner_id)),
@@ -246,13 +384,6 @@ fn stored_account(a: &Account) -> pb::StoredAccount {
         Account::PayoutsClearing { program_id, .. } => (K::PayoutsClearing, Some(program_id)),
         Account::MdfBudget { program_id, .. } => (K::MdfBudget, Some(program_id)),
         Account::FxConversion { .. } => (K::FxConversion, None),
-    };
-    pb::StoredAccount {
-        kind: kind as i32,
-        owner_id: owner
-            .map(|o| Bytes::copy_from_slice(o.as_bytes()))
-            .unwrap_or_default(),
-        currency: a.currency().code().to_owned(),
     }
 }
 
@@ -320,42 +451,55 @@ fn transfer(t: pb::StoredTransfer) -> Result<Transfer, String> {
 /// `known` is the transfer's currency, code and value: an account almost always holds the
 /// transfer's currency, and parsing the same code three times was a tenth of a replay.
 fn account(a: Option<&pb::StoredAccount>, known: (&str, Currency)) -> Result<Account, String> {
-    use pb::StoredAccountKind as K;
     let a = a.ok_or("a transfer without its account")?;
     let currency = if a.currency == known.0 {
         known.1
     } else {
         currency(&a.currency)?
     };
-    let owner = || uuid("account owner", &a.owner_id);
-    Ok(match K::try_from(a.kind) {
-        Ok(K::PartnerPending) => Account::PartnerPending {
-            partner_id: owner()?,
+    let owner = if a.owner_id.is_empty() {
+        None
+    } else {
+        Some(uuid("account owner", &a.owner_id)?)
+    };
+    account_of(a.kind, owner, currency)
+}
+
+/// The account of a stored kind, owner and currency: partner and program accounts have an
+/// owner, FX accounts none.
+fn account_of(kind: i32, owner: Option<Uuid>, currency: Currency) -> Result<Account, String> {
+    use pb::StoredAccountKind as K;
+    let stored = K::try_from(kind).map_err(|_| format!("unknown account kind {kind}"))?;
+    let owned =
+        || owner.ok_or_else(|| format!("a {} account without its owner", stored.as_str_name()));
+    Ok(match stored {
+        K::PartnerPending => Account::PartnerPending {
+            partner_id: owned()?,
             currency,
         },
-        Ok(K::PartnerPayable) => Account::PartnerPayable {
-            partner_id: owner()?,
+        K::PartnerPayable => Account::PartnerPayable {
+            partner_id: owned()?,
             currency,
         },
-        Ok(K::PartnerPaid) => Account::PartnerPaid {
-            partner_id: owner()?,
+        K::PartnerPaid => Account::PartnerPaid {
+            partner_id: owned()?,
             currency,
         },
-        Ok(K::CommissionExpense) => Account::CommissionExpense {
-            program_id: owner()?,
+        K::CommissionExpense => Account::CommissionExpense {
+            program_id: owned()?,
             currency,
         },
-        Ok(K::PayoutsClearing) => Account::PayoutsClearing {
-            program_id: owner()?,
+        K::PayoutsClearing => Account::PayoutsClearing {
+            program_id: owned()?,
             currency,
         },
-        Ok(K::MdfBudget) => Account::MdfBudget {
-            program_id: owner()?,
+        K::MdfBudget => Account::MdfBudget {
+            program_id: owned()?,
             currency,
         },
-        Ok(K::FxConversion) if a.owner_id.is_empty() => Account::FxConversion { currency },
-        Ok(K::FxConversion) => return Err("an fx account with an owner".into()),
-        Ok(K::Unspecified) | Err(_) => return Err(format!("unknown account kind {}", a.kind)),
+        K::FxConversion if owner.is_none() => Account::FxConversion { currency },
+        K::FxConversion => return Err("an fx account with an owner".into()),
+        K::Unspecified => return Err(format!("unknown account kind {kind}")),
     })
 }
 

@@ -740,6 +740,7 @@ async fn every_kind_of_book_event_is_stored_in_binary_and_reads_back_unchanged_a
 #[tokio::test]
 async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_read_as_another() {
     use pl_commissions::book_codec;
+    use pl_proto::commissions::v1 as pb;
     use prost::Message;
     let (w, _, _) = charged_back_after_payout().await;
     let accrual = w
@@ -750,35 +751,73 @@ async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_re
         .into_iter()
         .find(|r| r.event_type == "ConversionAccrued")
         .unwrap();
-    let stored = pl_proto::commissions::v1::StoredBookEvent::decode(accrual.data.clone()).unwrap();
-    let damaged = |change: &dyn Fn(&mut pl_proto::commissions::v1::StoredBookEvent)| {
-        let mut copy = stored.clone();
-        change(&mut copy);
+    let stored = pb::StoredBookEventV3::decode(accrual.data.clone()).unwrap();
+    let read = |copy: &pb::StoredBookEventV3| {
         let r = pl_eventlog::RecordedEvent {
             data: copy.encode_to_vec().into(),
             ..accrual.clone()
         };
-        book_codec::decode(&r).unwrap_err()
+        (book_codec::decode(&r), book_codec::postings(&r))
     };
-    let err = damaged(&|s| s.body_json_bytes = book_codec::MAX_BODY_JSON_BYTES + 1);
+    let damaged = |change: &dyn Fn(&mut pb::StoredBookEventV3)| {
+        let mut copy = stored.clone();
+        change(&mut copy);
+        read(&copy).0.unwrap_err()
+    };
+    let err = damaged(&|s| s.body_bytes = book_codec::MAX_BODY_BYTES + 1);
     assert!(err.contains("more than"), "{err}");
-    let err = damaged(&|s| s.body_json_bytes -= 1);
+    let err = damaged(&|s| s.body_bytes -= 1);
     assert!(err.contains("body"), "{err}");
-    let err = damaged(&|s| s.body_json_bytes += 1);
+    let err = damaged(&|s| s.body_bytes += 1);
     assert!(err.contains("its record says"), "{err}");
-    let err = damaged(&|s| s.body_json_lz4 = s.body_json_lz4.slice(..s.body_json_lz4.len() / 2));
+    let err = damaged(&|s| s.body_lz4 = s.body_lz4.slice(..s.body_lz4.len() / 2));
     assert!(err.contains("body"), "{err}");
-    let err = damaged(&|s| s.body_json = bytes::Bytes::from_static(b"{}"));
-    assert!(err.contains("uncompressed body"), "{err}");
     assert!(err.contains(&accrual.id.to_string()), "{err}");
-    // A schema-2 record holds its body uncompressed, and nothing else.
+    // A body whose explanations do not match the transactions.
+    let err = damaged(&|s| {
+        let mut body = pb::StoredBookBody::decode(
+            lz4_flex::block::decompress(&s.body_lz4, s.body_bytes as usize)
+                .unwrap()
+                .as_slice(),
+        )
+        .unwrap();
+        body.explanation_json.push(bytes::Bytes::from_static(b"{}"));
+        let body = body.encode_to_vec();
+        s.body_bytes = u32::try_from(body.len()).unwrap();
+        s.body_lz4 = lz4_flex::block::compress(&body).into();
+    });
+    assert!(err.contains("explanations for"), "{err}");
+    // Postings that name an unknown currency or a partner account without its partner: the
+    // full decode and the postings alone both refuse them.
+    for change in [
+        &(|s: &mut pb::StoredBookEventV3| s.transactions[0].transfers[0].currency_numeric = 1)
+            as &dyn Fn(&mut pb::StoredBookEventV3),
+        &|s| {
+            let t = &mut s.transactions[0].transfers[0];
+            (t.credit_owner_high, t.credit_owner_low) = (0, 0);
+            (t.debit_owner_high, t.debit_owner_low) = (0, 0);
+        },
+    ] {
+        let mut copy = stored.clone();
+        change(&mut copy);
+        let (whole, postings) = read(&copy);
+        let (whole, postings) = (whole.unwrap_err(), postings.unwrap_err());
+        assert!(
+            whole.contains("unknown currency numeric code 1")
+                || whole.contains("without its owner"),
+            "{whole}"
+        );
+        assert!(
+            postings.contains("unknown currency numeric code 1")
+                || postings.contains("without its owner"),
+            "{postings}"
+        );
+    }
+    // A schema-3 record read as schema 2 does not pass for one.
     let as_schema_2 = pl_eventlog::RecordedEvent {
         schema_version: 2,
         ..accrual.clone()
     };
-    let err = book_codec::decode(&as_schema_2).unwrap_err();
-    assert!(
-        err.contains("compressed body in an uncompressed record"),
-        "{err}"
-    );
+    assert!(book_codec::decode(&as_schema_2).is_err());
+    assert!(book_codec::postings(&as_schema_2).is_err());
 }
