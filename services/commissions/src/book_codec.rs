@@ -174,12 +174,6 @@ fn decode_schema_3(data: &Bytes) -> Result<(Bytes, Vec<Transaction>), String> {
     Ok((body.body_json, transactions))
 }
 
-/// Whether a book event of this schema version is stored in protobuf (and one this version
-/// reads).
-pub const fn is_binary(schema_version: u32) -> bool {
-    schema_version >= FIRST_BINARY_SCHEMA_VERSION && schema_version <= STORED_SCHEMA_VERSION
-}
-
 /// What a balance needs of one stored transaction: everything but its explanation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Postings {
