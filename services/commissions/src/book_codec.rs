@@ -24,9 +24,10 @@ pub const STORED_SCHEMA_VERSION: u32 = 3;
 /// The first schema version stored in protobuf (the ones before are all JSON).
 pub const FIRST_BINARY_SCHEMA_VERSION: u32 = 2;
 
-/// The largest body a stored event may declare: a book event's body is a few kilobytes, so a
-/// larger claim is a damaged record, refused before anything is allocated for it.
-pub const MAX_BODY_BYTES: u32 = 4 * 1024 * 1024;
+/// The largest body a stored event may declare: the log's limit on one event (the JSON and the
+/// explanations were stored uncompressed in one event before schema 3; a book event's are a few
+/// kilobytes), so a larger claim is a damaged record, refused before anything is allocated.
+pub const MAX_BODY_BYTES: u32 = 1024 * 1024;
 
 /// A book event in its stored form (schema version [`STORED_SCHEMA_VERSION`]).
 pub fn encode(event: &BookEvent) -> Result<(String, Bytes), String> {
@@ -258,17 +259,22 @@ fn transfer_of_schema_3(t: &pb::StoredTransferV3) -> Result<Transfer, String> {
         .ok()
         .and_then(Currency::from_numeric)
         .ok_or_else(|| format!("unknown currency numeric code {}", t.currency_numeric))?;
-    // Both halves 0: no owner (an FX account).
-    let owner = |high, low| Some(Uuid::from_u64_pair(high, low)).filter(|o| !o.is_nil());
+    // An FX account has no owner, stored as 0/0; any other account's owner is as stored (the
+    // nil id included: a program may be nil).
+    let owner = |kind: i32, high, low| {
+        let id = Uuid::from_u64_pair(high, low);
+        let fx = kind == pb::StoredAccountKind::FxConversion as i32;
+        (!(fx && id.is_nil())).then_some(id)
+    };
     Ok(Transfer {
         debit: account_of(
             t.debit_kind,
-            owner(t.debit_owner_high, t.debit_owner_low),
+            owner(t.debit_kind, t.debit_owner_high, t.debit_owner_low),
             currency,
         )?,
         credit: account_of(
             t.credit_kind,
-            owner(t.credit_owner_high, t.credit_owner_low),
+            owner(t.credit_kind, t.credit_owner_high, t.credit_owner_low),
             currency,
         )?,
         amount: Money::from_minor_units(t.amount_minor_units, currency),

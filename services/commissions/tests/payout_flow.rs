@@ -787,15 +787,13 @@ async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_re
         s.body_lz4 = lz4_flex::block::compress(&body).into();
     });
     assert!(err.contains("explanations for"), "{err}");
-    // Postings that name an unknown currency or a partner account without its partner: the
-    // full decode and the postings alone both refuse them.
+    // Postings that name an unknown currency or an FX account with an owner: the full decode
+    // and the postings alone both refuse them.
     for change in [
         &(|s: &mut pb::StoredBookEventV3| s.transactions[0].transfers[0].currency_numeric = 1)
             as &dyn Fn(&mut pb::StoredBookEventV3),
         &|s| {
-            let t = &mut s.transactions[0].transfers[0];
-            (t.credit_owner_high, t.credit_owner_low) = (0, 0);
-            (t.debit_owner_high, t.debit_owner_low) = (0, 0);
+            s.transactions[0].transfers[0].debit_kind = pb::StoredAccountKind::FxConversion as i32;
         },
     ] {
         let mut copy = stored.clone();
@@ -804,12 +802,12 @@ async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_re
         let (whole, postings) = (whole.unwrap_err(), postings.unwrap_err());
         assert!(
             whole.contains("unknown currency numeric code 1")
-                || whole.contains("without its owner"),
+                || whole.contains("with an owner"),
             "{whole}"
         );
         assert!(
             postings.contains("unknown currency numeric code 1")
-                || postings.contains("without its owner"),
+                || postings.contains("with an owner"),
             "{postings}"
         );
     }
@@ -820,4 +818,57 @@ async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_re
     };
     assert!(book_codec::decode(&as_schema_2).is_err());
     assert!(book_codec::postings(&as_schema_2).is_err());
+}
+
+#[tokio::test]
+async fn a_book_event_of_a_nil_program_reads_back_unchanged() {
+    use pl_commissions::book_codec;
+    use pl_ledger::{Account, Transaction, Transfer};
+    let (w, _, _) = charged_back_after_payout().await;
+    let accrual = w
+        .store
+        .read_all(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.event_type == "ConversionAccrued")
+        .unwrap();
+    let mut event = book_codec::decode(&accrual).unwrap();
+    let nil_program = |a: Account| match a {
+        Account::CommissionExpense { currency, .. } => Account::CommissionExpense {
+            program_id: uuid::Uuid::nil(),
+            currency,
+        },
+        other => other,
+    };
+    let pl_commissions::book::BookEvent::ConversionAccrued { transactions, .. } = &mut event else {
+        panic!("an accrual")
+    };
+    let t = &mut transactions[0];
+    let transfers: Vec<Transfer> = t
+        .transfers()
+        .iter()
+        .map(|x| Transfer {
+            debit: nil_program(x.debit),
+            credit: nil_program(x.credit),
+            amount: x.amount,
+        })
+        .collect();
+    assert_ne!(transfers.as_slice(), t.transfers());
+    *t = Transaction::new(
+        t.id(),
+        t.kind(),
+        t.occurred_at(),
+        transfers,
+        t.explanation().clone(),
+    )
+    .unwrap();
+    let (_, data) = book_codec::encode(&event).unwrap();
+    let stored = pl_eventlog::RecordedEvent {
+        data,
+        ..accrual.clone()
+    };
+    assert_eq!(book_codec::decode(&stored).unwrap(), event);
+    let postings = book_codec::postings(&stored).unwrap().unwrap();
+    assert_eq!(postings[0].transfers, event.transactions()[0].transfers());
 }
