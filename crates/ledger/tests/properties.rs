@@ -420,9 +420,9 @@ proptest! {
     }
 }
 
-#[test]
-fn merging_balance_folds_that_share_a_transaction_is_refused_and_changes_nothing() {
-    let accrual = Step {
+/// A 10.00 USD accrual to the first partner.
+fn usd_accrual() -> Step {
+    Step {
         kind: 0,
         partner: 0,
         program: 0,
@@ -432,7 +432,12 @@ fn merging_balance_folds_that_share_a_transaction_is_refused_and_changes_nothing
         other_amount_minor_units: 1000,
         negative: false,
         backdated_hours: 0,
-    };
+    }
+}
+
+#[test]
+fn merging_balance_folds_that_share_a_transaction_is_refused_and_changes_nothing() {
+    let accrual = usd_accrual();
     let log = history(&[accrual.clone(), accrual]);
     let (mut a, mut b) = (
         BalanceFold::new(AsOf::Latest),
@@ -453,17 +458,7 @@ fn merging_balance_folds_that_share_a_transaction_is_refused_and_changes_nothing
 #[test]
 fn a_balance_fold_refuses_a_disallowed_posting_a_repeated_or_an_out_of_order_transaction_and_keeps_its_balances(
 ) {
-    let accrual = Step {
-        kind: 0,
-        partner: 0,
-        program: 0,
-        currency: Currency::USD,
-        amount_minor_units: 1000,
-        other_currency: Currency::EUR,
-        other_amount_minor_units: 1000,
-        negative: false,
-        backdated_hours: 0,
-    };
+    let accrual = usd_accrual();
     let log = history(&[accrual.clone(), accrual.clone(), accrual]);
     let mut fold = BalanceFold::new(AsOf::Latest);
     fold.apply_recorded(&log[1]).unwrap();
