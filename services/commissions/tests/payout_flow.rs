@@ -801,8 +801,7 @@ async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_re
         let (whole, postings) = read(&copy);
         let (whole, postings) = (whole.unwrap_err(), postings.unwrap_err());
         assert!(
-            whole.contains("unknown currency numeric code 1")
-                || whole.contains("with an owner"),
+            whole.contains("unknown currency numeric code 1") || whole.contains("with an owner"),
             "{whole}"
         );
         assert!(
