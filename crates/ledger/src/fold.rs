@@ -179,24 +179,10 @@ impl BalanceFold {
         }
     }
 
-    /// True once nothing more can be inside the cut: the recording point was passed (log
-    /// positions and the latest `recorded_at` only grow), so a reader may stop.
-    pub fn past_recording_point(&self) -> bool {
-        match (
-            self.recording_point(),
-            self.last_position,
-            self.recorded_at_max,
-        ) {
-            (Some(RecordingPoint::Position(p)), Some(last), _) => last > p,
-            (Some(RecordingPoint::At(t)), _, Some(max)) => max > t,
-            _ => false,
-        }
-    }
-
     /// Adds a fold of other transactions of the same log for the same as-of point (a reader
-    /// folding partners' books on several cores, each in log order, and each given the log's
-    /// running latest `recorded_at` rather than its own): the result answers as one fold of
-    /// all of them would. A transaction id in both is refused, as [`BalanceFold::apply`]
+    /// folding partners' books on several cores, each in log order, and each given the running
+    /// latest `recorded_at` of all the transactions rather than of its own): the result answers
+    /// as one fold of all of them would. A transaction id in both is refused, as [`BalanceFold::apply`]
     /// refuses it, and leaves `self` unchanged.
     pub fn merge(&mut self, mut other: BalanceFold) -> Result<(), LedgerError> {
         debug_assert_eq!(self.as_of, other.as_of, "folds of different as-of points");

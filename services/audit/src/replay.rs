@@ -125,28 +125,17 @@ fn fold_postings_of(recorded: &RecordedEvent) -> Result<Vec<book_codec::Postings
         .collect())
 }
 
-/// Decodes a page's book events on every core (JSON decoding is nine tenths of a replay),
-/// keeping log order.
+/// Decodes a page's book events on every core (JSON decoding is nine tenths of a full
+/// replay), keeping log order.
 fn decode_page(events: &[RecordedEvent]) -> Result<Vec<RecordedTransaction>, AuditError> {
-    Ok(decode_parallel(events, postings_of)?
-        .into_iter()
-        .flatten()
-        .collect())
-}
-
-/// `decode` of every event on every core, in log order.
-fn decode_parallel<T: Send>(
-    events: &[RecordedEvent],
-    decode: fn(&RecordedEvent) -> Result<T, AuditError>,
-) -> Result<Vec<T>, AuditError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_DECODE_THREADS);
     let chunk = events.len().div_ceil(threads).max(1);
-    let decoded: Vec<Result<Vec<T>, AuditError>> = std::thread::scope(|s| {
+    let decoded: Vec<Result<Vec<Vec<RecordedTransaction>>, AuditError>> = std::thread::scope(|s| {
         let handles: Vec<_> = events
             .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(decode).collect()))
+            .map(|part| s.spawn(move || part.iter().map(postings_of).collect()))
             .collect();
         handles
             .into_iter()
@@ -159,7 +148,7 @@ fn decode_parallel<T: Send>(
     });
     let mut out = Vec::with_capacity(events.len());
     for part in decoded {
-        out.extend(part?);
+        out.extend(part?.into_iter().flatten());
     }
     Ok(out)
 }

@@ -470,8 +470,7 @@ fn account(a: Option<&pb::StoredAccount>, known: (&str, Currency)) -> Result<Acc
 fn account_of(kind: i32, owner: Option<Uuid>, currency: Currency) -> Result<Account, String> {
     use pb::StoredAccountKind as K;
     let stored = K::try_from(kind).map_err(|_| format!("unknown account kind {kind}"))?;
-    let owned =
-        || owner.ok_or_else(|| format!("a {} account without its owner", stored.as_str_name()));
+    let owned = || owner.ok_or_else(|| format!("a {stored:?} account without its owner"));
     Ok(match stored {
         K::PartnerPending => Account::PartnerPending {
             partner_id: owned()?,

@@ -737,20 +737,24 @@ async fn every_kind_of_book_event_is_stored_in_binary_and_reads_back_unchanged_a
     }
 }
 
-#[tokio::test]
-async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_read_as_another() {
-    use pl_commissions::book_codec;
-    use pl_proto::commissions::v1 as pb;
-    use prost::Message;
+/// A stored `ConversionAccrued`, as the service wrote it.
+async fn stored_accrual() -> pl_eventlog::RecordedEvent {
     let (w, _, _) = charged_back_after_payout().await;
-    let accrual = w
-        .store
+    w.store
         .read_all(0, 1000)
         .await
         .unwrap()
         .into_iter()
         .find(|r| r.event_type == "ConversionAccrued")
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_read_as_another() {
+    use pl_commissions::book_codec;
+    use pl_proto::commissions::v1 as pb;
+    use prost::Message;
+    let accrual = stored_accrual().await;
     let stored = pb::StoredBookEventV3::decode(accrual.data.clone()).unwrap();
     let read = |copy: &pb::StoredBookEventV3| {
         let r = pl_eventlog::RecordedEvent {
@@ -823,15 +827,7 @@ async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_re
 async fn a_book_event_of_a_nil_program_reads_back_unchanged() {
     use pl_commissions::book_codec;
     use pl_ledger::{Account, Transaction, Transfer};
-    let (w, _, _) = charged_back_after_payout().await;
-    let accrual = w
-        .store
-        .read_all(0, 1000)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|r| r.event_type == "ConversionAccrued")
-        .unwrap();
+    let accrual = stored_accrual().await;
     let mut event = book_codec::decode(&accrual).unwrap();
     let nil_program = |a: Account| match a {
         Account::CommissionExpense { currency, .. } => Account::CommissionExpense {
