@@ -121,6 +121,16 @@ impl NewEvent {
             metadata,
         })
     }
+
+    /// The bytes this event counts for against [`Limits::max_event_bytes`] and
+    /// [`Limits::max_append_bytes`] when appended to `stream`: what a caller splitting a long
+    /// batch into appends measures.
+    ///
+    /// [`Limits::max_event_bytes`]: crate::Limits::max_event_bytes
+    /// [`Limits::max_append_bytes`]: crate::Limits::max_append_bytes
+    pub fn encoded_bytes(&self, stream: &str) -> usize {
+        crate::codec::frame_len(stream, self)
+    }
 }
 
 /// An event as stored: the caller's fields plus what the store assigned.

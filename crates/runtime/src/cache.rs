@@ -222,6 +222,126 @@ impl<A: Aggregate> StateCache<A> {
     }
 }
 
+/// What [`StateCache::execute_many`] did: the caller's view of the state after all the
+/// commands, one per command in order, and how many events were appended.
+#[derive(Debug)]
+pub struct CachedBatch<R> {
+    pub views: Vec<R>,
+    pub appended: usize,
+    pub version: Option<u64>,
+}
+
+impl<A: Aggregate> StateCache<A> {
+    /// Several commands on one stream, decided one after another on the state each leaves, as
+    /// [`execute`](Self::execute) would one at a time, and appended together: one append per
+    /// the store's limits on events and bytes instead of one per command (on a busy stream the
+    /// append, its sync and its wake-ups are most of a command's cost). `views` are taken after
+    /// the last command. Each command's events get the ids of its own `CommandMeta`.
+    ///
+    /// All or nothing for the caller: on any failure (a domain error, a lost race, the store)
+    /// the cached state is dropped, so the next use replays the stream from the log and a
+    /// retry finds whatever part of the batch was appended (the decider is idempotent by its
+    /// own keys, as the cache requires).
+    pub async fn execute_many<R>(
+        &self,
+        store: &dyn EventStore,
+        stream: &str,
+        commands: &[(A::Command, CommandMeta)],
+        view: impl Fn(&A::State, usize) -> R,
+    ) -> Result<CachedBatch<R>, ExecuteError<A::Error>> {
+        let slot = self.slot(stream);
+        let mut slot = slot.lock().await;
+        let mut last_error = None;
+        for _ in 0..=MAX_CONFLICT_RETRIES {
+            match decide_and_append::<A>(store, stream, &mut slot, commands).await {
+                Ok(appended) => {
+                    return Ok(CachedBatch {
+                        views: (0..commands.len()).map(|i| view(&slot.state, i)).collect(),
+                        appended,
+                        version: slot.version,
+                    })
+                }
+                Err(e) => {
+                    // The state may hold decided events that never reached the log.
+                    slot.state = A::State::default();
+                    slot.version = None;
+                    match e {
+                        ExecuteError::Store(e) if e.is_conflict() => {
+                            tracing::debug!(
+                                stream,
+                                "batch append lost a concurrency race; reloading"
+                            );
+                            last_error = Some(e);
+                        }
+                        other => return Err(other),
+                    }
+                }
+            }
+        }
+        tracing::debug!(stream, error = ?last_error, "batch append kept losing races");
+        Err(ExecuteError::Conflict {
+            stream: stream.to_owned(),
+            retries: MAX_CONFLICT_RETRIES,
+        })
+    }
+}
+
+/// Catches `slot` up, decides every command on the state the ones before it leave (folding
+/// their events into `slot.state` as it goes) and appends the events in as few appends as the
+/// store's limits allow. Returns the events appended. On error `slot` is left inconsistent
+/// with the log; the caller drops it.
+async fn decide_and_append<A: Aggregate>(
+    store: &dyn EventStore,
+    stream: &str,
+    slot: &mut Slot<A::State>,
+    commands: &[(A::Command, CommandMeta)],
+) -> Result<usize, ExecuteError<A::Error>> {
+    catch_up::<A>(store, stream, slot, None).await?;
+    let mut new_events = Vec::new();
+    for (command, meta) in commands {
+        let events = A::decide(&slot.state, command).map_err(ExecuteError::Domain)?;
+        for (i, event) in events.iter().enumerate() {
+            let (event_type, data) =
+                encode_event(event).map_err(|e| ExecuteError::Decode(e.to_string()))?;
+            new_events.push(NewEvent {
+                id: meta.event_id(i),
+                event_type,
+                schema_version: event.schema_version(),
+                data,
+                metadata: meta.metadata(),
+            });
+        }
+        let state = std::mem::take(&mut slot.state);
+        slot.state = events.iter().fold(state, A::evolve);
+    }
+    let appended = new_events.len();
+    let limits = store.limits();
+    let mut rest = new_events.into_iter().peekable();
+    while rest.peek().is_some() {
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0_usize;
+        while let Some(next) = rest.peek() {
+            let bytes = next.encoded_bytes(stream);
+            let full = chunk.len() == limits.max_events_per_append
+                || (!chunk.is_empty() && chunk_bytes + bytes > limits.max_append_bytes);
+            if full {
+                break;
+            }
+            chunk_bytes += bytes;
+            chunk.extend(rest.next());
+        }
+        let expected = slot
+            .version
+            .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+        let result = store
+            .append(stream, expected, chunk)
+            .await
+            .map_err(ExecuteError::Store)?;
+        slot.version = Some(result.last_version);
+    }
+    Ok(appended)
+}
+
 /// Folds the events after `slot.version` into `slot.state`, one by one, so the slot stays
 /// consistent with its version even when a read or a decode fails half-way. Returns the
 /// events among them that `meta` appended.
@@ -263,7 +383,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use chrono::DateTime;
-    use pl_eventlog::MemoryLog;
+    use pl_eventlog::{Limits, MemoryLog};
     use serde::{Deserialize, Serialize};
     use uuid::Uuid;
 
@@ -419,5 +539,95 @@ mod tests {
         let mut keys = load::<Keys>(store.as_ref(), "k").await.unwrap().state;
         keys.sort_unstable();
         assert_eq!(keys, vec![0, 1, 2, 3, 4]);
+    }
+
+    async fn stored(log: &MemoryLog) -> Vec<(Uuid, bytes::Bytes)> {
+        log.read_stream("k", 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.id, e.data))
+            .collect()
+    }
+
+    fn batch(keys: &[u32], seed: u128) -> Vec<(u32, CommandMeta)> {
+        keys.iter()
+            .enumerate()
+            .map(|(i, key)| (*key, meta(seed + i as u128)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_writes_what_its_commands_would_one_at_a_time() {
+        let (batched, single) = (MemoryLog::default(), MemoryLog::default());
+        let cache = StateCache::<Keys>::default();
+        let commands = batch(&[3, 1, 3, 2], 10);
+        let done = cache
+            .execute_many(&batched, "k", &commands, |s, i| (s.len(), commands[i].0))
+            .await
+            .unwrap();
+        // The repeated key is decided on the state the first one left: nothing to add.
+        assert_eq!(done.appended, 3);
+        assert_eq!(done.version, Some(2));
+        assert_eq!(done.views, vec![(3, 3), (3, 1), (3, 3), (3, 2)]);
+        for (key, meta) in &commands {
+            execute::<Keys>(&single, "k", key, meta).await.unwrap();
+        }
+        assert_eq!(stored(&batched).await, stored(&single).await);
+    }
+
+    #[tokio::test]
+    async fn a_batch_longer_than_one_append_allows_lands_whole_and_in_order() {
+        let store = MemoryLog::new(Limits {
+            max_events_per_append: 2,
+            ..Limits::default()
+        });
+        let cache = StateCache::<Keys>::default();
+        let done = cache
+            .execute_many(&store, "k", &batch(&[5, 4, 3, 2, 1], 20), |_, _| ())
+            .await
+            .unwrap();
+        assert_eq!((done.appended, done.version), (5, Some(4)));
+        let state = load::<Keys>(&store, "k").await.unwrap().state;
+        assert_eq!(state, vec![5, 4, 3, 2, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_command_fails_the_batch_appends_nothing_and_the_cache_rereads_the_log() {
+        let store = MemoryLog::default();
+        let cache = StateCache::<Keys>::default();
+        cache
+            .execute_many(&store, "k", &batch(&[0, 1, 2, 3], 30), |_, _| ())
+            .await
+            .unwrap();
+        // The sixth distinct key is refused: the fifth, decided before it, is not written either.
+        let err = cache
+            .execute_many(&store, "k", &batch(&[4, 5], 40), |_, _| ())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExecuteError::Domain(TooMany)));
+        assert_eq!(store.stream_version("k").await.unwrap(), Some(3));
+        let (view, version) = cache.read(&store, "k", Clone::clone).await.unwrap();
+        assert_eq!((view, version), (vec![0, 1, 2, 3], Some(3)));
+    }
+
+    #[tokio::test]
+    async fn a_batch_retried_after_part_of_it_landed_appends_only_the_rest() {
+        let store = MemoryLog::default();
+        let cache = StateCache::<Keys>::default();
+        let commands = batch(&[7, 8, 9], 50);
+        // The first command landed earlier, through another path (or an earlier attempt).
+        execute::<Keys>(&store, "k", &commands[0].0, &commands[0].1)
+            .await
+            .unwrap();
+        let done = cache
+            .execute_many(&store, "k", &commands, |_, _| ())
+            .await
+            .unwrap();
+        assert_eq!((done.appended, done.version), (2, Some(2)));
+        assert_eq!(
+            load::<Keys>(&store, "k").await.unwrap().state,
+            vec![7, 8, 9]
+        );
     }
 }

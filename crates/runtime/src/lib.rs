@@ -16,7 +16,7 @@ pub mod request;
 pub mod server;
 
 pub use aggregate::{Aggregate, CommandMeta, DomainEvent, ExecuteError};
-pub use cache::StateCache;
+pub use cache::{CachedBatch, StateCache};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{ApiError, FieldViolation};
 pub use idempotency::IdempotencyKey;

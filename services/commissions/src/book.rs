@@ -489,13 +489,17 @@ impl Aggregate for Book {
                     return Ok(vec![]);
                 }
                 let plan_id = versions.first().map_or(Uuid::nil(), |v| v.plan_id);
-                let state = book
-                    .engine
-                    .get(&plan_id)
-                    .cloned()
-                    .unwrap_or_else(|| PartnerState::new(facts.partner_id, plan_id));
-                let version = select_version(versions, facts, &state)?;
-                let accrual = accrue(version, &state, facts)?;
+                // Borrowed, not cloned: a partner's state grows with its customers and periods.
+                let fresh;
+                let state = match book.engine.get(&plan_id) {
+                    Some(state) => state,
+                    None => {
+                        fresh = PartnerState::new(facts.partner_id, plan_id);
+                        &fresh
+                    }
+                };
+                let version = select_version(versions, facts, state)?;
+                let accrual = accrue(version, state, facts)?;
                 let mut transactions = Vec::new();
                 if let Some(own) = Self::own_amount(&accrual, &accrual.lines)? {
                     let first = accrual
