@@ -101,7 +101,6 @@ pub async fn on_conversion(
     c: &ConversionAttributed,
     trace: &BTreeMap<String, String>,
 ) -> Result<(), HandleError> {
-    let revenue = c.gross.or(c.net);
     // A conversion waits for a missing FX rate as a whole, before any partner's accrual: a
     // partial accrual would leave its follow-ups (overrides, the customer's credit, the
     // conversion's index that refunds look for) unwritten until the release.
@@ -111,94 +110,8 @@ pub async fn on_conversion(
     let mut credited = Vec::with_capacity(c.shares.len());
     let mut follow_ups: Vec<FollowUp<'_>> = Vec::new();
     for share in &c.shares {
-        let (assignment, _) = caches
-            .assignments
-            .read(store, &setup::assignment_stream(share.partner_id), |a| {
-                a.at(c.occurred_at).cloned()
-            })
-            .await
-            .map_err(outcome)?;
-        let Some(assignment) = assignment else {
-            tracing::warn!(partner_id = %share.partner_id, conversion_id = %c.conversion_id, "no plan assigned; nothing accrued");
+        let Some(command) = accrue_command(store, caches, event, c, share).await? else {
             continue;
-        };
-        let (versions, _) = caches
-            .plans
-            .read(store, &setup::plan_stream(assignment.plan_id), |p| {
-                p.0.clone()
-            })
-            .await
-            .map_err(outcome)?;
-        let mut upline = Vec::new();
-        let mut next = assignment.parent_partner_id;
-        while let Some(parent) = next {
-            if upline.len() == MAX_UPLINE || upline.contains(&parent) || parent == share.partner_id
-            {
-                break;
-            }
-            upline.push(parent);
-            (next, _) = caches
-                .assignments
-                .read(store, &setup::assignment_stream(parent), |a| {
-                    a.at(c.occurred_at).and_then(|a| a.parent_partner_id)
-                })
-                .await
-                .map_err(outcome)?;
-        }
-        let payout_currency = versions
-            .iter()
-            .filter(|v| v.effective_from <= c.occurred_at)
-            .max_by_key(|v| v.effective_from)
-            .map(|v| v.payout_currency);
-        let fx_rate = match (revenue.map(|m| m.currency()), payout_currency) {
-            (Some(from), Some(to)) if from != to => {
-                let date = c.occurred_at.date_naive();
-                let rate = fx_rate(store, caches, from, to, date).await?;
-                if rate.is_none() {
-                    // Checked for every share before the first accrual (below): a rate that
-                    // vanished since is a race to retry, never a partial accrual.
-                    return Err(HandleError::Retry(format!(
-                        "fx rate {}→{} of {date} not visible yet",
-                        from.code(),
-                        to.code()
-                    )));
-                }
-                rate
-            }
-            _ => None,
-        };
-        let facts = ConversionFacts {
-            conversion_id: c.conversion_id,
-            source_event_id: event.id,
-            kind: engine_kind(c.kind),
-            occurred_at: c.occurred_at,
-            customer_id: c.customer_id.clone(),
-            customer_country: c.customer_country.clone(),
-            products: c.products.clone(),
-            gross: c.gross,
-            net: c.net,
-            lots: c.lots,
-            reseller: match (c.list_price, c.partner_price) {
-                (Some(list_price), Some(partner_price)) => Some(ResellerPricing {
-                    list_price,
-                    partner_price,
-                    quantity: c.quantity.max(1),
-                }),
-                _ => None,
-            },
-            partner_id: share.partner_id,
-            partner_tier: assignment.partner_tier.clone(),
-            weight: share.weight,
-            upline,
-            fx_rate,
-        };
-        let command = BookCommand::Accrue {
-            program_id: c.program_id,
-            // The share's own campaign: in a multi-touch conversion each partner came through
-            // its own (the conversion-level campaign is the top touchpoint's).
-            campaign_id: share.campaign_id,
-            facts,
-            versions,
         };
         // What the rest of this message needs from the book after the accrual; the book's
         // lock is released before other books are written (an override may go to a partner
@@ -210,57 +123,17 @@ pub async fn on_conversion(
                 &book::stream(share.partner_id),
                 &command,
                 &meta(event, &format!("accrue:{}", share.partner_id), trace),
-                |b| {
-                    b.accruals.get(&c.conversion_id).map(|(accrual, _)| {
-                        let hold_days = b
-                            .entries
-                            .get(&(c.conversion_id, book::EntryKey::Own))
-                            .map_or(0, |e| e.hold_days);
-                        (accrual.plan_id, accrual.lines.clone(), hold_days)
-                    })
-                },
+                |b| accrued_view(b, c.conversion_id),
             )
             .await
             .map_err(book_outcome)?;
         credited.push(share.partner_id);
-        let Some((plan_id, lines, hold_days)) = done.view else {
+        let Some(view) = done.view else {
             continue;
         };
-        // Remember who earns on this customer, under which plan, so a churn finds them.
-        let credit = CustomerCredit {
-            program_id: c.program_id,
-            customer_id: c.customer_id.clone(),
-            partner_id: share.partner_id,
-            plan_id,
-        };
-        let customer_meta = meta(event, &format!("customer:{}", share.partner_id), trace);
-        follow_ups.push(Box::pin(async move {
-            execute::<CustomerIndex>(
-                store,
-                &setup::customer_stream(c.program_id, &c.customer_id),
-                &credit,
-                &customer_meta,
-            )
-            .await
-            .map(|_| ())
-            .map_err(outcome)
-        }));
-        for line in lines {
-            let LineKind::Override { level } = line.kind else {
-                continue;
-            };
-            let purpose = format!("override:{}:{}:{level}", share.partner_id, line.partner_id);
-            let override_meta = meta(event, &purpose, trace);
-            let stream = book::stream(line.partner_id);
-            let command = BookCommand::AccrueOverride {
-                program_id: c.program_id,
-                conversion_id: c.conversion_id,
-                from_partner: share.partner_id,
-                occurred_at: c.occurred_at,
-                hold_days,
-                line,
-                source_event_id: event.id,
-            };
+        let (credit, overrides) = follow_from(event, c, share.partner_id, view, trace);
+        follow_ups.push(Box::pin(record_customer_credits(store, vec![credit])));
+        for (stream, command, override_meta) in overrides {
             follow_ups.push(Box::pin(async move {
                 caches
                     .books
@@ -271,24 +144,7 @@ pub async fn on_conversion(
             }));
         }
     }
-    let index = Accrued {
-        conversion_id: c.conversion_id,
-        program_id: c.program_id,
-        partners: credited,
-        revenue,
-    };
-    let index_meta = meta(event, "index", trace);
-    follow_ups.push(Box::pin(async move {
-        execute::<ConversionIndex>(
-            store,
-            &setup::accrued_stream(c.conversion_id),
-            &index,
-            &index_meta,
-        )
-        .await
-        .map(|_| ())
-        .map_err(outcome)
-    }));
+    follow_ups.push(Box::pin(record_index(store, event, c, credited, trace)));
     // The own accruals are in; the writes that follow from them touch distinct streams and go
     // to the log together (one group commit instead of one each). Each is idempotent, so a
     // failure of any retries the message and repeats only what is missing.
@@ -298,6 +154,342 @@ pub async fn on_conversion(
     // (a spare wake-up: the waiter reads the log again and finds the same answer).
     caches.visible.accrued(c.conversion_id);
     apply_pending_reversals(store, caches, c.conversion_id, trace).await
+}
+
+/// A run of attributed conversions (consecutive messages of one ordering key) accrued as
+/// [`on_conversion`] would one after another, with the same events under the same ids, but
+/// one append per book instead of one per accrual: every book's accruals of the run are
+/// decided in run order on the state the earlier ones leave and appended together, then the
+/// overrides (per upline book, likewise), the customers' credits and the conversions' indexes
+/// go to the log together. Under load this is most of an accrual's cost saved (an append, its
+/// sync and its wake-ups cost more than deciding). A book's own accruals and the overrides it
+/// receives may land in another order than one at a time; neither reads what the other
+/// writes (an override changes no engine state), so the amounts are the same.
+///
+/// All or nothing for the caller: on an error, some of the run may be written; handling its
+/// messages again one by one (what [`crate::consumer::handle_batch`] does) completes it, each
+/// write being idempotent.
+pub async fn on_conversions(
+    store: &dyn EventStore,
+    caches: &Caches,
+    run: &[(
+        IntegrationEvent,
+        ConversionAttributed,
+        BTreeMap<String, String>,
+    )],
+) -> Result<(), HandleError> {
+    // Conversions missing an FX rate wait as a whole, as one at a time (see `on_conversion`).
+    let mut ready = Vec::with_capacity(run.len());
+    for (event, c, trace) in run {
+        match first_missing_rate(store, caches, event, c).await? {
+            Some(waiting) => park(store, caches, waiting, trace).await?,
+            None => ready.push((event, c, trace)),
+        }
+    }
+    // Own accruals, grouped by book in run order.
+    let mut books = Grouped::default();
+    for &(event, c, trace) in &ready {
+        for share in &c.shares {
+            let Some(command) = accrue_command(store, caches, event, c, share).await? else {
+                continue;
+            };
+            let own_meta = meta(event, &format!("accrue:{}", share.partner_id), trace);
+            books.push(
+                book::stream(share.partner_id),
+                ((command, own_meta), (c.conversion_id, share.partner_id)),
+            );
+        }
+    }
+    let accrued = futures::future::try_join_all(books.groups.iter().map(|(stream, items)| {
+        let commands: Vec<(BookCommand, CommandMeta)> =
+            items.iter().map(|(command, _)| command.clone()).collect();
+        async move {
+            let done = caches
+                .books
+                .execute_many(store, stream, &commands, |b, i| {
+                    accrued_view(b, items[i].1 .0)
+                })
+                .await
+                .map_err(book_outcome)?;
+            Ok::<_, HandleError>(done.views)
+        }
+    }))
+    .await?;
+    // Who was credited on each conversion, in share order, and what each accrual implies.
+    let mut views: std::collections::HashMap<(Uuid, Uuid), Option<AccruedView>> =
+        std::collections::HashMap::new();
+    for ((_, items), group_views) in books.groups.iter().zip(accrued) {
+        for ((_, key), view) in items.iter().zip(group_views) {
+            views.insert(*key, view);
+        }
+    }
+    let mut upline_books = Grouped::default();
+    let mut customers = Grouped::default();
+    let mut indexes = Vec::with_capacity(ready.len());
+    for &(event, c, trace) in &ready {
+        let mut credited = Vec::with_capacity(c.shares.len());
+        for share in &c.shares {
+            let Some(view) = views.get_mut(&(c.conversion_id, share.partner_id)) else {
+                continue;
+            };
+            credited.push(share.partner_id);
+            let Some(view) = view.take() else { continue };
+            let (credit, overrides) = follow_from(event, c, share.partner_id, view, trace);
+            customers.push(setup::customer_stream(c.program_id, &c.customer_id), credit);
+            for (stream, command, override_meta) in overrides {
+                upline_books.push(stream, (command, override_meta));
+            }
+        }
+        indexes.push(record_index(store, event, c, credited, trace));
+    }
+    let mut follow_ups: Vec<FollowUp<'_>> = Vec::new();
+    for (stream, commands) in upline_books.groups {
+        follow_ups.push(Box::pin(async move {
+            caches
+                .books
+                .execute_many(store, &stream, &commands, |_, _| ())
+                .await
+                .map(|_| ())
+                .map_err(book_outcome)
+        }));
+    }
+    for (_, credits) in customers.groups {
+        follow_ups.push(Box::pin(record_customer_credits(store, credits)));
+    }
+    follow_ups.extend(indexes.into_iter().map(|f| Box::pin(f) as FollowUp<'_>));
+    futures::future::try_join_all(follow_ups).await?;
+    for &(_, c, trace) in &ready {
+        caches.visible.accrued(c.conversion_id);
+        apply_pending_reversals(store, caches, c.conversion_id, trace).await?;
+    }
+    Ok(())
+}
+
+/// Items grouped by stream, streams and items each in first-seen order.
+struct Grouped<T> {
+    groups: Vec<(String, Vec<T>)>,
+    at: std::collections::HashMap<String, usize>,
+}
+
+impl<T> Default for Grouped<T> {
+    fn default() -> Self {
+        Self {
+            groups: Vec::new(),
+            at: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<T> Grouped<T> {
+    fn push(&mut self, stream: String, item: T) {
+        match self.at.get(&stream) {
+            Some(&i) => self.groups[i].1.push(item),
+            None => {
+                self.at.insert(stream.clone(), self.groups.len());
+                self.groups.push((stream, vec![item]));
+            }
+        }
+    }
+}
+
+/// What the writes after an accrual need from the book: the plan that paid, the lines (the
+/// overrides among them go to the upline) and the hold the overrides inherit.
+type AccruedView = (Uuid, Vec<pl_commission_engine::AccrualLine>, u32);
+
+fn accrued_view(b: &Book, conversion_id: Uuid) -> Option<AccruedView> {
+    b.accruals.get(&conversion_id).map(|(accrual, _)| {
+        let hold_days = b
+            .entries
+            .get(&(conversion_id, book::EntryKey::Own))
+            .map_or(0, |e| e.hold_days);
+        (accrual.plan_id, accrual.lines.clone(), hold_days)
+    })
+}
+
+/// A credited partner's accrual command: its plan and upline as of the conversion, and the FX
+/// rate when the plan pays in another currency. `None` when no plan is assigned to it then
+/// (nothing accrues; logged).
+async fn accrue_command(
+    store: &dyn EventStore,
+    caches: &Caches,
+    event: &IntegrationEvent,
+    c: &ConversionAttributed,
+    share: &crate::contract::PartnerShare,
+) -> Result<Option<BookCommand>, HandleError> {
+    let revenue = c.gross.or(c.net);
+    let (assignment, _) = caches
+        .assignments
+        .read(store, &setup::assignment_stream(share.partner_id), |a| {
+            a.at(c.occurred_at).cloned()
+        })
+        .await
+        .map_err(outcome)?;
+    let Some(assignment) = assignment else {
+        tracing::warn!(partner_id = %share.partner_id, conversion_id = %c.conversion_id, "no plan assigned; nothing accrued");
+        return Ok(None);
+    };
+    let (versions, _) = caches
+        .plans
+        .read(store, &setup::plan_stream(assignment.plan_id), |p| {
+            p.0.clone()
+        })
+        .await
+        .map_err(outcome)?;
+    let mut upline = Vec::new();
+    let mut next = assignment.parent_partner_id;
+    while let Some(parent) = next {
+        if upline.len() == MAX_UPLINE || upline.contains(&parent) || parent == share.partner_id {
+            break;
+        }
+        upline.push(parent);
+        (next, _) = caches
+            .assignments
+            .read(store, &setup::assignment_stream(parent), |a| {
+                a.at(c.occurred_at).and_then(|a| a.parent_partner_id)
+            })
+            .await
+            .map_err(outcome)?;
+    }
+    let payout_currency = versions
+        .iter()
+        .filter(|v| v.effective_from <= c.occurred_at)
+        .max_by_key(|v| v.effective_from)
+        .map(|v| v.payout_currency);
+    let fx_rate = match (revenue.map(|m| m.currency()), payout_currency) {
+        (Some(from), Some(to)) if from != to => {
+            let date = c.occurred_at.date_naive();
+            let rate = fx_rate(store, caches, from, to, date).await?;
+            if rate.is_none() {
+                // Checked for every share before the first accrual: a rate that vanished
+                // since is a race to retry, never a partial accrual.
+                return Err(HandleError::Retry(format!(
+                    "fx rate {}→{} of {date} not visible yet",
+                    from.code(),
+                    to.code()
+                )));
+            }
+            rate
+        }
+        _ => None,
+    };
+    let facts = ConversionFacts {
+        conversion_id: c.conversion_id,
+        source_event_id: event.id,
+        kind: engine_kind(c.kind),
+        occurred_at: c.occurred_at,
+        customer_id: c.customer_id.clone(),
+        customer_country: c.customer_country.clone(),
+        products: c.products.clone(),
+        gross: c.gross,
+        net: c.net,
+        lots: c.lots,
+        reseller: match (c.list_price, c.partner_price) {
+            (Some(list_price), Some(partner_price)) => Some(ResellerPricing {
+                list_price,
+                partner_price,
+                quantity: c.quantity.max(1),
+            }),
+            _ => None,
+        },
+        partner_id: share.partner_id,
+        partner_tier: assignment.partner_tier.clone(),
+        weight: share.weight,
+        upline,
+        fx_rate,
+    };
+    Ok(Some(BookCommand::Accrue {
+        program_id: c.program_id,
+        // The share's own campaign: in a multi-touch conversion each partner came through its
+        // own (the conversion-level campaign is the top touchpoint's).
+        campaign_id: share.campaign_id,
+        facts,
+        versions,
+    }))
+}
+
+/// What follows from one partner's accrual: its credit on the customer (so a churn finds who
+/// earns on it, under which plan) and one override command per upline line, each with its
+/// book stream and meta.
+fn follow_from(
+    event: &IntegrationEvent,
+    c: &ConversionAttributed,
+    partner_id: Uuid,
+    (plan_id, lines, hold_days): AccruedView,
+    trace: &BTreeMap<String, String>,
+) -> (
+    (CustomerCredit, CommandMeta),
+    Vec<(String, BookCommand, CommandMeta)>,
+) {
+    let credit = CustomerCredit {
+        program_id: c.program_id,
+        customer_id: c.customer_id.clone(),
+        partner_id,
+        plan_id,
+    };
+    let customer_meta = meta(event, &format!("customer:{partner_id}"), trace);
+    let mut overrides = Vec::new();
+    for line in lines {
+        let LineKind::Override { level } = line.kind else {
+            continue;
+        };
+        let purpose = format!("override:{partner_id}:{}:{level}", line.partner_id);
+        let override_meta = meta(event, &purpose, trace);
+        let stream = book::stream(line.partner_id);
+        let command = BookCommand::AccrueOverride {
+            program_id: c.program_id,
+            conversion_id: c.conversion_id,
+            from_partner: partner_id,
+            occurred_at: c.occurred_at,
+            hold_days,
+            line,
+            source_event_id: event.id,
+        };
+        overrides.push((stream, command, override_meta));
+    }
+    ((credit, customer_meta), overrides)
+}
+
+/// Records partners' credits on one customer, in order (they share the customer's stream).
+async fn record_customer_credits(
+    store: &dyn EventStore,
+    credits: Vec<(CustomerCredit, CommandMeta)>,
+) -> Result<(), HandleError> {
+    for (credit, credit_meta) in credits {
+        execute::<CustomerIndex>(
+            store,
+            &setup::customer_stream(credit.program_id, &credit.customer_id),
+            &credit,
+            &credit_meta,
+        )
+        .await
+        .map_err(outcome)?;
+    }
+    Ok(())
+}
+
+/// Records who was credited on a conversion (what refunds and `GetConversionAccrual` read).
+async fn record_index(
+    store: &dyn EventStore,
+    event: &IntegrationEvent,
+    c: &ConversionAttributed,
+    partners: Vec<Uuid>,
+    trace: &BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    let index = Accrued {
+        conversion_id: c.conversion_id,
+        program_id: c.program_id,
+        partners,
+        revenue: c.gross.or(c.net),
+    };
+    execute::<ConversionIndex>(
+        store,
+        &setup::accrued_stream(c.conversion_id),
+        &index,
+        &meta(event, "index", trace),
+    )
+    .await
+    .map(|_| ())
+    .map_err(outcome)
 }
 
 /// Parks a refund, chargeback or rejection of a conversion not accrued yet. If the accrual

@@ -199,6 +199,85 @@ pub async fn handle(
     .await
 }
 
+/// Messages one call of [`handle_batch`] takes at most: bounds what one batch holds in memory
+/// and how many commands one book decides before its append.
+pub const MAX_BATCH: usize = 256;
+
+/// Handles messages of one ordering key, in delivery order, as [`handle`] would one at a time,
+/// with one outcome per message. Runs of `ConversionAttributed` are accrued together
+/// ([`accruals::on_conversions`]: one append per book instead of one per accrual); when such a
+/// run fails, its messages are handled again one by one, so each gets its own outcome. The
+/// first message that asks to be retried ends the batch: it and every message after it get
+/// `Retry` (those were not attempted), so a runner retrying from there keeps the key's order.
+pub async fn handle_batch(
+    store: &dyn EventStore,
+    caches: &Caches,
+    messages: Vec<Message>,
+) -> Vec<Result<(), HandleError>> {
+    let mut outcomes: Vec<Result<(), HandleError>> = Vec::with_capacity(messages.len());
+    let mut at = 0;
+    while at < messages.len() {
+        let run: Vec<_> = messages[at..]
+            .iter()
+            .take(MAX_BATCH)
+            .map_while(conversion)
+            .collect();
+        if run.len() > 1 {
+            let span = tracing::info_span!("consume_batch", conversions = run.len());
+            match accruals::on_conversions(store, caches, &run)
+                .instrument(span)
+                .await
+            {
+                Ok(()) => {
+                    outcomes.extend(run.iter().map(|_| Ok(())));
+                    at += run.len();
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, conversions = run.len(), "batched accruals failed; handling them one by one");
+                }
+            }
+        }
+        for message in &messages[at..at + run.len().max(1)] {
+            let outcome = handle(store, caches, message.clone()).await;
+            let retry = matches!(outcome, Err(HandleError::Retry(_)));
+            outcomes.push(outcome);
+            if retry {
+                let rest = messages.len() - outcomes.len();
+                outcomes.extend((0..rest).map(|_| {
+                    Err(HandleError::Retry(
+                        "not attempted: an earlier message of its key is retried first".into(),
+                    ))
+                }));
+                return outcomes;
+            }
+        }
+        at += run.len().max(1);
+    }
+    outcomes
+}
+
+/// A message that is an attributed conversion, parsed, with the trace context its events carry
+/// (its own span's, child of the producer's); `None` for anything else or anything broken,
+/// which [`handle`] then answers precisely.
+fn conversion(
+    message: &Message,
+) -> Option<(
+    IntegrationEvent,
+    ConversionAttributed,
+    BTreeMap<String, String>,
+)> {
+    let event = IntegrationEvent::from_message(message).ok()?;
+    if event.event_type != "ConversionAttributed" {
+        return None;
+    }
+    let c = ConversionAttributed::parse(event.data.get()).ok()?;
+    let span = tracing::info_span!("consume", event_type = %event.event_type, event_id = %event.id);
+    pl_telemetry::set_parent(&span, &message.headers);
+    let trace_context = pl_telemetry::inject(&span);
+    Some((event, c, trace_context))
+}
+
 async fn open_account(
     store: &dyn EventStore,
     event: &IntegrationEvent,

@@ -104,7 +104,10 @@ struct World {
 }
 
 async fn world() -> World {
-    let store: SharedStore = Arc::new(MemoryLog::default());
+    world_on(Arc::new(MemoryLog::default())).await
+}
+
+async fn world_on(store: SharedStore) -> World {
     let api = CommissionsService::new(store.clone(), Arc::new(FixedClock::at(at(1, 1))));
     api.publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
         context: ctx("plan-1"),
@@ -1243,4 +1246,260 @@ async fn a_wait_beyond_the_table_of_waiting_callers_is_refused_as_exhausted() {
     );
     drop(waits);
     assert!(w.api.caches().visible.is_empty());
+}
+
+// ----- batches: what the bus's lanes hand over when messages queue up ----------------------------
+
+/// A conversion of `gross` USD by `customer`, credited to `shares` (partner, weight).
+fn conversion(
+    conversion: u128,
+    customer: &str,
+    gross: &str,
+    shares: &[(Uuid, &str)],
+) -> serde_json::Value {
+    let shares: Vec<_> = shares
+        .iter()
+        .map(|(partner, weight)| serde_json::json!({ "partner_id": partner, "weight": weight }))
+        .collect();
+    serde_json::json!({
+        "conversion_id": Uuid::from_u128(conversion), "program_id": PROGRAM,
+        "kind": "CONVERSION_KIND_SALE", "customer_id": customer,
+        "gross": { "amount": gross, "currency": "USD" }, "occurred_at": at(1, 10),
+        "shares": shares,
+    })
+}
+
+fn refund(id: u128, refund: u128, conversion: u128, amount: &str) -> Message {
+    let data = serde_json::json!({
+        "refund_id": Uuid::from_u128(refund), "conversion_id": Uuid::from_u128(conversion),
+        "amount": { "amount": amount, "currency": "USD" }, "occurred_at": at(1, 12),
+    });
+    message(id, "ConversionRefunded", data, at(1, 12))
+}
+
+/// Counts appends, and fails those to one stream while `failing` is set (a store outage).
+#[derive(Debug)]
+struct Flaky {
+    inner: MemoryLog,
+    appends: std::sync::atomic::AtomicUsize,
+    failing: std::sync::Mutex<Option<String>>,
+}
+
+#[async_trait::async_trait]
+impl pl_eventlog::EventStore for Flaky {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: pl_eventlog::ExpectedVersion,
+        events: Vec<pl_eventlog::NewEvent>,
+    ) -> Result<pl_eventlog::AppendResult, pl_eventlog::LogError> {
+        if self.failing.lock().unwrap().as_deref() == Some(stream) {
+            return Err(pl_eventlog::LogError::Closed);
+        }
+        self.appends
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<pl_eventlog::RecordedEvent>, pl_eventlog::LogError> {
+        self.inner.read_stream(stream, from_version, limit).await
+    }
+    async fn read_all(
+        &self,
+        from_position: u64,
+        limit: usize,
+    ) -> Result<Vec<pl_eventlog::RecordedEvent>, pl_eventlog::LogError> {
+        self.inner.read_all(from_position, limit).await
+    }
+    async fn stream_version(&self, stream: &str) -> Result<Option<u64>, pl_eventlog::LogError> {
+        self.inner.stream_version(stream).await
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.watch_head()
+    }
+    fn limits(&self) -> pl_eventlog::Limits {
+        self.inner.limits()
+    }
+}
+
+fn flaky() -> Arc<Flaky> {
+    Arc::new(Flaky {
+        inner: MemoryLog::default(),
+        appends: std::sync::atomic::AtomicUsize::new(0),
+        failing: std::sync::Mutex::new(None),
+    })
+}
+
+/// Every event written, per stream, sorted by id: (id, type, data).
+async fn written(
+    store: &dyn pl_eventlog::EventStore,
+) -> BTreeMap<String, Vec<(Uuid, String, bytes::Bytes)>> {
+    let mut out: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for e in store.read_all(0, 100_000).await.unwrap() {
+        out.entry(e.stream.clone())
+            .or_default()
+            .push((e.id, e.event_type.clone(), e.data.clone()));
+    }
+    for events in out.values_mut() {
+        events.sort();
+    }
+    out
+}
+
+const NO_PLAN: Uuid = Uuid::from_u128(0xdd);
+
+/// Sales of the partner, its parent's own sale, a conversion shared by both, a redelivery, a
+/// refund between conversions, a partner without a plan, and a refund that arrives before
+/// its conversion.
+fn mixed_messages() -> Vec<Message> {
+    let sale_of = |id: u128, conv: u128, customer: &str, gross: &str, shares: &[(Uuid, &str)]| {
+        message(
+            id,
+            "ConversionAttributed",
+            conversion(conv, customer, gross, shares),
+            at(1, 10),
+        )
+    };
+    vec![
+        sale_of(1, 100, "cust-1", "100.00", &[(PARTNER, "1")]),
+        sale_of(2, 101, "cust-2", "50.00", &[(PARENT, "1")]),
+        sale_of(
+            3,
+            102,
+            "cust-3",
+            "80.00",
+            &[(PARTNER, "0.5"), (PARENT, "0.5")],
+        ),
+        sale_of(1, 100, "cust-1", "100.00", &[(PARTNER, "1")]),
+        refund(4, 900, 100, "25.00"),
+        sale_of(5, 103, "cust-1", "40.00", &[(PARTNER, "1")]),
+        sale_of(6, 104, "cust-4", "10.00", &[(NO_PLAN, "1")]),
+        refund(7, 901, 105, "30.00"),
+        sale_of(8, 105, "cust-5", "60.00", &[(PARTNER, "1")]),
+        sale_of(9, 106, "cust-5", "20.00", &[(PARTNER, "1")]),
+    ]
+}
+
+#[tokio::test]
+async fn a_batch_of_messages_writes_exactly_what_they_write_one_at_a_time_in_fewer_appends() {
+    let (one_by_one, batched) = (flaky(), flaky());
+    let single = world_on(one_by_one.clone()).await;
+    let batch = world_on(batched.clone()).await;
+    let before = (
+        one_by_one
+            .appends
+            .load(std::sync::atomic::Ordering::Relaxed),
+        batched.appends.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    for m in mixed_messages() {
+        single.consume(m).await.unwrap();
+    }
+    let outcomes = pl_commissions::consumer::handle_batch(
+        batch.store.as_ref(),
+        &batch.api.caches(),
+        mixed_messages(),
+    )
+    .await;
+    assert_eq!(outcomes, vec![Ok(()); 10]);
+    assert_eq!(
+        written(one_by_one.as_ref()).await,
+        written(batched.as_ref()).await
+    );
+    // 10% of 100 less a quarter, of half of 80, of 40, of 60 less half, of 20.
+    assert_eq!(
+        batch.balances(PARTNER, None).await,
+        ("20.50".into(), "0.00".into())
+    );
+    assert_eq!(
+        batch.balances(PARTNER, None).await,
+        single.balances(PARTNER, None).await
+    );
+    assert_eq!(
+        batch.balances(PARENT, None).await,
+        single.balances(PARENT, None).await
+    );
+    let appends = (
+        one_by_one
+            .appends
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before.0,
+        batched.appends.load(std::sync::atomic::Ordering::Relaxed) - before.1,
+    );
+    assert!(
+        appends.1 < appends.0,
+        "appends one by one / batched: {appends:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_message_in_a_batch_is_refused_alone_and_the_rest_accrues() {
+    let w = world().await;
+    let mut messages = mixed_messages();
+    messages[1] = message(
+        2,
+        "ConversionAttributed",
+        serde_json::json!({ "conversion_id": "x" }),
+        at(1, 10),
+    );
+    let outcomes =
+        pl_commissions::consumer::handle_batch(w.store.as_ref(), &w.api.caches(), messages).await;
+    assert!(
+        matches!(outcomes[1], Err(HandleError::Permanent(_))),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .enumerate()
+            .all(|(i, o)| i == 1 || o.is_ok()),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("20.50".into(), "0.00".into())
+    );
+}
+
+#[tokio::test]
+async fn a_message_to_retry_ends_the_batch_and_a_retry_from_there_completes_it_once() {
+    let store = flaky();
+    let w = world_on(store.clone()).await;
+    // The store refuses writes to the index of the third conversion: the batch cannot finish.
+    *store.failing.lock().unwrap() = Some(format!("accrued-{}", Uuid::from_u128(102)));
+    let outcomes =
+        pl_commissions::consumer::handle_batch(w.store.as_ref(), &w.api.caches(), mixed_messages())
+            .await;
+    assert_eq!(outcomes[..2], [Ok(()), Ok(())]);
+    assert!(
+        outcomes[2..]
+            .iter()
+            .all(|o| matches!(o, Err(HandleError::Retry(_)))),
+        "{outcomes:?}"
+    );
+    *store.failing.lock().unwrap() = None;
+    let rest = pl_commissions::consumer::handle_batch(
+        w.store.as_ref(),
+        &w.api.caches(),
+        mixed_messages().split_off(2),
+    )
+    .await;
+    assert_eq!(rest, vec![Ok(()); 8]);
+    let reference = world().await;
+    for m in mixed_messages() {
+        reference.consume(m).await.unwrap();
+    }
+    for partner in [PARTNER, PARENT] {
+        assert_eq!(
+            w.balances(partner, None).await,
+            reference.balances(partner, None).await
+        );
+    }
+    assert_eq!(
+        written(store.as_ref()).await,
+        written(reference.store.as_ref()).await
+    );
 }
