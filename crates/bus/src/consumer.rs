@@ -130,7 +130,6 @@ async fn handle_one<H, Fut>(
     Fut: Future<Output = Result<(), HandleError>> + Send,
 {
     let message_id = delivery.message.id;
-    let delivered_count = delivery.delivered_count;
     let mut attempt = 0;
     let outcome = loop {
         let outcome = tokio::time::timeout(
@@ -149,6 +148,17 @@ async fn handle_one<H, Fut>(
             other => break other,
         }
     };
+    settle(delivery, outcome, config).await;
+}
+
+/// Acks, naks with backoff or dead-letters one delivery according to its handler's outcome.
+async fn settle(
+    delivery: crate::port::Delivery,
+    outcome: Result<(), HandleError>,
+    config: &RunnerConfig,
+) {
+    let message_id = delivery.message.id;
+    let delivered_count = delivery.delivered_count;
     let settled = match outcome {
         Ok(()) => delivery.ack().await,
         Err(HandleError::Retry(reason)) => {
@@ -164,6 +174,59 @@ async fn handle_one<H, Fut>(
     }
 }
 
+/// Runs the batch handler on deliveries of one key, in order, and settles each: the outcomes
+/// before the first `Retry` are settled at once; from the first `Retry` on, the rest is handed
+/// to the handler again after a backoff (the messages behind a retried one wait, as one at a
+/// time). After `retries_in_place` such rounds the failing message is nak'ed and the rest goes
+/// on. A batch still running after the handler timeout counts as a `Retry` of its first message.
+async fn handle_in_order<H, Fut>(
+    deliveries: Vec<crate::port::Delivery>,
+    handler: &mut H,
+    config: &RunnerConfig,
+    retries_in_place: u32,
+) where
+    H: FnMut(Vec<Message>) -> Fut + Send,
+    Fut: Future<Output = Vec<Result<(), HandleError>>> + Send,
+{
+    let mut pending = std::collections::VecDeque::from(deliveries);
+    let mut attempt = 0;
+    while !pending.is_empty() {
+        let messages: Vec<Message> = pending.iter().map(|d| d.message.clone()).collect();
+        let outcomes = tokio::time::timeout(
+            Duration::from_millis(config.handler_timeout_ms),
+            handler(messages),
+        )
+        .await
+        .unwrap_or_else(|_| vec![Err(HandleError::Retry("handler timed out".to_owned()))]);
+        let mut outcomes = outcomes.into_iter();
+        while let Some(delivery) = pending.pop_front() {
+            // A handler that answered for fewer messages did not attempt the rest.
+            let outcome = outcomes
+                .next()
+                .unwrap_or_else(|| Err(HandleError::Retry("not attempted".to_owned())));
+            match outcome {
+                Err(HandleError::Retry(reason)) if attempt < retries_in_place => {
+                    attempt += 1;
+                    let delay_ms = retry_delay_ms(config, attempt);
+                    tracing::debug!(message_id = %delivery.message.id, attempt, delay_ms, reason, "retrying in place");
+                    pending.push_front(delivery);
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    break;
+                }
+                Err(HandleError::Retry(reason)) => {
+                    attempt = 0;
+                    settle(delivery, Err(HandleError::Retry(reason)), config).await;
+                    break;
+                }
+                settled => {
+                    attempt = 0;
+                    settle(delivery, settled, config).await;
+                }
+            }
+        }
+    }
+}
+
 /// `Retry` outcomes a lane of [`run_consumer_keyed`] retries in place before it naks (the
 /// backoff doubles from `retry_backoff_min_ms`: 1.5 s in all with the defaults).
 const RETRIES_IN_PLACE: u32 = 4;
@@ -176,6 +239,8 @@ const LANE_DEPTH: usize = 8;
 const MAX_HELD_BACK: usize = 4096;
 /// Lanes of [`run_consumer_keyed`] at most.
 pub const MAX_LANES: usize = 256;
+/// Messages one lane of [`run_consumer_batched`] hands its handler at once, at most.
+pub const MAX_BATCH: usize = 1024;
 
 /// Like [`run_consumer_with`], with up to `lanes` messages in progress at once: messages whose
 /// `key_of` is equal are handled one at a time in delivery order, others concurrently; a
@@ -187,7 +252,7 @@ pub const MAX_LANES: usize = 256;
 /// optimistic concurrency makes a command handler so). On `shutdown` each lane finishes the
 /// message in hand; queued ones are left unsettled and come back after the ack wait.
 pub async fn run_consumer_keyed<K, H, Fut>(
-    mut consumer: Box<dyn Consumer>,
+    consumer: Box<dyn Consumer>,
     key_of: K,
     handler: H,
     shutdown: CancellationToken,
@@ -199,16 +264,60 @@ where
     H: FnMut(Message) -> Fut + Send + Clone + 'static,
     Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
 {
+    // Batches of one: the handler's outcome is the message's.
+    let one_at_a_time = move |messages: Vec<Message>| {
+        let mut handler = handler.clone();
+        async move {
+            let mut outcomes = Vec::with_capacity(messages.len());
+            for message in messages {
+                let outcome = handler(message).await;
+                let retry = matches!(outcome, Err(HandleError::Retry(_)));
+                outcomes.push(outcome);
+                if retry {
+                    break;
+                }
+            }
+            outcomes
+        }
+    };
+    run_consumer_batched(consumer, key_of, one_at_a_time, shutdown, config, lanes, 1).await
+}
+
+/// [`run_consumer_keyed`] whose lanes hand the handler every message of theirs that is queued,
+/// up to `max_batch`, at once: under load a handler can then do for many messages what it
+/// would do for each (one append per stream instead of one per message), and the batches grow
+/// with the queue, as a group commit does. The handler answers one outcome per message, in
+/// order, as if it had handled them one at a time: the outcomes before the first `Retry` are
+/// settled; that message and the ones after it are handed over again after a backoff (a
+/// handler stops at the first `Retry`, or returns fewer outcomes: the missing ones count as
+/// not attempted). After the retries in place, the failing message is nak'ed and the rest
+/// goes on.
+pub async fn run_consumer_batched<K, H, Fut>(
+    mut consumer: Box<dyn Consumer>,
+    key_of: K,
+    handler: H,
+    shutdown: CancellationToken,
+    config: RunnerConfig,
+    lanes: usize,
+    max_batch: usize,
+) -> Result<(), BusError>
+where
+    K: Fn(&Message) -> u64 + Send,
+    H: FnMut(Vec<Message>) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = Vec<Result<(), HandleError>>> + Send + 'static,
+{
     use tokio::sync::mpsc::error::TrySendError;
 
     let lanes = lanes.clamp(1, MAX_LANES);
+    let max_batch = max_batch.clamp(1, MAX_BATCH);
     let mut senders = Vec::with_capacity(lanes);
     let mut workers = Vec::with_capacity(lanes);
     // A lane that takes a delivery off its channel makes room: the dispatcher then moves what it
     // held back for that lane (one stored permit, so a wake-up is never lost).
     let room = std::sync::Arc::new(tokio::sync::Notify::new());
     for _ in 0..lanes {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::port::Delivery>(LANE_DEPTH);
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<crate::port::Delivery>(LANE_DEPTH.max(max_batch));
         let (mut handler, config, stop) = (handler.clone(), config.clone(), shutdown.clone());
         let room = room.clone();
         senders.push(tx);
@@ -222,8 +331,15 @@ where
                         None => return,
                     },
                 };
+                let mut batch = vec![delivery];
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(d) => batch.push(d),
+                        Err(_) => break,
+                    }
+                }
                 room.notify_one();
-                handle_one(delivery, &mut handler, &config, RETRIES_IN_PLACE).await;
+                handle_in_order(batch, &mut handler, &config, RETRIES_IN_PLACE).await;
             }
         }));
     }

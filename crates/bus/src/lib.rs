@@ -26,8 +26,8 @@ mod relay;
 pub mod testkit;
 
 pub use consumer::{
-    derived_event_id, lane_key, run_consumer, run_consumer_keyed, run_consumer_with, HandleError,
-    RunnerConfig, DERIVED_EVENT_ID_NAMESPACE,
+    derived_event_id, lane_key, run_consumer, run_consumer_batched, run_consumer_keyed,
+    run_consumer_with, HandleError, RunnerConfig, DERIVED_EVENT_ID_NAMESPACE,
 };
 pub use error::BusError;
 pub use memory::{InProcessBus, InProcessConfig};

@@ -6,9 +6,11 @@
 //!    service's gRPC implementation to `BENCH_PARTNERS` partners (default 1,000), each with a
 //!    parent of its own (the parents are assigned the plan too, without a parent). Then
 //!    `BENCH_CONVERSIONS` (default 50,000) `ConversionAttributed` messages, round-robin over the
-//!    partners, go through `consumer::handle` from `BENCH_WORKERS` (default 64) tokio tasks, each
-//!    owning its partners and their parents, so no two tasks touch one stream. The store is
-//!    wrapped in a counter (a few atomic adds per call) to report what one message costs.
+//!    partners, go through `consumer::handle_batch` from `BENCH_WORKERS` (default 64) tokio
+//!    tasks in batches of `BENCH_BATCH` (default 64; what a consumer lane hands over when that
+//!    many messages of its key are queued), each task owning its partners and their parents, so
+//!    no two tasks touch one stream. The store is wrapped in a counter (a few atomic adds per
+//!    call) to report what one message costs.
 //! 2. Rebuild: `BENCH_REBUILD_EVENTS` (default 1,000,000) book events decided by the `Book`
 //!    aggregate (accruals, overrides, and a 50% refund of every tenth conversion with its override
 //!    reversal) across 10,000 partner streams (1,000 parents with 9 partners each), one business
@@ -236,6 +238,7 @@ async fn accruals(
     partners: u64,
     conversions: u64,
     workers: u64,
+    batch: usize,
 ) -> AccrualStats {
     let log = Arc::new(EmbeddedLog::open(dir, EmbeddedOptions::default()).unwrap());
     let counters = Arc::new(Counters::default());
@@ -315,12 +318,18 @@ async fn accruals(
             let (store, hist, caches) = (store.clone(), hist.clone(), api.caches());
             tokio::spawn(async move {
                 let mut local = Histogram::<u64>::new(3).unwrap();
-                for m in queue {
+                let mut queue = queue.into_iter().peekable();
+                while queue.peek().is_some() {
+                    let batch: Vec<Message> = queue.by_ref().take(batch).collect();
                     let t = Instant::now();
-                    pl_commissions::consumer::handle(store.as_ref(), &caches, m)
-                        .await
+                    let outcomes =
+                        pl_commissions::consumer::handle_batch(store.as_ref(), &caches, batch)
+                            .await;
+                    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+                    // Each message of a batch is done when its batch is.
+                    local
+                        .record_n(t.elapsed().as_micros() as u64, outcomes.len() as u64)
                         .unwrap();
-                    local.record(t.elapsed().as_micros() as u64).unwrap();
                 }
                 hist.lock().unwrap().add(&local).unwrap();
             })
@@ -719,6 +728,8 @@ async fn main() {
     let conversions = env_num("BENCH_CONVERSIONS", 50_000);
     let partners = env_num("BENCH_PARTNERS", 1000).max(1);
     let workers = env_num("BENCH_WORKERS", 64).clamp(1, partners);
+    let batch =
+        env_num("BENCH_BATCH", 64).clamp(1, pl_commissions::consumer::MAX_BATCH as u64) as usize;
     let rebuild_events = env_num("BENCH_REBUILD_EVENTS", 1_000_000);
     let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
     std::fs::create_dir_all(&base).unwrap();
@@ -731,18 +742,18 @@ async fn main() {
     );
 
     let mut rows: Vec<(String, String, String)> = Vec::new();
-    let a = accruals(&dir.join("accruals"), partners, conversions, workers).await;
+    let a = accruals(&dir.join("accruals"), partners, conversions, workers, batch).await;
     let per_msg = |n: u64| format!("{:.1}", n as f64 / a.messages as f64);
     let mean_us = |d: Duration, n: u64| d.as_micros() as f64 / n.max(1) as f64;
     rows.push((
         format!(
-            "ConversionAttributed accrued/s through consumer::handle, {conversions} messages, {partners} partners, {workers} workers"
+            "ConversionAttributed accrued/s through consumer::handle_batch, {conversions} messages, {partners} partners, {workers} workers, batches of {batch}"
         ),
         fmt_rate(a.messages as f64 / a.elapsed.as_secs_f64()),
         "target >= 50k/s on 2 cores".into(),
     ));
     rows.push((
-        "handle latency p50 / p99 / max".into(),
+        "latency per message (its batch's) p50 / p99 / max".into(),
         format!(
             "{} / {} / {} us",
             a.hist.value_at_quantile(0.50),

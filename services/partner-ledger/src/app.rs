@@ -407,20 +407,28 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
             let caches: Arc<pl_commissions::accruals::Caches> = Arc::clone(&commission_caches);
             let token = background.clone();
             tasks.push(tokio::spawn(async move {
-                // A customer's events in order, different customers concurrently: accruals
-                // wait on durable appends, so one at a time left the cores idle.
-                pl_bus::run_consumer_keyed(
+                // One key's events in order, different keys concurrently (accruals wait on
+                // durable appends, so one at a time left the cores idle), and what queued up
+                // under one key handled as a batch: one append per book instead of one per
+                // accrual, so a busy program's lane keeps up instead of falling behind.
+                pl_bus::run_consumer_batched(
                     consumer,
                     pl_commissions::consumer::ordering_key,
-                    move |message| {
+                    move |messages| {
                         let (store, caches) = (store.clone(), caches.clone());
                         async move {
-                            pl_commissions::consumer::handle(store.as_ref(), &caches, message).await
+                            pl_commissions::consumer::handle_batch(
+                                store.as_ref(),
+                                &caches,
+                                messages,
+                            )
+                            .await
                         }
                     },
                     token,
                     pl_bus::RunnerConfig::default(),
                     pl_commissions::consumer::LANES,
+                    pl_commissions::consumer::MAX_BATCH,
                 )
                 .await
                 .map_err(AppError::from)
