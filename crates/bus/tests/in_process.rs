@@ -492,16 +492,7 @@ struct Batches {
 /// A batched runner (one lane, batches of at most 64, backoff from 1 ms) whose handler waits
 /// for `release` before its first batch, answers `Retry` for `failing` message ids the first
 /// `fail_times` times it sees them (stopping there, as a handler must), and `Ok` otherwise.
-fn batched(
-    consumer: Box<dyn pl_bus::Consumer>,
-    failing: u128,
-    fail_times: u32,
-) -> (
-    Arc<std::sync::Mutex<Batches>>,
-    tokio::sync::watch::Sender<bool>,
-    CancellationToken,
-    tokio::task::JoinHandle<Result<(), BusError>>,
-) {
+fn batched(consumer: Box<dyn pl_bus::Consumer>, failing: u128, fail_times: u32) -> BatchedRunner {
     let seen = Arc::new(std::sync::Mutex::new(Batches::default()));
     let (release, release_rx) = tokio::sync::watch::channel(false);
     let shutdown = CancellationToken::new();
@@ -543,7 +534,19 @@ fn batched(
         1,
         64,
     ));
-    (seen, release, shutdown, runner)
+    BatchedRunner {
+        seen,
+        release,
+        shutdown,
+        runner,
+    }
+}
+
+struct BatchedRunner {
+    seen: Arc<std::sync::Mutex<Batches>>,
+    release: tokio::sync::watch::Sender<bool>,
+    shutdown: CancellationToken,
+    runner: tokio::task::JoinHandle<Result<(), BusError>>,
 }
 
 async fn until(seen: &std::sync::Mutex<Batches>, done: impl Fn(&Batches) -> bool) {
@@ -565,7 +568,12 @@ async fn the_batched_runner_hands_over_what_queued_behind_a_busy_lane_in_one_bat
         inner: consumer,
         delivered: delivered_tx,
     });
-    let (seen, release, shutdown, runner) = batched(consumer, 0, 0);
+    let BatchedRunner {
+        seen,
+        release,
+        shutdown,
+        runner,
+    } = batched(consumer, 0, 0);
     for n in 1..=30 {
         bus.publish(msg("pl.crm.X", n)).await.unwrap();
     }
@@ -577,13 +585,14 @@ async fn the_batched_runner_hands_over_what_queued_behind_a_busy_lane_in_one_bat
         .unwrap();
     release.send(true).unwrap();
     until(&seen, |s| s.done.len() == 30).await;
-    let s = seen.lock().unwrap();
-    assert_eq!(s.done, (1..=30).collect::<Vec<_>>());
-    // What the lane held when the handler was free again went over as one batch (the first
-    // batch is what had arrived when the lane first woke).
-    assert!(s.handed.len() <= 2, "{:?}", s.handed);
-    assert_eq!(s.handed.concat(), (1..=30).collect::<Vec<_>>());
-    drop(s);
+    {
+        let s = seen.lock().unwrap();
+        assert_eq!(s.done, (1..=30).collect::<Vec<_>>());
+        // What the lane held when the handler was free again went over as one batch (the first
+        // batch is what had arrived when the lane first woke).
+        assert!(s.handed.len() <= 2, "{:?}", s.handed);
+        assert_eq!(s.handed.concat(), (1..=30).collect::<Vec<_>>());
+    }
     shutdown.cancel();
     runner.await.unwrap().unwrap();
     let mut again = bus.consumer(spec("batched", &["pl.crm.>"])).await.unwrap();
@@ -598,26 +607,32 @@ async fn a_retry_in_a_batch_settles_the_ones_before_it_and_keeps_the_ones_after_
         .await
         .unwrap();
     // Message 3 asks to be retried twice (fewer than the retries in place), then succeeds.
-    let (seen, release, shutdown, runner) = batched(consumer, 3, 2);
+    let BatchedRunner {
+        seen,
+        release,
+        shutdown,
+        runner,
+    } = batched(consumer, 3, 2);
     for n in 1..=6 {
         bus.publish(msg("pl.crm.X", n)).await.unwrap();
     }
     release.send(true).unwrap();
     until(&seen, |s| s.done.len() == 6).await;
-    let s = seen.lock().unwrap();
-    assert_eq!(
-        s.done,
-        vec![1, 2, 3, 4, 5, 6],
-        "order held across the retries"
-    );
-    assert_eq!(s.retried.get(&3), Some(&2));
-    // Nothing was handed over twice but the retried message and the ones behind it.
-    assert!(
-        s.handed.iter().flatten().filter(|n| **n < 3).count() == 2,
-        "{:?}",
-        s.handed
-    );
-    drop(s);
+    {
+        let s = seen.lock().unwrap();
+        assert_eq!(
+            s.done,
+            vec![1, 2, 3, 4, 5, 6],
+            "order held across the retries"
+        );
+        assert_eq!(s.retried.get(&3), Some(&2));
+        // Nothing was handed over twice but the retried message and the ones behind it.
+        assert!(
+            s.handed.iter().flatten().filter(|n| **n < 3).count() == 2,
+            "{:?}",
+            s.handed
+        );
+    }
     shutdown.cancel();
     runner.await.unwrap().unwrap();
     let mut again = bus
@@ -635,20 +650,26 @@ async fn a_message_still_failing_after_the_retries_in_place_is_nacked_and_the_re
         .await
         .unwrap();
     // Message 2 fails more often than the retries in place allow: nak'ed, redelivered later.
-    let (seen, release, shutdown, runner) = batched(consumer, 2, 5);
+    let BatchedRunner {
+        seen,
+        release,
+        shutdown,
+        runner,
+    } = batched(consumer, 2, 5);
     for n in 1..=4 {
         bus.publish(msg("pl.crm.X", n)).await.unwrap();
     }
     release.send(true).unwrap();
     until(&seen, |s| s.done.len() == 4).await;
-    let s = seen.lock().unwrap();
-    assert_eq!(
-        s.done,
-        vec![1, 3, 4, 2],
-        "the rest went on; the nak'ed one came back"
-    );
-    assert_eq!(s.retried.get(&2), Some(&5));
-    drop(s);
+    {
+        let s = seen.lock().unwrap();
+        assert_eq!(
+            s.done,
+            vec![1, 3, 4, 2],
+            "the rest went on; the nak'ed one came back"
+        );
+        assert_eq!(s.retried.get(&2), Some(&5));
+    }
     shutdown.cancel();
     runner.await.unwrap().unwrap();
 }

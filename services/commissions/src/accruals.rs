@@ -407,6 +407,9 @@ async fn accrue_command(
     }))
 }
 
+/// An override to post: the upline book's stream, the command and its meta.
+type OverrideWrite = (String, BookCommand, CommandMeta);
+
 /// What follows from one partner's accrual: its credit on the customer (so a churn finds who
 /// earns on it, under which plan) and one override command per upline line, each with its
 /// book stream and meta.
@@ -416,10 +419,7 @@ fn follow_from(
     partner_id: Uuid,
     (plan_id, lines, hold_days): AccruedView,
     trace: &BTreeMap<String, String>,
-) -> (
-    (CustomerCredit, CommandMeta),
-    Vec<(String, BookCommand, CommandMeta)>,
-) {
+) -> ((CustomerCredit, CommandMeta), Vec<OverrideWrite>) {
     let credit = CustomerCredit {
         program_id: c.program_id,
         customer_id: c.customer_id.clone(),
