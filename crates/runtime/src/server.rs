@@ -149,7 +149,12 @@ where
             drain_started.cancel();
         }
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(bound.listener);
+    // TCP_NODELAY on every accepted connection: without it a small response waits for the
+    // peer's delayed ACK (Nagle), and a caller making one request after another on a kept-alive
+    // connection paid about 40 ms per request (found by the end-to-end benchmark: a single
+    // caller's click took 44 ms).
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(bound.listener).with_nodelay(Some(true));
     let server = Server::builder()
         .timeout(Duration::from_millis(config.request_timeout_ms))
         .concurrency_limit_per_connection(config.max_concurrent_requests_per_connection)
