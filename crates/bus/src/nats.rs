@@ -36,6 +36,9 @@ use crate::port::{Acker, Bus, Consumer, ConsumerSpec, Delivery};
 const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Pull requests ask for at most this many messages (also capped by `max_ack_pending`).
 const MAX_PULL_BATCH: usize = 256;
+/// Publishes sent before their acks are awaited, at most (bounds what a failure leaves
+/// unconfirmed and what one round of acks holds).
+const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
 /// A pull request lives this long; the server sends heartbeats at a third of it, so a dead
 /// connection is noticed within about this time.
 const PULL_EXPIRES_MS: u64 = 6_000;
@@ -337,36 +340,57 @@ impl NatsBus {
 #[async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, msg: Message) -> Result<(), BusError> {
+        self.publish_many(vec![msg]).await
+    }
+
+    /// Sends up to [`MAX_PUBLISHES_IN_FLIGHT`] messages before awaiting their acks (in order),
+    /// so a batch costs about one round trip per window instead of one per message. Each ack
+    /// still says the message is stored; nothing is reported accepted before it is.
+    async fn publish_many(&self, msgs: Vec<Message>) -> Result<(), BusError> {
         let config = &self.inner.config;
-        msg.validate(&config.subject_prefix, config.max_payload_bytes)?;
-        self.ensure_stream().await?;
-        let mut headers = HeaderMap::new();
-        for (name, value) in &msg.headers {
-            headers.insert(name.as_str(), value.as_str());
+        for msg in &msgs {
+            msg.validate(&config.subject_prefix, config.max_payload_bytes)?;
         }
-        let publish = PublishMessage::build()
-            .payload(msg.payload)
-            .headers(headers)
-            .message_id(msg.id.to_string());
-        let id = msg.id;
+        self.ensure_stream().await?;
         let js = &self.inner.js;
-        let subject = msg.subject;
-        let sent = async {
-            let ack = js.send_publish(subject.clone(), publish).await?;
-            ack.await
-        };
-        let ack = match tokio::time::timeout(self.timeout(), sent).await {
-            Err(_) => return Err(BusError::Unavailable("publish ack timed out".to_owned())),
-            Ok(Err(e)) => {
-                if e.kind() == PublishErrorKind::StreamNotFound {
-                    self.inner.stream_ready.store(false, Ordering::Release);
+        let mut msgs = msgs.into_iter().peekable();
+        while msgs.peek().is_some() {
+            let window: Vec<Message> = msgs.by_ref().take(MAX_PUBLISHES_IN_FLIGHT).collect();
+            let sent = async {
+                let mut acks = Vec::with_capacity(window.len());
+                for msg in window {
+                    let mut headers = HeaderMap::new();
+                    for (name, value) in &msg.headers {
+                        headers.insert(name.as_str(), value.as_str());
+                    }
+                    let publish = PublishMessage::build()
+                        .payload(msg.payload)
+                        .headers(headers)
+                        .message_id(msg.id.to_string());
+                    let ack = js
+                        .send_publish(msg.subject.clone(), publish)
+                        .await
+                        .map_err(|e| (msg.id, e))?;
+                    acks.push((msg.id, msg.subject, ack));
                 }
-                return Err(publish_error(id, &e));
+                for (id, subject, ack) in acks {
+                    let ack = ack.await.map_err(|e| (id, e))?;
+                    if ack.duplicate {
+                        tracing::debug!(message_id = %id, %subject, "duplicate publish dropped by jetstream");
+                    }
+                }
+                Ok::<(), (Uuid, async_nats::jetstream::context::PublishError)>(())
+            };
+            match tokio::time::timeout(self.timeout(), sent).await {
+                Err(_) => return Err(BusError::Unavailable("publish ack timed out".to_owned())),
+                Ok(Err((id, e))) => {
+                    if e.kind() == PublishErrorKind::StreamNotFound {
+                        self.inner.stream_ready.store(false, Ordering::Release);
+                    }
+                    return Err(publish_error(id, &e));
+                }
+                Ok(Ok(())) => {}
             }
-            Ok(Ok(ack)) => ack,
-        };
-        if ack.duplicate {
-            tracing::debug!(message_id = %id, %subject, "duplicate publish dropped by jetstream");
         }
         Ok(())
     }

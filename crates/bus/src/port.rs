@@ -43,6 +43,17 @@ pub trait Bus: Send + Sync + 'static {
     /// stored once (within the adapter's duplicate window).
     async fn publish(&self, msg: Message) -> Result<(), BusError>;
 
+    /// Publishes `msgs` in order and returns once the bus has durably accepted all of them. An
+    /// adapter may have several in flight at once (the relay's throughput over a network bus
+    /// is otherwise one round trip per message). On an error some may have been accepted:
+    /// publishing the same messages again stores each once, as for [`publish`](Self::publish).
+    async fn publish_many(&self, msgs: Vec<Message>) -> Result<(), BusError> {
+        for msg in msgs {
+            self.publish(msg).await?;
+        }
+        Ok(())
+    }
+
     /// Creates the durable consumer, or binds to it when it exists (its acknowledged progress
     /// is kept; its settings are updated to `spec`).
     async fn consumer(&self, spec: ConsumerSpec) -> Result<Box<dyn Consumer>, BusError>;

@@ -322,7 +322,7 @@ impl Relay {
                 }
                 received = sub.next() => received,
             };
-            let ev = match received {
+            let first = match received {
                 Ok(ev) => {
                     log_backoff_ms = 0;
                     ev
@@ -343,30 +343,53 @@ impl Relay {
                 }
                 Err(e) => break Err(e.into()),
             };
-            if !ev.stream.starts_with(CHECKPOINT_STREAM_PREFIX) {
-                if let Some(route) = self.config.route_for(&ev) {
-                    let msg =
-                        match integration_message(&ev, &self.config.subject_prefix, &route.context)
-                        {
-                            Ok(m) => m,
-                            Err(e) => break Err(e),
-                        };
-                    match self
-                        .retrying(&shutdown, || self.bus.publish(msg.clone()))
-                        .await
-                    {
-                        Ok(()) => {}
-                        Err(Stop::Shutdown) => break Ok(()),
-                        Err(Stop::Failed(e)) => break Err(e),
-                    }
+            // What else is committed already (at most a page) goes out with it: the bus may
+            // then have many in flight instead of one round trip each. A read error here is
+            // left for the next `sub.next()`, which backs off (the buffer is kept).
+            let mut batch = vec![first];
+            match sub.poll_batch().await {
+                Ok(more) => batch.extend(more),
+                Err(e) => {
+                    tracing::debug!(relay = %self.config.name, error = %e, "reading ahead failed")
                 }
-                since_checkpoint += 1;
-                checkpoint_due.get_or_insert_with(|| {
-                    Instant::now() + Duration::from_millis(self.config.checkpoint_every_ms)
-                });
             }
-            next_position = ev.position + 1;
+            let mut msgs = Vec::with_capacity(batch.len());
+            let mut handled_to = next_position;
+            let mut unpublishable = None;
+            for ev in &batch {
+                if !ev.stream.starts_with(CHECKPOINT_STREAM_PREFIX) {
+                    if let Some(route) = self.config.route_for(ev) {
+                        match integration_message(ev, &self.config.subject_prefix, &route.context) {
+                            Ok(m) => msgs.push(m),
+                            Err(e) => {
+                                // Everything before it is published; the relay stops at it.
+                                unpublishable = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    since_checkpoint += 1;
+                    checkpoint_due.get_or_insert_with(|| {
+                        Instant::now() + Duration::from_millis(self.config.checkpoint_every_ms)
+                    });
+                }
+                handled_to = ev.position + 1;
+            }
+            if !msgs.is_empty() {
+                match self
+                    .retrying(&shutdown, || self.bus.publish_many(msgs.clone()))
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(Stop::Shutdown) => break Ok(()),
+                    Err(Stop::Failed(e)) => break Err(e),
+                }
+            }
+            next_position = handled_to;
             self.position.send_replace(next_position);
+            if let Some(e) = unpublishable {
+                break Err(e);
+            }
             if since_checkpoint >= self.config.checkpoint_every_events {
                 match self.checkpoint(&shutdown, next_position).await {
                     Ok(()) => {

@@ -69,6 +69,35 @@ async fn a_republished_id_is_stored_once() {
 }
 
 #[tokio::test]
+async fn a_batch_longer_than_the_publish_window_is_stored_whole_in_order_and_once_when_repeated() {
+    let server = NatsServer::start().await.unwrap();
+    let bus = connect(&server).await;
+    let mut consumer = bus.consumer(spec("reader", &["pl.>"])).await.unwrap();
+    // More than one window of publishes in flight (256), so acks are awaited in rounds.
+    let batch: Vec<_> = (1..=600).map(|n| msg("pl.crm.X", n)).collect();
+    bus.publish_many(batch.clone()).await.unwrap();
+    // A relay retrying after a lost answer publishes the same batch again: nothing new.
+    bus.publish_many(batch).await.unwrap();
+    assert_eq!(stored_messages(&bus).await, 600);
+    for n in 1..=600 {
+        let d = next(&mut consumer).await;
+        assert_eq!(d.message.id, Uuid::from_u128(n));
+        d.ack().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_an_invalid_message_is_refused_before_any_is_published() {
+    let server = NatsServer::start().await.unwrap();
+    let bus = connect(&server).await;
+    bus.publish(msg("pl.crm.X", 1)).await.unwrap();
+    let batch = vec![msg("pl.crm.X", 2), msg("other.crm.X", 3)];
+    let err = bus.publish_many(batch).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(stored_messages(&bus).await, 1);
+}
+
+#[tokio::test]
 async fn an_unacked_message_comes_back_to_a_recreated_durable_consumer() {
     let server = NatsServer::start().await.unwrap();
     let bus = connect(&server).await;
