@@ -15,8 +15,7 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
 # protox compiles the protos in Rust (no protoc); aws-lc-rs (the EventStoreDB client's TLS)
-# and jemalloc (the binary's allocator, linked statically) need the C compiler and make this
-# image has.
+# and mimalloc (the binary's allocator, linked statically) need the C compiler this image has.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked -p partner-ledger --features eventstoredb \

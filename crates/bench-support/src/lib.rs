@@ -3,7 +3,7 @@
 //! settings. Benchmarks only: never a dependency of a service, and nothing here is a pass/fail
 //! check. Linux: CPU time and memory come from `/proc/self`; elsewhere they read as zero.
 //! Every benchmark linking this runs on the allocator the `partner-ledger` binary runs on
-//! (jemalloc), so what a bench measures is what production runs.
+//! (mimalloc), so what a bench measures is what production runs.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::float_arithmetic, clippy::disallowed_types)] // rates are for people to read, never money
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// The `partner-ledger` binary's allocator (see its `main.rs` for why).
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A `BENCH_*` setting, or `default` when it is unset or not a number.
 pub fn env_num(name: &str, default: u64) -> u64 {
