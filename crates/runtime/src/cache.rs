@@ -33,6 +33,22 @@ struct Slot<S> {
     state: S,
     /// Version of the last event folded into `state`; `None` before the first.
     version: Option<u64>,
+    /// Set while `state` may hold decided events not yet in the log (a batch between its
+    /// decisions and its appends). Still set at the next use only if that batch never finished
+    /// (its future was dropped: a timeout, a sibling's failure in a join): the next use then
+    /// reloads the stream from the log instead of trusting `state`.
+    tainted: bool,
+}
+
+impl<S: Default> Slot<S> {
+    /// Drops a state a dropped batch may have left ahead of the log.
+    fn untaint(&mut self) {
+        if self.tainted {
+            self.state = S::default();
+            self.version = None;
+            self.tainted = false;
+        }
+    }
 }
 
 struct Entry<S> {
@@ -128,6 +144,7 @@ impl<A: Aggregate> StateCache<A> {
         let slot = Arc::new(tokio::sync::Mutex::new(Slot {
             state: A::State::default(),
             version: None,
+            tainted: false,
         }));
         map.entries.insert(
             stream.to_owned(),
@@ -148,6 +165,7 @@ impl<A: Aggregate> StateCache<A> {
     ) -> Result<(R, Option<u64>), ExecuteError<A::Error>> {
         let slot = self.slot(stream);
         let mut slot = slot.lock().await;
+        slot.untaint();
         catch_up::<A>(store, stream, &mut slot, None).await?;
         Ok((view(&slot.state), slot.version))
     }
@@ -164,6 +182,7 @@ impl<A: Aggregate> StateCache<A> {
     ) -> Result<CachedExecuted<R, A::Event>, ExecuteError<A::Error>> {
         let slot = self.slot(stream);
         let mut slot = slot.lock().await;
+        slot.untaint();
         for _ in 0..=MAX_CONFLICT_RETRIES {
             let ours = catch_up::<A>(store, stream, &mut slot, Some(meta)).await?;
             if !ours.is_empty() {
@@ -238,10 +257,10 @@ impl<A: Aggregate> StateCache<A> {
     /// append, its sync and its wake-ups are most of a command's cost). `views` are taken after
     /// the last command. Each command's events get the ids of its own `CommandMeta`.
     ///
-    /// All or nothing for the caller: on any failure (a domain error, a lost race, the store)
-    /// the cached state is dropped, so the next use replays the stream from the log and a
-    /// retry finds whatever part of the batch was appended (the decider is idempotent by its
-    /// own keys, as the cache requires).
+    /// All or nothing for the caller: on any failure (a domain error, a lost race, the store),
+    /// and when this future is dropped before it finished, the cached state is dropped, so the
+    /// next use replays the stream from the log and a retry finds whatever part of the batch
+    /// was appended (the decider is idempotent by its own keys, as the cache requires).
     pub async fn execute_many<R>(
         &self,
         store: &dyn EventStore,
@@ -253,6 +272,7 @@ impl<A: Aggregate> StateCache<A> {
         let mut slot = slot.lock().await;
         let mut last_error = None;
         for _ in 0..=MAX_CONFLICT_RETRIES {
+            slot.untaint();
             match decide_and_append::<A>(store, stream, &mut slot, commands).await {
                 Ok(appended) => {
                     return Ok(CachedBatch {
@@ -263,8 +283,7 @@ impl<A: Aggregate> StateCache<A> {
                 }
                 Err(e) => {
                     // The state may hold decided events that never reached the log.
-                    slot.state = A::State::default();
-                    slot.version = None;
+                    slot.untaint();
                     match e {
                         ExecuteError::Store(e) if e.is_conflict() => {
                             tracing::debug!(
@@ -297,6 +316,8 @@ async fn decide_and_append<A: Aggregate>(
     commands: &[(A::Command, CommandMeta)],
 ) -> Result<usize, ExecuteError<A::Error>> {
     catch_up::<A>(store, stream, slot, None).await?;
+    // From the first decision until the last append lands, `state` may be ahead of the log.
+    slot.tainted = true;
     let mut new_events = Vec::new();
     for (command, meta) in commands {
         let events = A::decide(&slot.state, command).map_err(ExecuteError::Domain)?;
@@ -339,6 +360,7 @@ async fn decide_and_append<A: Aggregate>(
             .map_err(ExecuteError::Store)?;
         slot.version = Some(result.last_version);
     }
+    slot.tainted = false;
     Ok(appended)
 }
 
@@ -629,5 +651,112 @@ mod tests {
             load::<Keys>(&store, "k").await.unwrap().state,
             vec![7, 8, 9]
         );
+    }
+
+    /// A log whose appends never answer while `hang` is set: before writing (`Before`) or
+    /// after (`After`, the answer lost).
+    #[derive(Debug, Default)]
+    struct Hanging {
+        inner: MemoryLog,
+        hang: std::sync::Mutex<Option<Hang>>,
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Hang {
+        Before,
+        After,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for Hanging {
+        async fn append(
+            &self,
+            stream: &str,
+            expected: ExpectedVersion,
+            events: Vec<NewEvent>,
+        ) -> Result<pl_eventlog::AppendResult, pl_eventlog::LogError> {
+            let hang = *self.hang.lock().unwrap();
+            match hang {
+                Some(Hang::Before) => std::future::pending().await,
+                Some(Hang::After) => {
+                    self.inner.append(stream, expected, events).await?;
+                    std::future::pending().await
+                }
+                None => self.inner.append(stream, expected, events).await,
+            }
+        }
+        async fn read_stream(
+            &self,
+            stream: &str,
+            from_version: u64,
+            limit: usize,
+        ) -> Result<Vec<pl_eventlog::RecordedEvent>, pl_eventlog::LogError> {
+            self.inner.read_stream(stream, from_version, limit).await
+        }
+        async fn read_all(
+            &self,
+            from_position: u64,
+            limit: usize,
+        ) -> Result<Vec<pl_eventlog::RecordedEvent>, pl_eventlog::LogError> {
+            self.inner.read_all(from_position, limit).await
+        }
+        async fn stream_version(&self, stream: &str) -> Result<Option<u64>, pl_eventlog::LogError> {
+            self.inner.stream_version(stream).await
+        }
+        fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+            self.inner.watch_head()
+        }
+        fn limits(&self) -> Limits {
+            self.inner.limits()
+        }
+    }
+
+    /// Starts a batch on a hanging log and drops it at its append (as a timeout or a failed
+    /// sibling in a join does), then lets the log answer again.
+    async fn drop_a_batch_at_its_append(hang: Hang) -> (Hanging, StateCache<Keys>) {
+        let store = Hanging::default();
+        let cache = StateCache::<Keys>::default();
+        cache
+            .execute_many(&store, "k", &batch(&[1], 60), |_, _| ())
+            .await
+            .unwrap();
+        *store.hang.lock().unwrap() = Some(hang);
+        let commands = batch(&[2, 3], 61);
+        let running = cache.execute_many(&store, "k", &commands, |_, _| ());
+        tokio::select! {
+            biased;
+            _ = running => panic!("the append was meant to hang"),
+            () = async {} => {}
+        }
+        *store.hang.lock().unwrap() = None;
+        (store, cache)
+    }
+
+    #[tokio::test]
+    async fn a_batch_dropped_before_its_append_leaves_the_cache_as_the_log_is() {
+        let (store, cache) = drop_a_batch_at_its_append(Hang::Before).await;
+        let (view, version) = cache.read(&store, "k", Clone::clone).await.unwrap();
+        assert_eq!((view, version), (vec![1], Some(0)));
+        // And the batch, retried, is written once.
+        cache
+            .execute_many(&store, "k", &batch(&[2, 3], 61), |_, _| ())
+            .await
+            .unwrap();
+        assert_eq!(
+            load::<Keys>(&store, "k").await.unwrap().state,
+            vec![1, 2, 3]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_dropped_after_its_append_landed_is_not_folded_twice() {
+        let (store, cache) = drop_a_batch_at_its_append(Hang::After).await;
+        let (view, version) = cache.read(&store, "k", Clone::clone).await.unwrap();
+        assert_eq!((view, version), (vec![1, 2, 3], Some(2)));
+        let again = cache
+            .execute_many(&store, "k", &batch(&[2, 3], 61), |_, _| ())
+            .await
+            .unwrap();
+        assert_eq!(again.appended, 0);
     }
 }
