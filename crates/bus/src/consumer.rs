@@ -184,13 +184,16 @@ async fn handle_in_order<H, Fut>(
     handler: &mut H,
     config: &RunnerConfig,
     retries_in_place: u32,
+    stop: &CancellationToken,
 ) where
     H: FnMut(Vec<Message>) -> Fut + Send,
     Fut: Future<Output = Vec<Result<(), HandleError>>> + Send,
 {
     let mut pending = std::collections::VecDeque::from(deliveries);
     let mut attempt = 0;
-    while !pending.is_empty() {
+    // On shutdown what is left is not handed over again: it stays unsettled and comes back
+    // after the ack wait (a batch retried in place could otherwise hold a drain for minutes).
+    while !pending.is_empty() && !stop.is_cancelled() {
         let messages: Vec<Message> = pending.iter().map(|d| d.message.clone()).collect();
         let outcomes = tokio::time::timeout(
             Duration::from_millis(config.handler_timeout_ms),
@@ -210,7 +213,10 @@ async fn handle_in_order<H, Fut>(
                     let delay_ms = retry_delay_ms(config, attempt);
                     tracing::debug!(message_id = %delivery.message.id, attempt, delay_ms, reason, "retrying in place");
                     pending.push_front(delivery);
-                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+                    }
                     break;
                 }
                 Err(HandleError::Retry(reason)) => {
@@ -264,7 +270,9 @@ where
     H: FnMut(Message) -> Fut + Send + Clone + 'static,
     Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
 {
-    // Batches of one: the handler's outcome is the message's.
+    // Batches of one: the handler's outcome is the message's. The handler is cloned for each
+    // message (it is `Clone` for the lanes anyway); state it keeps in itself does not carry
+    // from one message to the next.
     let one_at_a_time = move |messages: Vec<Message>| {
         let mut handler = handler.clone();
         async move {
@@ -291,7 +299,9 @@ where
 /// settled; that message and the ones after it are handed over again after a backoff (a
 /// handler stops at the first `Retry`, or returns fewer outcomes: the missing ones count as
 /// not attempted). After the retries in place, the failing message is nak'ed and the rest
-/// goes on.
+/// goes on. A batch still running after the handler timeout counts as a `Retry` of its first
+/// message (the handler must leave no half-applied state when its future is dropped). On
+/// `shutdown` a lane finishes the handler call in hand and leaves the rest unsettled.
 pub async fn run_consumer_batched<K, H, Fut>(
     mut consumer: Box<dyn Consumer>,
     key_of: K,
@@ -339,7 +349,7 @@ where
                     }
                 }
                 room.notify_one();
-                handle_in_order(batch, &mut handler, &config, RETRIES_IN_PLACE).await;
+                handle_in_order(batch, &mut handler, &config, RETRIES_IN_PLACE, &stop).await;
             }
         }));
     }

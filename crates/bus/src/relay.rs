@@ -360,7 +360,7 @@ impl Relay {
                 if !ev.stream.starts_with(CHECKPOINT_STREAM_PREFIX) {
                     if let Some(route) = self.config.route_for(ev) {
                         match integration_message(ev, &self.config.subject_prefix, &route.context) {
-                            Ok(m) => msgs.push(m),
+                            Ok(m) => msgs.push((ev.position, m)),
                             Err(e) => {
                                 // Everything before it is published; the relay stops at it.
                                 unpublishable = Some(e);
@@ -376,13 +376,31 @@ impl Relay {
                 handled_to = ev.position + 1;
             }
             if !msgs.is_empty() {
+                let batch: Vec<Message> = msgs.iter().map(|(_, m)| m.clone()).collect();
                 match self
-                    .retrying(&shutdown, || self.bus.publish_many(msgs.clone()))
+                    .retrying(&shutdown, || self.bus.publish_many(batch.clone()))
                     .await
                 {
                     Ok(()) => {}
                     Err(Stop::Shutdown) => break Ok(()),
-                    Err(Stop::Failed(e)) => break Err(e),
+                    Err(Stop::Failed(e)) if msgs.len() == 1 => break Err(e),
+                    Err(Stop::Failed(e)) => {
+                        // One message the bus can never take (e.g. over its payload limit)
+                        // refuses the whole batch: publish one by one, so every event before
+                        // it goes out and the relay stops exactly at it.
+                        tracing::warn!(relay = %self.config.name, error = %e, "batch refused; publishing one by one");
+                        let (published_to, ended) = self.publish_one_by_one(&shutdown, &msgs).await;
+                        if let Err(stop) = ended {
+                            if let Some(to) = published_to {
+                                next_position = to;
+                                self.position.send_replace(next_position);
+                            }
+                            match stop {
+                                Stop::Shutdown => break Ok(()),
+                                Stop::Failed(e) => break Err(e),
+                            }
+                        }
+                    }
                 }
             }
             next_position = handled_to;
@@ -410,6 +428,26 @@ impl Relay {
         }
         tracing::info!(relay = %self.config.name, next_position, "relay stopped");
         outcome
+    }
+
+    /// Publishes `msgs` one at a time, in order; returns one past the position of the last
+    /// one the bus accepted (`None`: none was), and how it ended.
+    async fn publish_one_by_one(
+        &self,
+        shutdown: &CancellationToken,
+        msgs: &[(u64, Message)],
+    ) -> (Option<u64>, Result<(), Stop>) {
+        let mut published_to = None;
+        for (position, msg) in msgs {
+            if let Err(stop) = self
+                .retrying(shutdown, || self.bus.publish(msg.clone()))
+                .await
+            {
+                return (published_to, Err(stop));
+            }
+            published_to = Some(position + 1);
+        }
+        (published_to, Ok(()))
     }
 
     fn next_backoff(&self, current_ms: u64) -> u64 {

@@ -493,6 +493,15 @@ struct Batches {
 /// for `release` before its first batch, answers `Retry` for `failing` message ids the first
 /// `fail_times` times it sees them (stopping there, as a handler must), and `Ok` otherwise.
 fn batched(consumer: Box<dyn pl_bus::Consumer>, failing: u128, fail_times: u32) -> BatchedRunner {
+    batched_with_backoff(consumer, failing, fail_times, 1)
+}
+
+fn batched_with_backoff(
+    consumer: Box<dyn pl_bus::Consumer>,
+    failing: u128,
+    fail_times: u32,
+    retry_backoff_min_ms: u64,
+) -> BatchedRunner {
     let seen = Arc::new(std::sync::Mutex::new(Batches::default()));
     let (release, release_rx) = tokio::sync::watch::channel(false);
     let shutdown = CancellationToken::new();
@@ -521,8 +530,8 @@ fn batched(consumer: Box<dyn pl_bus::Consumer>, failing: u128, fail_times: u32) 
         }
     };
     let config = pl_bus::RunnerConfig {
-        retry_backoff_min_ms: 1,
-        retry_backoff_max_ms: 8,
+        retry_backoff_min_ms,
+        retry_backoff_max_ms: retry_backoff_min_ms * 8,
         ..pl_bus::RunnerConfig::default()
     };
     let runner = tokio::spawn(pl_bus::run_consumer_batched(
@@ -672,4 +681,34 @@ async fn a_message_still_failing_after_the_retries_in_place_is_nacked_and_the_re
     }
     shutdown.cancel();
     runner.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_batch_retrying_in_place() {
+    let bus = bus();
+    let consumer = bus
+        .consumer(spec("batched-stop", &["pl.crm.>"]))
+        .await
+        .unwrap();
+    // Message 1 always asks to be retried, with a minute's backoff between attempts.
+    let BatchedRunner {
+        seen,
+        release,
+        shutdown,
+        runner,
+    } = batched_with_backoff(consumer, 1, u32::MAX, 60_000);
+    bus.publish(msg("pl.crm.X", 1)).await.unwrap();
+    bus.publish(msg("pl.crm.X", 2)).await.unwrap();
+    release.send(true).unwrap();
+    until(&seen, |s| s.retried.contains_key(&1)).await;
+    shutdown.cancel();
+    tokio::time::timeout(common::STEP_TIMEOUT, runner)
+        .await
+        .expect("the lane stopped during its backoff")
+        .unwrap()
+        .unwrap();
+    assert!(
+        seen.lock().unwrap().done.is_empty(),
+        "nothing handled after the stop"
+    );
 }

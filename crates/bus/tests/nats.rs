@@ -461,3 +461,49 @@ async fn a_server_requiring_a_password_is_reached_with_the_configured_user_and_r
     bus.publish(msg("pl.crm.PartnerApplied", 1)).await.unwrap();
     assert_eq!(stored_messages(&bus).await, 1);
 }
+
+#[tokio::test]
+async fn an_event_over_the_payload_limit_stops_the_relay_after_every_event_before_it_is_published()
+{
+    let server = NatsServer::start().await.unwrap();
+    let nats = NatsBus::connect(NatsConfig {
+        request_timeout_ms: 1_000,
+        max_payload_bytes: 4 * 1024,
+        ..NatsConfig::new(server.url(), STREAM, "pl")
+    })
+    .await
+    .unwrap();
+    let bus: SharedBus = Arc::new(nats.clone());
+    let store: SharedStore = Arc::new(MemoryLog::default());
+    // Five small events, one too large for the bus, then more: all committed before the
+    // relay starts, so they reach it as one batch.
+    append_range(&store, 0..5).await;
+    let big = NewEvent::json(
+        Uuid::from_u128(0xB16),
+        "OrderPlaced",
+        1,
+        &serde_json::json!({ "blob": "x".repeat(8 * 1024) }),
+        EventMetadata::at(common::at()),
+    )
+    .unwrap();
+    store
+        .append("order-big", ExpectedVersion::Any, vec![big])
+        .await
+        .unwrap();
+    append_range(&store, 6..9).await;
+    let relay = Relay::new(store.clone(), bus, relay_config("orders")).unwrap();
+    let position = relay.watch_position();
+    let outcome = tokio::time::timeout(STEP_TIMEOUT, relay.run(CancellationToken::new()))
+        .await
+        .unwrap();
+    assert!(
+        outcome.is_err(),
+        "the relay stops at the event it cannot publish"
+    );
+    assert_eq!(stored_messages(&nats).await, 5);
+    assert_eq!(
+        *position.borrow(),
+        5,
+        "it stopped exactly at the large event"
+    );
+}
