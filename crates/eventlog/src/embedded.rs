@@ -498,10 +498,13 @@ impl EventStore for EmbeddedLog {
         index::validate_stream_name(stream, &self.shared.limits)?;
         let limit = self.shared.limits.read_limit(limit);
         let frames = self.shared.stream_frames(stream, from_version, limit);
-        let bytes = match (frames.first(), frames.last()) {
-            (Some(first), Some(last)) => last.2.saturating_sub(first.1),
-            _ => 0,
-        };
+        // What will be read: the frames themselves, not the span of the file between the first
+        // and the last (a stream's events lie far apart in a busy log; measuring the span sent
+        // every read of such a stream, however small, to the blocking pool).
+        let bytes: u64 = frames
+            .iter()
+            .map(|(_, start, end)| end.saturating_sub(*start))
+            .sum();
         // Catching up on a stream is usually an empty or tiny read: answer it on this thread
         // (from the page cache) rather than paying for a blocking-pool hand-off.
         if bytes <= INLINE_READ_BYTES {
