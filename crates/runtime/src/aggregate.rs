@@ -76,6 +76,29 @@ pub trait Aggregate {
     fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
 }
 
+/// The events a command decided, as the log takes them: encoded, with the ids and metadata of
+/// `meta` (the i-th event gets `meta.event_id(i)`).
+pub(crate) fn to_new_events<E: DomainEvent, Err>(
+    events: &[E],
+    meta: &CommandMeta,
+) -> Result<Vec<NewEvent>, ExecuteError<Err>> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| {
+            let (event_type, data) =
+                encode_event(event).map_err(|e| ExecuteError::Decode(e.to_string()))?;
+            Ok(NewEvent {
+                id: meta.event_id(i),
+                event_type,
+                schema_version: event.schema_version(),
+                data,
+                metadata: meta.metadata(),
+            })
+        })
+        .collect()
+}
+
 /// Splits a domain event into the log's `(event_type, data)`, in its aggregate's stored format
 /// ([`DomainEvent::encode`]).
 pub fn encode_event<E: DomainEvent>(event: &E) -> Result<(String, Bytes), String> {
@@ -294,18 +317,7 @@ pub async fn execute<A: Aggregate>(
                 events,
             });
         }
-        let mut new_events = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let (event_type, data) =
-                encode_event(event).map_err(|e| ExecuteError::Decode(e.to_string()))?;
-            new_events.push(NewEvent {
-                id: meta.event_id(i),
-                event_type,
-                schema_version: event.schema_version(),
-                data,
-                metadata: meta.metadata(),
-            });
-        }
+        let new_events = to_new_events(&events, meta)?;
         let expected = loaded
             .version
             .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);

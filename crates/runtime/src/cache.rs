@@ -17,11 +17,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use pl_eventlog::{EventStore, ExpectedVersion, NewEvent};
+use pl_eventlog::{EventStore, ExpectedVersion};
 
 use crate::aggregate::{
-    decode_event, encode_event, Aggregate, CommandMeta, DomainEvent, ExecuteError,
-    MAX_CONFLICT_RETRIES,
+    decode_event, to_new_events, Aggregate, CommandMeta, ExecuteError, MAX_CONFLICT_RETRIES,
 };
 
 /// Events read per page while catching a cached state up.
@@ -202,18 +201,7 @@ impl<A: Aggregate> StateCache<A> {
                     version: slot.version,
                 });
             }
-            let mut new_events = Vec::with_capacity(events.len());
-            for (i, event) in events.iter().enumerate() {
-                let (event_type, data) =
-                    encode_event(event).map_err(|e| ExecuteError::Decode(e.to_string()))?;
-                new_events.push(NewEvent {
-                    id: meta.event_id(i),
-                    event_type,
-                    schema_version: event.schema_version(),
-                    data,
-                    metadata: meta.metadata(),
-                });
-            }
+            let new_events = to_new_events(&events, meta)?;
             let expected = slot
                 .version
                 .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
@@ -321,17 +309,7 @@ async fn decide_and_append<A: Aggregate>(
     let mut new_events = Vec::new();
     for (command, meta) in commands {
         let events = A::decide(&slot.state, command).map_err(ExecuteError::Domain)?;
-        for (i, event) in events.iter().enumerate() {
-            let (event_type, data) =
-                encode_event(event).map_err(|e| ExecuteError::Decode(e.to_string()))?;
-            new_events.push(NewEvent {
-                id: meta.event_id(i),
-                event_type,
-                schema_version: event.schema_version(),
-                data,
-                metadata: meta.metadata(),
-            });
-        }
+        new_events.extend(to_new_events(&events, meta)?);
         let state = std::mem::take(&mut slot.state);
         slot.state = events.iter().fold(state, A::evolve);
     }
@@ -405,12 +383,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     use chrono::DateTime;
-    use pl_eventlog::{Limits, MemoryLog};
+    use pl_eventlog::{Limits, MemoryLog, NewEvent};
     use serde::{Deserialize, Serialize};
     use uuid::Uuid;
 
     use super::*;
-    use crate::aggregate::{execute, load};
+    use crate::aggregate::{execute, load, DomainEvent};
 
     /// Adds each distinct key once (idempotent by its key, as the cache requires).
     struct Keys;
