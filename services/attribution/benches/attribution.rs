@@ -110,12 +110,19 @@ fn visitor(v: u64) -> String {
 }
 
 /// Click `k` (0..5) of visitor `v`: from partner (v + k) mod partners, k+1 days apart.
-async fn record_click(store: &dyn EventStore, partners: u64, v: u64, k: u64) {
+async fn record_click(
+    store: &dyn EventStore,
+    crm: &service::CrmCache,
+    partners: u64,
+    v: u64,
+    k: u64,
+) {
     let occurred_at =
         conversion_time() - chrono::Duration::days(i64::try_from(25 - 5 * k).unwrap());
     let n = v * CLICKS_PER_VISITOR + k;
     let t = service::resolve(
         store,
+        crm,
         Some(visitor(v)),
         None,
         occurred_at,
@@ -211,14 +218,16 @@ async fn main() {
     let clicks = visitors * CLICKS_PER_VISITOR;
     eprintln!("recording {clicks} touchpoints of {visitors} visitors…");
     let cpu = cpu_time();
-    let s = store.clone();
+    // The service's CRM projection cache, shared as the gRPC service shares it.
+    let crm = Arc::new(service::CrmCache::default());
+    let (s, c) = (store.clone(), crm.clone());
     let (touch_wall, touch_latency) = run_parallel(workers, clicks, move |n| {
-        let s = s.clone();
+        let (s, c) = (s.clone(), c.clone());
         async move {
             // Click k of every visitor before click k + 1 of any: concurrent tasks write to
             // different visitors' streams (a visitor clicking twice at once would be a
             // retried conflict, not the workload measured here).
-            record_click(s.as_ref(), partners, n % visitors, n / visitors).await;
+            record_click(s.as_ref(), &c, partners, n % visitors, n / visitors).await;
         }
     })
     .await;
@@ -226,12 +235,12 @@ async fn main() {
 
     eprintln!("attributing {conversions} conversions…");
     let cpu = cpu_time();
-    let s = store.clone();
+    let (s, c) = (store.clone(), crm.clone());
     let (conv_wall, conv_latency) = run_parallel(workers, conversions, move |j| {
-        let s = s.clone();
+        let (s, c) = (s.clone(), c.clone());
         async move {
             let f = facts(j, visitors);
-            let event = service::record_conversion(s.as_ref(), &f, &meta(2, j, f.occurred_at))
+            let event = service::record_conversion(s.as_ref(), &c, &f, &meta(2, j, f.occurred_at))
                 .await
                 .unwrap();
             assert!(event.is_attributed(), "every bench conversion has clicks");

@@ -43,6 +43,7 @@ pub struct AttributionService {
     /// Secret mixed into IP and user-agent hashes so they cannot be reversed by enumeration.
     hash_salt: Arc<str>,
     reports: Arc<Reports>,
+    crm: Arc<service::CrmCache>,
 }
 
 impl std::fmt::Debug for AttributionService {
@@ -61,6 +62,7 @@ impl AttributionService {
             clock,
             hash_salt: Arc::from(hash_salt),
             reports: Arc::default(),
+            crm: Arc::default(),
         }
     }
 
@@ -569,7 +571,9 @@ impl AttributionApi for AttributionService {
         let store = self.store.as_ref();
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
-                let t = service::resolve(store, subject.0, subject.1, occurred_at, input).await?;
+                let t =
+                    service::resolve(store, &self.crm, subject.0, subject.1, occurred_at, input)
+                        .await?;
                 let recorded = service::record_touchpoint(store, &t, &meta.command_meta()).await?;
                 Ok(touchpoint_pb(&recorded))
             })
@@ -641,10 +645,11 @@ impl AttributionApi for AttributionService {
                 if known.state.0.is_none() {
                     // A new postback must come from a partner approved at its time; a retry of
                     // a recorded one answers as before, whatever happened since.
-                    let record =
-                        service::load_crm(store, &streams::crm_partner(partner_id)).await?;
-                    crate::crm::check_partner(partner_id, &record, occurred_at)
-                        .map_err(|r| ApiError::rule(r.to_string()))?;
+                    service::with_crm(store, &self.crm, &streams::crm_partner(partner_id), |r| {
+                        crate::crm::check_partner(partner_id, r, occurred_at)
+                    })
+                    .await?
+                    .map_err(|r| ApiError::rule(r.to_string()))?;
                 }
                 let recorded =
                     service::record_postback(store, &touchpoint, &meta.command_meta()).await?;
@@ -826,7 +831,9 @@ impl AttributionApi for AttributionService {
         let store = self.store.as_ref();
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
-                let event = service::record_conversion(store, &facts, &meta.command_meta()).await?;
+                let event =
+                    service::record_conversion(store, &self.crm, &facts, &meta.command_meta())
+                        .await?;
                 tracing::info!(
                     conversion_id = %facts.conversion_id,
                     attributed = event.is_attributed(),

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use chrono::{DateTime, Utc};
 use pl_eventlog::EventStore;
 use pl_runtime::aggregate::{decode_event, execute, load, ExecuteError};
-use pl_runtime::{ApiError, CommandMeta};
+use pl_runtime::{ApiError, CommandMeta, StateCache};
 use uuid::Uuid;
 
 use crate::contract::{self, ConversionEvent, Published};
@@ -38,10 +38,28 @@ fn rejected(r: crm::Rejection) -> ApiError {
     ApiError::rule(r.to_string())
 }
 
-pub async fn load_crm(store: &dyn EventStore, stream: &str) -> Result<CrmRecord, ApiError> {
+async fn load_crm(store: &dyn EventStore, stream: &str) -> Result<CrmRecord, ApiError> {
     load::<CrmRecord>(store, stream)
         .await
         .map(|l| l.state)
+        .map_err(|e| executed(e, ApiError::internal))
+}
+
+/// Partner CRM's facts kept in memory between requests (partners, links, coupons, campaigns:
+/// read on every touchpoint and conversion): each use is a catch-up read of the stream, not a
+/// replay and decode of it. The consumer writes these streams; the cache only reads them.
+pub type CrmCache = StateCache<CrmRecord>;
+
+/// `view` of a CRM stream as of its last event, through the cache.
+pub async fn with_crm<R>(
+    store: &dyn EventStore,
+    crm: &CrmCache,
+    stream: &str,
+    view: impl FnOnce(&CrmRecord) -> R,
+) -> Result<R, ApiError> {
+    crm.read(store, stream, view)
+        .await
+        .map(|(r, _)| r)
         .map_err(|e| executed(e, ApiError::internal))
 }
 
@@ -73,6 +91,7 @@ pub enum TouchInput {
 /// partner, program and campaign. Refusals name their reason precisely (FAILED_PRECONDITION).
 pub async fn resolve(
     store: &dyn EventStore,
+    crm: &CrmCache,
     visitor_id: Option<String>,
     customer_id: Option<String>,
     occurred_at: DateTime<Utc>,
@@ -91,8 +110,11 @@ pub async fn resolve(
         } => {
             let (partner, program, campaign) = match tracking_link_id {
                 Some(link_id) => {
-                    let record = load_crm(store, &streams::crm_link(link_id)).await?;
-                    let link = crm::check_link(link_id, &record, at).map_err(rejected)?;
+                    let link = with_crm(store, crm, &streams::crm_link(link_id), |r| {
+                        crm::check_link(link_id, r, at)
+                    })
+                    .await?
+                    .map_err(rejected)?;
                     if let Some(requested) = program_id.filter(|p| *p != link.program_id) {
                         return Err(rejected(crm::Rejection::LinkOfOtherProgram {
                             link: link_id,
@@ -140,8 +162,11 @@ pub async fn resolve(
             program_id,
             code,
         } => {
-            let record = load_crm(store, &streams::crm_coupon(program_id, &code)).await?;
-            let coupon = crm::check_coupon(&code, program_id, &record, at).map_err(rejected)?;
+            let coupon = with_crm(store, crm, &streams::crm_coupon(program_id, &code), |r| {
+                crm::check_coupon(&code, program_id, r, at)
+            })
+            .await?
+            .map_err(rejected)?;
             let detail = Detail {
                 coupon_id: Some(coupon.coupon_id),
                 coupon_code: Some(coupon.code.clone()),
@@ -161,9 +186,11 @@ pub async fn resolve(
             campaign_id,
             partner_id,
         } => {
-            let record = load_crm(store, &streams::crm_campaign(campaign_id)).await?;
-            let campaign =
-                crm::check_campaign(campaign_id, partner_id, &record).map_err(rejected)?;
+            let campaign = with_crm(store, crm, &streams::crm_campaign(campaign_id), |r| {
+                crm::check_campaign(campaign_id, partner_id, r)
+            })
+            .await?
+            .map_err(rejected)?;
             (
                 impression_id,
                 TouchpointKind::Impression,
@@ -174,8 +201,11 @@ pub async fn resolve(
             )
         }
     };
-    let partner = load_crm(store, &streams::crm_partner(partner_id)).await?;
-    crm::check_partner(partner_id, &partner, at).map_err(rejected)?;
+    with_crm(store, crm, &streams::crm_partner(partner_id), |r| {
+        crm::check_partner(partner_id, r, at)
+    })
+    .await?
+    .map_err(rejected)?;
     Ok(Touchpoint {
         touchpoint_id: id,
         kind,
@@ -310,6 +340,7 @@ async fn recent_touchpoints(
 /// Everything a fresh decision may use, read from the log.
 async fn gather(
     store: &dyn EventStore,
+    crm: &CrmCache,
     facts: &ConversionFacts,
     window_days: u32,
 ) -> Result<Candidates, ApiError> {
@@ -339,6 +370,7 @@ async fn gather(
         deal_streams.push(streams::crm_deal_by_domain(facts.program_id, d));
     }
     for s in deal_streams {
+        // Uncached: a customer's or domain's deal stream is read about once (usually empty).
         for d in load_crm(store, &s).await?.deals {
             if !c.deals.iter().any(|x| x.deal_id == d.deal_id) {
                 c.deals.push(d);
@@ -357,7 +389,9 @@ async fn gather(
         .collect();
     let mut histories = BTreeMap::new();
     for p in partners {
-        histories.insert(p, load_crm(store, &streams::crm_partner(p)).await?.statuses);
+        let stream = streams::crm_partner(p);
+        let statuses = with_crm(store, crm, &stream, |r| r.statuses.clone()).await?;
+        histories.insert(p, statuses);
     }
     c.partners = histories;
     Ok(c)
@@ -385,6 +419,7 @@ fn conversion_error(e: ConversionError) -> ApiError {
 /// Decides a conversion (once per program and external id) and publishes the decision.
 pub async fn record_conversion(
     store: &dyn EventStore,
+    crm: &CrmCache,
     facts: &ConversionFacts,
     meta: &CommandMeta,
 ) -> Result<ConversionEvent, ApiError> {
@@ -403,7 +438,7 @@ pub async fn record_conversion(
     {
         Candidates::default()
     } else {
-        gather(store, facts, program.current.window_days).await?
+        gather(store, crm, facts, program.current.window_days).await?
     };
     let cmd = Decide {
         facts: facts.clone(),
