@@ -217,11 +217,17 @@ pub async fn handle_batch(
     let mut outcomes: Vec<Result<(), HandleError>> = Vec::with_capacity(messages.len());
     let mut at = 0;
     while at < messages.len() {
-        let run: Vec<_> = messages[at..]
-            .iter()
-            .take(MAX_BATCH)
-            .map_while(conversion)
-            .collect();
+        // A lone message (what a lane hands over under light load) goes straight to `handle`,
+        // which parses it once; only a possible run is parsed here.
+        let run: Vec<_> = if messages.len() - at > 1 {
+            messages[at..]
+                .iter()
+                .take(MAX_BATCH)
+                .map_while(conversion)
+                .collect()
+        } else {
+            Vec::new()
+        };
         if run.len() > 1 {
             let span = tracing::info_span!("consume_batch", conversions = run.len());
             match accruals::on_conversions(store, caches, &run)
