@@ -423,9 +423,9 @@ pub async fn record_conversion(
     facts: &ConversionFacts,
     meta: &CommandMeta,
 ) -> Result<ConversionEvent, ApiError> {
-    let digest = facts.digest();
     if let Some(existing) = get_conversion(store, facts.conversion_id).await? {
-        if existing.facts_sha256() == digest {
+        // The digest only for a retry: a first decision computes it once, in the decider.
+        if existing.facts_sha256() == facts.digest() {
             return Ok(existing);
         }
         return Err(conversion_error(ConversionError::DecidedDifferently {
