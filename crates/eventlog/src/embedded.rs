@@ -7,11 +7,14 @@
 //! Writes: appenders validate, sequence and encode under a short lock into a pending buffer; one
 //! sync thread writes the buffer and `fdatasync`s it, so concurrent appends share one sync (group
 //! commit). An append returns, and its events become visible to readers, only after that sync.
+//! The file is grown ahead of the appends in zeros (up to 1 MiB at a time), so that most syncs
+//! write data only; close trims it back to its last append.
 //! A failed write or sync poisons the log: the page cache can no longer be trusted, so every later
 //! append fails until the log is reopened (and recovery decides what is on disk).
 //!
 //! Recovery on open: frames are checked (length, CRC-32, position, version) from the end of the
-//! snapshot on. A bad frame within the last unsynced window (`MAX_UNSYNCED_BYTES`) with nothing
+//! snapshot on, up to the last non-zero byte (zeros after it are space grown ahead, dropped).
+//! A bad frame within the last unsynced window (`MAX_UNSYNCED_BYTES`) with nothing
 //! valid after it is a torn write: the log is truncated to the last complete append. Anything else
 //! is corruption and the open fails, so no event after it is ever served.
 //!
@@ -50,6 +53,13 @@ const MAX_READ_BYTES: u64 = 16 * 1024 * 1024;
 const INLINE_READ_BYTES: u64 = 64 * 1024;
 /// The recovery scan reads the file in chunks of this size.
 const SCAN_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+/// The log file is grown ahead of the appends, in zeros written once, by an eighth of its size
+/// within these bounds: an append that stays inside the file's length leaves `fdatasync` no
+/// inode or block map to write, only the data (measured on this VM: about a quarter less
+/// time and CPU per sync). The cap bounds the one slower sync that writes the zeros; the floor
+/// keeps small logs (tests, fresh installs) small. Close trims the file back to its events.
+const MIN_PREALLOC_BYTES: u64 = 64 * 1024;
+const MAX_PREALLOC_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct EmbeddedOptions {
@@ -215,7 +225,13 @@ impl EmbeddedLog {
             // What is on disk is decided by recovery on the next open, not by our memory.
             return Ok(());
         }
-        write_snapshot(&self.shared.dir, &self.shared.file, &state)
+        // Trim the zeroed space grown ahead of the appends: a closed log is exactly its events.
+        let file = &self.shared.file;
+        if file.metadata()?.len() > state.committed_offset {
+            file.set_len(state.committed_offset)?;
+            file.sync_all()?;
+        }
+        write_snapshot(&self.shared.dir, file, &state)
     }
 
     pub fn dir(&self) -> &Path {
@@ -312,6 +328,8 @@ impl Shared {
 
     /// The group-commit loop: write whatever is pending, sync once, publish.
     fn sync_loop(&self) {
+        // Where the file's zeroed space ends; only this thread grows the file.
+        let mut allocated_end = self.file.metadata().map(|m| m.len()).unwrap_or(0);
         loop {
             let (mut buf, end_position, write_offset) = {
                 let mut st = self.state.lock();
@@ -327,9 +345,10 @@ impl Shared {
                 debug_assert_eq!(write_offset, st.committed_offset);
                 (buf, st.index.next_position, write_offset)
             };
+            let write_end = write_offset + buf.len() as u64;
             let written = self
-                .file
-                .write_all_at(&buf, write_offset)
+                .preallocate(&mut allocated_end, write_end)
+                .and_then(|()| self.file.write_all_at(&buf, write_offset))
                 .and_then(|()| self.file.sync_data());
             let mut st = self.state.lock();
             if let Err(e) = written {
@@ -349,6 +368,20 @@ impl Shared {
             self.commit.send_modify(|c| c.committed = end_position);
             self.head.send_replace(end_position);
         }
+    }
+
+    /// Grows the file with zeros so that it reaches past `needed_end` (see
+    /// [`MAX_PREALLOC_BYTES`]). Recovery treats zeros after the last append as free space.
+    fn preallocate(&self, allocated_end: &mut u64, needed_end: u64) -> std::io::Result<()> {
+        if needed_end <= *allocated_end {
+            return Ok(());
+        }
+        let ahead = (needed_end / 8).clamp(MIN_PREALLOC_BYTES, MAX_PREALLOC_BYTES);
+        let new_end = needed_end + ahead;
+        let zeros = vec![0u8; (new_end - *allocated_end) as usize];
+        self.file.write_all_at(&zeros, *allocated_end)?;
+        *allocated_end = new_end;
+        Ok(())
     }
 
     fn read_range(&self, start: u64, end: u64) -> Result<Bytes, LogError> {
@@ -570,6 +603,9 @@ fn recover(
     repair: bool,
 ) -> Result<(), LogError> {
     let file_len = file.metadata()?.len();
+    // Zeros after the last written byte are space grown ahead of the appends (or never
+    // written): no frame starts there, and a torn write is judged by what was written.
+    let data_end = written_end(file, state.committed_offset, file_len)?;
     let mut batch: Vec<(u64, RecordedEvent)> = Vec::new();
     let mut batch_start = state.committed_offset;
     let max_payload = limits.max_event_bytes.max(MAX_UNSYNCED_BYTES);
@@ -582,7 +618,8 @@ fn recover(
     };
     let failure: Option<(u64, String)> = loop {
         let frame_offset = scan.offset();
-        if frame_offset >= file_len {
+        // A frame starts with its non-zero length, so none starts at or after `data_end`.
+        if frame_offset >= data_end {
             break None;
         }
         if !scan.ensure(FRAME_HEADER_BYTES)? {
@@ -631,14 +668,19 @@ fn recover(
         }
     };
     debug_assert_eq!(state.committed_offset, batch_start);
-    if batch_start == file_len {
+    if batch_start >= data_end {
+        if file_len > batch_start {
+            // Only zeroed space follows the last append: not damage, nothing to report.
+            file.set_len(batch_start)?;
+            file.sync_all()?;
+        }
         return Ok(());
     }
     let (bad_offset, reason) =
         failure.unwrap_or((batch_start, "the last append is incomplete".into()));
-    let tail_bytes = file_len - batch_start;
+    let tail_bytes = data_end - batch_start;
     let torn = tail_bytes <= MAX_UNSYNCED_BYTES as u64
-        && !any_valid_frame_after(file, bad_offset + 1, file_len, max_payload)?;
+        && !any_valid_frame_after(file, bad_offset + 1, data_end, max_payload)?;
     if !torn && !repair {
         return Err(LogError::Corrupt {
             offset: bad_offset,
@@ -649,7 +691,7 @@ fn recover(
         });
     }
     if !torn {
-        quarantine(dir, file, batch_start, file_len)?;
+        quarantine(dir, file, batch_start, data_end)?;
     }
     tracing::warn!(
         offset = batch_start,
@@ -661,6 +703,22 @@ fn recover(
     file.set_len(batch_start)?;
     file.sync_all()?;
     Ok(())
+}
+
+/// The end of the last non-zero byte of the file at or after `from` (`from` when there is none).
+fn written_end(file: &File, from: u64, file_len: u64) -> Result<u64, LogError> {
+    let mut end = file_len;
+    let mut chunk = Vec::new();
+    while end > from {
+        let start = end.saturating_sub(SCAN_CHUNK_BYTES as u64).max(from);
+        chunk.resize((end - start) as usize, 0);
+        file.read_exact_at(&mut chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(from)
 }
 
 /// A forward reader over the log file for the recovery scan.

@@ -158,6 +158,60 @@ async fn zeroed_or_garbage_bytes_at_the_tail_are_discarded() {
 }
 
 #[tokio::test]
+async fn the_file_grows_ahead_of_its_appends_and_a_close_trims_it_to_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.log");
+    let log = open(dir.path()).unwrap();
+    fill(&log, 2, 5).await;
+    let while_open = std::fs::metadata(&path).unwrap().len();
+    drop(log);
+    let closed = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        while_open > closed,
+        "grown ahead: {while_open} bytes open, {closed} closed"
+    );
+
+    let log = open(dir.path()).unwrap();
+    assert_eq!(all_events(log.as_ref()).await.len(), 10);
+    fill(&log, 1, 5).await;
+    drop(log);
+    let log = open(dir.path()).unwrap();
+    assert_eq!(all_events(log.as_ref()).await.len(), 15);
+    assert!(verify(log.as_ref()).await.unwrap().is_intact());
+}
+
+#[tokio::test]
+async fn a_crash_inside_space_grown_ahead_recovers_to_the_last_complete_append() {
+    // What a crash leaves: zeroed space after the appends, maybe with a torn append at its
+    // start. However much zeroed space follows, only what was written is judged.
+    let grown_bytes = 40 * 1024 * 1024;
+    for torn in [Vec::new(), b"\x55\x01\x00\x00torn-append".to_vec()] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        let log = open(dir.path()).unwrap();
+        fill(&log, 2, 5).await;
+        drop(log);
+        std::fs::remove_file(dir.path().join("index.snap")).unwrap();
+        let events_end = std::fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &torn, events_end).unwrap();
+        f.set_len(events_end + grown_bytes).unwrap();
+        drop(f);
+
+        let log = open(dir.path()).unwrap();
+        assert_eq!(all_events(log.as_ref()).await.len(), 10);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), events_end);
+        log.append("s-9", ExpectedVersion::NoStream, vec![ev("After", 1)])
+            .await
+            .unwrap();
+        drop(log);
+        let log = open(dir.path()).unwrap();
+        assert_eq!(all_events(log.as_ref()).await.len(), 11);
+        assert!(verify(log.as_ref()).await.unwrap().is_intact());
+    }
+}
+
+#[tokio::test]
 async fn corruption_followed_by_valid_events_refuses_to_open_instead_of_serving_them() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path()).unwrap();
