@@ -329,7 +329,8 @@ impl Shared {
     /// The group-commit loop: write whatever is pending, sync once, publish.
     fn sync_loop(&self) {
         // Where the file's zeroed space ends; only this thread grows the file.
-        let mut allocated_end = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        // Recovery left the file ending at its last append.
+        let mut allocated_end = self.state.lock().committed_offset;
         loop {
             let (mut buf, end_position, write_offset) = {
                 let mut st = self.state.lock();
@@ -346,9 +347,10 @@ impl Shared {
                 (buf, st.index.next_position, write_offset)
             };
             let write_end = write_offset + buf.len() as u64;
+            self.preallocate(&mut allocated_end, write_end);
             let written = self
-                .preallocate(&mut allocated_end, write_end)
-                .and_then(|()| self.file.write_all_at(&buf, write_offset))
+                .file
+                .write_all_at(&buf, write_offset)
                 .and_then(|()| self.file.sync_data());
             let mut st = self.state.lock();
             if let Err(e) = written {
@@ -371,17 +373,23 @@ impl Shared {
     }
 
     /// Grows the file with zeros so that it reaches past `needed_end` (see
-    /// [`MAX_PREALLOC_BYTES`]). Recovery treats zeros after the last append as free space.
-    fn preallocate(&self, allocated_end: &mut u64, needed_end: u64) -> std::io::Result<()> {
+    /// [`MAX_PREALLOC_BYTES`]). Recovery treats zeros after the last append as free space, so
+    /// a failure here (a nearly full disk) is only a missed optimisation: the append goes on
+    /// and its own write decides.
+    fn preallocate(&self, allocated_end: &mut u64, needed_end: u64) {
         if needed_end <= *allocated_end {
-            return Ok(());
+            return;
         }
         let ahead = (needed_end / 8).clamp(MIN_PREALLOC_BYTES, MAX_PREALLOC_BYTES);
         let new_end = needed_end + ahead;
-        let zeros = vec![0u8; (new_end - *allocated_end) as usize];
-        self.file.write_all_at(&zeros, *allocated_end)?;
-        *allocated_end = new_end;
-        Ok(())
+        // Up to `needed_end` the append's own write follows at once.
+        let zeros = vec![0u8; ahead as usize];
+        match self.file.write_all_at(&zeros, needed_end) {
+            Ok(()) => *allocated_end = new_end,
+            Err(e) => {
+                tracing::warn!(error = %e, bytes = zeros.len(), "event log could not grow ahead; appending without");
+            }
+        }
     }
 
     fn read_range(&self, start: u64, end: u64) -> Result<Bytes, LogError> {
@@ -668,19 +676,34 @@ fn recover(
         }
     };
     debug_assert_eq!(state.committed_offset, batch_start);
-    if batch_start >= data_end {
-        if file_len > batch_start {
-            // Only zeroed space follows the last append: not damage, nothing to report.
-            file.set_len(batch_start)?;
-            file.sync_all()?;
-        }
+    if batch_start == file_len {
         return Ok(());
     }
-    let (bad_offset, reason) =
-        failure.unwrap_or((batch_start, "the last append is incomplete".into()));
-    let tail_bytes = data_end - batch_start;
-    let torn = tail_bytes <= MAX_UNSYNCED_BYTES as u64
-        && !any_valid_frame_after(file, bad_offset + 1, data_end, max_payload)?;
+    // What the writer can leave after its last synced append: one unsynced buffer and the
+    // space grown ahead of it. A longer tail, even of zeros, is damage, not a crash.
+    let tail_bytes = file_len - batch_start;
+    let within_window = tail_bytes <= MAX_UNSYNCED_BYTES as u64 + MAX_PREALLOC_BYTES;
+    if batch_start >= data_end && within_window {
+        tracing::info!(
+            offset = batch_start,
+            bytes = tail_bytes,
+            "dropping the zeroed space after the last append"
+        );
+        file.set_len(batch_start)?;
+        file.sync_all()?;
+        return Ok(());
+    }
+    let (bad_offset, reason) = failure.unwrap_or_else(|| {
+        let reason = if batch_start >= data_end {
+            "only zeros follow the last append"
+        } else {
+            "the last append is incomplete"
+        };
+        (batch_start, reason.into())
+    });
+    // Up to the end of the file, not `data_end`: a valid frame may end in zero bytes.
+    let torn =
+        within_window && !any_valid_frame_after(file, bad_offset + 1, file_len, max_payload)?;
     if !torn && !repair {
         return Err(LogError::Corrupt {
             offset: bad_offset,
@@ -691,7 +714,7 @@ fn recover(
         });
     }
     if !torn {
-        quarantine(dir, file, batch_start, data_end)?;
+        quarantine(dir, file, batch_start, file_len)?;
     }
     tracing::warn!(
         offset = batch_start,

@@ -182,33 +182,63 @@ async fn the_file_grows_ahead_of_its_appends_and_a_close_trims_it_to_its_events(
 
 #[tokio::test]
 async fn a_crash_inside_space_grown_ahead_recovers_to_the_last_complete_append() {
-    // What a crash leaves: zeroed space after the appends, maybe with a torn append at its
-    // start. However much zeroed space follows, only what was written is judged.
-    let grown_bytes = 40 * 1024 * 1024;
+    // A crash image: the file as it is while the log is open (grown ahead, no snapshot),
+    // maybe with a torn append where the next one would have started.
     for torn in [Vec::new(), b"\x55\x01\x00\x00torn-append".to_vec()] {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.log");
+        let image = tempfile::tempdir().unwrap();
+        let path = image.path().join("events.log");
         let log = open(dir.path()).unwrap();
         fill(&log, 2, 5).await;
+        std::fs::copy(dir.path().join("events.log"), &path).unwrap();
         drop(log);
-        std::fs::remove_file(dir.path().join("index.snap")).unwrap();
-        let events_end = std::fs::metadata(&path).unwrap().len();
+        let events_end = std::fs::metadata(dir.path().join("events.log"))
+            .unwrap()
+            .len();
+        let grown = std::fs::metadata(&path).unwrap().len();
+        assert!(grown > events_end, "the image holds space grown ahead");
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &torn, events_end).unwrap();
-        f.set_len(events_end + grown_bytes).unwrap();
         drop(f);
 
-        let log = open(dir.path()).unwrap();
+        let log = open(image.path()).unwrap();
         assert_eq!(all_events(log.as_ref()).await.len(), 10);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), events_end);
         log.append("s-9", ExpectedVersion::NoStream, vec![ev("After", 1)])
             .await
             .unwrap();
         drop(log);
-        let log = open(dir.path()).unwrap();
+        let log = open(image.path()).unwrap();
         assert_eq!(all_events(log.as_ref()).await.len(), 11);
         assert!(verify(log.as_ref()).await.unwrap().is_intact());
     }
+}
+
+#[tokio::test]
+async fn more_zeros_after_the_last_append_than_a_crash_can_leave_refuse_to_open() {
+    // 40 MiB of zeros: more than one unsynced buffer and the space grown ahead of it, so
+    // something that was written has been lost; repair keeps the good prefix.
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path()).unwrap();
+    fill(&log, 2, 5).await;
+    drop(log);
+    let path = dir.path().join("events.log");
+    let events_end = std::fs::metadata(&path).unwrap().len();
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(events_end + 40 * 1024 * 1024).unwrap();
+    drop(f);
+
+    let err = open(dir.path()).unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { .. }), "{err:?}");
+    let repaired = EmbeddedLog::open(
+        dir.path(),
+        EmbeddedOptions {
+            repair: true,
+            ..EmbeddedOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(all_events(&repaired).await.len(), 10);
 }
 
 #[tokio::test]
