@@ -31,6 +31,18 @@ fn open(dir: &Path) -> Result<Arc<EmbeddedLog>, LogError> {
     EmbeddedLog::open(dir, EmbeddedOptions::default()).map(Arc::new)
 }
 
+/// Opens with repair: a damaged tail is moved to `quarantine/` and the good prefix kept.
+fn open_repairing(dir: &Path) -> EmbeddedLog {
+    EmbeddedLog::open(
+        dir,
+        EmbeddedOptions {
+            repair: true,
+            ..EmbeddedOptions::default()
+        },
+    )
+    .unwrap()
+}
+
 async fn fill(log: &EmbeddedLog, streams: usize, per_stream: u64) {
     for s in 0..streams {
         for i in 0..per_stream {
@@ -230,14 +242,7 @@ async fn more_zeros_after_the_last_append_than_a_crash_can_leave_refuse_to_open(
 
     let err = open(dir.path()).unwrap_err();
     assert!(matches!(err, LogError::Corrupt { .. }), "{err:?}");
-    let repaired = EmbeddedLog::open(
-        dir.path(),
-        EmbeddedOptions {
-            repair: true,
-            ..EmbeddedOptions::default()
-        },
-    )
-    .unwrap();
+    let repaired = open_repairing(dir.path());
     assert_eq!(all_events(&repaired).await.len(), 10);
 }
 
@@ -258,14 +263,7 @@ async fn corruption_followed_by_valid_events_refuses_to_open_instead_of_serving_
     assert!(matches!(err, LogError::Corrupt { .. }), "{err:?}");
 
     // An operator can repair: the damaged tail is quarantined, the good prefix served.
-    let repaired = EmbeddedLog::open(
-        dir.path(),
-        EmbeddedOptions {
-            repair: true,
-            ..EmbeddedOptions::default()
-        },
-    )
-    .unwrap();
+    let repaired = open_repairing(dir.path());
     let events = all_events(&repaired).await;
     assert!(!events.is_empty() && events.len() < 40);
     assert!(verify(&repaired).await.unwrap().is_intact());
