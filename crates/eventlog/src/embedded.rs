@@ -60,6 +60,9 @@ const SCAN_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// keeps small logs (tests, fresh installs) small. Close trims the file back to its events.
 const MIN_PREALLOC_BYTES: u64 = 64 * 1024;
 const MAX_PREALLOC_BYTES: u64 = 1024 * 1024;
+/// The zeros the file grows by: static, so never allocated or faulted in per growth (the
+/// kernel maps untouched zero pages to its shared zero page when `pwrite` reads them).
+static PREALLOC_ZEROS: [u8; MAX_PREALLOC_BYTES as usize] = [0; MAX_PREALLOC_BYTES as usize];
 
 #[derive(Debug, Clone, Default)]
 pub struct EmbeddedOptions {
@@ -382,9 +385,10 @@ impl Shared {
         }
         let ahead = (needed_end / 8).clamp(MIN_PREALLOC_BYTES, MAX_PREALLOC_BYTES);
         let new_end = needed_end + ahead;
-        // Up to `needed_end` the append's own write follows at once.
-        let zeros = vec![0u8; ahead as usize];
-        match self.file.write_all_at(&zeros, needed_end) {
+        // Up to `needed_end` the append's own write follows at once. The zeros come from one
+        // static buffer: a fresh one per growth cost the sync thread a page fault per page.
+        let zeros = &PREALLOC_ZEROS[..ahead as usize];
+        match self.file.write_all_at(zeros, needed_end) {
             Ok(()) => *allocated_end = new_end,
             Err(e) => {
                 tracing::warn!(error = %e, bytes = zeros.len(), "event log could not grow ahead; appending without");

@@ -161,6 +161,23 @@ pub enum CreditKind {
 }
 
 impl BookEvent {
+    /// The event's type: its variant's name, as the tag of its JSON form spells it (a test
+    /// checks the two agree for every variant).
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            BookEvent::ConversionAccrued { .. } => "ConversionAccrued",
+            BookEvent::OverrideAccrued { .. } => "OverrideAccrued",
+            BookEvent::ConversionReversed { .. } => "ConversionReversed",
+            BookEvent::OverrideReversed { .. } => "OverrideReversed",
+            BookEvent::CommissionsMatured { .. } => "CommissionsMatured",
+            BookEvent::CustomerChurned { .. } => "CustomerChurned",
+            BookEvent::PayoutCreated { .. } => "PayoutCreated",
+            BookEvent::PayoutSettled { .. } => "PayoutSettled",
+            BookEvent::PayoutFailed { .. } => "PayoutFailed",
+            BookEvent::PartnerCredited { .. } => "PartnerCredited",
+        }
+    }
+
     pub fn transactions(&self) -> &[Transaction] {
         match self {
             BookEvent::ConversionAccrued { transactions, .. }

@@ -615,11 +615,12 @@ async fn a_churned_customers_lifetime_recurring_share_stops_at_the_churn() {
         .unwrap();
 }
 
-/// Checks every partner book event in the store: stored in the binary form of schema 3 (body
-/// compressed); reads back to an event that re-encodes to the very same bytes; its postings
-/// read alone are its transactions' postings; and the same event written as schema 1 (all
-/// JSON) or schema 2 (body uncompressed), as older logs hold it, reads back equal. Returns the
-/// event types seen.
+/// Checks every partner book event in the store: stored in the binary form of schema 4 (body
+/// in MessagePack, compressed) under the type its JSON form is tagged with; reads back to an
+/// event that re-encodes to the very same bytes; its postings read alone are its
+/// transactions' postings; and the same event written as schema 1 (all JSON), schema 2 (body
+/// uncompressed) or schema 3 (body in JSON, compressed), as older logs hold it, reads back
+/// equal. Returns the event types seen.
 async fn book_events_round_trip(store: &SharedStore) -> std::collections::BTreeSet<String> {
     use pl_commissions::book_codec;
     let mut seen = std::collections::BTreeSet::new();
@@ -649,7 +650,8 @@ async fn book_events_round_trip(store: &SharedStore) -> std::collections::BTreeS
                 .map(|p| (p.id, p.kind, p.occurred_at, p.transfers))
                 .collect();
             assert_eq!(read, expected);
-            let (_, json) = pl_runtime::aggregate::encode_json(&event).unwrap();
+            let (json_type, json) = pl_runtime::aggregate::encode_json(&event).unwrap();
+            assert_eq!(json_type, r.event_type, "the stored type is the JSON tag");
             let schema_1 = pl_eventlog::RecordedEvent {
                 schema_version: 1,
                 data: json,
@@ -672,6 +674,21 @@ async fn book_events_round_trip(store: &SharedStore) -> std::collections::BTreeS
                 .map(|p| (p.id, p.kind, p.occurred_at, p.transfers))
                 .collect();
             assert_eq!(postings_2, expected);
+            // Schema 3: the same envelope with the body and explanations in JSON.
+            let (_, data) = book_codec::encode_schema_3(&event).unwrap();
+            let schema_3 = pl_eventlog::RecordedEvent {
+                schema_version: 3,
+                data,
+                ..r.clone()
+            };
+            assert_eq!(book_codec::decode(&schema_3).unwrap(), event);
+            let postings_3: Vec<_> = book_codec::postings(&schema_3)
+                .unwrap()
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.id, p.kind, p.occurred_at, p.transfers))
+                .collect();
+            assert_eq!(postings_3, expected);
             if r.event_type == "ConversionAccrued" {
                 assert!(
                     r.data.len() * 3 < schema_2.data.len() * 2,
@@ -687,7 +704,7 @@ async fn book_events_round_trip(store: &SharedStore) -> std::collections::BTreeS
 }
 
 #[tokio::test]
-async fn every_kind_of_book_event_is_stored_in_binary_and_reads_back_unchanged_as_do_schema_1_and_2_events(
+async fn every_kind_of_book_event_is_stored_in_binary_and_reads_back_unchanged_as_do_schema_1_2_and_3_events(
 ) {
     // Accruals, maturity, a payout created and settled, a clawback after it.
     let (w, _, _) = charged_back_after_payout().await;
@@ -737,6 +754,19 @@ async fn every_kind_of_book_event_is_stored_in_binary_and_reads_back_unchanged_a
     }
 }
 
+/// A schema-4 body: MessagePack with named fields and human-readable values.
+fn msgpack<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut body = Vec::new();
+    value
+        .serialize(
+            &mut rmp_serde::Serializer::new(&mut body)
+                .with_struct_map()
+                .with_human_readable(),
+        )
+        .unwrap();
+    body
+}
+
 /// A stored `ConversionAccrued`, as the service wrote it.
 async fn stored_accrual() -> pl_eventlog::RecordedEvent {
     let (w, _, _) = charged_back_after_payout().await;
@@ -777,20 +807,39 @@ async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_re
     let err = damaged(&|s| s.body_lz4 = s.body_lz4.slice(..s.body_lz4.len() / 2));
     assert!(err.contains("body"), "{err}");
     assert!(err.contains(&accrual.id.to_string()), "{err}");
-    // A body whose explanations do not match the transactions.
-    let err = damaged(&|s| {
-        let mut body = pb::StoredBookBody::decode(
-            lz4_flex::block::decompress(&s.body_lz4, s.body_bytes as usize)
-                .unwrap()
-                .as_slice(),
-        )
-        .unwrap();
-        body.explanation_json.push(bytes::Bytes::from_static(b"{}"));
-        let body = body.encode_to_vec();
-        s.body_bytes = u32::try_from(body.len()).unwrap();
-        s.body_lz4 = lz4_flex::block::compress(&body).into();
-    });
+    // A body whose explanations do not match the transactions, and a body of another type.
+    let event = book_codec::decode(&accrual).unwrap();
+    let rebody = |body: &[u8]| {
+        let body = body.to_vec();
+        move |s: &mut pb::StoredBookEventV3| {
+            s.body_bytes = u32::try_from(body.len()).unwrap();
+            s.body_lz4 = lz4_flex::block::compress(&body).into();
+        }
+    };
+    let mut explanations: Vec<_> = event
+        .transactions()
+        .iter()
+        .map(|t| t.explanation().clone())
+        .collect();
+    explanations.push(explanations[0].clone());
+    let mut body_event = event.clone();
+    let pl_commissions::book::BookEvent::ConversionAccrued { transactions, .. } = &mut body_event
+    else {
+        panic!("an accrual")
+    };
+    transactions.clear();
+    let err = damaged(&rebody(&msgpack(&(&body_event, &explanations))));
     assert!(err.contains("explanations for"), "{err}");
+    let churned = pl_commissions::book::BookEvent::CustomerChurned {
+        plan_id: Uuid::from_u128(1),
+        customer_id: "acme".into(),
+        at: at(1, 1),
+    };
+    let none: Vec<pl_ledger::Explanation> = Vec::new();
+    let err = damaged(&rebody(&msgpack(&(&churned, &none))));
+    assert!(err.contains("body is a CustomerChurned"), "{err}");
+    let err = damaged(&rebody(b"\x92\xa3not"));
+    assert!(err.contains("body"), "{err}");
     // Postings that name an unknown currency or an FX account with an owner: the full decode
     // and the postings alone both refuse them.
     for change in [
@@ -814,7 +863,12 @@ async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_re
             "{postings}"
         );
     }
-    // A schema-3 record read as schema 2 does not pass for one.
+    // A schema-4 record read as schema 2 or 3 does not pass for one.
+    let as_schema_3 = pl_eventlog::RecordedEvent {
+        schema_version: 3,
+        ..accrual.clone()
+    };
+    assert!(book_codec::decode(&as_schema_3).is_err());
     let as_schema_2 = pl_eventlog::RecordedEvent {
         schema_version: 2,
         ..accrual.clone()
