@@ -34,6 +34,9 @@ pub const FIRST_BINARY_SCHEMA_VERSION: u32 = 2;
 /// kilobytes), so a larger claim is a damaged record, refused before anything is allocated.
 pub const MAX_BODY_BYTES: u32 = 1024 * 1024;
 
+/// How deeply a schema-4 body may nest (serde_json's own limit was 128).
+const MAX_BODY_DEPTH: usize = 64;
+
 /// A book event in its stored form (schema version [`STORED_SCHEMA_VERSION`]). The body is
 /// MessagePack with named fields and human-readable values (decimals, ids and times as the
 /// same strings JSON holds), so it carries exactly what the schema-1 JSON carries and reads
@@ -169,10 +172,19 @@ pub fn decode(recorded: &RecordedEvent) -> Result<BookEvent, String> {
 /// rebuilt from their postings and explanations. The body must be of the record's type.
 fn decode_schema_4(event_type: &str, data: &Bytes) -> Result<BookEvent, String> {
     let (postings, body) = postings_and_body(data)?;
-    let (mut event, explanations): (BookEvent, Vec<Explanation>) = serde::Deserialize::deserialize(
-        &mut rmp_serde::Deserializer::from_read_ref(&body).with_human_readable(),
-    )
-    .map_err(|e| format!("body: {e}"))?;
+    // Read through a slice that advances, so that what is left after the document is seen
+    // (JSON refused trailing bytes; MessagePack stops at the end of its value).
+    let mut rest: &[u8] = &body;
+    let mut de = rmp_serde::Deserializer::new(&mut rest).with_human_readable();
+    // A real body nests about a dozen levels; the default (1024) could exhaust a thread's
+    // stack on a crafted one before refusing it.
+    de.set_max_depth(MAX_BODY_DEPTH);
+    let (mut event, explanations): (BookEvent, Vec<Explanation>) =
+        serde::Deserialize::deserialize(&mut de).map_err(|e| format!("body: {e}"))?;
+    drop(de);
+    if !rest.is_empty() {
+        return Err(format!("body has {} bytes after its end", rest.len()));
+    }
     if event.event_type() != event_type {
         return Err(format!("body is a {}", event.event_type()));
     }

@@ -767,6 +767,19 @@ fn msgpack<T: serde::Serialize>(value: &T) -> Vec<u8> {
     body
 }
 
+/// An accrual as a schema-4 body holds it: without its transactions.
+fn event_without_transactions(
+    event: &pl_commissions::book::BookEvent,
+) -> pl_commissions::book::BookEvent {
+    let mut body_event = event.clone();
+    let pl_commissions::book::BookEvent::ConversionAccrued { transactions, .. } = &mut body_event
+    else {
+        panic!("an accrual")
+    };
+    transactions.clear();
+    body_event
+}
+
 /// A stored `ConversionAccrued`, as the service wrote it.
 async fn stored_accrual() -> pl_eventlog::RecordedEvent {
     let (w, _, _) = charged_back_after_payout().await;
@@ -822,12 +835,7 @@ async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_re
         .map(|t| t.explanation().clone())
         .collect();
     explanations.push(explanations[0].clone());
-    let mut body_event = event.clone();
-    let pl_commissions::book::BookEvent::ConversionAccrued { transactions, .. } = &mut body_event
-    else {
-        panic!("an accrual")
-    };
-    transactions.clear();
+    let body_event = event_without_transactions(&event);
     let err = damaged(&rebody(&msgpack(&(&body_event, &explanations))));
     assert!(err.contains("explanations for"), "{err}");
     let churned = pl_commissions::book::BookEvent::CustomerChurned {
@@ -840,6 +848,10 @@ async fn a_damaged_compressed_book_event_is_refused_with_the_reason_and_never_re
     assert!(err.contains("body is a CustomerChurned"), "{err}");
     let err = damaged(&rebody(b"\x92\xa3not"));
     assert!(err.contains("body"), "{err}");
+    let mut trailing = msgpack(&(&event_without_transactions(&event), &explanations[1..]));
+    trailing.push(0xc0);
+    let err = damaged(&rebody(&trailing));
+    assert!(err.contains("1 bytes after its end"), "{err}");
     // Postings that name an unknown currency or an FX account with an owner: the full decode
     // and the postings alone both refuse them.
     for change in [
