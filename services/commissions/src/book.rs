@@ -1280,6 +1280,161 @@ mod tests {
         }
     }
 
+    /// The override line PARTNER earns on `downline`'s accrual of conversion 1 (a 100.00 sale).
+    fn override_line_from(downline: Uuid) -> AccrualLine {
+        let BookCommand::Accrue {
+            program_id,
+            campaign_id,
+            mut facts,
+            versions,
+        } = sale(1, "100.00", day(2))
+        else {
+            panic!("a sale is an accrual");
+        };
+        facts.partner_id = downline;
+        facts.upline = vec![PARTNER];
+        let events = Book::decide(
+            &Book::default(),
+            &BookCommand::Accrue {
+                program_id,
+                campaign_id,
+                facts,
+                versions,
+            },
+        )
+        .unwrap();
+        let BookEvent::ConversionAccrued { accrual, .. } = &events[0] else {
+            panic!("expected an accrual");
+        };
+        accrual
+            .lines
+            .iter()
+            .find(|l| matches!(l.kind, LineKind::Override { .. }))
+            .unwrap()
+            .clone()
+    }
+
+    /// PARTNER's book after its own 10 % of a 100.00 sale (conversion 1) and the override it
+    /// earns on `downline`'s accrual of the same conversion; the events and the override line.
+    fn own_sale_and_override_from(downline: Uuid) -> (Book, Vec<BookEvent>, AccrualLine) {
+        let line = override_line_from(downline);
+        let (book, mut events) = run(Book::default(), &sale(1, "100.00", day(2)));
+        let (book, more) = run(
+            book,
+            &BookCommand::AccrueOverride {
+                program_id: PROGRAM,
+                conversion_id: Uuid::from_u128(1),
+                from_partner: downline,
+                occurred_at: day(2),
+                hold_days: 30,
+                line: line.clone(),
+                source_event_id: Uuid::from_u128(77),
+            },
+        );
+        events.extend(more);
+        (book, events, line)
+    }
+
+    /// One full refund (id 50) of conversion 1 in PARTNER's book: the override from `downline`
+    /// reversed, then the own line.
+    fn refund_both(book: Book, line: &AccrualLine, downline: Uuid) -> (Book, Vec<BookEvent>) {
+        let refund = Uuid::from_u128(50);
+        let (book, mut events) = run(
+            book,
+            &BookCommand::ReverseOverride {
+                reversal_id: refund,
+                conversion_id: Uuid::from_u128(1),
+                from_partner: downline,
+                level: 1,
+                amount: Money::new(-line.amount.amount(), line.amount.currency()),
+                occurred_at: day(5),
+                source_event_id: Uuid::from_u128(51),
+            },
+        );
+        let (book, more) = run(
+            book,
+            &BookCommand::Reverse {
+                reversal_id: refund,
+                conversion_id: Uuid::from_u128(1),
+                fraction: Decimal::ONE,
+                occurred_at: day(5),
+                source_event_id: Uuid::from_u128(51),
+            },
+        );
+        events.extend(more);
+        (book, events)
+    }
+
+    /// Every variant's `event_type` is the tag its JSON form carries (what older schemas
+    /// stored), and it reads back unchanged from the stored form written now.
+    #[test]
+    fn every_kind_of_book_event_is_stored_under_its_json_tag_and_reads_back_unchanged() {
+        let (book, mut events, line) = own_sale_and_override_from(Uuid::from_u128(0xd0));
+        let (_, more) = refund_both(book, &line, Uuid::from_u128(0xd0));
+        events.extend(more);
+        // The kinds whose body alone is what this checks: built without postings.
+        let run_id = Uuid::from_u128(60);
+        events.extend([
+            BookEvent::CommissionsMatured {
+                as_of: day(20),
+                entries: vec![(Uuid::from_u128(1), EntryKey::Own)],
+                transactions: vec![],
+            },
+            BookEvent::CustomerChurned {
+                plan_id: PLAN,
+                customer_id: "cust-1".into(),
+                at: day(21),
+            },
+            BookEvent::PayoutCreated {
+                run_id,
+                program_id: PROGRAM,
+                amount: usd("10.00"),
+                transactions: vec![],
+            },
+            BookEvent::PayoutSettled {
+                run_id,
+                currency: Currency::USD,
+                transactions: vec![],
+            },
+            BookEvent::PayoutFailed {
+                run_id,
+                currency: Currency::USD,
+                reason: "account closed".into(),
+                transactions: vec![],
+            },
+            BookEvent::PartnerCredited {
+                program_id: PROGRAM,
+                credit: CreditKind::CampaignFee {
+                    campaign_id: Uuid::from_u128(61),
+                },
+                transactions: vec![],
+            },
+        ]);
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, event) in events.iter().enumerate() {
+            let (tag, _) = pl_runtime::aggregate::encode_json(event).unwrap();
+            assert_eq!(event.event_type(), tag);
+            let (event_type, data) = crate::book_codec::encode(event).unwrap();
+            assert_eq!(event_type, tag);
+            let recorded = pl_eventlog::RecordedEvent {
+                id: Uuid::from_u128(100 + i as u128),
+                stream: stream(PARTNER),
+                version: i as u64,
+                position: i as u64,
+                event_type,
+                schema_version: crate::book_codec::STORED_SCHEMA_VERSION,
+                data,
+                metadata: pl_eventlog::EventMetadata::at(day(2)),
+                recorded_at: day(2),
+                prev_hash: pl_eventlog::GENESIS_HASH,
+                hash: pl_eventlog::GENESIS_HASH,
+            };
+            assert_eq!(&crate::book_codec::decode(&recorded).unwrap(), event);
+            seen.insert(tag);
+        }
+        assert_eq!(seen.len(), 10, "every variant: {seen:?}");
+    }
+
     /// given(events) / when(command) / then(events), folding the new events in.
     fn run(book: Book, command: &BookCommand) -> (Book, Vec<BookEvent>) {
         let events = Book::decide(&book, command).unwrap();
@@ -1308,77 +1463,11 @@ mod tests {
     #[test]
     fn one_refund_reverses_both_a_partners_own_line_and_its_override_on_the_same_conversion() {
         const DOWNLINE: Uuid = Uuid::from_u128(0xd0);
-        // The downline's accrual on conversion 1, whose override line goes to PARTNER.
-        let BookCommand::Accrue {
-            program_id,
-            campaign_id,
-            mut facts,
-            versions,
-        } = sale(1, "100.00", day(2))
-        else {
-            panic!("a sale is an accrual");
-        };
-        facts.partner_id = DOWNLINE;
-        facts.upline = vec![PARTNER];
-        let downline = Book::decide(
-            &Book::default(),
-            &BookCommand::Accrue {
-                program_id,
-                campaign_id,
-                facts,
-                versions,
-            },
-        )
-        .unwrap();
-        let BookEvent::ConversionAccrued { accrual, .. } = &downline[0] else {
-            panic!("expected an accrual");
-        };
-        let line = accrual
-            .lines
-            .iter()
-            .find(|l| matches!(l.kind, LineKind::Override { .. }))
-            .unwrap()
-            .clone();
         // PARTNER's book: its own 10 % on conversion 1 and the 2 % override from DOWNLINE.
-        let (book, mut all) = run(Book::default(), &sale(1, "100.00", day(2)));
-        let (book, events) = run(
-            book,
-            &BookCommand::AccrueOverride {
-                program_id: PROGRAM,
-                conversion_id: Uuid::from_u128(1),
-                from_partner: DOWNLINE,
-                occurred_at: day(2),
-                hold_days: 30,
-                line: line.clone(),
-                source_event_id: Uuid::from_u128(77),
-            },
-        );
-        all.extend(events);
+        let (book, mut all, line) = own_sale_and_override_from(DOWNLINE);
         assert_eq!(balances(&all), (usd("12.00"), usd("0.00")));
-        let refund = Uuid::from_u128(50);
-        let (book, events) = run(
-            book,
-            &BookCommand::ReverseOverride {
-                reversal_id: refund,
-                conversion_id: Uuid::from_u128(1),
-                from_partner: DOWNLINE,
-                level: 1,
-                amount: Money::new(-line.amount.amount(), line.amount.currency()),
-                occurred_at: day(5),
-                source_event_id: Uuid::from_u128(51),
-            },
-        );
-        all.extend(events);
-        let (book, events) = run(
-            book,
-            &BookCommand::Reverse {
-                reversal_id: refund,
-                conversion_id: Uuid::from_u128(1),
-                fraction: Decimal::ONE,
-                occurred_at: day(5),
-                source_event_id: Uuid::from_u128(51),
-            },
-        );
+        // One refund of the conversion: the override reversed, then the own line.
+        let (book, events) = refund_both(book, &line, DOWNLINE);
         all.extend(events);
         assert_eq!(balances(&all), (usd("0.00"), usd("0.00")));
         // A later refund of what is fully reversed changes nothing (no error either).

@@ -154,22 +154,27 @@ pub fn decode(recorded: &RecordedEvent) -> Result<BookEvent, String> {
         }
     }
     .map_err(|e| format!("{}: {e}", what()))?;
-    let mut event: BookEvent = decode_json(&recorded.event_type, 1, recorded.id, &body_json)?;
+    let event: BookEvent = decode_json(&recorded.event_type, 1, recorded.id, &body_json)?;
+    with_transactions(event, transactions).map_err(|e| format!("{}: {e}", what()))
+}
+
+/// The event with its transactions put back (the stored body holds it without them).
+fn with_transactions(
+    mut event: BookEvent,
+    transactions: Vec<Transaction>,
+) -> Result<BookEvent, String> {
     match event.transactions_mut() {
         Some(slot) => *slot = transactions,
         None if transactions.is_empty() => {}
-        None => {
-            return Err(format!(
-                "{}: transactions on an event that has none",
-                what()
-            ))
-        }
+        None => return Err("transactions on an event that has none".into()),
     }
     Ok(event)
 }
 
 /// A schema-4 record: the body and explanations read from MessagePack, the transactions
-/// rebuilt from their postings and explanations. The body must be of the record's type.
+/// rebuilt from their postings and explanations. The body must be of the record's type. Book
+/// events have no upcasts (`BookEvent::needs_upcast` is never true): a change of their shape
+/// is a new schema version here, read by its own arm of [`decode`].
 fn decode_schema_4(event_type: &str, data: &Bytes) -> Result<BookEvent, String> {
     let (postings, body) = postings_and_body(data)?;
     // Read through a slice that advances, so that what is left after the document is seen
@@ -179,7 +184,7 @@ fn decode_schema_4(event_type: &str, data: &Bytes) -> Result<BookEvent, String> 
     // A real body nests about a dozen levels; the default (1024) could exhaust a thread's
     // stack on a crafted one before refusing it.
     de.set_max_depth(MAX_BODY_DEPTH);
-    let (mut event, explanations): (BookEvent, Vec<Explanation>) =
+    let (event, explanations): (BookEvent, Vec<Explanation>) =
         serde::Deserialize::deserialize(&mut de).map_err(|e| format!("body: {e}"))?;
     drop(de);
     if !rest.is_empty() {
@@ -204,12 +209,7 @@ fn decode_schema_4(event_type: &str, data: &Bytes) -> Result<BookEvent, String> 
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, String>>()?;
-    match event.transactions_mut() {
-        Some(slot) => *slot = transactions,
-        None if transactions.is_empty() => {}
-        None => return Err("transactions on an event that has none".into()),
-    }
-    Ok(event)
+    with_transactions(event, transactions)
 }
 
 /// The postings of a schema-3 or schema-4 record and its body decompressed (checked to be
