@@ -104,13 +104,14 @@ pub async fn on_conversion(
     // A conversion waits for a missing FX rate as a whole, before any partner's accrual: a
     // partial accrual would leave its follow-ups (overrides, the customer's credit, the
     // conversion's index that refunds look for) unwritten until the release.
-    if let Some(waiting) = first_missing_rate(store, caches, event, c).await? {
+    let mut reads = SetupReads::new(store, caches);
+    if let Some(waiting) = first_missing_rate(&mut reads, event, c).await? {
         return park(store, caches, waiting, trace).await;
     }
     let mut credited = Vec::with_capacity(c.shares.len());
     let mut follow_ups: Vec<FollowUp<'_>> = Vec::new();
     for share in &c.shares {
-        let Some(command) = accrue_command(store, caches, event, c, share).await? else {
+        let Some(command) = accrue_command(&mut reads, event, c, share).await? else {
             continue;
         };
         // What the rest of this message needs from the book after the accrual; the book's
@@ -179,9 +180,11 @@ pub async fn on_conversions(
     )],
 ) -> Result<(), HandleError> {
     // Conversions missing an FX rate wait as a whole, as one at a time (see `on_conversion`).
+    // One read of each plan and assignment for the whole run (see `SetupReads`).
+    let mut reads = SetupReads::new(store, caches);
     let mut ready = Vec::with_capacity(run.len());
     for (event, c, trace) in run {
-        match first_missing_rate(store, caches, event, c).await? {
+        match first_missing_rate(&mut reads, event, c).await? {
             Some(waiting) => park(store, caches, waiting, trace).await?,
             None => ready.push((event, c, trace)),
         }
@@ -190,7 +193,7 @@ pub async fn on_conversions(
     let mut books = Grouped::default();
     for &(event, c, trace) in &ready {
         for share in &c.shares {
-            let Some(command) = accrue_command(store, caches, event, c, share).await? else {
+            let Some(command) = accrue_command(&mut reads, event, c, share).await? else {
                 continue;
             };
             let own_meta = meta(event, &format!("accrue:{}", share.partner_id), trace);
@@ -310,31 +313,22 @@ fn accrued_view(b: &Book, conversion_id: Uuid) -> Option<AccruedView> {
 /// rate when the plan pays in another currency. `None` when no plan is assigned to it then
 /// (nothing accrues; logged).
 async fn accrue_command(
-    store: &dyn EventStore,
-    caches: &Caches,
+    reads: &mut SetupReads<'_>,
     event: &IntegrationEvent,
     c: &ConversionAttributed,
     share: &crate::contract::PartnerShare,
 ) -> Result<Option<BookCommand>, HandleError> {
     let revenue = c.gross.or(c.net);
-    let (assignment, _) = caches
-        .assignments
-        .read(store, &setup::assignment_stream(share.partner_id), |a| {
-            a.at(c.occurred_at).cloned()
-        })
-        .await
-        .map_err(outcome)?;
-    let Some(assignment) = assignment else {
+    let Some(assignment) = reads
+        .assignments(share.partner_id)
+        .await?
+        .at(c.occurred_at)
+        .cloned()
+    else {
         tracing::warn!(partner_id = %share.partner_id, conversion_id = %c.conversion_id, "no plan assigned; nothing accrued");
         return Ok(None);
     };
-    let (versions, _) = caches
-        .plans
-        .read(store, &setup::plan_stream(assignment.plan_id), |p| {
-            p.0.clone()
-        })
-        .await
-        .map_err(outcome)?;
+    let versions = reads.plan(assignment.plan_id).await?.0.clone();
     let mut upline = Vec::new();
     let mut next = assignment.parent_partner_id;
     while let Some(parent) = next {
@@ -342,13 +336,11 @@ async fn accrue_command(
             break;
         }
         upline.push(parent);
-        (next, _) = caches
-            .assignments
-            .read(store, &setup::assignment_stream(parent), |a| {
-                a.at(c.occurred_at).and_then(|a| a.parent_partner_id)
-            })
-            .await
-            .map_err(outcome)?;
+        next = reads
+            .assignments(parent)
+            .await?
+            .at(c.occurred_at)
+            .and_then(|a| a.parent_partner_id);
     }
     let payout_currency = versions
         .iter()
@@ -358,7 +350,7 @@ async fn accrue_command(
     let fx_rate = match (revenue.map(|m| m.currency()), payout_currency) {
         (Some(from), Some(to)) if from != to => {
             let date = c.occurred_at.date_naive();
-            let rate = fx_rate(store, caches, from, to, date).await?;
+            let rate = fx_rate(reads.store, reads.caches, from, to, date).await?;
             if rate.is_none() {
                 // Checked for every share before the first accrual: a rate that vanished
                 // since is a race to retry, never a partial accrual.
@@ -596,8 +588,7 @@ async fn apply_pending_reversals(
 /// The first credited partner whose plan pays in another currency with no rate recorded for
 /// the conversion's business date, as the entry to park.
 async fn first_missing_rate(
-    store: &dyn EventStore,
-    caches: &Caches,
+    reads: &mut SetupReads<'_>,
     event: &IntegrationEvent,
     c: &ConversionAttributed,
 ) -> Result<Option<Waiting>, HandleError> {
@@ -606,28 +597,29 @@ async fn first_missing_rate(
     };
     let date = c.occurred_at.date_naive();
     for share in &c.shares {
-        let (assignment, _) = caches
-            .assignments
-            .read(store, &setup::assignment_stream(share.partner_id), |a| {
-                a.at(c.occurred_at).map(|a| a.plan_id)
-            })
-            .await
-            .map_err(outcome)?;
-        let Some(plan_id) = assignment else { continue };
-        let (to, _) = caches
-            .plans
-            .read(store, &setup::plan_stream(plan_id), |p| {
-                p.0.iter()
-                    .filter(|v| v.effective_from <= c.occurred_at)
-                    .max_by_key(|v| v.effective_from)
-                    .map(|v| v.payout_currency)
-            })
-            .await
-            .map_err(outcome)?;
+        let Some(plan_id) = reads
+            .assignments(share.partner_id)
+            .await?
+            .at(c.occurred_at)
+            .map(|a| a.plan_id)
+        else {
+            continue;
+        };
+        let to = reads
+            .plan(plan_id)
+            .await?
+            .0
+            .iter()
+            .filter(|v| v.effective_from <= c.occurred_at)
+            .max_by_key(|v| v.effective_from)
+            .map(|v| v.payout_currency);
         let Some(to) = to.filter(|to| *to != from) else {
             continue;
         };
-        if fx_rate(store, caches, from, to, date).await?.is_none() {
+        if fx_rate(reads.store, reads.caches, from, to, date)
+            .await?
+            .is_none()
+        {
             return Ok(Some(Waiting {
                 conversion_id: c.conversion_id,
                 program_id: c.program_id,
@@ -641,6 +633,64 @@ async fn first_missing_rate(
         }
     }
     Ok(None)
+}
+
+/// Plans and partners' assignments as one message or one run of messages reads them: each
+/// stream caught up once and kept for the rest of the run. Checking the FX rates, building
+/// each accrual and walking its upline read the same few streams again and again, and every
+/// cached read is still a catch-up read of the log (a third of a run's store calls). The run
+/// decides on the setup as of its start, as a message decided one at a time would on the
+/// setup as of its own start; a plan or assignment written meanwhile is ordered after the run.
+struct SetupReads<'a> {
+    store: &'a dyn EventStore,
+    caches: &'a Caches,
+    assignments: std::collections::HashMap<Uuid, Assignments>,
+    plans: std::collections::HashMap<Uuid, Plan>,
+}
+
+impl<'a> SetupReads<'a> {
+    fn new(store: &'a dyn EventStore, caches: &'a Caches) -> Self {
+        Self {
+            store,
+            caches,
+            assignments: std::collections::HashMap::new(),
+            plans: std::collections::HashMap::new(),
+        }
+    }
+
+    async fn assignments(&mut self, partner_id: Uuid) -> Result<&Assignments, HandleError> {
+        use std::collections::hash_map::Entry;
+        Ok(match self.assignments.entry(partner_id) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let stream = setup::assignment_stream(partner_id);
+                let (read, _) = self
+                    .caches
+                    .assignments
+                    .read(self.store, &stream, Clone::clone)
+                    .await
+                    .map_err(outcome)?;
+                slot.insert(read)
+            }
+        })
+    }
+
+    async fn plan(&mut self, plan_id: Uuid) -> Result<&Plan, HandleError> {
+        use std::collections::hash_map::Entry;
+        Ok(match self.plans.entry(plan_id) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let stream = setup::plan_stream(plan_id);
+                let (read, _) = self
+                    .caches
+                    .plans
+                    .read(self.store, &stream, Clone::clone)
+                    .await
+                    .map_err(outcome)?;
+                slot.insert(read)
+            }
+        })
+    }
 }
 
 async fn fx_rate(

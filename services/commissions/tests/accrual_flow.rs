@@ -1277,11 +1277,13 @@ fn refund(id: u128, refund: u128, conversion: u128, amount: &str) -> Message {
     message(id, "ConversionRefunded", data, at(1, 12))
 }
 
-/// Counts appends, and fails those to one stream while `failing` is set (a store outage).
+/// Counts appends and reads of each stream, and fails appends to one stream while `failing`
+/// is set (a store outage).
 #[derive(Debug)]
 struct Flaky {
     inner: MemoryLog,
     appends: std::sync::atomic::AtomicUsize,
+    reads: std::sync::Mutex<BTreeMap<String, usize>>,
     failing: std::sync::Mutex<Option<String>>,
 }
 
@@ -1306,6 +1308,12 @@ impl pl_eventlog::EventStore for Flaky {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<pl_eventlog::RecordedEvent>, pl_eventlog::LogError> {
+        *self
+            .reads
+            .lock()
+            .unwrap()
+            .entry(stream.to_owned())
+            .or_default() += 1;
         self.inner.read_stream(stream, from_version, limit).await
     }
     async fn read_all(
@@ -1330,6 +1338,7 @@ fn flaky() -> Arc<Flaky> {
     Arc::new(Flaky {
         inner: MemoryLog::default(),
         appends: std::sync::atomic::AtomicUsize::new(0),
+        reads: std::sync::Mutex::new(BTreeMap::new()),
         failing: std::sync::Mutex::new(None),
     })
 }
@@ -1432,6 +1441,59 @@ async fn a_batch_of_messages_writes_exactly_what_they_write_one_at_a_time_in_few
     assert!(
         appends.1 < appends.0,
         "appends one by one / batched: {appends:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_reads_each_plan_and_assignment_once_and_accrues_as_one_at_a_time_does() {
+    let (one_by_one, batched) = (flaky(), flaky());
+    let single = world_on(one_by_one.clone()).await;
+    let batch = world_on(batched.clone()).await;
+    let sales = || -> Vec<Message> {
+        (0..8_u128)
+            .map(|i| {
+                message(
+                    10 + i,
+                    "ConversionAttributed",
+                    conversion(200 + i, &format!("cust-{i}"), "100.00", &[(PARTNER, "1")]),
+                    at(1, 10),
+                )
+            })
+            .collect()
+    };
+    let setup_reads = |store: &Flaky| {
+        let reads = store.reads.lock().unwrap();
+        [
+            pl_commissions::setup::assignment_stream(PARTNER),
+            pl_commissions::setup::assignment_stream(PARENT),
+            pl_commissions::setup::plan_stream(PLAN),
+        ]
+        .map(|s| reads.get(&s).copied().unwrap_or(0))
+    };
+    let before = (setup_reads(&one_by_one), setup_reads(&batched));
+    for m in sales() {
+        single.consume(m).await.unwrap();
+    }
+    let outcomes =
+        pl_commissions::consumer::handle_batch(batched.as_ref(), &batch.api.caches(), sales())
+            .await;
+    assert_eq!(outcomes, vec![Ok(()); 8]);
+    let read = |now: [usize; 3], then: [usize; 3]| [0, 1, 2].map(|i| now[i] - then[i]);
+    // The partner's assignment, its parent's and the plan: once each for the whole batch.
+    assert_eq!(read(setup_reads(&batched), before.1), [1, 1, 1]);
+    assert!(read(setup_reads(&one_by_one), before.0)[0] >= 8);
+    assert_eq!(
+        written(one_by_one.as_ref()).await,
+        written(batched.as_ref()).await
+    );
+    // 10% of eight sales of 100 for the partner, 2% for its parent.
+    assert_eq!(
+        batch.balances(PARTNER, None).await,
+        ("80.00".into(), "0.00".into())
+    );
+    assert_eq!(
+        batch.balances(PARENT, None).await,
+        ("16.00".into(), "0.00".into())
     );
 }
 
