@@ -45,6 +45,14 @@ pub struct PlanVersion {
 }
 
 impl PlanVersion {
+    /// Whether a customer's churn changes what this version pays: only recurring shares end
+    /// at churn (`accrue` reads `churned_at` for nothing else).
+    pub fn pays_until_churn(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(r.reward, Reward::Recurring { .. }))
+    }
+
     /// When an accrual that occurred at `occurred_at` matures: `hold_days` later. `None` only
     /// past the end of representable time.
     pub fn matures_at(&self, occurred_at: DateTime<Utc>) -> Option<DateTime<Utc>> {

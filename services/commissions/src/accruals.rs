@@ -132,8 +132,12 @@ pub async fn on_conversion(
         let Some(view) = done.view else {
             continue;
         };
-        let (credit, overrides) = follow_from(event, c, share.partner_id, view, trace);
-        follow_ups.push(Box::pin(record_customer_credits(store, vec![credit])));
+        let credit_needed = credit_needed(&mut reads, view.0).await?;
+        let (credit, overrides) =
+            follow_from(event, c, share.partner_id, view, credit_needed, trace);
+        if let Some(credit) = credit {
+            follow_ups.push(Box::pin(record_customer_credits(store, vec![credit])));
+        }
         for (stream, command, override_meta) in overrides {
             follow_ups.push(Box::pin(async move {
                 caches
@@ -237,8 +241,12 @@ pub async fn on_conversions(
             };
             credited.push(share.partner_id);
             let Some(view) = view.take() else { continue };
-            let (credit, overrides) = follow_from(event, c, share.partner_id, view, trace);
-            customers.push(setup::customer_stream(c.program_id, &c.customer_id), credit);
+            let credit_needed = credit_needed(&mut reads, view.0).await?;
+            let (credit, overrides) =
+                follow_from(event, c, share.partner_id, view, credit_needed, trace);
+            if let Some(credit) = credit {
+                customers.push(setup::customer_stream(c.program_id, &c.customer_id), credit);
+            }
             for (stream, command, override_meta) in overrides {
                 upline_books.push(stream, (command, override_meta));
             }
@@ -402,23 +410,30 @@ async fn accrue_command(
 /// An override to post: the upline book's stream, the command and its meta.
 type OverrideWrite = (String, BookCommand, CommandMeta);
 
-/// What follows from one partner's accrual: its credit on the customer (so a churn finds who
-/// earns on it, under which plan) and one override command per upline line, each with its
-/// book stream and meta.
+/// What follows from one partner's accrual: its credit on the customer, so a churn finds who
+/// earns on it and under which plan (only where the plan pays recurring shares, the one thing
+/// a churn ends: see [`credit_needed`]), and one override command per upline line, each with
+/// its book stream and meta.
 fn follow_from(
     event: &IntegrationEvent,
     c: &ConversionAttributed,
     partner_id: Uuid,
     (plan_id, lines, hold_days): AccruedView,
+    credit_needed: bool,
     trace: &BTreeMap<String, String>,
-) -> ((CustomerCredit, CommandMeta), Vec<OverrideWrite>) {
-    let credit = CustomerCredit {
-        program_id: c.program_id,
-        customer_id: c.customer_id.clone(),
-        partner_id,
-        plan_id,
-    };
-    let customer_meta = meta(event, &format!("customer:{partner_id}"), trace);
+) -> (Option<(CustomerCredit, CommandMeta)>, Vec<OverrideWrite>) {
+    let credit = credit_needed.then(|| {
+        let credit = CustomerCredit {
+            program_id: c.program_id,
+            customer_id: c.customer_id.clone(),
+            partner_id,
+            plan_id,
+        };
+        (
+            credit,
+            meta(event, &format!("customer:{partner_id}"), trace),
+        )
+    });
     let mut overrides = Vec::new();
     for line in lines {
         let LineKind::Override { level } = line.kind else {
@@ -438,7 +453,23 @@ fn follow_from(
         };
         overrides.push((stream, command, override_meta));
     }
-    ((credit, customer_meta), overrides)
+    (credit, overrides)
+}
+
+/// Whether a partner's accrual under `plan_id` is credited on the customer: when some version
+/// of the plan pays a recurring share, which the customer's churn ends. Under any other plan a
+/// churn changes nothing the partner earns, and the credit (one more stream and append per
+/// new customer: a sixth of an accrual's CPU) is left out. A plan that gains a recurring rule
+/// in a later version is credited from its first accrual under that version on; a churn
+/// before that still reaches the partners of the conversion that locked the customer (see
+/// [`on_churn`]), who are the ones its later invoices follow.
+async fn credit_needed(reads: &mut SetupReads<'_>, plan_id: Uuid) -> Result<bool, HandleError> {
+    Ok(reads
+        .plan(plan_id)
+        .await?
+        .0
+        .iter()
+        .any(pl_commission_engine::PlanVersion::pays_until_churn))
 }
 
 /// Records partners' credits on one customer, in order (they share the customer's stream).
@@ -1041,21 +1072,50 @@ pub async fn on_churn(
         .await
         .map_err(outcome)?
         .state;
-    if index.0.is_empty() {
+    // (partner, plan) pairs whose books hear of the churn: every credit on the customer (the
+    // plans paying recurring shares), and the partners of the conversion that locked it, under
+    // the plan that paid them, whose later invoices follow the lock.
+    let mut churned: Vec<(Uuid, Uuid)> = index
+        .0
+        .iter()
+        .filter(|k| k.customer_id == c.customer_id)
+        .map(|k| (k.partner_id, k.plan_id))
+        .collect();
+    if let Some(lock) = c.locked_by_conversion_id {
+        let accrued = load::<ConversionIndex>(store, &setup::accrued_stream(lock))
+            .await
+            .map_err(outcome)?
+            .state
+            .0
+            .filter(|a| a.program_id == c.program_id);
+        for partner in accrued.map(|a| a.partners).unwrap_or_default() {
+            let (plan, _) = caches
+                .books
+                .read(store, &book::stream(partner), |b| {
+                    b.accruals.get(&lock).map(|(a, _)| a.plan_id)
+                })
+                .await
+                .map_err(book_outcome)?;
+            if let Some(plan) = plan.filter(|p| !churned.contains(&(partner, *p))) {
+                churned.push((partner, plan));
+            }
+        }
+    }
+    if churned.is_empty() {
         tracing::info!(program_id = %c.program_id, "churn of a customer no partner earns on");
     }
-    for credit in index.0.iter().filter(|k| k.customer_id == c.customer_id) {
+    for (partner_id, plan_id) in churned {
         let command = BookCommand::Churn {
-            plan_id: credit.plan_id,
+            plan_id,
             customer_id: c.customer_id.clone(),
             at: c.occurred_at,
         };
-        let purpose = format!("churn:{}:{}", credit.partner_id, credit.plan_id);
+        let purpose = format!("churn:{partner_id}:{plan_id}");
         caches
             .books
             .execute(
                 store,
-                &book::stream(credit.partner_id),
+                &book::stream(partner_id),
                 &command,
                 &meta(event, &purpose, trace),
                 |_| (),

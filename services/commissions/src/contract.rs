@@ -90,6 +90,10 @@ pub struct SubscriptionCancelled {
     pub customer_id: String,
     pub program_id: Uuid,
     pub occurred_at: DateTime<Utc>,
+    /// The conversion that had locked the customer to its partners (an addition: absent from
+    /// events published before it).
+    #[serde(default)]
+    pub locked_by_conversion_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

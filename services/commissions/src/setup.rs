@@ -304,8 +304,9 @@ pub fn accrued_stream(conversion_id: Uuid) -> String {
 // ----- customer index -----------------------------------------------------------------------
 
 /// Partners (and the plan their book keeps the customer's state under) credited a program
-/// customer's conversions, so a churn reaches every lifetime share. Bounded: a customer is
-/// credited to a handful of partners in practice.
+/// customer's conversions under plans that pay recurring shares, so a churn reaches every one
+/// of them. (Accruals under other plans are not credited: a churn changes nothing they pay.)
+/// Bounded: a customer is credited to a handful of partners in practice.
 pub const MAX_CUSTOMER_PARTNERS: usize = 1_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -615,6 +615,90 @@ async fn a_churned_customers_lifetime_recurring_share_stops_at_the_churn() {
         .unwrap();
 }
 
+/// The event types of a partner's book, in order.
+async fn book_event_types(w: &World, p: Uuid) -> Vec<String> {
+    w.store
+        .read_stream(&pl_commissions::book::stream(p), 0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_sale_under_a_plan_without_recurring_shares_credits_no_customer_yet_its_churn_reaches_the_partner(
+) {
+    let w = world().await;
+    let p = partner(1);
+    w.assign(p, PLAN).await;
+    let invoice = |n: u128, when: DateTime<Utc>| {
+        serde_json::json!({
+            "conversion_id": Uuid::from_u128(600 + n), "program_id": PROGRAM,
+            "kind": "CONVERSION_KIND_SUBSCRIPTION_INVOICE", "customer_id": "acme",
+            "gross": { "amount": "100.00", "currency": "USD" }, "occurred_at": when,
+            "shares": [{ "partner_id": p, "weight": "1" }],
+        })
+    };
+    w.consume(message(
+        w.id(),
+        "ConversionAttributed",
+        invoice(1, at(1, 10)),
+        at(1, 10),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(w.balance(p).await.pending, "10.00");
+    // A churn changes nothing a 10% plan pays: the customer's stream is not written.
+    let log = w.store.read_all(0, 100_000).await.unwrap();
+    assert!(!log.iter().any(|e| e.stream.starts_with("customer-")));
+
+    // The churn still reaches the partner the customer is locked to, once.
+    let cancelled = serde_json::json!({
+        "customer_id": "acme", "program_id": PROGRAM, "occurred_at": at(2, 20),
+        "locked_by_conversion_id": Uuid::from_u128(601),
+    });
+    let churn = message(w.id(), "SubscriptionCancelled", cancelled, at(2, 20));
+    w.consume(churn.clone()).await.unwrap();
+    w.consume(churn).await.unwrap();
+    let churned = |types: &[String]| types.iter().filter(|t| *t == "CustomerChurned").count();
+    assert_eq!(churned(&book_event_types(&w, p).await), 1);
+
+    // The plan then pays a lifetime share from March on, to every customer: the churned one
+    // earns none of it, as it would had it been credited from the start.
+    let v2 = PlanVersion {
+        version: 2,
+        effective_from: at(3, 1),
+        version_policy: VersionPolicy::FollowEffective,
+        ..lifetime_plan()
+    };
+    let v2 = PlanVersion {
+        plan_id: PLAN,
+        ..v2
+    };
+    w.api
+        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx("plan-v2"),
+            plan_id: PLAN.to_string(),
+            plan_json: serde_json::to_string(&v2).unwrap(),
+        }))
+        .await
+        .unwrap();
+    w.consume(message(
+        w.id(),
+        "ConversionAttributed",
+        invoice(2, at(3, 10)),
+        at(3, 10),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        w.balance(p).await.pending,
+        "10.00",
+        "no share after the churn"
+    );
+}
+
 /// Checks every partner book event in the store: stored in the binary form of schema 4 (body
 /// in MessagePack, compressed) under the type its JSON form is tagged with; reads back to an
 /// event that re-encodes to the very same bytes; its postings read alone are its
