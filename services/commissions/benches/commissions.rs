@@ -10,7 +10,9 @@
 //!    tasks in batches of `BENCH_BATCH` (default 64; what a consumer lane hands over when that
 //!    many messages of its key are queued), each task owning its partners and their parents, so
 //!    no two tasks touch one stream. The store is wrapped in a counter (a few atomic adds per
-//!    call) to report what one message costs.
+//!    call) to report what one message costs. The plan pays no recurring share, so no customer
+//!    is credited (`accruals::credit_needed`): under a recurring plan each new customer costs
+//!    one more append.
 //! 2. Rebuild: `BENCH_REBUILD_EVENTS` (default 1,000,000) book events decided by the `Book`
 //!    aggregate (accruals, overrides, and a 50% refund of every tenth conversion with its override
 //!    reversal) across 10,000 partner streams (1,000 parents with 9 partners each), one business
