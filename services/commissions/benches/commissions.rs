@@ -11,8 +11,9 @@
 //!    many messages of its key are queued), each task owning its partners and their parents, so
 //!    no two tasks touch one stream. The store is wrapped in a counter (a few atomic adds per
 //!    call) to report what one message costs. The plan pays no recurring share, so no customer
-//!    is credited (`accruals::credit_needed`): under a recurring plan each new customer costs
-//!    one more append.
+//!    is credited (`accruals::credit_needed`); the same messages are then accrued again, into a
+//!    log of their own, under a lifetime recurring share paying the same 10%, where each new
+//!    customer is credited as well (one append more).
 //! 2. Rebuild: `BENCH_REBUILD_EVENTS` (default 1,000,000) book events decided by the `Book`
 //!    aggregate (accruals, overrides, and a 50% refund of every tenth conversion with its override
 //!    reversal) across 10,000 partner streams (1,000 parents with 9 partners each), one business
@@ -44,8 +45,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use hdrhistogram::Histogram;
 use pl_bus::Message;
 use pl_commission_engine::{
-    Conditions, ConversionFacts, ConversionKind, LineKind, NetRevenuePolicy, Percent, PlanVersion,
-    Reward, Rule, VersionPolicy,
+    Base, Conditions, ConversionFacts, ConversionKind, LineKind, NetRevenuePolicy, Percent,
+    PlanVersion, RecurringDuration, Reward, Rule, ScheduleStep, VersionPolicy,
 };
 use pl_commissions::book::{self, Book, BookCommand, BookEvent};
 use pl_commissions::book_codec;
@@ -91,6 +92,23 @@ fn plan() -> PlanVersion {
             cap_per_period: None,
         }],
     }
+}
+
+/// The same terms as a lifetime revenue share: 10% of every invoice from the customer's first
+/// (a sale is one), so every accrual pays what [`plan`]'s does, and each new customer is
+/// credited (the stream a churn reads).
+fn recurring_plan() -> PlanVersion {
+    let mut p = plan();
+    p.rules[0].reward = Reward::Recurring {
+        schedule: vec![ScheduleStep {
+            from_month: 1,
+            to_month: None,
+            percent: Percent::new(10).unwrap(),
+        }],
+        duration: RecurringDuration::Lifetime,
+        of: Base::Gross,
+    };
+    p
 }
 
 /// Ids of distinct kinds never collide: the tag is the top byte.
@@ -237,6 +255,7 @@ struct AccrualStats {
 
 async fn accruals(
     dir: &std::path::Path,
+    plan: &PlanVersion,
     partners: u64,
     conversions: u64,
     workers: u64,
@@ -257,7 +276,7 @@ async fn accruals(
     api.publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
         context: ctx("plan-1".into()),
         plan_id: PLAN.to_string(),
-        plan_json: serde_json::to_string(&plan()).unwrap(),
+        plan_json: serde_json::to_string(plan).unwrap(),
     }))
     .await
     .unwrap();
@@ -744,7 +763,25 @@ async fn main() {
     );
 
     let mut rows: Vec<(String, String, String)> = Vec::new();
-    let a = accruals(&dir.join("accruals"), partners, conversions, workers, batch).await;
+    let a = accruals(
+        &dir.join("accruals"),
+        &plan(),
+        partners,
+        conversions,
+        workers,
+        batch,
+    )
+    .await;
+    // The same conversions under a recurring share: each new customer credited as well.
+    let recurring = accruals(
+        &dir.join("accruals-recurring"),
+        &recurring_plan(),
+        partners,
+        conversions,
+        workers,
+        batch,
+    )
+    .await;
     let per_msg = |n: u64| format!("{:.1}", n as f64 / a.messages as f64);
     let mean_us = |d: Duration, n: u64| d.as_micros() as f64 / n.max(1) as f64;
     rows.push((
@@ -795,6 +832,16 @@ async fn main() {
             mean_us(a.read_wait, a.reads)
         ),
         String::new(),
+    ));
+    rows.push((
+        "the same under a lifetime recurring share (10% from month 1): accrued/s, CPU per accrual, appends per accrual".into(),
+        format!(
+            "{} / {:.0} us / {:.1}",
+            fmt_rate(recurring.messages as f64 / recurring.elapsed.as_secs_f64()),
+            recurring.cpu.as_micros() as f64 / recurring.messages.max(1) as f64,
+            recurring.appends as f64 / recurring.messages.max(1) as f64
+        ),
+        "each new customer is credited too (the stream a churn reads): one append more".into(),
     ));
     rows.push((
         format!(
