@@ -45,12 +45,12 @@ pub struct PlanVersion {
 }
 
 impl PlanVersion {
-    /// Whether a customer's churn changes what this version pays: only recurring shares end
-    /// at churn (`accrue` reads `churned_at` for nothing else).
-    pub fn pays_until_churn(&self) -> bool {
+    /// Whether this version pays a share of a customer's invoices month after month (see
+    /// [`RewardKind::is_recurring_share`]): what a customer's churn ends.
+    pub fn has_recurring_shares(&self) -> bool {
         self.rules
             .iter()
-            .any(|r| matches!(r.reward, Reward::Recurring { .. }))
+            .any(|r| r.reward.kind().is_recurring_share())
     }
 
     /// When an accrual that occurred at `occurred_at` matures: `hold_days` later. `None` only
@@ -332,6 +332,18 @@ pub enum RewardKind {
     NetRevenueShare,
     /// A multi-level override of [`PlanVersion::overrides`].
     Override,
+}
+
+impl RewardKind {
+    /// A share of a customer's invoices month after month: recurring, first-year and net
+    /// revenue shares. These are what the recurring-shares report lists, and what a churn
+    /// ends there; the engine also pays a recurring share nothing for invoices after it.
+    pub fn is_recurring_share(self) -> bool {
+        matches!(
+            self,
+            RewardKind::Recurring | RewardKind::FirstYearPercent | RewardKind::NetRevenueShare
+        )
+    }
 }
 
 /// One step of a recurring schedule: `percent` in customer months `from_month..=to_month`.

@@ -457,19 +457,20 @@ fn follow_from(
 }
 
 /// Whether a partner's accrual under `plan_id` is credited on the customer: when some version
-/// of the plan pays a recurring share, which the customer's churn ends. Under any other plan a
-/// churn changes nothing the partner earns, and the credit (one more stream and append per
-/// new customer: a sixth of an accrual's CPU) is left out. A plan that gains a recurring rule
-/// in a later version is credited from its first accrual under that version on; a churn
-/// before that still reaches the partners of the conversion that locked the customer (see
-/// [`on_churn`]), who are the ones its later invoices follow.
+/// of the plan pays a recurring share (`RewardKind::is_recurring_share`: recurring, first-year
+/// and net revenue shares), which the customer's churn ends. Under any other plan a churn
+/// changes nothing the partner earns or is shown, and the credit (one more stream and append
+/// per new customer: a sixth of an accrual's CPU) is left out. A churn also reaches every plan
+/// under which the partners of the conversion that locked the customer keep its state (see
+/// [`on_churn`]), so a plan that gains a recurring rule after the churn still pays the
+/// customer's later invoices nothing.
 async fn credit_needed(reads: &mut SetupReads<'_>, plan_id: Uuid) -> Result<bool, HandleError> {
     Ok(reads
         .plan(plan_id)
         .await?
         .0
         .iter()
-        .any(pl_commission_engine::PlanVersion::pays_until_churn))
+        .any(pl_commission_engine::PlanVersion::has_recurring_shares))
 }
 
 /// Records partners' credits on one customer, in order (they share the customer's stream).
@@ -669,9 +670,11 @@ async fn first_missing_rate(
 /// Plans and partners' assignments as one message or one run of messages reads them: each
 /// stream caught up once and kept for the rest of the run. Checking the FX rates, building
 /// each accrual and walking its upline read the same few streams again and again, and every
-/// cached read is still a catch-up read of the log (a third of a run's store calls). The run
-/// decides on the setup as of its start, as a message decided one at a time would on the
-/// setup as of its own start; a plan or assignment written meanwhile is ordered after the run.
+/// cached read is still a catch-up read of the log (a third of a run's store calls). Each
+/// stream is read as of its first use in the run and kept for the rest of it: a plan or
+/// assignment written while the run is being decided may be seen by its later messages or not
+/// (as it may by a message decided one at a time while it is written), and the FX check and
+/// the accrual of a message always see the same one.
 struct SetupReads<'a> {
     store: &'a dyn EventStore,
     caches: &'a Caches,
@@ -1073,8 +1076,9 @@ pub async fn on_churn(
         .map_err(outcome)?
         .state;
     // (partner, plan) pairs whose books hear of the churn: every credit on the customer (the
-    // plans paying recurring shares), and the partners of the conversion that locked it, under
-    // the plan that paid them, whose later invoices follow the lock.
+    // plans paying recurring shares), and every plan under which a partner of the conversion
+    // that locked the customer keeps its state (the customer's later invoices follow the lock,
+    // under whatever plan they are paid).
     let mut churned: Vec<(Uuid, Uuid)> = index
         .0
         .iter()
@@ -1089,15 +1093,21 @@ pub async fn on_churn(
             .0
             .filter(|a| a.program_id == c.program_id);
         for partner in accrued.map(|a| a.partners).unwrap_or_default() {
-            let (plan, _) = caches
+            let (plans, _) = caches
                 .books
                 .read(store, &book::stream(partner), |b| {
-                    b.accruals.get(&lock).map(|(a, _)| a.plan_id)
+                    b.engine
+                        .iter()
+                        .filter(|(_, s)| s.customer(&c.customer_id).is_some())
+                        .map(|(plan, _)| *plan)
+                        .collect::<Vec<Uuid>>()
                 })
                 .await
                 .map_err(book_outcome)?;
-            if let Some(plan) = plan.filter(|p| !churned.contains(&(partner, *p))) {
-                churned.push((partner, plan));
+            for plan in plans {
+                if !churned.contains(&(partner, plan)) {
+                    churned.push((partner, plan));
+                }
             }
         }
     }

@@ -90,8 +90,8 @@ pub struct SubscriptionCancelled {
     pub customer_id: String,
     pub program_id: Uuid,
     pub occurred_at: DateTime<Utc>,
-    /// The conversion that had locked the customer to its partners (an addition: absent from
-    /// events published before it).
+    /// The conversion that had locked the customer to its partners. Attribution sends it with
+    /// every churn of a locked customer; without it a churn reaches the credited partners only.
     #[serde(default)]
     pub locked_by_conversion_id: Option<Uuid>,
 }

@@ -121,13 +121,6 @@ pub struct RecurringShare {
     pub last_invoice_at: DateTime<Utc>,
 }
 
-fn is_recurring(kind: RewardKind) -> bool {
-    matches!(
-        kind,
-        RewardKind::Recurring | RewardKind::FirstYearPercent | RewardKind::NetRevenueShare
-    )
-}
-
 /// The partner's recurring revenue shares as of a business date, one per customer and rule.
 pub fn recurring_shares(
     book: &Book,
@@ -144,7 +137,7 @@ pub fn recurring_shares(
         for (i, line) in accrual.lines.iter().enumerate() {
             if line.partner_id != partner
                 || line.kind != LineKind::Base
-                || !is_recurring(line.formula.reward)
+                || !line.formula.reward.is_recurring_share()
             {
                 continue;
             }

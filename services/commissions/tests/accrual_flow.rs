@@ -11,7 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use pl_bus::{HandleError, Message};
 use pl_commission_engine::{
-    Conditions, NetRevenuePolicy, Percent, PlanVersion, Reward, Rule, VersionPolicy,
+    Base, Conditions, NetRevenuePolicy, Percent, PlanVersion, RecurringDuration, Reward, Rule,
+    ScheduleStep, VersionPolicy,
 };
 use pl_commissions::CommissionsService;
 use pl_eventlog::{MemoryLog, SharedStore};
@@ -69,6 +70,28 @@ fn plan() -> PlanVersion {
     }
 }
 
+/// A lifetime revenue share, 10% of every invoice: its customers are credited (the stream a
+/// churn reads), where [`plan`]'s are not.
+const RECURRING_PLAN: Uuid = Uuid::from_u128(0xb9);
+/// A partner on [`RECURRING_PLAN`], without a parent.
+const SHARER: Uuid = Uuid::from_u128(0xa9);
+
+fn recurring_plan() -> PlanVersion {
+    let mut p = plan();
+    p.plan_id = RECURRING_PLAN;
+    p.overrides = vec![];
+    p.rules[0].reward = Reward::Recurring {
+        schedule: vec![ScheduleStep {
+            from_month: 1,
+            to_month: None,
+            percent: Percent::new(10).unwrap(),
+        }],
+        duration: RecurringDuration::Lifetime,
+        of: Base::Gross,
+    };
+    p
+}
+
 fn message(
     id: u128,
     event_type: &str,
@@ -109,21 +132,24 @@ async fn world() -> World {
 
 async fn world_on(store: SharedStore) -> World {
     let api = CommissionsService::new(store.clone(), Arc::new(FixedClock::at(at(1, 1))));
-    api.publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
-        context: ctx("plan-1"),
-        plan_id: PLAN.to_string(),
-        plan_json: serde_json::to_string(&plan()).unwrap(),
-    }))
-    .await
-    .unwrap();
-    for (key, partner, parent) in [
-        ("assign-p", PARTNER, Some(PARENT)),
-        ("assign-q", PARENT, None),
+    for (key, p) in [("plan-1", plan()), ("plan-r", recurring_plan())] {
+        api.publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx(key),
+            plan_id: p.plan_id.to_string(),
+            plan_json: serde_json::to_string(&p).unwrap(),
+        }))
+        .await
+        .unwrap();
+    }
+    for (key, partner, plan_id, parent) in [
+        ("assign-p", PARTNER, PLAN, Some(PARENT)),
+        ("assign-q", PARENT, PLAN, None),
+        ("assign-s", SHARER, RECURRING_PLAN, None),
     ] {
         api.assign_plan(Request::new(pb::AssignPlanRequest {
             context: ctx(key),
             partner_id: partner.to_string(),
-            plan_id: PLAN.to_string(),
+            plan_id: plan_id.to_string(),
             effective_from: Some(ts(at(1, 1))),
             partner_tier: String::new(),
             parent_partner_id: parent.map(|p| p.to_string()).unwrap_or_default(),
@@ -504,6 +530,10 @@ async fn a_statement_of_a_period_opens_and_closes_with_the_balances_around_its_e
 #[tokio::test]
 async fn recurring_shares_are_listed_per_customer_as_of_a_date() {
     let w = world().await;
+    // A one-off sale plan pays no recurring share (the sale is in before the listing: the
+    // listing once came first and could not fail).
+    w.sell(1, 100, "100.00", at(1, 10)).await;
+    assert_eq!(w.balances(PARTNER, None).await.0, "10.00");
     let shares = w
         .api
         .list_recurring_shares(Request::new(pb::ListRecurringSharesRequest {
@@ -513,8 +543,6 @@ async fn recurring_shares_are_listed_per_customer_as_of_a_date() {
         .await
         .unwrap()
         .into_inner();
-    // A one-off sale plan pays no recurring share.
-    w.sell(1, 100, "100.00", at(1, 10)).await;
     assert!(shares.shares.is_empty());
     let missing_date = w
         .api
@@ -1362,8 +1390,8 @@ async fn written(
 const NO_PLAN: Uuid = Uuid::from_u128(0xdd);
 
 /// Sales of the partner, its parent's own sale, a conversion shared by both, a redelivery, a
-/// refund between conversions, a partner without a plan, and a refund that arrives before
-/// its conversion.
+/// refund between conversions, a partner without a plan, a refund that arrives before its
+/// conversion, and sales of a partner on a recurring share (its customer credited).
 fn mixed_messages() -> Vec<Message> {
     let sale_of = |id: u128, conv: u128, customer: &str, gross: &str, shares: &[(Uuid, &str)]| {
         message(
@@ -1390,6 +1418,16 @@ fn mixed_messages() -> Vec<Message> {
         refund(7, 901, 105, "30.00"),
         sale_of(8, 105, "cust-5", "60.00", &[(PARTNER, "1")]),
         sale_of(9, 106, "cust-5", "20.00", &[(PARTNER, "1")]),
+        // A recurring share's customers are credited: one shared with the partner, then the
+        // sharer's alone (credited once).
+        sale_of(
+            10,
+            107,
+            "cust-6",
+            "200.00",
+            &[(SHARER, "0.5"), (PARTNER, "0.5")],
+        ),
+        sale_of(11, 108, "cust-6", "100.00", &[(SHARER, "1")]),
     ]
 }
 
@@ -1413,15 +1451,29 @@ async fn a_batch_of_messages_writes_exactly_what_they_write_one_at_a_time_in_few
         mixed_messages(),
     )
     .await;
-    assert_eq!(outcomes, vec![Ok(()); 10]);
-    assert_eq!(
-        written(one_by_one.as_ref()).await,
-        written(batched.as_ref()).await
-    );
-    // 10% of 100 less a quarter, of half of 80, of 40, of 60 less half, of 20.
+    assert_eq!(outcomes, vec![Ok(()); 12]);
+    let batch_written = written(batched.as_ref()).await;
+    assert_eq!(written(one_by_one.as_ref()).await, batch_written);
+    // The sharer's customer is credited, once; the 10% plan's customers are not.
+    let credited: Vec<_> = batch_written
+        .iter()
+        .filter(|(stream, _)| stream.starts_with("customer-"))
+        .collect();
+    assert_eq!(credited.len(), 1, "{credited:?}");
+    assert_eq!(credited[0].1.len(), 1);
+    // 10% of 100 less a quarter, of half of 80, of 40, of 60 less half, of 20, of half of 200.
     assert_eq!(
         batch.balances(PARTNER, None).await,
-        ("20.50".into(), "0.00".into())
+        ("30.50".into(), "0.00".into())
+    );
+    // The sharer: 10% of half of 200 and of 100.
+    assert_eq!(
+        batch.balances(SHARER, None).await,
+        ("20.00".into(), "0.00".into())
+    );
+    assert_eq!(
+        batch.balances(SHARER, None).await,
+        single.balances(SHARER, None).await
     );
     assert_eq!(
         batch.balances(PARTNER, None).await,
@@ -1522,7 +1574,7 @@ async fn a_broken_message_in_a_batch_is_refused_alone_and_the_rest_accrues() {
     );
     assert_eq!(
         w.balances(PARTNER, None).await,
-        ("20.50".into(), "0.00".into())
+        ("30.50".into(), "0.00".into())
     );
 }
 
@@ -1549,12 +1601,12 @@ async fn a_message_to_retry_ends_the_batch_and_a_retry_from_there_completes_it_o
         mixed_messages().split_off(2),
     )
     .await;
-    assert_eq!(rest, vec![Ok(()); 8]);
+    assert_eq!(rest, vec![Ok(()); 10]);
     let reference = world().await;
     for m in mixed_messages() {
         reference.consume(m).await.unwrap();
     }
-    for partner in [PARTNER, PARENT] {
+    for partner in [PARTNER, PARENT, SHARER] {
         assert_eq!(
             w.balances(partner, None).await,
             reference.balances(partner, None).await

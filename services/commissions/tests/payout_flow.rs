@@ -699,6 +699,95 @@ async fn a_sale_under_a_plan_without_recurring_shares_credits_no_customer_yet_it
     );
 }
 
+#[tokio::test]
+async fn a_first_year_share_taken_up_after_the_locking_sale_is_shown_ended_at_the_churn() {
+    let w = world().await;
+    let p = partner(1);
+    w.assign(p, PLAN).await;
+    const FIRST_YEAR_PLAN: Uuid = Uuid::from_u128(0xb3);
+    let first_year = PlanVersion {
+        plan_id: FIRST_YEAR_PLAN,
+        rules: vec![rule(Reward::FirstYearPercent {
+            percent: Percent::new(20).unwrap(),
+            of: Base::Gross,
+        })],
+        ..plan()
+    };
+    w.api
+        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx("first-year-plan"),
+            plan_id: FIRST_YEAR_PLAN.to_string(),
+            plan_json: serde_json::to_string(&first_year).unwrap(),
+        }))
+        .await
+        .unwrap();
+    let invoice = |n: u128, when: DateTime<Utc>| {
+        serde_json::json!({
+            "conversion_id": Uuid::from_u128(700 + n), "program_id": PROGRAM,
+            "kind": "CONVERSION_KIND_SUBSCRIPTION_INVOICE", "customer_id": "acme",
+            "gross": { "amount": "100.00", "currency": "USD" }, "occurred_at": when,
+            "shares": [{ "partner_id": p, "weight": "1" }],
+        })
+    };
+    let consume_invoice = |n: u128, month: u32| {
+        let m = message(
+            w.id(),
+            "ConversionAttributed",
+            invoice(n, at(month, 10)),
+            at(month, 10),
+        );
+        async { w.consume(m).await.unwrap() }
+    };
+    // January's invoice under the 10% plan (it locks the customer), then the partner moves to
+    // a first-year share: February's and March's invoices pay 20%.
+    consume_invoice(1, 1).await;
+    w.api
+        .assign_plan(Request::new(pb::AssignPlanRequest {
+            context: ctx("move-to-first-year"),
+            partner_id: p.to_string(),
+            plan_id: FIRST_YEAR_PLAN.to_string(),
+            effective_from: Some(ts(at(2, 1))),
+            partner_tier: String::new(),
+            parent_partner_id: String::new(),
+        }))
+        .await
+        .unwrap();
+    consume_invoice(2, 2).await;
+    consume_invoice(3, 3).await;
+    assert_eq!(w.balance(p).await.pending, "50.00");
+    // A churn that names no locking conversion reaches the first-year share through the
+    // customer's credit: the listing shows it ended, paying nothing more.
+    let cancelled = serde_json::json!({
+        "customer_id": "acme", "program_id": PROGRAM, "occurred_at": at(4, 1),
+    });
+    w.consume(message(
+        w.id(),
+        "SubscriptionCancelled",
+        cancelled,
+        at(4, 1),
+    ))
+    .await
+    .unwrap();
+    let shares = w
+        .api
+        .list_recurring_shares(Request::new(pb::ListRecurringSharesRequest {
+            partner_id: p.to_string(),
+            as_of: Some(ts(at(5, 1))),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .shares;
+    assert_eq!(shares.len(), 1, "{shares:?}");
+    assert_eq!(shares[0].plan_id, FIRST_YEAR_PLAN.to_string());
+    assert_eq!(shares[0].ended_at, Some(ts(at(4, 1))));
+    let current = shares[0]
+        .current_monthly_share
+        .as_ref()
+        .map(|m| m.amount.as_str());
+    assert_eq!(current, Some("0.00"));
+}
+
 /// Checks every partner book event in the store: stored in the binary form of schema 4 (body
 /// in MessagePack, compressed) under the type its JSON form is tagged with; reads back to an
 /// event that re-encodes to the very same bytes; its postings read alone are its
