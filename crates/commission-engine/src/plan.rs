@@ -46,7 +46,7 @@ pub struct PlanVersion {
 
 impl PlanVersion {
     /// Whether this version pays a share of a customer's invoices month after month (see
-    /// [`RewardKind::is_recurring_share`]): what a customer's churn ends.
+    /// [`RewardKind::is_recurring_share`]).
     pub fn has_recurring_shares(&self) -> bool {
         self.rules
             .iter()
@@ -336,8 +336,8 @@ pub enum RewardKind {
 
 impl RewardKind {
     /// A share of a customer's invoices month after month: recurring, first-year and net
-    /// revenue shares. These are what the recurring-shares report lists, and what a churn
-    /// ends there; the engine also pays a recurring share nothing for invoices after it.
+    /// revenue shares. These are what the recurring-shares report lists, each shown ended at
+    /// the customer's churn; of these the engine stops paying only a recurring share after it.
     pub fn is_recurring_share(self) -> bool {
         matches!(
             self,

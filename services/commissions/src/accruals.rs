@@ -458,10 +458,11 @@ fn follow_from(
 
 /// Whether a partner's accrual under `plan_id` is credited on the customer: when some version
 /// of the plan pays a recurring share (`RewardKind::is_recurring_share`: recurring, first-year
-/// and net revenue shares), which the customer's churn ends. Under any other plan a churn
+/// and net revenue shares), which the recurring-shares listing shows ended at a churn and of
+/// which the engine pays a recurring share nothing after it. Under any other plan a churn
 /// changes nothing the partner earns or is shown, and the credit (one more stream and append
-/// per new customer: a sixth of an accrual's CPU) is left out. A churn also reaches every plan
-/// under which the partners of the conversion that locked the customer keep its state (see
+/// per new customer: a sixth of an accrual's CPU) is left out. A churn also reaches the plans
+/// under which the partners of the conversion that locked the customer were paid for it (see
 /// [`on_churn`]), so a plan that gains a recurring rule after the churn still pays the
 /// customer's later invoices nothing.
 async fn credit_needed(reads: &mut SetupReads<'_>, plan_id: Uuid) -> Result<bool, HandleError> {
@@ -1076,9 +1077,9 @@ pub async fn on_churn(
         .map_err(outcome)?
         .state;
     // (partner, plan) pairs whose books hear of the churn: every credit on the customer (the
-    // plans paying recurring shares), and every plan under which a partner of the conversion
-    // that locked the customer keeps its state (the customer's later invoices follow the lock,
-    // under whatever plan they are paid).
+    // plans paying recurring shares), and, for each partner of the conversion that locked the
+    // customer (whom its later invoices follow), the locking accrual's plan and every plan under
+    // which the partner was paid for this customer in this program.
     let mut churned: Vec<(Uuid, Uuid)> = index
         .0
         .iter()
@@ -1093,14 +1094,23 @@ pub async fn on_churn(
             .0
             .filter(|a| a.program_id == c.program_id);
         for partner in accrued.map(|a| a.partners).unwrap_or_default() {
+            // One pass over the partner's accruals (a churn is rare beside the conversions).
+            // Engine state is keyed by customer id alone, so an accrual counts only where its
+            // entry names this program: the same id in another program is another customer.
             let (plans, _) = caches
                 .books
                 .read(store, &book::stream(partner), |b| {
-                    b.engine
+                    b.accruals
                         .iter()
-                        .filter(|(_, s)| s.customer(&c.customer_id).is_some())
-                        .map(|(plan, _)| *plan)
-                        .collect::<Vec<Uuid>>()
+                        .filter(|(conversion, (a, _))| {
+                            a.customer_id == c.customer_id
+                                && (**conversion == lock
+                                    || b.entries
+                                        .get(&(**conversion, book::EntryKey::Own))
+                                        .is_some_and(|e| e.program_id == c.program_id))
+                        })
+                        .map(|(_, (a, _))| a.plan_id)
+                        .collect::<std::collections::BTreeSet<Uuid>>()
                 })
                 .await
                 .map_err(book_outcome)?;

@@ -1461,6 +1461,11 @@ async fn a_batch_of_messages_writes_exactly_what_they_write_one_at_a_time_in_few
         .collect();
     assert_eq!(credited.len(), 1, "{credited:?}");
     assert_eq!(credited[0].1.len(), 1);
+    let credit = String::from_utf8_lossy(&credited[0].1[0].2);
+    assert!(
+        credit.contains(&SHARER.to_string()) && credit.contains(&RECURRING_PLAN.to_string()),
+        "{credit}"
+    );
     // 10% of 100 less a quarter, of half of 80, of 40, of 60 less half, of 20, of half of 200.
     assert_eq!(
         batch.balances(PARTNER, None).await,

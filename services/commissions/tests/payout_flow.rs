@@ -756,7 +756,7 @@ async fn a_first_year_share_taken_up_after_the_locking_sale_is_shown_ended_at_th
     consume_invoice(3, 3).await;
     assert_eq!(w.balance(p).await.pending, "50.00");
     // A churn that names no locking conversion reaches the first-year share through the
-    // customer's credit: the listing shows it ended, paying nothing more.
+    // customer's credit: the listing shows it ended, with no current share.
     let cancelled = serde_json::json!({
         "customer_id": "acme", "program_id": PROGRAM, "occurred_at": at(4, 1),
     });
@@ -786,6 +786,89 @@ async fn a_first_year_share_taken_up_after_the_locking_sale_is_shown_ended_at_th
         .as_ref()
         .map(|m| m.amount.as_str());
     assert_eq!(current, Some("0.00"));
+}
+
+#[tokio::test]
+async fn a_churn_through_the_locking_sale_reaches_a_plan_the_partner_moved_to_since() {
+    let w = world().await;
+    let p = partner(1);
+    w.assign(p, PLAN).await;
+    const SECOND_PLAN: Uuid = Uuid::from_u128(0xb4);
+    let publish = |key: &'static str, version: PlanVersion| {
+        let api = &w.api;
+        async move {
+            api.publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+                context: ctx(key),
+                plan_id: version.plan_id.to_string(),
+                plan_json: serde_json::to_string(&version).unwrap(),
+            }))
+            .await
+            .unwrap();
+        }
+    };
+    publish(
+        "second-plan",
+        PlanVersion {
+            plan_id: SECOND_PLAN,
+            ..plan()
+        },
+    )
+    .await;
+    let invoice = |n: u128, month: u32| {
+        let data = serde_json::json!({
+            "conversion_id": Uuid::from_u128(800 + n), "program_id": PROGRAM,
+            "kind": "CONVERSION_KIND_SUBSCRIPTION_INVOICE", "customer_id": "acme",
+            "gross": { "amount": "100.00", "currency": "USD" }, "occurred_at": at(month, 10),
+            "shares": [{ "partner_id": p, "weight": "1" }],
+        });
+        message(w.id(), "ConversionAttributed", data, at(month, 10))
+    };
+    // January's invoice locks the customer under the first plan; from February the partner is
+    // on a second 10% plan. Neither pays a recurring share: no credit is written.
+    w.consume(invoice(1, 1)).await.unwrap();
+    w.api
+        .assign_plan(Request::new(pb::AssignPlanRequest {
+            context: ctx("move-to-second"),
+            partner_id: p.to_string(),
+            plan_id: SECOND_PLAN.to_string(),
+            effective_from: Some(ts(at(2, 1))),
+            partner_tier: String::new(),
+            parent_partner_id: String::new(),
+        }))
+        .await
+        .unwrap();
+    w.consume(invoice(2, 2)).await.unwrap();
+    assert_eq!(w.balance(p).await.pending, "20.00");
+    let cancelled = serde_json::json!({
+        "customer_id": "acme", "program_id": PROGRAM, "occurred_at": at(2, 20),
+        "locked_by_conversion_id": Uuid::from_u128(801),
+    });
+    w.consume(message(
+        w.id(),
+        "SubscriptionCancelled",
+        cancelled,
+        at(2, 20),
+    ))
+    .await
+    .unwrap();
+    // The second plan then pays a lifetime share from March on: not to the churned customer.
+    publish(
+        "second-plan-v2",
+        PlanVersion {
+            plan_id: SECOND_PLAN,
+            version: 2,
+            effective_from: at(3, 1),
+            version_policy: VersionPolicy::FollowEffective,
+            ..lifetime_plan()
+        },
+    )
+    .await;
+    w.consume(invoice(3, 3)).await.unwrap();
+    assert_eq!(
+        w.balance(p).await.pending,
+        "20.00",
+        "no share after the churn"
+    );
 }
 
 /// Checks every partner book event in the store: stored in the binary form of schema 4 (body
