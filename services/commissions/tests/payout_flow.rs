@@ -181,6 +181,64 @@ impl World {
             .unwrap();
     }
 
+    /// Publishes a plan version (idempotency key `key`).
+    async fn publish(&self, key: &str, version: &PlanVersion) {
+        self.api
+            .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+                context: ctx(key),
+                plan_id: version.plan_id.to_string(),
+                plan_json: serde_json::to_string(version).unwrap(),
+            }))
+            .await
+            .unwrap();
+    }
+
+    /// Moves the partner to another plan from `from` on.
+    async fn reassign(&self, p: Uuid, plan_id: Uuid, from: DateTime<Utc>) {
+        self.api
+            .assign_plan(Request::new(pb::AssignPlanRequest {
+                context: ctx(&format!("reassign-{p}-{plan_id}")),
+                partner_id: p.to_string(),
+                plan_id: plan_id.to_string(),
+                effective_from: Some(ts(from)),
+                partner_tier: String::new(),
+                parent_partner_id: String::new(),
+            }))
+            .await
+            .unwrap();
+    }
+
+    /// Attribution's `ConversionAttributed` for customer "acme"'s $100.00 subscription invoice
+    /// (conversion `conversion`), all credited to `p`, on the 10th of `month`.
+    async fn invoice(&self, p: Uuid, conversion: u128, month: u32) {
+        let data = serde_json::json!({
+            "conversion_id": Uuid::from_u128(conversion), "program_id": PROGRAM,
+            "kind": "CONVERSION_KIND_SUBSCRIPTION_INVOICE", "customer_id": "acme",
+            "gross": { "amount": "100.00", "currency": "USD" }, "occurred_at": at(month, 10),
+            "shares": [{ "partner_id": p, "weight": "1" }],
+        });
+        self.consume(message(
+            self.id(),
+            "ConversionAttributed",
+            data,
+            at(month, 10),
+        ))
+        .await
+        .unwrap();
+    }
+
+    /// Attribution's `SubscriptionCancelled` of `customer` at `when`, naming the conversion
+    /// that locked it when given.
+    fn churn(&self, customer: &str, when: DateTime<Utc>, locked_by: Option<u128>) -> Message {
+        let mut data = serde_json::json!({
+            "customer_id": customer, "program_id": PROGRAM, "occurred_at": when,
+        });
+        if let Some(lock) = locked_by {
+            data["locked_by_conversion_id"] = serde_json::json!(Uuid::from_u128(lock));
+        }
+        message(self.id(), "SubscriptionCancelled", data, when)
+    }
+
     async fn verify(&self, p: Uuid, kind: &str, status: &str, valid_until: Option<DateTime<Utc>>) {
         let data = serde_json::json!({
             "partner_id": p, "kind": kind, "status": status, "reference": "ref",
@@ -568,51 +626,20 @@ async fn a_churned_customers_lifetime_recurring_share_stops_at_the_churn() {
     let w = world().await;
     let p = partner(1);
     w.assign(p, LIFETIME_PLAN).await;
-    let invoice = |n: u128, when: DateTime<Utc>| {
-        serde_json::json!({
-            "conversion_id": Uuid::from_u128(500 + n), "program_id": PROGRAM,
-            "kind": "CONVERSION_KIND_SUBSCRIPTION_INVOICE", "customer_id": "acme",
-            "gross": { "amount": "100.00", "currency": "USD" }, "occurred_at": when,
-            "shares": [{ "partner_id": p, "weight": "1" }],
-        })
-    };
-    for (n, month) in [(1, 1), (2, 2)] {
-        w.consume(message(
-            w.id(),
-            "ConversionAttributed",
-            invoice(n, at(month, 10)),
-            at(month, 10),
-        ))
-        .await
-        .unwrap();
-    }
+    w.invoice(p, 501, 1).await;
+    w.invoice(p, 502, 2).await;
     assert_eq!(w.balance(p).await.pending, "40.00");
-    let cancelled = serde_json::json!({
-        "customer_id": "acme", "program_id": PROGRAM, "occurred_at": at(2, 20),
-    });
-    let churn = message(w.id(), "SubscriptionCancelled", cancelled, at(2, 20));
+    let churn = w.churn("acme", at(2, 20), None);
     w.consume(churn.clone()).await.unwrap();
     w.consume(churn).await.unwrap(); // redelivered: nothing new
-    w.consume(message(
-        w.id(),
-        "ConversionAttributed",
-        invoice(3, at(3, 10)),
-        at(3, 10),
-    ))
-    .await
-    .unwrap();
+    w.invoice(p, 503, 3).await;
     assert_eq!(
         w.balance(p).await.pending,
         "40.00",
         "no share after the churn"
     );
     // A churn of a customer no partner earns on is acknowledged and changes nothing.
-    let unknown = serde_json::json!({
-        "customer_id": "nobody", "program_id": PROGRAM, "occurred_at": at(2, 20),
-    });
-    w.consume(message(w.id(), "SubscriptionCancelled", unknown, at(2, 20)))
-        .await
-        .unwrap();
+    w.consume(w.churn("nobody", at(2, 20), None)).await.unwrap();
 }
 
 /// The event types of a partner's book, in order.
@@ -632,33 +659,14 @@ async fn a_sale_under_a_plan_without_recurring_shares_credits_no_customer_yet_it
     let w = world().await;
     let p = partner(1);
     w.assign(p, PLAN).await;
-    let invoice = |n: u128, when: DateTime<Utc>| {
-        serde_json::json!({
-            "conversion_id": Uuid::from_u128(600 + n), "program_id": PROGRAM,
-            "kind": "CONVERSION_KIND_SUBSCRIPTION_INVOICE", "customer_id": "acme",
-            "gross": { "amount": "100.00", "currency": "USD" }, "occurred_at": when,
-            "shares": [{ "partner_id": p, "weight": "1" }],
-        })
-    };
-    w.consume(message(
-        w.id(),
-        "ConversionAttributed",
-        invoice(1, at(1, 10)),
-        at(1, 10),
-    ))
-    .await
-    .unwrap();
+    w.invoice(p, 601, 1).await;
     assert_eq!(w.balance(p).await.pending, "10.00");
     // A churn changes nothing a 10% plan pays: the customer's stream is not written.
     let log = w.store.read_all(0, 100_000).await.unwrap();
     assert!(!log.iter().any(|e| e.stream.starts_with("customer-")));
 
     // The churn still reaches the partner the customer is locked to, once.
-    let cancelled = serde_json::json!({
-        "customer_id": "acme", "program_id": PROGRAM, "occurred_at": at(2, 20),
-        "locked_by_conversion_id": Uuid::from_u128(601),
-    });
-    let churn = message(w.id(), "SubscriptionCancelled", cancelled, at(2, 20));
+    let churn = w.churn("acme", at(2, 20), Some(601));
     w.consume(churn.clone()).await.unwrap();
     w.consume(churn).await.unwrap();
     let churned = |types: &[String]| types.iter().filter(|t| *t == "CustomerChurned").count();
@@ -667,31 +675,14 @@ async fn a_sale_under_a_plan_without_recurring_shares_credits_no_customer_yet_it
     // The plan then pays a lifetime share from March on, to every customer: the churned one
     // earns none of it, as it would had it been credited from the start.
     let v2 = PlanVersion {
+        plan_id: PLAN,
         version: 2,
         effective_from: at(3, 1),
         version_policy: VersionPolicy::FollowEffective,
         ..lifetime_plan()
     };
-    let v2 = PlanVersion {
-        plan_id: PLAN,
-        ..v2
-    };
-    w.api
-        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
-            context: ctx("plan-v2"),
-            plan_id: PLAN.to_string(),
-            plan_json: serde_json::to_string(&v2).unwrap(),
-        }))
-        .await
-        .unwrap();
-    w.consume(message(
-        w.id(),
-        "ConversionAttributed",
-        invoice(2, at(3, 10)),
-        at(3, 10),
-    ))
-    .await
-    .unwrap();
+    w.publish("plan-v2", &v2).await;
+    w.invoice(p, 602, 3).await;
     assert_eq!(
         w.balance(p).await.pending,
         "10.00",
@@ -713,61 +704,17 @@ async fn a_first_year_share_taken_up_after_the_locking_sale_is_shown_ended_at_th
         })],
         ..plan()
     };
-    w.api
-        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
-            context: ctx("first-year-plan"),
-            plan_id: FIRST_YEAR_PLAN.to_string(),
-            plan_json: serde_json::to_string(&first_year).unwrap(),
-        }))
-        .await
-        .unwrap();
-    let invoice = |n: u128, when: DateTime<Utc>| {
-        serde_json::json!({
-            "conversion_id": Uuid::from_u128(700 + n), "program_id": PROGRAM,
-            "kind": "CONVERSION_KIND_SUBSCRIPTION_INVOICE", "customer_id": "acme",
-            "gross": { "amount": "100.00", "currency": "USD" }, "occurred_at": when,
-            "shares": [{ "partner_id": p, "weight": "1" }],
-        })
-    };
-    let consume_invoice = |n: u128, month: u32| {
-        let m = message(
-            w.id(),
-            "ConversionAttributed",
-            invoice(n, at(month, 10)),
-            at(month, 10),
-        );
-        async { w.consume(m).await.unwrap() }
-    };
+    w.publish("first-year-plan", &first_year).await;
     // January's invoice under the 10% plan (it locks the customer), then the partner moves to
     // a first-year share: February's and March's invoices pay 20%.
-    consume_invoice(1, 1).await;
-    w.api
-        .assign_plan(Request::new(pb::AssignPlanRequest {
-            context: ctx("move-to-first-year"),
-            partner_id: p.to_string(),
-            plan_id: FIRST_YEAR_PLAN.to_string(),
-            effective_from: Some(ts(at(2, 1))),
-            partner_tier: String::new(),
-            parent_partner_id: String::new(),
-        }))
-        .await
-        .unwrap();
-    consume_invoice(2, 2).await;
-    consume_invoice(3, 3).await;
+    w.invoice(p, 701, 1).await;
+    w.reassign(p, FIRST_YEAR_PLAN, at(2, 1)).await;
+    w.invoice(p, 702, 2).await;
+    w.invoice(p, 703, 3).await;
     assert_eq!(w.balance(p).await.pending, "50.00");
     // A churn that names no locking conversion reaches the first-year share through the
     // customer's credit: the listing shows it ended, with no current share.
-    let cancelled = serde_json::json!({
-        "customer_id": "acme", "program_id": PROGRAM, "occurred_at": at(4, 1),
-    });
-    w.consume(message(
-        w.id(),
-        "SubscriptionCancelled",
-        cancelled,
-        at(4, 1),
-    ))
-    .await
-    .unwrap();
+    w.consume(w.churn("acme", at(4, 1), None)).await.unwrap();
     let shares = w
         .api
         .list_recurring_shares(Request::new(pb::ListRecurringSharesRequest {
@@ -794,76 +741,30 @@ async fn a_churn_through_the_locking_sale_reaches_a_plan_the_partner_moved_to_si
     let p = partner(1);
     w.assign(p, PLAN).await;
     const SECOND_PLAN: Uuid = Uuid::from_u128(0xb4);
-    let publish = |key: &'static str, version: PlanVersion| {
-        let api = &w.api;
-        async move {
-            api.publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
-                context: ctx(key),
-                plan_id: version.plan_id.to_string(),
-                plan_json: serde_json::to_string(&version).unwrap(),
-            }))
-            .await
-            .unwrap();
-        }
+    let second = PlanVersion {
+        plan_id: SECOND_PLAN,
+        ..plan()
     };
-    publish(
-        "second-plan",
-        PlanVersion {
-            plan_id: SECOND_PLAN,
-            ..plan()
-        },
-    )
-    .await;
-    let invoice = |n: u128, month: u32| {
-        let data = serde_json::json!({
-            "conversion_id": Uuid::from_u128(800 + n), "program_id": PROGRAM,
-            "kind": "CONVERSION_KIND_SUBSCRIPTION_INVOICE", "customer_id": "acme",
-            "gross": { "amount": "100.00", "currency": "USD" }, "occurred_at": at(month, 10),
-            "shares": [{ "partner_id": p, "weight": "1" }],
-        });
-        message(w.id(), "ConversionAttributed", data, at(month, 10))
-    };
+    w.publish("second-plan", &second).await;
     // January's invoice locks the customer under the first plan; from February the partner is
     // on a second 10% plan. Neither pays a recurring share: no credit is written.
-    w.consume(invoice(1, 1)).await.unwrap();
-    w.api
-        .assign_plan(Request::new(pb::AssignPlanRequest {
-            context: ctx("move-to-second"),
-            partner_id: p.to_string(),
-            plan_id: SECOND_PLAN.to_string(),
-            effective_from: Some(ts(at(2, 1))),
-            partner_tier: String::new(),
-            parent_partner_id: String::new(),
-        }))
+    w.invoice(p, 801, 1).await;
+    w.reassign(p, SECOND_PLAN, at(2, 1)).await;
+    w.invoice(p, 802, 2).await;
+    assert_eq!(w.balance(p).await.pending, "20.00");
+    w.consume(w.churn("acme", at(2, 20), Some(801)))
         .await
         .unwrap();
-    w.consume(invoice(2, 2)).await.unwrap();
-    assert_eq!(w.balance(p).await.pending, "20.00");
-    let cancelled = serde_json::json!({
-        "customer_id": "acme", "program_id": PROGRAM, "occurred_at": at(2, 20),
-        "locked_by_conversion_id": Uuid::from_u128(801),
-    });
-    w.consume(message(
-        w.id(),
-        "SubscriptionCancelled",
-        cancelled,
-        at(2, 20),
-    ))
-    .await
-    .unwrap();
     // The second plan then pays a lifetime share from March on: not to the churned customer.
-    publish(
-        "second-plan-v2",
-        PlanVersion {
-            plan_id: SECOND_PLAN,
-            version: 2,
-            effective_from: at(3, 1),
-            version_policy: VersionPolicy::FollowEffective,
-            ..lifetime_plan()
-        },
-    )
-    .await;
-    w.consume(invoice(3, 3)).await.unwrap();
+    let second_v2 = PlanVersion {
+        plan_id: SECOND_PLAN,
+        version: 2,
+        effective_from: at(3, 1),
+        version_policy: VersionPolicy::FollowEffective,
+        ..lifetime_plan()
+    };
+    w.publish("second-plan-v2", &second_v2).await;
+    w.invoice(p, 803, 3).await;
     assert_eq!(
         w.balance(p).await.pending,
         "20.00",
