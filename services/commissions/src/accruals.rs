@@ -411,9 +411,8 @@ async fn accrue_command(
 type OverrideWrite = (String, BookCommand, CommandMeta);
 
 /// What follows from one partner's accrual: its credit on the customer, so a churn finds who
-/// earns on it and under which plan (only where the plan pays recurring shares, the one thing
-/// a churn ends: see [`credit_needed`]), and one override command per upline line, each with
-/// its book stream and meta.
+/// earns on it and under which plan (only where `credit_needed`: see [`credit_needed`]), and
+/// one override command per upline line, each with its book stream and meta.
 fn follow_from(
     event: &IntegrationEvent,
     c: &ConversionAttributed,
@@ -668,14 +667,13 @@ async fn first_missing_rate(
     Ok(None)
 }
 
-/// Plans and partners' assignments as one message or one run of messages reads them: each
-/// stream caught up once and kept for the rest of the run. Checking the FX rates, building
-/// each accrual and walking its upline read the same few streams again and again, and every
-/// cached read is still a catch-up read of the log (a third of a run's store calls). Each
-/// stream is read as of its first use in the run and kept for the rest of it: a plan or
-/// assignment written while the run is being decided may be seen by its later messages or not
-/// (as it may by a message decided one at a time while it is written), and the FX check and
-/// the accrual of a message always see the same one.
+/// Plans and partners' assignments as one message or one run of messages reads them. Checking
+/// the FX rates, building each accrual and walking its upline read the same few streams again
+/// and again, and every cached read is still a catch-up read of the log (a third of a run's
+/// store calls). Each stream is read at its first use in the run and kept for the rest of it:
+/// a plan or assignment written while the run is being decided may be seen by its later
+/// messages or not (as by messages decided one at a time while it is written), and the FX
+/// check and the accrual of a message always see the same one.
 struct SetupReads<'a> {
     store: &'a dyn EventStore,
     caches: &'a Caches,
@@ -694,38 +692,47 @@ impl<'a> SetupReads<'a> {
     }
 
     async fn assignments(&mut self, partner_id: Uuid) -> Result<&Assignments, HandleError> {
-        use std::collections::hash_map::Entry;
-        Ok(match self.assignments.entry(partner_id) {
-            Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(slot) => {
-                let stream = setup::assignment_stream(partner_id);
-                let (read, _) = self
-                    .caches
-                    .assignments
-                    .read(self.store, &stream, Clone::clone)
-                    .await
-                    .map_err(outcome)?;
-                slot.insert(read)
-            }
-        })
+        let (cache, store) = (&self.caches.assignments, self.store);
+        read_once(
+            &mut self.assignments,
+            cache,
+            store,
+            partner_id,
+            setup::assignment_stream,
+        )
+        .await
     }
 
     async fn plan(&mut self, plan_id: Uuid) -> Result<&Plan, HandleError> {
-        use std::collections::hash_map::Entry;
-        Ok(match self.plans.entry(plan_id) {
-            Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(slot) => {
-                let stream = setup::plan_stream(plan_id);
-                let (read, _) = self
-                    .caches
-                    .plans
-                    .read(self.store, &stream, Clone::clone)
-                    .await
-                    .map_err(outcome)?;
-                slot.insert(read)
-            }
-        })
+        let (cache, store) = (&self.caches.plans, self.store);
+        read_once(&mut self.plans, cache, store, plan_id, setup::plan_stream).await
     }
+}
+
+/// `id`'s state as `memo` holds it, read through `cache` (stream `stream(id)`) the first time.
+async fn read_once<'m, A>(
+    memo: &'m mut std::collections::HashMap<Uuid, A::State>,
+    cache: &StateCache<A>,
+    store: &dyn EventStore,
+    id: Uuid,
+    stream: fn(Uuid) -> String,
+) -> Result<&'m A::State, HandleError>
+where
+    A: pl_runtime::Aggregate,
+    A::State: Clone,
+    A::Error: std::fmt::Display,
+{
+    use std::collections::hash_map::Entry;
+    Ok(match memo.entry(id) {
+        Entry::Occupied(known) => known.into_mut(),
+        Entry::Vacant(slot) => {
+            let (read, _) = cache
+                .read(store, &stream(id), Clone::clone)
+                .await
+                .map_err(outcome)?;
+            slot.insert(read)
+        }
+    })
 }
 
 async fn fx_rate(
