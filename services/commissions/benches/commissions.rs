@@ -472,7 +472,7 @@ fn group_round(plan: &PlanVersion, group: u64, round: u64) -> Vec<(String, Vec<N
                 program_id: PROGRAM,
                 campaign_id: None,
                 facts,
-                versions: vec![plan.clone()],
+                versions: vec![plan.clone()].into(),
             };
             let accrued = Book::decide(&Book::default(), &accrue).unwrap().remove(0);
             let BookEvent::ConversionAccrued {

@@ -4,6 +4,7 @@
 //! consumed event, so a redelivered message appends nothing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use pl_bus::{derived_event_id, HandleError, IntegrationEvent};
 use pl_commission_engine::{
@@ -336,7 +337,7 @@ async fn accrue_command(
         tracing::warn!(partner_id = %share.partner_id, conversion_id = %c.conversion_id, "no plan assigned; nothing accrued");
         return Ok(None);
     };
-    let versions = reads.plan(assignment.plan_id).await?.0.clone();
+    let versions = Arc::clone(&reads.plan(assignment.plan_id).await?.0);
     let mut upline = Vec::new();
     let mut next = assignment.parent_partner_id;
     while let Some(parent) = next {

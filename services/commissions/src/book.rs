@@ -9,6 +9,7 @@
 //! a `Clawback` (payable → expense), which may drive payable negative.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use pl_commission_engine::{
@@ -277,7 +278,8 @@ pub enum BookCommand {
         /// The campaign of the partner's credit, recorded for reports by campaign.
         campaign_id: Option<Uuid>,
         facts: ConversionFacts,
-        versions: Vec<PlanVersion>,
+        /// The plan's versions, shared with the plan cache (see [`crate::setup::Plan`]).
+        versions: Arc<[PlanVersion]>,
     },
     AccrueOverride {
         program_id: Uuid,
@@ -1258,7 +1260,7 @@ mod tests {
         BookCommand::Accrue {
             program_id: PROGRAM,
             campaign_id: None,
-            versions: vec![plan()],
+            versions: vec![plan()].into(),
             facts: ConversionFacts {
                 conversion_id: Uuid::from_u128(conversion),
                 source_event_id: Uuid::from_u128(1000 + conversion),
@@ -1517,7 +1519,7 @@ mod tests {
                 program_id,
                 campaign_id,
                 facts,
-                versions: vec![tiered.clone()],
+                versions: vec![tiered.clone()].into(),
             }
         };
         let (book, first) = run(Book::default(), &trade(1, 60));

@@ -246,7 +246,7 @@ mod tests {
         BookCommand::Accrue {
             program_id: Uuid::from_u128(9),
             campaign_id: None,
-            versions: vec![plan()],
+            versions: vec![plan()].into(),
             facts: ConversionFacts {
                 conversion_id: Uuid::from_u128(n),
                 source_event_id: Uuid::from_u128(100 + n),
@@ -566,7 +566,7 @@ mod program_tests {
         let sale = |n: u128, when| BookCommand::Accrue {
             program_id: Uuid::from_u128(9),
             campaign_id: None,
-            versions: vec![plan.clone()],
+            versions: vec![plan.clone()].into(),
             facts: super::tests_support::sale(n, when, "100.00"),
         };
         let mut book = Book::default();

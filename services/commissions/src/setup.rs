@@ -3,6 +3,8 @@
 //! (`fx-<FROM>-<TO>`), and which partners a conversion was accrued for
 //! (`accrued-<conversion id>`, so refunds find them). Pure decide/evolve: no I/O, no clock.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use pl_commission_engine::{validate_plan, PlanError, PlanVersion};
 use pl_money::{Currency, Decimal, Money};
@@ -23,8 +25,10 @@ pub enum PlanEvent {
 }
 impl DomainEvent for PlanEvent {}
 
+/// A plan's versions, in publication order. Shared, not copied: every accrual command carries
+/// its plan, and a plan with many rules and versions is costly to clone per conversion.
 #[derive(Debug, Clone, Default)]
-pub struct Plan(pub Vec<PlanVersion>);
+pub struct Plan(pub Arc<[PlanVersion]>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanPublishError {
@@ -94,7 +98,12 @@ impl Aggregate for Plan {
 
     fn evolve(mut plan: Plan, event: &PlanEvent) -> Plan {
         match event {
-            PlanEvent::PlanVersionPublished(v) => plan.0.push(v.clone()),
+            // Rare (a publication), so a copy of the few earlier versions is cheap here.
+            PlanEvent::PlanVersionPublished(v) => {
+                let mut versions = plan.0.to_vec();
+                versions.push(v.clone());
+                plan.0 = versions.into();
+            }
         }
         plan
     }
