@@ -194,40 +194,37 @@ pub async fn on_conversions(
             None => ready.push((event, c, trace)),
         }
     }
-    // Own accruals, grouped by book in run order.
+    // Own accruals, grouped by book in run order; `keys` holds each one's (conversion,
+    // partner) in the same groups and order.
     let mut books = Grouped::default();
+    let mut keys = Grouped::default();
     for &(event, c, trace) in &ready {
         for share in &c.shares {
             let Some(command) = accrue_command(&mut reads, event, c, share).await? else {
                 continue;
             };
             let own_meta = meta(event, &format!("accrue:{}", share.partner_id), trace);
-            books.push(
-                book::stream(share.partner_id),
-                ((command, own_meta), (c.conversion_id, share.partner_id)),
-            );
+            let stream = book::stream(share.partner_id);
+            keys.push(stream.clone(), (c.conversion_id, share.partner_id));
+            books.push(stream, (command, own_meta));
         }
     }
-    let accrued = futures::future::try_join_all(books.groups.iter().map(|(stream, items)| {
-        let commands: Vec<(BookCommand, CommandMeta)> =
-            items.iter().map(|(command, _)| command.clone()).collect();
-        async move {
+    let accrued = futures::future::try_join_all(books.groups.iter().zip(&keys.groups).map(
+        |((stream, commands), (_, keys))| async move {
             let done = caches
                 .books
-                .execute_many(store, stream, &commands, |b, i| {
-                    accrued_view(b, items[i].1 .0)
-                })
+                .execute_many(store, stream, commands, |b, i| accrued_view(b, keys[i].0))
                 .await
                 .map_err(book_outcome)?;
             Ok::<_, HandleError>(done.views)
-        }
-    }))
+        },
+    ))
     .await?;
     // Who was credited on each conversion, in share order, and what each accrual implies.
     let mut views: std::collections::HashMap<(Uuid, Uuid), Option<AccruedView>> =
         std::collections::HashMap::new();
-    for ((_, items), group_views) in books.groups.iter().zip(accrued) {
-        for ((_, key), view) in items.iter().zip(group_views) {
+    for ((_, keys), group_views) in keys.groups.iter().zip(accrued) {
+        for (key, view) in keys.iter().zip(group_views) {
             views.insert(*key, view);
         }
     }
