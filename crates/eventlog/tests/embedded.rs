@@ -31,6 +31,15 @@ fn open(dir: &Path) -> Result<Arc<EmbeddedLog>, LogError> {
     EmbeddedLog::open(dir, EmbeddedOptions::default()).map(Arc::new)
 }
 
+/// Opens with the file grown ahead of the appends in zeros.
+fn open_growing(dir: &Path) -> Arc<EmbeddedLog> {
+    let options = EmbeddedOptions {
+        grow_ahead: true,
+        ..EmbeddedOptions::default()
+    };
+    Arc::new(EmbeddedLog::open(dir, options).unwrap())
+}
+
 /// Opens with repair: a damaged tail is moved to `quarantine/` and the good prefix kept.
 fn open_repairing(dir: &Path) -> EmbeddedLog {
     EmbeddedLog::open(
@@ -170,10 +179,29 @@ async fn zeroed_or_garbage_bytes_at_the_tail_are_discarded() {
 }
 
 #[tokio::test]
-async fn the_file_grows_ahead_of_its_appends_and_a_close_trims_it_to_its_events() {
+async fn by_default_the_file_holds_its_events_and_nothing_more_while_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.log");
     let log = open(dir.path()).unwrap();
+    fill(&log, 2, 5).await;
+    let while_open = std::fs::metadata(&path).unwrap().len();
+    drop(log);
+    assert_eq!(while_open, std::fs::metadata(&path).unwrap().len());
+    // A log written with the file grown ahead reads back without it, and the other way round.
+    let log = open_growing(dir.path());
+    assert_eq!(all_events(log.as_ref()).await.len(), 10);
+    fill(&log, 1, 5).await;
+    drop(log);
+    let log = open(dir.path()).unwrap();
+    assert_eq!(all_events(log.as_ref()).await.len(), 15);
+    assert!(verify(log.as_ref()).await.unwrap().is_intact());
+}
+
+#[tokio::test]
+async fn grown_ahead_the_file_outruns_its_appends_and_a_close_trims_it_to_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.log");
+    let log = open_growing(dir.path());
     fill(&log, 2, 5).await;
     let while_open = std::fs::metadata(&path).unwrap().len();
     drop(log);
@@ -200,7 +228,7 @@ async fn a_crash_inside_space_grown_ahead_recovers_to_the_last_complete_append()
         let dir = tempfile::tempdir().unwrap();
         let image = tempfile::tempdir().unwrap();
         let path = image.path().join("events.log");
-        let log = open(dir.path()).unwrap();
+        let log = open_growing(dir.path());
         fill(&log, 2, 5).await;
         std::fs::copy(dir.path().join("events.log"), &path).unwrap();
         drop(log);

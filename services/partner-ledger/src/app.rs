@@ -87,16 +87,17 @@ pub fn server_config(args: &ServerArgs) -> ServerConfig {
     }
 }
 
-fn open_embedded(dir: &std::path::Path) -> Result<Arc<EmbeddedLog>, AppError> {
-    Ok(Arc::new(EmbeddedLog::open(
-        dir,
-        EmbeddedOptions::default(),
-    )?))
+fn open_embedded(dir: &std::path::Path, grow_ahead: bool) -> Result<Arc<EmbeddedLog>, AppError> {
+    let options = EmbeddedOptions {
+        grow_ahead,
+        ..EmbeddedOptions::default()
+    };
+    Ok(Arc::new(EmbeddedLog::open(dir, options)?))
 }
 
 /// `up`: everything in one process on the embedded log and the in-process bus.
 pub async fn start_up(args: &UpArgs) -> Result<Running, AppError> {
-    let embedded = open_embedded(&args.data_dir)?;
+    let embedded = open_embedded(&args.data_dir, args.log_grow_ahead)?;
     let bus: SharedBus = Arc::new(InProcessBus::new(InProcessConfig::new(
         args.server.subject_prefix.clone(),
     ))?);
@@ -161,7 +162,7 @@ pub async fn start_serve(args: &ServeArgs) -> Result<Running, AppError> {
         .unwrap_or_default();
     let (store, embedded): (SharedStore, _) = match args.store {
         StoreKind::Embedded => {
-            let log = open_embedded(&args.data_dir)?;
+            let log = open_embedded(&args.data_dir, args.log_grow_ahead)?;
             (log.clone(), Some(log))
         }
         StoreKind::Eventstoredb => (open_eventstoredb(args).await?, None),
