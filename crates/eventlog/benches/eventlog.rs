@@ -266,9 +266,7 @@ async fn main() {
         )
         .await;
         rows.push(Row {
-            workload: format!(
-                "the same with the file grown ahead in zeros: appends/s, p50 / p99 (ratio: against the default)"
-            ),
+            workload: "the same with the file grown ahead in zeros: appends/s, p50 / p99 (ratio: against the default)".into(),
             ours: format!(
                 "{}, {} / {} us",
                 fmt_rate(grown.per_sec),
