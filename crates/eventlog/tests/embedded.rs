@@ -178,46 +178,48 @@ async fn zeroed_or_garbage_bytes_at_the_tail_are_discarded() {
     }
 }
 
-#[tokio::test]
-async fn by_default_the_file_holds_its_events_and_nothing_more_while_open() {
+/// Writes 10 events with or without growing ahead and returns the file's length while open and
+/// once closed; then reopens it the other way, adds 5, and checks that all 15 read back intact
+/// (a log written either way opens either way).
+async fn lengths_open_and_closed(grow_ahead: bool) -> (u64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.log");
-    let log = open(dir.path()).unwrap();
-    fill(&log, 2, 5).await;
-    let while_open = std::fs::metadata(&path).unwrap().len();
-    drop(log);
-    assert_eq!(while_open, std::fs::metadata(&path).unwrap().len());
-    // A log written with the file grown ahead reads back without it, and the other way round.
-    let log = open_growing(dir.path());
-    assert_eq!(all_events(log.as_ref()).await.len(), 10);
-    fill(&log, 1, 5).await;
-    drop(log);
-    let log = open(dir.path()).unwrap();
-    assert_eq!(all_events(log.as_ref()).await.len(), 15);
-    assert!(verify(log.as_ref()).await.unwrap().is_intact());
-}
-
-#[tokio::test]
-async fn grown_ahead_the_file_outruns_its_appends_and_a_close_trims_it_to_its_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("events.log");
-    let log = open_growing(dir.path());
+    let reopen = |grow: bool| {
+        if grow {
+            open_growing(dir.path())
+        } else {
+            open(dir.path()).unwrap()
+        }
+    };
+    let log = reopen(grow_ahead);
     fill(&log, 2, 5).await;
     let while_open = std::fs::metadata(&path).unwrap().len();
     drop(log);
     let closed = std::fs::metadata(&path).unwrap().len();
+
+    let log = reopen(!grow_ahead);
+    assert_eq!(all_events(log.as_ref()).await.len(), 10);
+    fill(&log, 1, 5).await;
+    drop(log);
+    let log = reopen(grow_ahead);
+    assert_eq!(all_events(log.as_ref()).await.len(), 15);
+    assert!(verify(log.as_ref()).await.unwrap().is_intact());
+    (while_open, closed)
+}
+
+#[tokio::test]
+async fn by_default_the_file_holds_its_events_and_nothing_more_while_open() {
+    let (while_open, closed) = lengths_open_and_closed(false).await;
+    assert_eq!(while_open, closed);
+}
+
+#[tokio::test]
+async fn grown_ahead_the_file_outruns_its_appends_and_a_close_trims_it_to_its_events() {
+    let (while_open, closed) = lengths_open_and_closed(true).await;
     assert!(
         while_open > closed,
         "grown ahead: {while_open} bytes open, {closed} closed"
     );
-
-    let log = open(dir.path()).unwrap();
-    assert_eq!(all_events(log.as_ref()).await.len(), 10);
-    fill(&log, 1, 5).await;
-    drop(log);
-    let log = open(dir.path()).unwrap();
-    assert_eq!(all_events(log.as_ref()).await.len(), 15);
-    assert!(verify(log.as_ref()).await.unwrap().is_intact());
 }
 
 #[tokio::test]
