@@ -1,6 +1,7 @@
 //! `make bench`: durable appends (1 and 64 writers) against the embedded log and SQLite in the
-//! same run (and the embedded log again with its file grown ahead in zeros), replay and verify of a 1M-event log, and the disk's own fdatasync time as the
-//! yardstick for single-writer latency. Prints one table; numbers are for issue notes, not tests.
+//! same run (and the embedded log again with its file grown ahead in zeros), replay and verify
+//! of a 1M-event log, and the disk's own fdatasync time as the yardstick for single-writer
+//! latency. Prints one table; numbers are for issue notes, not tests.
 //!
 //! Environment: `BENCH_SECONDS` per append workload (default 3), `BENCH_REPLAY_EVENTS` (default
 //! 1,000,000), `BENCH_DIR` for the data (default a temporary directory under /var/tmp).
