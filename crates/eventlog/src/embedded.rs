@@ -74,7 +74,7 @@ pub struct EmbeddedOptions {
     /// for small events on an otherwise idle machine (the `pl-eventlog` bench's 300-byte
     /// appends: about a fifth more per second and a fifth less latency), slower for the
     /// services (each byte goes to disk twice, and the sync after a growth writes a megabyte of
-    /// zeros: on the machine of 2026-12-04, accruals and attributions a fifth to a quarter
+    /// zeros: on the machine of 2026-12-04, accruals and attributions a sixth to a fifth
     /// faster without it). Off by default; recovery reads logs written either way.
     pub grow_ahead: bool,
 }

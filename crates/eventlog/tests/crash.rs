@@ -47,9 +47,17 @@ async fn every_acknowledged_append_survives_repeated_sigkill() {
     let mut acked: HashMap<Uuid, Ack> = HashMap::new();
 
     for round in 0..KILLS {
+        // Every other writer grows the file ahead in zeros, so each way's crash is recovered,
+        // and reopened by a writer of the other way.
+        let mode = if round % 2 == 1 {
+            "grow-ahead"
+        } else {
+            "default"
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_pl-eventlog-crash-writer"))
             .arg(dir.path())
             .arg("8")
+            .arg(mode)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -279,7 +279,7 @@ pub enum BookCommand {
         campaign_id: Option<Uuid>,
         facts: ConversionFacts,
         /// The plan's versions, shared with the plan cache (see [`crate::setup::Plan`]).
-        versions: Arc<[PlanVersion]>,
+        versions: Arc<Vec<PlanVersion>>,
     },
     AccrueOverride {
         program_id: Uuid,

@@ -28,7 +28,7 @@ impl DomainEvent for PlanEvent {}
 /// A plan's versions, in publication order. Shared, not copied: every accrual command carries
 /// its plan, and a plan with many rules and versions is costly to clone per conversion.
 #[derive(Debug, Clone, Default)]
-pub struct Plan(pub Arc<[PlanVersion]>);
+pub struct Plan(pub Arc<Vec<PlanVersion>>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanPublishError {
@@ -98,12 +98,8 @@ impl Aggregate for Plan {
 
     fn evolve(mut plan: Plan, event: &PlanEvent) -> Plan {
         match event {
-            // Rare (a publication), so a copy of the few earlier versions is cheap here.
-            PlanEvent::PlanVersionPublished(v) => {
-                let mut versions = plan.0.to_vec();
-                versions.push(v.clone());
-                plan.0 = versions.into();
-            }
+            // Copies the versions only while a command still holds them (never during a replay).
+            PlanEvent::PlanVersionPublished(v) => Arc::make_mut(&mut plan.0).push(v.clone()),
         }
         plan
     }

@@ -321,7 +321,15 @@ pub struct UpArgs {
     /// Grow the embedded log's file ahead of its appends in zeros, so that most syncs write no
     /// inode: faster for small events on an idle disk, slower for the services (README, "The
     /// embedded adapter").
-    #[arg(long, env = "PL_LOG_GROW_AHEAD")]
+    #[arg(
+        long,
+        env = "PL_LOG_GROW_AHEAD",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub log_grow_ahead: bool,
 }
 
@@ -340,7 +348,15 @@ pub struct ServeArgs {
     /// Grow the embedded log's file ahead of its appends in zeros, so that most syncs write no
     /// inode: faster for small events on an idle disk, slower for the services (README, "The
     /// embedded adapter").
-    #[arg(long, env = "PL_LOG_GROW_AHEAD")]
+    #[arg(
+        long,
+        env = "PL_LOG_GROW_AHEAD",
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub log_grow_ahead: bool,
     /// EventStoreDB connection string, when `--store eventstoredb` (e.g. `esdb://host:2113?tls=true`).
     #[arg(long, env = "PL_EVENTSTORE_URL", hide_env_values = true)]
@@ -389,12 +405,37 @@ mod tests {
             "PL_NATS_URL",
             "PL_LOG",
             "PL_OTLP_ENDPOINT",
+            "PL_LOG_GROW_AHEAD",
         ] {
             assert!(serve.contains(name), "{name}");
         }
         let up = known_env_vars("up");
         assert!(up.contains("PL_DATA_DIR") && up.contains("PL_LOG_FORMAT"));
+        assert!(up.contains("PL_LOG_GROW_AHEAD"));
         assert!(!up.contains("PL_STORE"), "up has no store setting");
+    }
+
+    #[test]
+    fn growing_the_log_ahead_is_off_unless_asked_and_the_flag_can_say_either_way() {
+        let grow = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Up(a)) => Ok(a.log_grow_ahead),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(grow(&["partner-ledger", "up"]), Ok(false));
+        assert_eq!(
+            grow(&["partner-ledger", "up", "--log-grow-ahead"]),
+            Ok(true)
+        );
+        assert_eq!(
+            grow(&["partner-ledger", "up", "--log-grow-ahead=false"]),
+            Ok(false)
+        );
+        assert_eq!(
+            grow(&["partner-ledger", "up", "--log-grow-ahead", "yes"]),
+            Ok(true)
+        );
+        assert!(grow(&["partner-ledger", "up", "--log-grow-ahead=maybe"]).is_err());
     }
 
     #[test]

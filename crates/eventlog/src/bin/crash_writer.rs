@@ -3,7 +3,8 @@
 //! <position>` per event, flushed before the next append is acknowledged. The parent kills it
 //! with SIGKILL at random moments and checks that every printed event survived.
 //!
-//! Usage: `pl-eventlog-crash-writer <data-dir> <writers>`. Stops by itself after 60 s or when
+//! Usage: `pl-eventlog-crash-writer <data-dir> <writers> [grow-ahead]` (`grow-ahead`: the file
+//! grown ahead of the appends in zeros, `EmbeddedOptions::grow_ahead`). Stops by itself after 60 s or when
 //! stdout closes, so an orphan never outlives its test.
 
 use std::io::Write;
@@ -22,9 +23,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let dir = args
         .next()
-        .ok_or("usage: pl-eventlog-crash-writer <dir> <writers>")?;
+        .ok_or("usage: pl-eventlog-crash-writer <dir> <writers> [grow-ahead]")?;
     let writers: u32 = args.next().unwrap_or_else(|| "8".into()).parse()?;
-    let log = std::sync::Arc::new(EmbeddedLog::open(&dir, EmbeddedOptions::default())?);
+    let options = EmbeddedOptions {
+        grow_ahead: args.next().as_deref() == Some("grow-ahead"),
+        ..EmbeddedOptions::default()
+    };
+    let log = std::sync::Arc::new(EmbeddedLog::open(&dir, options)?);
     let (tx, mut rx) = mpsc::channel::<String>(1024);
     // Each run gets its own id space: a restarted writer must not reuse ids.
     #[allow(clippy::disallowed_methods)] // a test helper, not domain code
