@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 
-use crate::config::{BusKind, ServeArgs, ServerArgs, ServiceName, StoreKind, UpArgs};
+use crate::config::{
+    BusKind, EmbeddedLogArgs, ServeArgs, ServerArgs, ServiceName, StoreKind, UpArgs,
+};
 
 /// Used by `up` when no salt is configured, so a laptop run needs no set-up. Never for
 /// production: `serve attribution` refuses to start without a configured salt.
@@ -87,9 +89,12 @@ pub fn server_config(args: &ServerArgs) -> ServerConfig {
     }
 }
 
-fn open_embedded(dir: &std::path::Path, grow_ahead: bool) -> Result<Arc<EmbeddedLog>, AppError> {
+fn open_embedded(
+    dir: &std::path::Path,
+    log: &EmbeddedLogArgs,
+) -> Result<Arc<EmbeddedLog>, AppError> {
     let options = EmbeddedOptions {
-        grow_ahead,
+        grow_ahead: log.log_grow_ahead,
         ..EmbeddedOptions::default()
     };
     Ok(Arc::new(EmbeddedLog::open(dir, options)?))
@@ -97,7 +102,7 @@ fn open_embedded(dir: &std::path::Path, grow_ahead: bool) -> Result<Arc<Embedded
 
 /// `up`: everything in one process on the embedded log and the in-process bus.
 pub async fn start_up(args: &UpArgs) -> Result<Running, AppError> {
-    let embedded = open_embedded(&args.data_dir, args.log_grow_ahead)?;
+    let embedded = open_embedded(&args.data_dir, &args.log)?;
     let bus: SharedBus = Arc::new(InProcessBus::new(InProcessConfig::new(
         args.server.subject_prefix.clone(),
     ))?);
@@ -162,7 +167,7 @@ pub async fn start_serve(args: &ServeArgs) -> Result<Running, AppError> {
         .unwrap_or_default();
     let (store, embedded): (SharedStore, _) = match args.store {
         StoreKind::Embedded => {
-            let log = open_embedded(&args.data_dir, args.log_grow_ahead)?;
+            let log = open_embedded(&args.data_dir, &args.log)?;
             (log.clone(), Some(log))
         }
         StoreKind::Eventstoredb => (open_eventstoredb(args).await?, None),

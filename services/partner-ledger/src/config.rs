@@ -311,13 +311,9 @@ pub struct ServerArgs {
     pub check_config: bool,
 }
 
+/// How the embedded log writes, for `up` and `serve --store embedded`.
 #[derive(Debug, Clone, Args)]
-pub struct UpArgs {
-    #[command(flatten)]
-    pub server: ServerArgs,
-    /// Directory of the embedded event log (created if missing).
-    #[arg(long, env = "PL_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
+pub struct EmbeddedLogArgs {
     /// Grow the embedded log's file ahead of its appends in zeros, so that most syncs write no
     /// inode: faster for small events on an idle disk, slower for the services (README, "The
     /// embedded adapter").
@@ -334,6 +330,17 @@ pub struct UpArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Directory of the embedded event log (created if missing).
+    #[arg(long, env = "PL_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub log: EmbeddedLogArgs,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// The service to run.
     #[arg(value_enum)]
@@ -345,19 +352,8 @@ pub struct ServeArgs {
     /// Directory of the embedded event log, when `--store embedded`.
     #[arg(long, env = "PL_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Grow the embedded log's file ahead of its appends in zeros, so that most syncs write no
-    /// inode: faster for small events on an idle disk, slower for the services (README, "The
-    /// embedded adapter").
-    #[arg(
-        long,
-        env = "PL_LOG_GROW_AHEAD",
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        default_value_t = false,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub log_grow_ahead: bool,
+    #[command(flatten)]
+    pub log: EmbeddedLogArgs,
     /// EventStoreDB connection string, when `--store eventstoredb` (e.g. `esdb://host:2113?tls=true`).
     #[arg(long, env = "PL_EVENTSTORE_URL", hide_env_values = true)]
     pub eventstore_url: Option<Secret>,
@@ -418,7 +414,7 @@ mod tests {
     #[test]
     fn growing_the_log_ahead_is_off_unless_asked_and_the_flag_can_say_either_way() {
         let grow = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
-            Ok(Command::Up(a)) => Ok(a.log_grow_ahead),
+            Ok(Command::Up(a)) => Ok(a.log.log_grow_ahead),
             Ok(other) => panic!("parsed as {other:?}"),
             Err(e) => Err(e.kind()),
         };
