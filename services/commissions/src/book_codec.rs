@@ -325,6 +325,25 @@ pub fn postings(recorded: &RecordedEvent) -> Result<Option<Vec<Postings>>, Strin
         .map_err(|e| format!("event {} ({}): {e}", recorded.id, recorded.event_type))
 }
 
+/// The postings of a stored book event of any schema version this version reads: alone from
+/// schema 2 on, from the whole decoded event before that. What a balance needs.
+pub fn postings_of_any(recorded: &RecordedEvent) -> Result<Vec<Postings>, String> {
+    if let Some(postings) = postings(recorded)? {
+        return Ok(postings);
+    }
+    // Schema 1 (JSON), or newer than this version reads (refused by name here).
+    Ok(decode(recorded)?
+        .transactions()
+        .iter()
+        .map(|t| Postings {
+            id: t.id(),
+            kind: t.kind(),
+            occurred_at: t.occurred_at(),
+            transfers: t.transfers().to_vec(),
+        })
+        .collect())
+}
+
 fn postings_of_schema_2(p: pb::StoredPostings) -> Result<Postings, String> {
     Ok(Postings {
         id: uuid("transaction id", &p.id)?,

@@ -542,6 +542,82 @@ async fn a_clawback_after_payout_drives_payable_negative_and_no_run_pays_until_i
 }
 
 #[tokio::test]
+async fn balances_answer_as_the_explained_ledger_does_at_every_business_date_and_recording_point() {
+    // Accrued, matured, paid out, clawed back, then earned again: every account moved.
+    let (w, p, _) = charged_back_after_payout().await;
+    w.earn(p, 2, "200.00", at(3, 10)).await;
+    let book: Vec<_> = w
+        .store
+        .read_stream(&format!("ledger-{p}"), 0, 1000)
+        .await
+        .unwrap();
+    assert!(book.len() >= 6, "{} book events", book.len());
+    let dates = [at(1, 1), at(1, 10), at(2, 20), at(3, 1), at(3, 5), at(4, 1)];
+    let mut points: Vec<Option<pb::AsOf>> = vec![None];
+    for d in dates {
+        points.push(Some(pb::AsOf {
+            business_date: Some(ts(d)),
+            ..Default::default()
+        }));
+    }
+    for r in &book {
+        for business_date in [None, Some(ts(at(3, 1)))] {
+            points.push(Some(pb::AsOf {
+                business_date,
+                recorded_position: r.position,
+                ..Default::default()
+            }));
+            points.push(Some(pb::AsOf {
+                business_date,
+                recorded_at: Some(ts(r.recorded_at)),
+                ..Default::default()
+            }));
+        }
+    }
+    for as_of in points {
+        let balances = w
+            .api
+            .get_balances(Request::new(pb::GetBalancesRequest {
+                partner_id: p.to_string(),
+                as_of: as_of,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let explained = w
+            .api
+            .explain_balance(Request::new(pb::ExplainBalanceRequest {
+                partner_id: p.to_string(),
+                currency: "USD".into(),
+                as_of: as_of,
+                page: None,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        if balances.currencies.is_empty() {
+            // Nothing in the cut: the explanation, asked for USD, shows zeros and no entry.
+            assert!(explained.entries.is_empty(), "as of {as_of:?}");
+            let zeros = pb::CurrencyBalances {
+                currency: "USD".into(),
+                pending: "0.00".into(),
+                payable: "0.00".into(),
+                paid: "0.00".into(),
+            };
+            assert_eq!(explained.balances.unwrap().currencies, [zeros]);
+        } else {
+            assert_eq!(Some(balances), explained.balances, "as of {as_of:?}");
+        }
+    }
+    // And the figures themselves, latest: $100 paid, clawed back, then $20 earned and matured.
+    let b = w.balance(p).await;
+    assert_eq!(
+        (b.pending.as_str(), b.payable.as_str(), b.paid.as_str()),
+        ("0.00", "-80.00", "100.00")
+    );
+}
+
+#[tokio::test]
 async fn repeated_requests_with_the_same_key_change_nothing() {
     let (w, p, run) = paid_world().await;
     let log_end = w.store.read_all(0, 100_000).await.unwrap().len();
@@ -816,6 +892,12 @@ async fn book_events_round_trip(store: &SharedStore) -> std::collections::BTreeS
             };
             assert_eq!(book_codec::decode(&schema_1).unwrap(), event);
             assert_eq!(book_codec::postings(&schema_1).unwrap(), None);
+            let any: Vec<_> = book_codec::postings_of_any(&schema_1)
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.id, p.kind, p.occurred_at, p.transfers))
+                .collect();
+            assert_eq!(any, expected, "schema 1 postings from the whole event");
             // Schema 2: the same binary form with the body uncompressed; schema 3: the same
             // envelope as now with the body and explanations in JSON.
             let mut uncompressed_bytes = 0;
