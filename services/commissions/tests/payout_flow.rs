@@ -579,7 +579,7 @@ async fn balances_answer_as_the_explained_ledger_does_at_every_business_date_and
             .api
             .get_balances(Request::new(pb::GetBalancesRequest {
                 partner_id: p.to_string(),
-                as_of: as_of,
+                as_of,
             }))
             .await
             .unwrap()
@@ -589,7 +589,7 @@ async fn balances_answer_as_the_explained_ledger_does_at_every_business_date_and
             .explain_balance(Request::new(pb::ExplainBalanceRequest {
                 partner_id: p.to_string(),
                 currency: "USD".into(),
-                as_of: as_of,
+                as_of,
                 page: None,
             }))
             .await
