@@ -1181,6 +1181,7 @@ impl CommissionsApi for CommissionsService {
                 reward: format!("{:?}", s.reward),
                 started_at: s.started_at.map(to_timestamp),
                 ended_at: s.ended_at.map(to_timestamp),
+                churned_at: s.churned_at.map(to_timestamp),
                 share_to_date: Some(money_pb(s.share_to_date)),
                 current_monthly_share: Some(money_pb(s.current_monthly_share)),
                 last_invoice_at: Some(to_timestamp(s.last_invoice_at)),

@@ -2,7 +2,7 @@
 //! and the partner's recurring revenue shares. Pure functions: no I/O, no clock.
 
 use chrono::{DateTime, Duration, Utc};
-use pl_commission_engine::{LineKind, RewardKind};
+use pl_commission_engine::{CustomerState, LineKind, RewardKind};
 use pl_ledger::{
     AsOf, ExplainedEntry, Ledger, LedgerError, Page, PartnerBalance, MAX_PAGE_ENTRIES,
 };
@@ -112,13 +112,31 @@ pub struct RecurringShare {
     pub reward: RewardKind,
     /// Start of customer month 1 (the first paid invoice).
     pub started_at: Option<DateTime<Utc>>,
-    /// When the customer churned, if by the as-of date.
+    /// When the share stopped paying by its own terms, if by the as-of date (see
+    /// [`share_end`]).
     pub ended_at: Option<DateTime<Utc>>,
+    /// When the customer churned, if by the as-of date. It ends a recurring share only: the
+    /// engine pays a first-year or net revenue share on whatever the customer pays after it.
+    pub churned_at: Option<DateTime<Utc>>,
     /// Everything the share paid up to the as-of date, net of reversals.
     pub share_to_date: Money,
     /// The share of the latest invoice: what the partner currently earns per month.
     pub current_monthly_share: Money,
     pub last_invoice_at: DateTime<Utc>,
+}
+
+/// When a share stops paying by its terms, as the engine decides its invoices: a recurring
+/// share at the customer's churn (for N months, also after month N, which the share's
+/// accruals do not record: the listing shows no end for it); a first-year share at the start
+/// of customer month 13; a net revenue share never (it pays while the customer brings revenue).
+fn share_end(reward: RewardKind, customer: &CustomerState) -> Option<DateTime<Utc>> {
+    match reward {
+        RewardKind::Recurring => customer.churned_at,
+        RewardKind::FirstYearPercent => customer
+            .first_paid_invoice_at
+            .and_then(|first| first.checked_add_months(chrono::Months::new(12))),
+        _ => None,
+    }
 }
 
 /// The partner's recurring revenue shares as of a business date, one per customer and rule.
@@ -172,7 +190,10 @@ pub fn recurring_shares(
                     rule_id: line.rule_id.clone(),
                     reward: line.formula.reward,
                     started_at: customer.and_then(|c| c.first_paid_invoice_at),
-                    ended_at: customer.and_then(|c| c.churned_at).filter(|t| *t <= as_of),
+                    ended_at: customer
+                        .and_then(|c| share_end(line.formula.reward, c))
+                        .filter(|t| *t <= as_of),
+                    churned_at: customer.and_then(|c| c.churned_at).filter(|t| *t <= as_of),
                     share_to_date: net,
                     current_monthly_share: net,
                     last_invoice_at: accrual.occurred_at,
@@ -181,8 +202,11 @@ pub fn recurring_shares(
         }
     }
     for s in &mut shares {
-        if s.ended_at.is_some() {
-            // A churned customer pays nothing more, whatever its last invoice paid.
+        // An ended share pays nothing more, and neither does a customer gone since its last
+        // invoice, whatever that invoice paid; one back since (an invoice on or after the
+        // churn, which a first-year or net revenue share pays) shows that invoice's share.
+        let gone = s.churned_at.is_some_and(|c| s.last_invoice_at < c);
+        if s.ended_at.is_some() || gone {
             s.current_monthly_share = Money::zero(s.current_monthly_share.currency());
         }
     }

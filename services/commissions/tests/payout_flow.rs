@@ -767,7 +767,7 @@ async fn a_sale_under_a_plan_without_recurring_shares_credits_no_customer_yet_it
 }
 
 #[tokio::test]
-async fn a_first_year_share_taken_up_after_the_locking_sale_is_shown_ended_at_the_churn() {
+async fn a_first_year_share_runs_through_a_churn_and_ends_a_year_after_its_first_invoice() {
     let w = world().await;
     let p = partner(1);
     w.assign(p, PLAN).await;
@@ -788,27 +788,45 @@ async fn a_first_year_share_taken_up_after_the_locking_sale_is_shown_ended_at_th
     w.invoice(p, 702, 2).await;
     w.invoice(p, 703, 3).await;
     assert_eq!(w.balance(p).await.pending, "50.00");
+    let shares = |as_of: DateTime<Utc>| {
+        let api = w.api.clone();
+        async move {
+            let shares = api
+                .list_recurring_shares(Request::new(pb::ListRecurringSharesRequest {
+                    partner_id: p.to_string(),
+                    as_of: Some(ts(as_of)),
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .shares;
+            assert_eq!(shares.len(), 1, "{shares:?}");
+            assert_eq!(shares[0].plan_id, FIRST_YEAR_PLAN.to_string());
+            let s = shares[0].clone();
+            let current = s.current_monthly_share.clone().unwrap_or_default().amount;
+            (s, current)
+        }
+    };
     // A churn that names no locking conversion reaches the first-year share through the
-    // customer's credit: the listing shows it ended, with no current share.
+    // customer's credit: the listing shows the churn and no current share, but not an end.
     w.consume(w.churn("acme", at(4, 1), None)).await.unwrap();
-    let shares = w
-        .api
-        .list_recurring_shares(Request::new(pb::ListRecurringSharesRequest {
-            partner_id: p.to_string(),
-            as_of: Some(ts(at(5, 1))),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .shares;
-    assert_eq!(shares.len(), 1, "{shares:?}");
-    assert_eq!(shares[0].plan_id, FIRST_YEAR_PLAN.to_string());
-    assert_eq!(shares[0].ended_at, Some(ts(at(4, 1))));
-    let current = shares[0]
-        .current_monthly_share
-        .as_ref()
-        .map(|m| m.amount.as_str());
-    assert_eq!(current, Some("0.00"));
+    let (s, current) = shares(at(5, 1)).await;
+    assert_eq!(s.churned_at, Some(ts(at(4, 1))));
+    assert_eq!((s.ended_at, current.as_str()), (None, "0.00"));
+    // The customer comes back in May, inside its first year: the share pays it, and the
+    // listing shows it running again.
+    w.invoice(p, 704, 5).await;
+    assert_eq!(w.balance(p).await.pending, "70.00");
+    let (s, current) = shares(at(5, 20)).await;
+    assert_eq!((s.ended_at, current.as_str()), (None, "20.00"));
+    assert_eq!(s.share_to_date.unwrap().amount, "60.00");
+    // A year after February's invoice (customer month 13 under this plan) the share has ended.
+    assert_eq!(s.started_at, Some(ts(at(2, 10))));
+    let year_on = at(2, 10) + chrono::Months::new(12);
+    let (s, current) = shares(year_on).await;
+    assert_eq!((s.ended_at, current.as_str()), (Some(ts(year_on)), "0.00"));
+    let (s, _) = shares(year_on - chrono::Duration::seconds(1)).await;
+    assert_eq!(s.ended_at, None);
 }
 
 #[tokio::test]
