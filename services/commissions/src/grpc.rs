@@ -1171,7 +1171,51 @@ impl CommissionsApi for CommissionsService {
                 .await
                 .map_err(book_error)?
                 .state;
-        let shares = crate::reports::recurring_shares(&book, as_of).map_err(ApiError::internal)?;
+        // The plans whose recurring rules paid this partner: their terms say when a share
+        // for N months ends. A book's accruals name few plans.
+        let mut plans: std::collections::HashMap<uuid::Uuid, Plan> =
+            std::collections::HashMap::new();
+        for (accrual, _) in book.accruals.values() {
+            let recurring = accrual
+                .lines
+                .iter()
+                .any(|l| l.formula.reward == pl_commission_engine::RewardKind::Recurring);
+            if recurring && !plans.contains_key(&accrual.plan_id) {
+                let (plan, _) = self
+                    .caches
+                    .plans
+                    .read(
+                        self.store.as_ref(),
+                        &setup::plan_stream(accrual.plan_id),
+                        Clone::clone,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        ExecuteError::Store(e) => e.into(),
+                        other => ApiError::internal(other),
+                    })?;
+                plans.insert(accrual.plan_id, plan);
+            }
+        }
+        let months = |plan_id: uuid::Uuid, version: u32, rule_id: &str| {
+            let rule = plans
+                .get(&plan_id)?
+                .0
+                .iter()
+                .find(|v| v.version == version)?
+                .rules
+                .iter()
+                .find(|r| r.id == rule_id)?;
+            match rule.reward {
+                pl_commission_engine::Reward::Recurring {
+                    duration: pl_commission_engine::RecurringDuration::Months(n),
+                    ..
+                } => Some(n),
+                _ => None,
+            }
+        };
+        let shares =
+            crate::reports::recurring_shares(&book, as_of, months).map_err(ApiError::internal)?;
         let shares = shares
             .into_iter()
             .map(|s| pb::RecurringShare {

@@ -110,6 +110,8 @@ pub struct RecurringShare {
     pub plan_id: Uuid,
     pub rule_id: String,
     pub reward: RewardKind,
+    /// The plan version its latest invoice was paid under (whose terms say when it ends).
+    pub plan_version: u32,
     /// Start of customer month 1 (the first paid invoice).
     pub started_at: Option<DateTime<Utc>>,
     /// When the share stopped paying by its own terms, if by the as-of date (see
@@ -126,23 +128,39 @@ pub struct RecurringShare {
 }
 
 /// When a share stops paying by its terms, as the engine decides its invoices: a recurring
-/// share at the customer's churn (for N months, also after month N, which the share's
-/// accruals do not record: the listing shows no end for it); a first-year share at the start
-/// of customer month 13; a net revenue share never (it pays while the customer brings revenue).
-fn share_end(reward: RewardKind, customer: &CustomerState) -> Option<DateTime<Utc>> {
-    match reward {
-        RewardKind::Recurring => customer.churned_at,
-        RewardKind::FirstYearPercent => customer
+/// share at the customer's churn, and one for N months (`months`) at the start of customer
+/// month N + 1 if that comes first; a first-year share at the start of customer month 13; a
+/// net revenue share never (it pays while the customer brings revenue).
+fn share_end(
+    reward: RewardKind,
+    customer: &CustomerState,
+    months: Option<u32>,
+) -> Option<DateTime<Utc>> {
+    let month_after = |n: u32| {
+        customer
             .first_paid_invoice_at
-            .and_then(|first| first.checked_add_months(chrono::Months::new(12))),
+            .and_then(|first| first.checked_add_months(chrono::Months::new(n)))
+    };
+    match reward {
+        RewardKind::Recurring => {
+            let by_terms = months.and_then(month_after);
+            match (customer.churned_at, by_terms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        RewardKind::FirstYearPercent => month_after(12),
         _ => None,
     }
 }
 
 /// The partner's recurring revenue shares as of a business date, one per customer and rule.
+/// `recurring_months(plan, version, rule)` is the number of months a recurring rule pays
+/// (`None` for a lifetime share, or a rule that is not recurring).
 pub fn recurring_shares(
     book: &Book,
     as_of: DateTime<Utc>,
+    recurring_months: impl Fn(Uuid, u32, &str) -> Option<u32>,
 ) -> Result<Vec<RecurringShare>, pl_money::MoneyError> {
     let Some(partner) = book.partner_id else {
         return Ok(Vec::new());
@@ -167,10 +185,6 @@ pub fn recurring_shares(
                     .map(|l| l.amount),
             )?;
             let net = line.amount.checked_add(reversed)?;
-            let customer = book
-                .engine
-                .get(&accrual.plan_id)
-                .and_then(|s| s.customer(&accrual.customer_id));
             let found = shares.iter_mut().find(|s| {
                 s.customer_id == accrual.customer_id
                     && s.plan_id == accrual.plan_id
@@ -182,6 +196,7 @@ pub fn recurring_shares(
                     if accrual.occurred_at >= s.last_invoice_at {
                         s.last_invoice_at = accrual.occurred_at;
                         s.current_monthly_share = net;
+                        s.plan_version = accrual.plan_version;
                     }
                 }
                 None => shares.push(RecurringShare {
@@ -189,11 +204,10 @@ pub fn recurring_shares(
                     plan_id: accrual.plan_id,
                     rule_id: line.rule_id.clone(),
                     reward: line.formula.reward,
-                    started_at: customer.and_then(|c| c.first_paid_invoice_at),
-                    ended_at: customer
-                        .and_then(|c| share_end(line.formula.reward, c))
-                        .filter(|t| *t <= as_of),
-                    churned_at: customer.and_then(|c| c.churned_at).filter(|t| *t <= as_of),
+                    plan_version: accrual.plan_version,
+                    started_at: None,
+                    ended_at: None,
+                    churned_at: None,
                     share_to_date: net,
                     current_monthly_share: net,
                     last_invoice_at: accrual.occurred_at,
@@ -202,6 +216,16 @@ pub fn recurring_shares(
         }
     }
     for s in &mut shares {
+        let customer = book
+            .engine
+            .get(&s.plan_id)
+            .and_then(|state| state.customer(&s.customer_id));
+        let months = recurring_months(s.plan_id, s.plan_version, &s.rule_id);
+        s.started_at = customer.and_then(|c| c.first_paid_invoice_at);
+        s.ended_at = customer
+            .and_then(|c| share_end(s.reward, c, months))
+            .filter(|t| *t <= as_of);
+        s.churned_at = customer.and_then(|c| c.churned_at).filter(|t| *t <= as_of);
         // An ended share pays nothing more, and neither does a customer gone since its last
         // invoice, whatever that invoice paid; one back since (an invoice on or after the
         // churn, which a first-year or net revenue share pays) shows that invoice's share.
@@ -239,6 +263,10 @@ mod tests {
     }
 
     fn plan() -> PlanVersion {
+        plan_with(RecurringDuration::Lifetime)
+    }
+
+    fn plan_with(duration: RecurringDuration) -> PlanVersion {
         let step = |from: u32, to: Option<u32>, pct: i64| ScheduleStep {
             from_month: from,
             to_month: to,
@@ -257,7 +285,7 @@ mod tests {
                 reward: Reward::Recurring {
                     of: Base::Gross,
                     schedule: vec![step(1, Some(3), 40), step(4, None, 20)],
-                    duration: RecurringDuration::Lifetime,
+                    duration,
                 },
                 cap_per_conversion: None,
                 cap_per_period: None,
@@ -267,10 +295,14 @@ mod tests {
     }
 
     fn invoice(n: u128, when: DateTime<Utc>) -> BookCommand {
+        invoice_under(n, when, plan())
+    }
+
+    fn invoice_under(n: u128, when: DateTime<Utc>, plan: PlanVersion) -> BookCommand {
         BookCommand::Accrue {
             program_id: Uuid::from_u128(9),
             campaign_id: None,
-            versions: vec![plan()].into(),
+            versions: vec![plan].into(),
             facts: ConversionFacts {
                 conversion_id: Uuid::from_u128(n),
                 source_event_id: Uuid::from_u128(100 + n),
@@ -307,7 +339,7 @@ mod tests {
     fn recurring_shares_show_the_schedule_step_in_force_and_the_total_to_date() {
         let months: Vec<_> = (1..=5).map(|m| invoice(u128::from(m), at(m, 10))).collect();
         let (book, _) = run(&months);
-        let shares = recurring_shares(&book, at(5, 20)).unwrap();
+        let shares = recurring_shares(&book, at(5, 20), |_, _, _| None).unwrap();
         assert_eq!(shares.len(), 1);
         let s = &shares[0];
         // 3 × 40.00 + 2 × 20.00
@@ -317,7 +349,7 @@ mod tests {
         assert_eq!(s.ended_at, None);
         // As of March only the first three invoices count.
         assert_eq!(
-            recurring_shares(&book, at(3, 20)).unwrap()[0].share_to_date,
+            recurring_shares(&book, at(3, 20), |_, _, _| None).unwrap()[0].share_to_date,
             usd("120.00")
         );
     }
@@ -331,10 +363,41 @@ mod tests {
             at: at(2, 20),
         });
         let (book, _) = run(&commands);
-        let s = &recurring_shares(&book, at(3, 1)).unwrap()[0];
+        let s = &recurring_shares(&book, at(3, 1), |_, _, _| None).unwrap()[0];
         assert_eq!(s.ended_at, Some(at(2, 20)));
         assert_eq!(s.current_monthly_share, usd("0.00"));
         assert_eq!(s.share_to_date, usd("80.00"));
+    }
+
+    #[test]
+    fn a_share_for_three_months_ends_at_the_start_of_the_fourth_and_pays_nothing_after() {
+        let plan = plan_with(RecurringDuration::Months(3));
+        let months = |_: Uuid, version: u32, rule: &str| {
+            assert_eq!((version, rule), (1, "share"));
+            Some(3)
+        };
+        let commands: Vec<_> = (1..=5)
+            .map(|m| invoice_under(u128::from(m), at(m, 10), plan.clone()))
+            .collect();
+        let (book, _) = run(&commands);
+        // Three invoices paid 40% each; the fourth and fifth paid nothing (the engine's call).
+        let s = &recurring_shares(&book, at(6, 1), months).unwrap()[0];
+        assert_eq!(s.share_to_date, usd("120.00"));
+        assert_eq!(s.ended_at, Some(at(4, 10)));
+        assert_eq!(s.current_monthly_share, usd("0.00"));
+        // In March it still ran.
+        let s = &recurring_shares(&book, at(3, 20), months).unwrap()[0];
+        assert_eq!((s.ended_at, s.current_monthly_share), (None, usd("40.00")));
+        // A churn before month 4 ends it first.
+        let mut churned = commands[..2].to_vec();
+        churned.push(BookCommand::Churn {
+            plan_id: Uuid::from_u128(7),
+            customer_id: "acme".into(),
+            at: at(2, 20),
+        });
+        let (book, _) = run(&churned);
+        let s = &recurring_shares(&book, at(6, 1), months).unwrap()[0];
+        assert_eq!(s.ended_at, Some(at(2, 20)));
     }
 
     #[test]

@@ -830,6 +830,42 @@ async fn a_first_year_share_runs_through_a_churn_and_ends_a_year_after_its_first
 }
 
 #[tokio::test]
+async fn a_two_month_recurring_share_is_listed_ended_at_the_start_of_month_three() {
+    let w = world().await;
+    let p = partner(1);
+    const TWO_MONTHS: Uuid = Uuid::from_u128(0xb5);
+    let mut two_months = PlanVersion {
+        plan_id: TWO_MONTHS,
+        ..lifetime_plan()
+    };
+    let Reward::Recurring { duration, .. } = &mut two_months.rules[0].reward else {
+        unreachable!("a recurring rule")
+    };
+    *duration = RecurringDuration::Months(2);
+    w.publish("two-months", &two_months).await;
+    w.assign(p, TWO_MONTHS).await;
+    for (conversion, month) in [(901, 1), (902, 2), (903, 3)] {
+        w.invoice(p, conversion, month).await;
+    }
+    assert_eq!(w.balance(p).await.pending, "40.00", "March pays nothing");
+    let shares = w
+        .api
+        .list_recurring_shares(Request::new(pb::ListRecurringSharesRequest {
+            partner_id: p.to_string(),
+            as_of: Some(ts(at(4, 1))),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .shares;
+    assert_eq!(shares.len(), 1, "{shares:?}");
+    assert_eq!(shares[0].ended_at, Some(ts(at(3, 10))));
+    assert_eq!(shares[0].churned_at, None);
+    let current = shares[0].current_monthly_share.clone().unwrap_or_default();
+    assert_eq!(current.amount, "0.00");
+}
+
+#[tokio::test]
 async fn a_churn_through_the_locking_sale_reaches_a_plan_the_partner_moved_to_since() {
     let w = world().await;
     let p = partner(1);
