@@ -118,6 +118,8 @@ pub use plan::{
     RewardKind, Rule, ScheduleStep, Tier, TierMode, TierPrice, VersionPolicy, VolumeBasis,
 };
 pub use reverse::{reverse, reverse_remaining, Reversal};
-pub use select::{conditions_hold, customer_month_index, select_rule, select_version};
+pub use select::{
+    conditions_hold, customer_month_index, select_rule, select_version, version_for_customer,
+};
 pub use state::{CustomerState, NetRevenuePosition, PartnerState, PeriodTotals};
 pub use validate::validate_plan;

@@ -336,8 +336,8 @@ pub enum RewardKind {
 
 impl RewardKind {
     /// A share of a customer's invoices month after month: recurring, first-year and net
-    /// revenue shares. These are what the recurring-shares report lists, each shown ended at
-    /// the customer's churn; of these the engine stops paying only a recurring share after it.
+    /// revenue shares. These are what the recurring-shares report lists, with the customer's
+    /// churn; of these the engine stops paying only a recurring share after it.
     pub fn is_recurring_share(self) -> bool {
         matches!(
             self,

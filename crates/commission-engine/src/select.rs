@@ -5,8 +5,10 @@ use std::collections::BTreeSet;
 use crate::limits::MAX_VERSIONS;
 use crate::period::month_index;
 use crate::{
-    Conditions, ConversionFacts, EngineError, PartnerState, PlanVersion, Rule, VersionPolicy,
+    Conditions, ConversionFacts, CustomerState, EngineError, PartnerState, PlanVersion, Rule,
+    VersionPolicy,
 };
+use chrono::{DateTime, Utc};
 
 /// The plan version a conversion is computed with.
 ///
@@ -42,25 +44,34 @@ pub fn select_version<'v>(
             ));
         }
     }
+    version_for_customer(
+        versions,
+        state.plan_id(),
+        state.customer(&facts.customer_id),
+        facts.occurred_at,
+    )
+}
+
+/// The version [`select_version`] chooses at `at` for a customer (`None`: never paid under
+/// the plan), without checking `versions` (which [`select_version`] does): what a listing asks
+/// of a customer's share as of a date.
+pub fn version_for_customer<'v>(
+    versions: &'v [PlanVersion],
+    plan_id: uuid::Uuid,
+    customer: Option<&CustomerState>,
+    at: DateTime<Utc>,
+) -> Result<&'v PlanVersion, EngineError> {
     let in_force = versions
         .iter()
-        .filter(|v| v.effective_from <= facts.occurred_at)
+        .filter(|v| v.effective_from <= at)
         .max_by_key(|v| v.effective_from)
-        .ok_or(EngineError::NoVersionInForce {
-            plan_id: state.plan_id(),
-            at: facts.occurred_at,
-        })?;
-    let locked = state
-        .customer(&facts.customer_id)
-        .and_then(|c| c.locked_version);
+        .ok_or(EngineError::NoVersionInForce { plan_id, at })?;
+    let locked = customer.and_then(|c| c.locked_version);
     match (in_force.version_policy, locked) {
         (VersionPolicy::Grandfathered, Some(version)) => versions
             .iter()
             .find(|v| v.version == version)
-            .ok_or(EngineError::LockedVersionMissing {
-                plan_id: state.plan_id(),
-                version,
-            }),
+            .ok_or(EngineError::LockedVersionMissing { plan_id, version }),
         _ => Ok(in_force),
     }
 }

@@ -1135,6 +1135,7 @@ impl CommissionsApi for CommissionsService {
                 },
                 crate::reports::ReportError::EmptyPeriod => ApiError::invalid("to", e.to_string()),
                 crate::reports::ReportError::Ledger(e) => ApiError::internal(e),
+                e @ crate::reports::ReportError::PlanMissing { .. } => ApiError::internal(e),
             },
         )?;
         Ok(Response::new(pb::Statement {
@@ -1171,16 +1172,16 @@ impl CommissionsApi for CommissionsService {
                 .await
                 .map_err(book_error)?
                 .state;
-        // The plans whose recurring rules paid this partner: their terms say when a share
-        // for N months ends. A book's accruals name few plans.
+        // The plans that paid this partner a recurring share: their terms say when a share
+        // ends. A book's accruals name few plans.
         let mut plans: std::collections::HashMap<uuid::Uuid, Plan> =
             std::collections::HashMap::new();
         for (accrual, _) in book.accruals.values() {
-            let recurring = accrual
+            let shares = accrual
                 .lines
                 .iter()
-                .any(|l| l.formula.reward == pl_commission_engine::RewardKind::Recurring);
-            if recurring && !plans.contains_key(&accrual.plan_id) {
+                .any(|l| l.formula.reward.is_recurring_share());
+            if shares && !plans.contains_key(&accrual.plan_id) {
                 let (plan, _) = self
                     .caches
                     .plans
@@ -1194,28 +1195,13 @@ impl CommissionsApi for CommissionsService {
                         ExecuteError::Store(e) => e.into(),
                         other => ApiError::internal(other),
                     })?;
-                plans.insert(accrual.plan_id, plan);
+                if !plan.0.is_empty() {
+                    plans.insert(accrual.plan_id, plan);
+                }
             }
         }
-        let months = |plan_id: uuid::Uuid, version: u32, rule_id: &str| {
-            let rule = plans
-                .get(&plan_id)?
-                .0
-                .iter()
-                .find(|v| v.version == version)?
-                .rules
-                .iter()
-                .find(|r| r.id == rule_id)?;
-            match rule.reward {
-                pl_commission_engine::Reward::Recurring {
-                    duration: pl_commission_engine::RecurringDuration::Months(n),
-                    ..
-                } => Some(n),
-                _ => None,
-            }
-        };
         let shares =
-            crate::reports::recurring_shares(&book, as_of, months).map_err(ApiError::internal)?;
+            crate::reports::recurring_shares(&book, as_of, &plans).map_err(ApiError::internal)?;
         let shares = shares
             .into_iter()
             .map(|s| pb::RecurringShare {

@@ -1,8 +1,13 @@
 //! Read models computed on demand from a partner's book and ledger: the statement of a period
 //! and the partner's recurring revenue shares. Pure functions: no I/O, no clock.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Duration, Utc};
-use pl_commission_engine::{CustomerState, LineKind, RewardKind};
+use pl_commission_engine::{
+    version_for_customer, CustomerState, LineKind, PlanVersion, RecurringDuration, Reward,
+    RewardKind,
+};
 use pl_ledger::{
     AsOf, ExplainedEntry, Ledger, LedgerError, Page, PartnerBalance, MAX_PAGE_ENTRIES,
 };
@@ -11,6 +16,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::book::Book;
+use crate::setup::Plan;
 
 /// A statement lists at most this many entries; a longer period must be split.
 pub const MAX_STATEMENT_ENTRIES: usize = 100_000;
@@ -36,6 +42,8 @@ pub enum ReportError {
     TooManyEntries,
     #[error("the period ends before it starts")]
     EmptyPeriod,
+    #[error("plan {plan_id} paid a recurring share but has no versions")]
+    PlanMissing { plan_id: Uuid },
 }
 
 /// The instant just before `t`: business-date cuts include their bound, a period excludes its end.
@@ -110,8 +118,6 @@ pub struct RecurringShare {
     pub plan_id: Uuid,
     pub rule_id: String,
     pub reward: RewardKind,
-    /// The plan version its latest invoice was paid under (whose terms say when it ends).
-    pub plan_version: u32,
     /// Start of customer month 1 (the first paid invoice).
     pub started_at: Option<DateTime<Utc>>,
     /// When the share stopped paying by its own terms, if by the as-of date (see
@@ -127,41 +133,74 @@ pub struct RecurringShare {
     pub last_invoice_at: DateTime<Utc>,
 }
 
-/// When a share stops paying by its terms, as the engine decides its invoices: a recurring
-/// share at the customer's churn, and one for N months (`months`) at the start of customer
-/// month N + 1 if that comes first; a first-year share at the start of customer month 13; a
-/// net revenue share never (it pays while the customer brings revenue).
+/// When a share stops paying by its terms, as the engine would decide the customer's invoice
+/// at `as_of`: under the version it applies then (`version_for_customer`: the customer's
+/// locked version under grandfathering, else the one in force). A recurring share ends at the
+/// customer's churn, or after its months if fewer come first (its duration, or a schedule whose
+/// last step closes); a first-year share at the start of customer month 13; a net revenue share
+/// never. An end by the terms of a version that took effect later (a shorter duration) is the
+/// version's start; so is the end of a share whose rule that version no longer pays. Gaps
+/// inside a schedule (months without a step) are not shown.
 fn share_end(
-    reward: RewardKind,
+    s: &RecurringShare,
     customer: &CustomerState,
-    months: Option<u32>,
+    versions: &[PlanVersion],
+    as_of: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
-    let month_after = |n: u32| {
-        customer
-            .first_paid_invoice_at
-            .and_then(|first| first.checked_add_months(chrono::Months::new(n)))
+    let churn = customer
+        .churned_at
+        .filter(|_| s.reward == RewardKind::Recurring);
+    let earliest = |a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     };
-    match reward {
-        RewardKind::Recurring => {
-            let by_terms = months.and_then(month_after);
-            match (customer.churned_at, by_terms) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
+    let Some(first) = customer.first_paid_invoice_at else {
+        return churn;
+    };
+    let Ok(version) = version_for_customer(versions, s.plan_id, Some(customer), as_of) else {
+        return churn;
+    };
+    let reward = version
+        .rules
+        .iter()
+        .find(|r| r.id == s.rule_id)
+        .map(|r| &r.reward);
+    let months = match (s.reward, reward) {
+        (
+            RewardKind::Recurring,
+            Some(Reward::Recurring {
+                schedule, duration, ..
+            }),
+        ) => {
+            let by_duration = match duration {
+                RecurringDuration::Months(n) => Some(*n),
+                RecurringDuration::Lifetime => None,
+            };
+            let by_schedule = schedule
+                .iter()
+                .max_by_key(|step| step.from_month)
+                .and_then(|step| step.to_month);
+            by_duration.into_iter().chain(by_schedule).min()
         }
-        RewardKind::FirstYearPercent => month_after(12),
-        _ => None,
-    }
+        (RewardKind::FirstYearPercent, Some(Reward::FirstYearPercent { .. })) => Some(12),
+        (RewardKind::NetRevenueShare, Some(Reward::NetRevenueShare(_))) => None,
+        // The version applied now pays no such rule.
+        _ => return earliest(churn, Some(version.effective_from)),
+    };
+    let by_terms = months
+        .and_then(|n| first.checked_add_months(chrono::Months::new(n)))
+        .map(|end| end.max(version.effective_from));
+    earliest(churn, by_terms)
 }
 
 /// The partner's recurring revenue shares as of a business date, one per customer and rule.
-/// `recurring_months(plan, version, rule)` is the number of months a recurring rule pays
-/// (`None` for a lifetime share, or a rule that is not recurring).
+/// `plans` holds the versions of every plan that paid one (a plan missing from it is an
+/// error: without its terms an end cannot be told).
 pub fn recurring_shares(
     book: &Book,
     as_of: DateTime<Utc>,
-    recurring_months: impl Fn(Uuid, u32, &str) -> Option<u32>,
-) -> Result<Vec<RecurringShare>, pl_money::MoneyError> {
+    plans: &HashMap<Uuid, Plan>,
+) -> Result<Vec<RecurringShare>, ReportError> {
     let Some(partner) = book.partner_id else {
         return Ok(Vec::new());
     };
@@ -183,8 +222,9 @@ pub fn recurring_shares(
                     .iter()
                     .filter_map(|r| r.lines.get(i))
                     .map(|l| l.amount),
-            )?;
-            let net = line.amount.checked_add(reversed)?;
+            )
+            .map_err(ledger_money)?;
+            let net = line.amount.checked_add(reversed).map_err(ledger_money)?;
             let found = shares.iter_mut().find(|s| {
                 s.customer_id == accrual.customer_id
                     && s.plan_id == accrual.plan_id
@@ -192,11 +232,10 @@ pub fn recurring_shares(
             });
             match found {
                 Some(s) => {
-                    s.share_to_date = s.share_to_date.checked_add(net)?;
+                    s.share_to_date = s.share_to_date.checked_add(net).map_err(ledger_money)?;
                     if accrual.occurred_at >= s.last_invoice_at {
                         s.last_invoice_at = accrual.occurred_at;
                         s.current_monthly_share = net;
-                        s.plan_version = accrual.plan_version;
                     }
                 }
                 None => shares.push(RecurringShare {
@@ -204,7 +243,6 @@ pub fn recurring_shares(
                     plan_id: accrual.plan_id,
                     rule_id: line.rule_id.clone(),
                     reward: line.formula.reward,
-                    plan_version: accrual.plan_version,
                     started_at: None,
                     ended_at: None,
                     churned_at: None,
@@ -220,10 +258,12 @@ pub fn recurring_shares(
             .engine
             .get(&s.plan_id)
             .and_then(|state| state.customer(&s.customer_id));
-        let months = recurring_months(s.plan_id, s.plan_version, &s.rule_id);
+        let versions = plans
+            .get(&s.plan_id)
+            .ok_or(ReportError::PlanMissing { plan_id: s.plan_id })?;
         s.started_at = customer.and_then(|c| c.first_paid_invoice_at);
         s.ended_at = customer
-            .and_then(|c| share_end(s.reward, c, months))
+            .and_then(|c| share_end(s, c, &versions.0, as_of))
             .filter(|t| *t <= as_of);
         s.churned_at = customer.and_then(|c| c.churned_at).filter(|t| *t <= as_of);
         // An ended share pays nothing more, and neither does a customer gone since its last
@@ -294,15 +334,28 @@ mod tests {
         .unwrap()
     }
 
+    /// The plans a listing reads the terms of: this one alone.
+    fn plans_of(plan: PlanVersion) -> HashMap<Uuid, Plan> {
+        HashMap::from([(plan.plan_id, Plan(std::sync::Arc::new(vec![plan])))])
+    }
+
     fn invoice(n: u128, when: DateTime<Utc>) -> BookCommand {
         invoice_under(n, when, plan())
     }
 
     fn invoice_under(n: u128, when: DateTime<Utc>, plan: PlanVersion) -> BookCommand {
+        invoice_under_versions(n, when, vec![plan])
+    }
+
+    fn invoice_under_versions(
+        n: u128,
+        when: DateTime<Utc>,
+        versions: Vec<PlanVersion>,
+    ) -> BookCommand {
         BookCommand::Accrue {
             program_id: Uuid::from_u128(9),
             campaign_id: None,
-            versions: vec![plan].into(),
+            versions: versions.into(),
             facts: ConversionFacts {
                 conversion_id: Uuid::from_u128(n),
                 source_event_id: Uuid::from_u128(100 + n),
@@ -339,7 +392,7 @@ mod tests {
     fn recurring_shares_show_the_schedule_step_in_force_and_the_total_to_date() {
         let months: Vec<_> = (1..=5).map(|m| invoice(u128::from(m), at(m, 10))).collect();
         let (book, _) = run(&months);
-        let shares = recurring_shares(&book, at(5, 20), |_, _, _| None).unwrap();
+        let shares = recurring_shares(&book, at(5, 20), &plans_of(plan())).unwrap();
         assert_eq!(shares.len(), 1);
         let s = &shares[0];
         // 3 × 40.00 + 2 × 20.00
@@ -349,7 +402,7 @@ mod tests {
         assert_eq!(s.ended_at, None);
         // As of March only the first three invoices count.
         assert_eq!(
-            recurring_shares(&book, at(3, 20), |_, _, _| None).unwrap()[0].share_to_date,
+            recurring_shares(&book, at(3, 20), &plans_of(plan())).unwrap()[0].share_to_date,
             usd("120.00")
         );
     }
@@ -363,7 +416,7 @@ mod tests {
             at: at(2, 20),
         });
         let (book, _) = run(&commands);
-        let s = &recurring_shares(&book, at(3, 1), |_, _, _| None).unwrap()[0];
+        let s = &recurring_shares(&book, at(3, 1), &plans_of(plan())).unwrap()[0];
         assert_eq!(s.ended_at, Some(at(2, 20)));
         assert_eq!(s.current_monthly_share, usd("0.00"));
         assert_eq!(s.share_to_date, usd("80.00"));
@@ -372,10 +425,7 @@ mod tests {
     #[test]
     fn a_share_for_three_months_ends_at_the_start_of_the_fourth_and_pays_nothing_after() {
         let plan = plan_with(RecurringDuration::Months(3));
-        let months = |_: Uuid, version: u32, rule: &str| {
-            assert_eq!((version, rule), (1, "share"));
-            Some(3)
-        };
+        let months = &plans_of(plan.clone());
         let commands: Vec<_> = (1..=5)
             .map(|m| invoice_under(u128::from(m), at(m, 10), plan.clone()))
             .collect();
@@ -398,6 +448,65 @@ mod tests {
         let (book, _) = run(&churned);
         let s = &recurring_shares(&book, at(6, 1), months).unwrap()[0];
         assert_eq!(s.ended_at, Some(at(2, 20)));
+    }
+
+    #[test]
+    fn a_later_version_that_shortens_the_share_ends_it_when_it_takes_effect_as_the_engine_stops_paying(
+    ) {
+        // Twelve months under version 1; from May, version 2 (followed by every customer) pays
+        // three. May is customer month 5: the engine pays it nothing.
+        let v1 = plan_with(RecurringDuration::Months(12));
+        let v2 = PlanVersion {
+            version: 2,
+            effective_from: at(5, 1),
+            version_policy: VersionPolicy::FollowEffective,
+            ..plan_with(RecurringDuration::Months(3))
+        };
+        let v1 = PlanVersion {
+            version_policy: VersionPolicy::FollowEffective,
+            ..v1
+        };
+        let versions = vec![v1, v2];
+        let commands: Vec<_> = (1..=6)
+            .map(|m| invoice_under_versions(u128::from(m), at(m, 10), versions.clone()))
+            .collect();
+        let (book, _) = run(&commands);
+        let plans = HashMap::from([(
+            Uuid::from_u128(7),
+            Plan(std::sync::Arc::new(versions.clone())),
+        )]);
+        let s = &recurring_shares(&book, at(6, 20), &plans).unwrap()[0];
+        // 40% in months 1 to 3, 20% in April, nothing after.
+        assert_eq!(s.share_to_date, usd("140.00"));
+        assert_eq!(s.last_invoice_at, at(4, 10));
+        assert_eq!(s.ended_at, Some(at(5, 1)));
+        assert_eq!(s.current_monthly_share, usd("0.00"));
+        // In April it still ran.
+        let s = &recurring_shares(&book, at(4, 20), &plans).unwrap()[0];
+        assert_eq!((s.ended_at, s.current_monthly_share), (None, usd("20.00")));
+    }
+
+    #[test]
+    fn a_lifetime_share_whose_schedule_closes_ends_after_its_last_step() {
+        let mut plan = plan();
+        let Reward::Recurring { schedule, .. } = &mut plan.rules[0].reward else {
+            unreachable!("a recurring rule")
+        };
+        schedule.truncate(1); // 40% in months 1 to 3, nothing after
+        let commands: Vec<_> = (1..=5)
+            .map(|m| invoice_under(u128::from(m), at(m, 10), plan.clone()))
+            .collect();
+        let (book, _) = run(&commands);
+        let s = &recurring_shares(&book, at(6, 1), &plans_of(plan)).unwrap()[0];
+        assert_eq!(s.share_to_date, usd("120.00"));
+        assert_eq!(s.ended_at, Some(at(4, 10)));
+    }
+
+    #[test]
+    fn a_listing_without_the_terms_of_a_plan_that_paid_is_an_error_not_a_guess() {
+        let (book, _) = run(&[invoice(1, at(1, 10))]);
+        let err = recurring_shares(&book, at(2, 1), &HashMap::new()).unwrap_err();
+        assert!(matches!(err, ReportError::PlanMissing { .. }), "{err}");
     }
 
     #[test]

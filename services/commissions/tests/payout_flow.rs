@@ -211,20 +211,20 @@ impl World {
     /// Attribution's `ConversionAttributed` for customer "acme"'s $100.00 subscription invoice
     /// (conversion `conversion`), all credited to `p`, on the 10th of `month`.
     async fn invoice(&self, p: Uuid, conversion: u128, month: u32) {
+        self.invoice_at(p, conversion, at(month, 10)).await;
+    }
+
+    /// [`World::invoice`] at `when`.
+    async fn invoice_at(&self, p: Uuid, conversion: u128, when: DateTime<Utc>) {
         let data = serde_json::json!({
             "conversion_id": Uuid::from_u128(conversion), "program_id": PROGRAM,
             "kind": "CONVERSION_KIND_SUBSCRIPTION_INVOICE", "customer_id": "acme",
-            "gross": { "amount": "100.00", "currency": "USD" }, "occurred_at": at(month, 10),
+            "gross": { "amount": "100.00", "currency": "USD" }, "occurred_at": when,
             "shares": [{ "partner_id": p, "weight": "1" }],
         });
-        self.consume(message(
-            self.id(),
-            "ConversionAttributed",
-            data,
-            at(month, 10),
-        ))
-        .await
-        .unwrap();
+        self.consume(message(self.id(), "ConversionAttributed", data, when))
+            .await
+            .unwrap();
     }
 
     /// Attribution's `SubscriptionCancelled` of `customer` at `when`, naming the conversion
@@ -569,11 +569,17 @@ async fn balances_answer_as_the_explained_ledger_does_at_every_business_date_and
             }));
             points.push(Some(pb::AsOf {
                 business_date,
-                recorded_at: Some(ts(r.recorded_at)),
+                // To the nanosecond: the whole history is recorded within a second or so.
+                recorded_at: Some(prost_types::Timestamp {
+                    seconds: r.recorded_at.timestamp(),
+                    nanos: i32::try_from(r.recorded_at.timestamp_subsec_nanos()).unwrap(),
+                }),
                 ..Default::default()
             }));
         }
     }
+    // Points at a recording time whose cut held entries: each event's own time holds it.
+    let mut recorded_at_compared = 0;
     for as_of in points {
         let balances = w
             .api
@@ -607,8 +613,14 @@ async fn balances_answer_as_the_explained_ledger_does_at_every_business_date_and
             assert_eq!(explained.balances.unwrap().currencies, [zeros]);
         } else {
             assert_eq!(Some(balances), explained.balances, "as of {as_of:?}");
+            recorded_at_compared += usize::from(as_of.is_some_and(|a| a.recorded_at.is_some()));
         }
     }
+    assert!(
+        recorded_at_compared >= book.len(),
+        "{recorded_at_compared} recording-time points with entries for {} events",
+        book.len()
+    );
     // And the figures themselves, latest: $100 paid, clawed back, then $20 earned and matured.
     let b = w.balance(p).await;
     assert_eq!(
@@ -823,10 +835,15 @@ async fn a_first_year_share_runs_through_a_churn_and_ends_a_year_after_its_first
     // A year after February's invoice (customer month 13 under this plan) the share has ended.
     assert_eq!(s.started_at, Some(ts(at(2, 10))));
     let year_on = at(2, 10) + chrono::Months::new(12);
-    let (s, current) = shares(year_on).await;
-    assert_eq!((s.ended_at, current.as_str()), (Some(ts(year_on)), "0.00"));
     let (s, _) = shares(year_on - chrono::Duration::seconds(1)).await;
     assert_eq!(s.ended_at, None);
+    // An invoice on that instant is month 13: the engine pays it nothing, and the listing says
+    // the share ended then.
+    w.invoice_at(p, 705, year_on).await;
+    assert_eq!(w.balance(p).await.pending, "70.00");
+    let (s, current) = shares(year_on).await;
+    assert_eq!((s.ended_at, current.as_str()), (Some(ts(year_on)), "0.00"));
+    assert_eq!(s.share_to_date.unwrap().amount, "60.00");
 }
 
 #[tokio::test]

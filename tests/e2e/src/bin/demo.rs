@@ -68,7 +68,7 @@ async fn demo() -> Result<(), String> {
     for (partner, customer, to_date, ended) in &o.recurring {
         println!(
             "{partner:<12} customer {customer:<14} {to_date:>10} to date{}",
-            if *ended { " (churned)" } else { "" }
+            if *ended { " (ended)" } else { "" }
         );
     }
     println!("\nThe influencer's statement for the year\n");
