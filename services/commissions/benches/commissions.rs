@@ -630,6 +630,22 @@ struct FoldStats {
     balances: Vec<pl_ledger::PartnerBalances>,
 }
 
+/// The next page of the whole log from `*position` on (empty at its end), moving `position`
+/// past it and adding its read time to `read`.
+async fn next_page(
+    log: &EmbeddedLog,
+    position: &mut u64,
+    read: &mut Duration,
+) -> Vec<RecordedEvent> {
+    let t = Instant::now();
+    let page = log.read_all(*position, 4096).await.unwrap();
+    *read += t.elapsed();
+    if let Some(last) = page.last() {
+        *position = last.position + 1;
+    }
+    page
+}
+
 /// Every partner's balances as `GetBalances` computes one partner's (postings alone, read by
 /// `book_codec::postings_of_any`, folded into a `BalanceFold`), over the whole log on one thread.
 async fn fold_balances(log: &EmbeddedLog) -> FoldStats {
@@ -640,11 +656,10 @@ async fn fold_balances(log: &EmbeddedLog) -> FoldStats {
     let mut fold = pl_ledger::BalanceFold::new(AsOf::Latest);
     let mut position = 0u64;
     loop {
-        let t = Instant::now();
-        let page = log.read_all(position, 4096).await.unwrap();
-        read += t.elapsed();
-        let Some(last) = page.last() else { break };
-        position = last.position + 1;
+        let page = next_page(log, &mut position, &mut read).await;
+        if page.is_empty() {
+            break;
+        }
         for recorded in &page {
             for p in book_codec::postings_of_any(recorded).unwrap() {
                 fold.apply(recorded.position, recorded.recorded_at, p.as_ref())
@@ -719,11 +734,10 @@ async fn rebuild(dir: &std::path::Path) -> RebuildStats {
     let mut transactions = 0u64;
     let mut bytes = 0u64;
     loop {
-        let t = Instant::now();
-        let page = log.read_all(position, 4096).await.unwrap();
-        read += t.elapsed();
-        let Some(last) = page.last() else { break };
-        position = last.position + 1;
+        let page = next_page(&log, &mut position, &mut read).await;
+        if page.is_empty() {
+            break;
+        }
 
         let t = Instant::now();
         let events: Vec<BookEvent> = page

@@ -95,6 +95,30 @@ fn as_of(v: &mut Violations, a: Option<&pb::AsOf>) -> AsOf {
     AsOf::from_parts(business, recorded)
 }
 
+/// Hands each event of a partner's book to `each`, in order, a page at a time; a book longer
+/// than [`MAX_BOOK_EVENTS`] is refused.
+async fn for_each_book_event(
+    store: &dyn EventStore,
+    partner_id: uuid::Uuid,
+    mut each: impl FnMut(&pl_eventlog::RecordedEvent) -> Result<(), ApiError>,
+) -> Result<(), ApiError> {
+    let stream = book::stream(partner_id);
+    let mut from = 0;
+    loop {
+        let page = store.read_stream(&stream, from, 1024).await?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        from = last.version + 1;
+        if from > MAX_BOOK_EVENTS {
+            return Err(ApiError::Exhausted {
+                what: format!("book of partner {partner_id} exceeds {MAX_BOOK_EVENTS} events"),
+            });
+        }
+        page.iter().try_for_each(&mut each)?;
+    }
+}
+
 /// A partner's balances as of one point, folded from its book's postings alone: the
 /// explanations, nine tenths of a stored event's decoding, are skipped unread (the fold answers
 /// what a [`Ledger`] of the same book answers; `pl_ledger`'s property test holds them equal).
@@ -103,30 +127,18 @@ async fn partner_balances(
     partner_id: uuid::Uuid,
     as_of: AsOf,
 ) -> Result<PartnerBalances, ApiError> {
-    let stream = book::stream(partner_id);
     let mut fold = BalanceFold::new(as_of);
-    let mut from = 0;
-    loop {
-        let page = store.read_stream(&stream, from, 1024).await?;
-        let Some(last) = page.last() else {
-            return fold
-                .balances_of_partner(partner_id)
-                .map_err(ApiError::internal);
-        };
-        from = last.version + 1;
-        if from > MAX_BOOK_EVENTS {
-            return Err(ApiError::Exhausted {
-                what: format!("book of partner {partner_id} exceeds {MAX_BOOK_EVENTS} events"),
-            });
+    for_each_book_event(store, partner_id, |recorded| {
+        let postings = book_codec::postings_of_any(recorded).map_err(ApiError::internal)?;
+        for p in &postings {
+            fold.apply(recorded.position, recorded.recorded_at, p.as_ref())
+                .map_err(ApiError::internal)?;
         }
-        for recorded in &page {
-            let postings = book_codec::postings_of_any(recorded).map_err(ApiError::internal)?;
-            for p in &postings {
-                fold.apply(recorded.position, recorded.recorded_at, p.as_ref())
-                    .map_err(ApiError::internal)?;
-            }
-        }
-    }
+        Ok(())
+    })
+    .await?;
+    fold.balances_of_partner(partner_id)
+        .map_err(ApiError::internal)
 }
 
 /// Replays a partner's book into a ledger, with each transaction at its event's log position.
@@ -134,33 +146,22 @@ async fn partner_ledger(
     store: &dyn EventStore,
     partner_id: uuid::Uuid,
 ) -> Result<Ledger, ApiError> {
-    let stream = book::stream(partner_id);
     let mut ledger = Ledger::new();
-    let mut from = 0;
-    loop {
-        let page = store.read_stream(&stream, from, 1024).await?;
-        let Some(last) = page.last() else {
-            return Ok(ledger);
-        };
-        from = last.version + 1;
-        if from > MAX_BOOK_EVENTS {
-            return Err(ApiError::Exhausted {
-                what: format!("book of partner {partner_id} exceeds {MAX_BOOK_EVENTS} events"),
-            });
+    for_each_book_event(store, partner_id, |recorded| {
+        let event: BookEvent = decode_event(recorded).map_err(ApiError::internal)?;
+        for t in event.transactions() {
+            ledger
+                .apply(&RecordedTransaction {
+                    transaction: t.clone(),
+                    position: recorded.position,
+                    recorded_at: recorded.recorded_at,
+                })
+                .map_err(ApiError::internal)?;
         }
-        for recorded in &page {
-            let event: BookEvent = decode_event(recorded).map_err(ApiError::internal)?;
-            for t in event.transactions() {
-                ledger
-                    .apply(&RecordedTransaction {
-                        transaction: t.clone(),
-                        position: recorded.position,
-                        recorded_at: recorded.recorded_at,
-                    })
-                    .map_err(ApiError::internal)?;
-            }
-        }
-    }
+        Ok(())
+    })
+    .await?;
+    Ok(ledger)
 }
 
 fn entry_pb(e: &pl_ledger::ExplainedEntry) -> pb::ExplainedEntry {
