@@ -12,7 +12,6 @@ use pl_commissions::book_codec;
 use pl_eventlog::{EventStore, RecordedEvent};
 use pl_ledger::{AsOf, BalanceFold, Ledger, PartnerBalance, RecordedTransaction, RecordingPoint};
 use pl_money::Currency;
-use pl_runtime::aggregate::decode_event;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -33,20 +32,11 @@ pub struct Replayed {
 
 /// Decodes a book event's transactions, as the live service does.
 pub fn transactions_of(recorded: &RecordedEvent) -> Result<Vec<RecordedTransaction>, AuditError> {
-    let event: BookEvent = decode_event(recorded).map_err(|reason| AuditError::Decode {
+    book_codec::recorded_transactions(recorded).map_err(|reason| AuditError::Decode {
         stream: recorded.stream.clone(),
         position: recorded.position,
         reason,
-    })?;
-    Ok(event
-        .transactions()
-        .iter()
-        .map(|t| RecordedTransaction {
-            transaction: t.clone(),
-            position: recorded.position,
-            recorded_at: recorded.recorded_at,
-        })
-        .collect())
+    })
 }
 
 /// The book events decoded postings-only; any other type is decoded in full.

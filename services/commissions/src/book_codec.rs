@@ -11,7 +11,9 @@
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use pl_eventlog::RecordedEvent;
-use pl_ledger::{Account, Explanation, Transaction, TransactionKind, Transfer};
+use pl_ledger::{
+    Account, Explanation, RecordedTransaction, Transaction, TransactionKind, Transfer,
+};
 use pl_money::{Currency, Money};
 use pl_proto::commissions::v1 as pb;
 use pl_runtime::aggregate::{decode_json, encode_json};
@@ -270,6 +272,25 @@ fn decode_schema_3(data: &Bytes) -> Result<(Bytes, Vec<Transaction>), String> {
         })
         .collect::<Result<_, _>>()?;
     Ok((body.body_json, transactions))
+}
+
+/// A stored book event's ledger transactions, decoded whole (explanations included), each at
+/// the event's log position and recording time: what a `Ledger` applies. Moved out of the
+/// decoded event, not copied.
+pub fn recorded_transactions(recorded: &RecordedEvent) -> Result<Vec<RecordedTransaction>, String> {
+    let mut event = decode(recorded)?;
+    let transactions = event
+        .transactions_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
+    Ok(transactions
+        .into_iter()
+        .map(|transaction| RecordedTransaction {
+            transaction,
+            position: recorded.position,
+            recorded_at: recorded.recorded_at,
+        })
+        .collect())
 }
 
 /// What a balance needs of one stored transaction: everything but its explanation.

@@ -4,10 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pl_eventlog::{EventStore, SharedStore};
-use pl_ledger::{
-    AsOf, BalanceFold, Ledger, Page, PartnerBalance, PartnerBalances, RecordedTransaction,
-    RecordingPoint,
-};
+use pl_ledger::{AsOf, BalanceFold, Ledger, Page, PartnerBalance, PartnerBalances, RecordingPoint};
 use pl_money::{Currency, Decimal};
 use pl_runtime::aggregate::{decode_event, execute};
 use pl_runtime::request::{to_datetime, Violations};
@@ -148,15 +145,10 @@ async fn partner_ledger(
 ) -> Result<Ledger, ApiError> {
     let mut ledger = Ledger::new();
     for_each_book_event(store, partner_id, |recorded| {
-        let event: BookEvent = decode_event(recorded).map_err(ApiError::internal)?;
-        for t in event.transactions() {
-            ledger
-                .apply(&RecordedTransaction {
-                    transaction: t.clone(),
-                    position: recorded.position,
-                    recorded_at: recorded.recorded_at,
-                })
-                .map_err(ApiError::internal)?;
+        let transactions =
+            book_codec::recorded_transactions(recorded).map_err(ApiError::internal)?;
+        for t in &transactions {
+            ledger.apply(t).map_err(ApiError::internal)?;
         }
         Ok(())
     })
