@@ -256,15 +256,62 @@ impl<A: Aggregate> StateCache<A> {
         commands: &[(A::Command, CommandMeta)],
         view: impl Fn(&A::State, usize) -> R,
     ) -> Result<CachedBatch<R>, ExecuteError<A::Error>> {
+        self.run_many(
+            store,
+            stream,
+            commands,
+            |_, _| {},
+            |state| (0..commands.len()).map(|i| view(state, i)).collect(),
+        )
+        .await
+    }
+
+    /// [`execute_many`](Self::execute_many) with the `view` of each command taken right after
+    /// it, on the state it and the commands before it leave: what one call of
+    /// [`execute`](Self::execute) per command would have seen (a counter at each step), with
+    /// one append for them all.
+    pub async fn execute_each<R>(
+        &self,
+        store: &dyn EventStore,
+        stream: &str,
+        commands: &[(A::Command, CommandMeta)],
+        mut view: impl FnMut(&A::State, usize) -> R,
+    ) -> Result<CachedBatch<R>, ExecuteError<A::Error>> {
+        let mut views = Vec::with_capacity(commands.len());
+        let done = self
+            .run_many(
+                store,
+                stream,
+                commands,
+                |state, i| {
+                    // After a lost race every command is decided again, from the first.
+                    views.truncate(i);
+                    views.push(view(state, i));
+                },
+                |_| Vec::new(),
+            )
+            .await?;
+        Ok(CachedBatch { views, ..done })
+    }
+
+    async fn run_many<R>(
+        &self,
+        store: &dyn EventStore,
+        stream: &str,
+        commands: &[(A::Command, CommandMeta)],
+        mut after_each: impl FnMut(&A::State, usize),
+        views: impl FnOnce(&A::State) -> Vec<R>,
+    ) -> Result<CachedBatch<R>, ExecuteError<A::Error>> {
         let slot = self.slot(stream);
         let mut slot = slot.lock().await;
         let mut last_error = None;
         for _ in 0..=MAX_CONFLICT_RETRIES {
             slot.untaint();
-            match decide_and_append::<A>(store, stream, &mut slot, commands).await {
+            match decide_and_append::<A>(store, stream, &mut slot, commands, &mut after_each).await
+            {
                 Ok(appended) => {
                     return Ok(CachedBatch {
-                        views: (0..commands.len()).map(|i| view(&slot.state, i)).collect(),
+                        views: views(&slot.state),
                         appended,
                         version: slot.version,
                     })
@@ -302,16 +349,18 @@ async fn decide_and_append<A: Aggregate>(
     stream: &str,
     slot: &mut Slot<A::State>,
     commands: &[(A::Command, CommandMeta)],
+    after_each: &mut dyn FnMut(&A::State, usize),
 ) -> Result<usize, ExecuteError<A::Error>> {
     catch_up::<A>(store, stream, slot, None).await?;
     // From the first decision until the last append lands, `state` may be ahead of the log.
     slot.tainted = true;
     let mut new_events = Vec::new();
-    for (command, meta) in commands {
+    for (i, (command, meta)) in commands.iter().enumerate() {
         let events = A::decide(&slot.state, command).map_err(ExecuteError::Domain)?;
         new_events.extend(to_new_events(&events, meta)?);
         let state = std::mem::take(&mut slot.state);
         slot.state = events.iter().fold(state, A::evolve);
+        after_each(&slot.state, i);
     }
     let appended = new_events.len();
     let limits = store.limits();
@@ -574,6 +623,53 @@ mod tests {
             execute::<Keys>(&single, "k", key, meta).await.unwrap();
         }
         assert_eq!(stored(&batched).await, stored(&single).await);
+    }
+
+    #[tokio::test]
+    async fn each_command_of_a_batch_sees_the_state_it_leaves_as_one_at_a_time_would() {
+        let (batched, single) = (MemoryLog::default(), MemoryLog::default());
+        let cache = StateCache::<Keys>::default();
+        let commands = batch(&[3, 1, 3, 2], 15);
+        let done = cache
+            .execute_each(&batched, "k", &commands, |s, _| s.clone())
+            .await
+            .unwrap();
+        assert_eq!((done.appended, done.version), (3, Some(2)));
+        let mut one_at_a_time = Vec::new();
+        for (key, meta) in &commands {
+            one_at_a_time.push(
+                execute::<Keys>(&single, "k", key, meta)
+                    .await
+                    .unwrap()
+                    .state,
+            );
+        }
+        assert_eq!(done.views, one_at_a_time);
+        assert_eq!(
+            done.views,
+            vec![vec![3], vec![3, 1], vec![3, 1], vec![3, 1, 2]]
+        );
+        assert_eq!(stored(&batched).await, stored(&single).await);
+    }
+
+    #[tokio::test]
+    async fn each_view_of_a_batch_includes_what_another_writer_appended_behind_the_cache() {
+        let store = MemoryLog::default();
+        let cache = StateCache::<Keys>::default();
+        // The cache learns the stream at version 0, then another writer appends behind it.
+        cache
+            .execute(&store, "k", &0, &meta(70), |_| ())
+            .await
+            .unwrap();
+        execute::<Keys>(&store, "k", &9, &meta(71)).await.unwrap();
+        let commands = batch(&[1, 2], 72);
+        let done = cache
+            .execute_each(&store, "k", &commands, |s, _| s.len())
+            .await
+            .unwrap();
+        // Caught up before deciding: the other writer's key is in the state of both views.
+        assert_eq!(done.views, vec![3, 4]);
+        assert_eq!(done.version, Some(3));
     }
 
     #[tokio::test]
