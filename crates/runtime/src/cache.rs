@@ -349,7 +349,7 @@ async fn decide_and_append<A: Aggregate>(
     stream: &str,
     slot: &mut Slot<A::State>,
     commands: &[(A::Command, CommandMeta)],
-    after_each: &mut dyn FnMut(&A::State, usize),
+    after_each: &mut impl FnMut(&A::State, usize),
 ) -> Result<usize, ExecuteError<A::Error>> {
     catch_up::<A>(store, stream, slot, None).await?;
     // From the first decision until the last append lands, `state` may be ahead of the log.

@@ -28,6 +28,7 @@ pub mod partner;
 pub mod program;
 pub mod rules;
 pub mod sanctions;
+pub mod screening;
 pub mod service;
 pub mod signals;
 pub mod streams;

@@ -4,7 +4,6 @@
 //! reads another service's streams, never reads the clock (instants arrive with requests and
 //! consumed events), and derives every event id from the request key or the consumed event.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -13,11 +12,8 @@ use pl_runtime::aggregate::{execute, ExecuteError, Executed};
 use pl_runtime::{CommandMeta, StateCache};
 use uuid::Uuid;
 
-use crate::activity::{
-    ActivityCommand, ConversionCommand, ConversionError, ConversionEvent, ConversionRecord, Noted,
-    PartnerActivity,
-};
-use crate::contract::{ConversionAttributed, PartnerApplied, Reversal, TouchpointRecorded};
+use crate::activity::{ConversionError, PartnerActivity};
+use crate::contract::{ConversionAttributed, PartnerApplied};
 use crate::partner::{
     Action, FlagDraft, PartnerCommand, PartnerError, PartnerEvent, PartnerFile, Profile, Screening,
     SYSTEM,
@@ -25,7 +21,7 @@ use crate::partner::{
 use crate::program::{Program, ProgramError, Settings};
 use crate::rules::{self, CustomerIdentity, Finding, PartnerIdentity, Rule};
 use crate::sanctions::SanctionsList;
-use crate::signals::{Claim, Click, Clicks, Identity};
+use crate::signals::{Claim, Clicks, Identity};
 use crate::streams;
 
 /// Streams kept in memory per kind.
@@ -80,7 +76,7 @@ impl From<std::convert::Infallible> for ServiceError {
     }
 }
 
-fn lift<E: Into<ServiceError>>(e: ExecuteError<E>) -> ServiceError {
+pub(crate) fn lift<E: Into<ServiceError>>(e: ExecuteError<E>) -> ServiceError {
     match e {
         ExecuteError::Domain(e) => e.into(),
         ExecuteError::Conflict { stream, .. } => ServiceError::Conflict(stream),
@@ -220,83 +216,10 @@ impl Compliance {
 
     // ----- consumed events --------------------------------------------------------------------
 
-    /// A conversion credited to partners: note it (for refunds), count it per partner, and run
-    /// the conversion rules for each partner.
-    pub async fn on_conversion(
-        &self,
-        c: &ConversionAttributed,
-        meta: &CommandMeta,
-    ) -> Result<usize, ServiceError> {
-        let (settings, version) = self.program(c.program_id).await?;
-        let partners: Vec<Uuid> = c
-            .shares
-            .iter()
-            .map(|s| s.partner_id)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let note = ConversionCommand::Note(Noted {
-            conversion_id: c.conversion_id,
-            program_id: c.program_id,
-            partner_ids: partners.clone(),
-            occurred_at: c.occurred_at,
-        });
-        execute::<ConversionRecord>(
-            self.store.as_ref(),
-            &streams::conversion(c.conversion_id),
-            &note,
-            &step(meta, "note"),
-        )
-        .await
-        .map_err(lift)?;
-        let mut flags = 0;
-        for p in partners {
-            self.caches
-                .activity
-                .execute(
-                    self.store.as_ref(),
-                    &streams::activity(p),
-                    &ActivityCommand::Count {
-                        conversion_id: c.conversion_id,
-                        day: c.occurred_at.date_naive(),
-                    },
-                    &step(meta, &format!("count:{p}")),
-                    |_| (),
-                )
-                .await
-                .map_err(lift)?;
-            let findings = self.conversion_findings(c, p, &settings).await?;
-            if findings.is_empty() {
-                continue;
-            }
-            let drafts: Vec<FlagDraft> = findings
-                .into_iter()
-                .map(|mut f| {
-                    f.evidence
-                        .insert("settings_version".into(), version.to_string());
-                    FlagDraft {
-                        flag_id: streams::flag_id(f.rule.as_str(), p, &c.conversion_id.to_string()),
-                        conversion_id: Some(c.conversion_id),
-                        program_id: c.program_id,
-                        outcome: settings.rules.setting(f.rule).outcome,
-                        finding: f,
-                    }
-                })
-                .collect();
-            flags += drafts.len();
-            let cmd = PartnerCommand {
-                partner_id: p,
-                at: c.occurred_at,
-                action: Action::Raise(drafts),
-            };
-            self.run_cached(&cmd, &step(meta, &format!("flags:{p}")))
-                .await?;
-        }
-        Ok(flags)
-    }
+    // Attribution's events are screened a run at a time: `screening`.
 
     /// Every conversion rule that fires for partner `p`'s credit.
-    async fn conversion_findings(
+    pub(crate) async fn conversion_findings(
         &self,
         c: &ConversionAttributed,
         p: Uuid,
@@ -380,124 +303,6 @@ impl Compliance {
             ));
         }
         Ok(out)
-    }
-
-    /// A refund or chargeback: the conversion's first one counts towards each of its partners'
-    /// refund rate, judged over the window ending on the reversal's day.
-    pub async fn on_reversal(
-        &self,
-        kind: &str,
-        r: &Reversal,
-        meta: &CommandMeta,
-    ) -> Result<usize, ServiceError> {
-        let done = execute::<ConversionRecord>(
-            self.store.as_ref(),
-            &streams::conversion(r.conversion_id),
-            &ConversionCommand::Reverse {
-                reversal_id: r.reversal_id,
-                kind: kind.to_owned(),
-                at: r.occurred_at,
-            },
-            &step(meta, "reverse"),
-        )
-        .await
-        .map_err(lift)?;
-        let first = done
-            .events
-            .iter()
-            .any(|e| matches!(e, ConversionEvent::ReversalNoted(n) if n.first));
-        let Some(noted) = done.state.noted.filter(|_| first) else {
-            return Ok(0);
-        };
-        let (settings, version) = self.program(noted.program_id).await?;
-        if !settings.rules.refund_rate.enabled {
-            return Ok(0);
-        }
-        let rules = &settings.rules;
-        let refund_day = r.occurred_at.date_naive();
-        let mut flags = 0;
-        for p in &noted.partner_ids {
-            let counted = self
-                .caches
-                .activity
-                .execute(
-                    self.store.as_ref(),
-                    &streams::activity(*p),
-                    &ActivityCommand::Refund {
-                        conversion_id: noted.conversion_id,
-                        conversion_day: noted.occurred_at.date_naive(),
-                        refund_day,
-                        window_days: rules.refund_window_days,
-                    },
-                    &step(meta, &format!("refund:{p}")),
-                    |a| a.window(refund_day, rules.refund_window_days),
-                )
-                .await
-                .map_err(lift)?;
-            let (conversions, refunded) = counted.view;
-            let Some(mut finding) = rules::refund_rate(conversions, refunded, rules, refund_day)
-            else {
-                continue;
-            };
-            finding
-                .evidence
-                .insert("settings_version".into(), version.to_string());
-            finding
-                .evidence
-                .insert("reversal_id".into(), r.reversal_id.to_string());
-            flags += 1;
-            let cmd = PartnerCommand {
-                partner_id: *p,
-                at: r.occurred_at,
-                action: Action::Raise(vec![FlagDraft {
-                    flag_id: streams::flag_id(
-                        Rule::RefundRate.as_str(),
-                        *p,
-                        &r.reversal_id.to_string(),
-                    ),
-                    conversion_id: None,
-                    program_id: noted.program_id,
-                    outcome: rules.refund_rate.outcome,
-                    finding,
-                }]),
-            };
-            self.run_cached(&cmd, &step(meta, &format!("flags:{p}")))
-                .await?;
-        }
-        Ok(flags)
-    }
-
-    /// A touchpoint: clicks with a hashed IP are counted for the velocity rule.
-    pub async fn on_touchpoint(
-        &self,
-        t: &TouchpointRecorded,
-        meta: &CommandMeta,
-    ) -> Result<(), ServiceError> {
-        let Some(ip) = t.ip_hash.as_deref().filter(|_| t.kind == "click") else {
-            return Ok(());
-        };
-        let (settings, _) = self.program(t.program_id).await?;
-        if !settings.rules.click_velocity.enabled {
-            return Ok(());
-        }
-        self.caches
-            .clicks
-            .execute(
-                self.store.as_ref(),
-                &streams::clicks(t.program_id, ip),
-                &Click {
-                    touchpoint_id: t.touchpoint_id,
-                    partner_id: t.partner_id,
-                    at: t.occurred_at,
-                    window_seconds: settings.rules.velocity_window_seconds,
-                    max_clicks: settings.rules.max_clicks_per_ip,
-                },
-                &step(meta, "click"),
-                |_| (),
-            )
-            .await
-            .map_err(lift)?;
-        Ok(())
     }
 
     /// A partner applied: keep what the rules need, look for duplicate accounts, and screen

@@ -52,6 +52,9 @@ struct World {
     store: SharedStore,
     api: ComplianceService,
     next: AtomicU64,
+    /// While set, delivered messages are kept here instead of handled (to hand them over as
+    /// batches).
+    recording: std::sync::Mutex<Option<Vec<Message>>>,
 }
 
 impl World {
@@ -72,6 +75,7 @@ impl World {
             api: ComplianceService::with_sanctions(store.clone(), clock, list),
             store,
             next: AtomicU64::new(1),
+            recording: std::sync::Mutex::new(None),
         }
     }
 
@@ -114,9 +118,40 @@ impl World {
             payload: bytes::Bytes::from(serde_json::to_vec(&envelope).unwrap()),
             headers: BTreeMap::new(),
         };
+        if let Some(kept) = self.recording.lock().unwrap().as_mut() {
+            kept.push(m);
+            return;
+        }
         pl_compliance::consumer::handle(&self.api.compliance(), m)
             .await
             .unwrap();
+    }
+
+    fn record(&self) {
+        *self.recording.lock().unwrap() = Some(Vec::new());
+    }
+
+    fn recorded(&self) -> Vec<Message> {
+        self.recording.lock().unwrap().take().unwrap_or_default()
+    }
+
+    /// Every event in the log, per stream in stream order: what a batch must write exactly as
+    /// one message at a time does (the order across streams may differ).
+    async fn streams(&self) -> BTreeMap<String, Vec<(Uuid, String, bytes::Bytes)>> {
+        let mut out: BTreeMap<String, Vec<(Uuid, String, bytes::Bytes)>> = BTreeMap::new();
+        let mut from = 0;
+        loop {
+            let page = self.store.read_all(from, 1000).await.unwrap();
+            let Some(last) = page.last() else {
+                return out;
+            };
+            from = last.position + 1;
+            for e in page {
+                out.entry(e.stream)
+                    .or_default()
+                    .push((e.id, e.event_type, e.data));
+            }
+        }
     }
 
     async fn applied(&self, partner: Uuid, email: &str, name: &str) {
@@ -1071,4 +1106,151 @@ async fn every_published_event_type_is_one_the_relay_routes() {
         assert!(published ^ internal, "{}", e.event_type);
     }
     assert!(pl_compliance::streams::partner(ALICE).starts_with(pl_compliance::STREAM_PREFIX));
+}
+
+/// Attribution's events of a busy day: a bot's clicks, sales (one over the click-velocity
+/// threshold, one crediting two partners, one refunded at once), refunds over the refund-rate
+/// threshold, a repeated refund, a chargeback, touchpoints the rules skip and an event type
+/// they ignore.
+async fn busy_day(w: &World) {
+    let start = day(2, 1);
+    for n in 1..=21 {
+        let at = start + Duration::minutes(i64::try_from(n).unwrap());
+        w.click(n, ALICE, "ip-bot", at).await;
+    }
+    w.click(22, BOB, "ip-home", start).await;
+    w.deliver(
+        "attribution",
+        "TouchpointRecorded",
+        serde_json::json!({
+            "touchpoint_id": tp(23), "kind": "coupon", "program_id": PROGRAM,
+            "partner_id": BOB, "occurred_at": start,
+        }),
+    )
+    .await;
+    let bot = |n: i64| start + Duration::minutes(n);
+    w.sale(
+        1,
+        ALICE,
+        day(2, 2),
+        Some((20, bot(20), "ip-bot")),
+        serde_json::json!({}),
+    )
+    .await;
+    w.sale(
+        2,
+        ALICE,
+        day(2, 2),
+        Some((21, bot(21), "ip-bot")),
+        serde_json::json!({}),
+    )
+    .await;
+    w.deliver(
+        "attribution",
+        "ConversionAttributed",
+        serde_json::json!({
+            "conversion_id": conversion(3), "external_id": "order-3", "program_id": PROGRAM,
+            "kind": "CONVERSION_KIND_SALE", "customer_id": "c-3",
+            "gross": {"amount": "100.00", "currency": "EUR"}, "occurred_at": day(2, 3),
+            "shares": [{"partner_id": ALICE, "weight": "0.5"}, {"partner_id": BOB, "weight": "0.5"}],
+            "model": "linear",
+        }),
+    )
+    .await;
+    for n in 4..=6 {
+        w.sale(n, ALICE, day(2, 3), None, serde_json::json!({}))
+            .await;
+    }
+    w.refund(1, 4, day(2, 4)).await;
+    w.refund(2, 4, day(2, 4)).await;
+    w.refund(3, 3, day(2, 5)).await;
+    w.sale(7, BOB, day(2, 5), None, serde_json::json!({})).await;
+    w.refund(4, 7, day(2, 5)).await;
+    w.deliver(
+        "attribution",
+        "ChargebackReceived",
+        serde_json::json!({
+            "chargeback_id": Uuid::from_u128(0x6001), "conversion_id": conversion(5),
+            "amount": {"amount": "100.00", "currency": "EUR"}, "occurred_at": day(2, 6),
+        }),
+    )
+    .await;
+    w.deliver(
+        "attribution",
+        "ConversionUnattributed",
+        serde_json::json!({"conversion_id": conversion(8), "program_id": PROGRAM}),
+    )
+    .await;
+}
+
+async fn busy_day_world() -> World {
+    let w = World::new();
+    let mut rules = w.default_rules().await;
+    rules.min_conversions = 2;
+    w.configure(Some(rules), &[]).await;
+    w.eligible_partner(ALICE).await;
+    w.eligible_partner(BOB).await;
+    w
+}
+
+#[tokio::test]
+async fn attributions_events_screened_in_batches_write_what_screening_them_one_at_a_time_writes() {
+    let single = busy_day_world().await;
+    busy_day(&single).await;
+    let expected = single.streams().await;
+    // Not an empty comparison: both rules fired.
+    let rules: Vec<String> = single
+        .flags(ALICE)
+        .await
+        .into_iter()
+        .map(|f| f.rule)
+        .collect();
+    assert_eq!(rules, vec!["click_velocity", "refund_rate"]);
+    assert_eq!(count(&single.types(BOB).await, "PartnerFlagged"), 1);
+
+    for batch in [usize::MAX, 7, 2] {
+        let w = busy_day_world().await;
+        w.record();
+        busy_day(&w).await;
+        let messages = w.recorded();
+        let compliance = w.api.compliance();
+        for chunk in messages.chunks(batch.min(messages.len())) {
+            let outcomes = pl_compliance::consumer::handle_batch(&compliance, chunk.to_vec()).await;
+            assert_eq!(outcomes.len(), chunk.len());
+            assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        }
+        assert_eq!(w.streams().await, expected, "batches of {batch}");
+    }
+}
+
+#[tokio::test]
+async fn a_broken_event_in_a_batch_is_dead_lettered_alone_and_the_rest_is_screened() {
+    let w = busy_day_world().await;
+    w.record();
+    w.click(1, ALICE, "ip-1", day(2, 1)).await;
+    w.deliver(
+        "attribution",
+        "ConversionAttributed",
+        serde_json::json!({"conversion_id": conversion(1), "program_id": PROGRAM, "shares": []}),
+    )
+    .await;
+    w.sale(
+        2,
+        ALICE,
+        day(2, 2),
+        Some((1, day(2, 1), "ip-1")),
+        serde_json::json!({}),
+    )
+    .await;
+    let messages = w.recorded();
+    let outcomes = pl_compliance::consumer::handle_batch(&w.api.compliance(), messages).await;
+    assert!(outcomes[0].is_ok());
+    assert!(
+        matches!(&outcomes[1], Err(pl_bus::HandleError::Permanent(_))),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[2].is_ok());
+    let streams = w.streams().await;
+    assert!(streams.contains_key(&format!("compliance-conversion-{}", conversion(2))));
+    assert!(!streams.contains_key(&format!("compliance-conversion-{}", conversion(1))));
 }

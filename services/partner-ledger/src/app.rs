@@ -512,13 +512,23 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
             let compliance = compliance.clone();
             let token = background.clone();
             tasks.push(tokio::spawn(async move {
-                pl_bus::run_consumer(
+                // One program's events in order, programs concurrently, and what queued up
+                // under one program screened as a run: one append per stream instead of one
+                // per event, or the screening (a sync per step) falls behind attribution and,
+                // once the bus's retention is full, holds every other consumer back with it.
+                pl_bus::run_consumer_batched(
                     consumer,
-                    move |message| {
+                    pl_compliance::consumer::ordering_key,
+                    move |messages| {
                         let compliance = compliance.clone();
-                        async move { pl_compliance::consumer::handle(&compliance, message).await }
+                        async move {
+                            pl_compliance::consumer::handle_batch(&compliance, messages).await
+                        }
                     },
                     token,
+                    pl_bus::RunnerConfig::default(),
+                    pl_compliance::consumer::LANES,
+                    pl_compliance::consumer::MAX_BATCH,
                 )
                 .await
                 .map_err(AppError::from)
