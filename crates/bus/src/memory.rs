@@ -115,6 +115,36 @@ impl ConsumerState {
     }
 }
 
+/// How far over its caps a dead letter may take the bus: a tenth of each. Dead-lettering
+/// must succeed when the bus is full, or a full bus deadlocks: the message a consumer gives up
+/// on stays unsettled, so the oldest message is never released, so the bus stays full (seen
+/// under sustained load in `up` mode before this). The letter and the end of the original's
+/// delivery happen in one step; the original is then released like an acked one. Letters
+/// nobody subscribes to are dropped as soon as they are the oldest.
+const DEAD_LETTER_HEADROOM_DIVISOR: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Headroom {
+    /// A publish: within the configured caps.
+    None,
+    /// A dead letter: up to a tenth over them.
+    DeadLetter,
+}
+
+impl Headroom {
+    fn caps(self, config: &InProcessConfig) -> (usize, usize) {
+        match self {
+            Self::None => (config.max_messages, config.max_bytes),
+            Self::DeadLetter => (
+                config.max_messages + (config.max_messages / DEAD_LETTER_HEADROOM_DIVISOR).max(1),
+                config.max_bytes
+                    + (config.max_bytes / DEAD_LETTER_HEADROOM_DIVISOR)
+                        .max(config.max_payload_bytes),
+            ),
+        }
+    }
+}
+
 enum Next {
     Deliver(Message, u32, u64),
     DeadLetter(Message, u32, u64),
@@ -153,11 +183,13 @@ impl State {
         }
     }
 
+    /// Retains `msg` within the caps, raised by `headroom` (see [`DEAD_LETTER_HEADROOM`]).
     fn append(
         &mut self,
         config: &InProcessConfig,
         msg: Message,
         now: Instant,
+        headroom: Headroom,
     ) -> Result<(), BusError> {
         self.expire_dedupe(now, Duration::from_millis(config.duplicate_window_ms));
         if self.dedupe.contains(&msg.id) {
@@ -165,18 +197,17 @@ impl State {
             return Ok(());
         }
         self.make_room(config, msg.payload.len());
-        if self.messages.len() >= config.max_messages {
+        let (max_messages, max_bytes) = headroom.caps(config);
+        if self.messages.len() >= max_messages {
             return Err(BusError::Full(format!(
-                "{} messages retained, limit {}",
+                "{} messages retained, limit {max_messages}",
                 self.messages.len(),
-                config.max_messages
             )));
         }
         let bytes = self.retained_bytes + msg.payload.len();
-        if bytes > config.max_bytes {
+        if bytes > max_bytes {
             return Err(BusError::Full(format!(
-                "{bytes} payload bytes would be retained, limit {}",
-                config.max_bytes
+                "{bytes} payload bytes would be retained, limit {max_bytes}"
             )));
         }
         self.remember(config, msg.id, now);
@@ -223,7 +254,8 @@ impl State {
             let count = p.delivered_count;
             if count >= c.spec.max_deliver {
                 // Delivered max_deliver times without an ack (the handler crashed or hung).
-                c.pending.remove(&seq);
+                // Still pending: dead-lettering ends it, or it is tried again after ack wait.
+                p.due = now + ack_wait;
                 return Next::DeadLetter(m.clone(), count, seq);
             }
             p.delivered_count += 1;
@@ -291,9 +323,30 @@ impl Shared {
         msg.validate(&self.config.subject_prefix, self.config.max_payload_bytes)?;
         self.state
             .lock()
-            .append(&self.config, msg, Instant::now())?;
+            .append(&self.config, msg, Instant::now(), Headroom::None)?;
         self.notify();
         Ok(())
+    }
+
+    /// Ends consumer `name`'s delivery of `seq` and retains `letter` in one step, over the caps
+    /// if need be (see [`DEAD_LETTER_HEADROOM_DIVISOR`]). On error nothing changed: the
+    /// delivery stays pending and comes back after its ack wait.
+    fn dead_letter(&self, name: &str, seq: u64, letter: Message) -> Result<(), BusError> {
+        letter.validate(&self.config.subject_prefix, self.config.max_payload_bytes)?;
+        let mut state = self.state.lock();
+        let pending = state
+            .consumers
+            .get_mut(name)
+            .and_then(|c| c.pending.remove(&seq));
+        let appended = state.append(&self.config, letter, Instant::now(), Headroom::DeadLetter);
+        if appended.is_err() {
+            if let (Some(p), Some(c)) = (pending, state.consumers.get_mut(name)) {
+                c.pending.insert(seq, p);
+            }
+        }
+        drop(state);
+        self.notify();
+        appended
     }
 
     fn settle(&self, name: &str, seq: u64, settle: Settle) {
@@ -412,22 +465,8 @@ impl Consumer for InProcessConsumer {
                         delivered_count,
                         "dead-lettering unacknowledged message"
                     );
-                    if let Err(e) = self.shared.publish(letter) {
-                        // Put it back so it is dead-lettered once there is room.
-                        let mut state = self.shared.state.lock();
-                        if let Some(c) = state.consumers.get_mut(&self.spec.durable_name) {
-                            c.pending.insert(
-                                seq,
-                                Pending {
-                                    delivered_count,
-                                    due: now + Duration::from_millis(self.spec.ack_wait_ms),
-                                },
-                            );
-                        }
-                        return Err(e);
-                    }
                     self.shared
-                        .settle(&self.spec.durable_name, seq, Settle::Ack);
+                        .dead_letter(&self.spec.durable_name, seq, letter)?;
                 }
                 Next::Wait(deadline) => {
                     let sleep = async {
@@ -471,5 +510,9 @@ impl Acker for InProcessAcker {
 
     async fn publish(&self, msg: Message) -> Result<(), BusError> {
         self.shared.publish(msg)
+    }
+
+    async fn dead_letter(&self, letter: Message) -> Result<(), BusError> {
+        self.shared.dead_letter(&self.name, self.seq, letter)
     }
 }

@@ -135,6 +135,12 @@ pub(crate) trait Acker: Send + Sync {
     async fn term(&self) -> Result<(), BusError>;
     /// Publishes a dead letter on the same bus.
     async fn publish(&self, msg: Message) -> Result<(), BusError>;
+    /// Publishes `letter`, then stops delivering the message. A bus that can do both at once
+    /// (and must, to make progress when full) overrides this.
+    async fn dead_letter(&self, letter: Message) -> Result<(), BusError> {
+        self.publish(letter).await?;
+        self.term().await
+    }
 }
 
 /// A delivered message, to settle exactly once with [`ack`](Self::ack), [`nak`](Self::nak) or
@@ -213,8 +219,7 @@ impl Delivery {
             reason,
             "dead-lettering message"
         );
-        self.acker.publish(letter).await?;
-        self.acker.term().await
+        self.acker.dead_letter(letter).await
     }
 }
 

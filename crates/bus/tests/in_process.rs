@@ -223,6 +223,71 @@ async fn publish_pushes_back_when_a_slow_consumer_holds_the_oldest_message_at_th
 }
 
 #[tokio::test]
+async fn a_full_bus_still_takes_a_dead_letter_and_then_releases_the_message_given_up_on() {
+    let bus = InProcessBus::new(InProcessConfig {
+        max_messages: 3,
+        ..InProcessConfig::new("pl")
+    })
+    .unwrap();
+    let mut c = bus
+        .consumer(spec("screening", &["pl.crm.>"]))
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        bus.publish(msg("pl.crm.X", n)).await.unwrap();
+    }
+    assert!(matches!(
+        bus.publish(msg("pl.crm.X", 4)).await,
+        Err(BusError::Full(_))
+    ));
+    // The consumer gives up on the oldest: its dead letter must land although the bus is
+    // full (it used to fail here, leaving the oldest unsettled and the bus full for good).
+    next(&mut c)
+        .await
+        .dead_letter("the partner's file is full")
+        .await
+        .unwrap();
+    for n in 2..=3 {
+        let d = next(&mut c).await;
+        assert_eq!(d.message.id.as_u128(), n);
+        d.ack().await.unwrap();
+    }
+    // The given-up message, the handled ones and the letter nobody reads are all released.
+    for n in 4..=6 {
+        bus.publish(msg("pl.crm.X", n)).await.unwrap();
+    }
+    assert_eq!(bus.retained_messages(), 3);
+}
+
+#[tokio::test]
+async fn a_message_never_acked_is_dead_lettered_from_a_full_bus() {
+    let bus = InProcessBus::new(InProcessConfig {
+        max_messages: 2,
+        ..InProcessConfig::new("pl")
+    })
+    .unwrap();
+    let mut c = bus
+        .consumer(ConsumerSpec {
+            max_deliver: 1,
+            ack_wait_ms: 20,
+            ..spec("worker", &["pl.crm.>"])
+        })
+        .await
+        .unwrap();
+    for n in 1..=2 {
+        bus.publish(msg("pl.crm.Hang", n)).await.unwrap();
+    }
+    drop(next(&mut c).await); // handler hung on the oldest
+    let d = next(&mut c).await;
+    assert_eq!(d.message.id.as_u128(), 2);
+    d.ack().await.unwrap();
+    // Waiting for a delivery past the hung one's ack wait dead-letters it, full bus or not.
+    assert_quiet(&mut c, 100).await;
+    bus.publish(msg("pl.crm.Hang", 3)).await.unwrap();
+    assert_eq!(next(&mut c).await.message.id.as_u128(), 3);
+}
+
+#[tokio::test]
 async fn a_consumer_created_after_publishing_still_gets_the_retained_messages() {
     let bus = InProcessBus::new(InProcessConfig {
         max_messages: 2,

@@ -8,8 +8,12 @@
 //! commissions until the accrual is visible (`wait_ms`, `Run::convert`), so the figures
 //! measure the system rather than a client's poll loop.
 //!
-//! `BENCH_E2E_CONVERSIONS` (default 5,000) per mode, `BENCH_E2E_WORKERS` (default 64)
-//! concurrent callers.
+//! `BENCH_E2E_CONVERSIONS` (default 30,000) per mode, `BENCH_E2E_WORKERS` (default 64)
+//! concurrent callers. The default run is long enough to be the steady state: its 60,000
+//! messages (a click and a conversion each) overflow the in-process bus's retention (20,000),
+//! so a consumer that falls behind (every consumer must ack a message before the bus drops it)
+//! slows the relay and shows in the figures, instead of hiding in the buffer as it did in
+//! shorter runs.
 
 #![allow(
     clippy::disallowed_methods,
@@ -92,7 +96,15 @@ fn row(mode: &str, f: &Figures, targets: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let conversions = env_num("BENCH_E2E_CONVERSIONS", 5_000).max(1);
+    // `BENCH_E2E_LOG=<filter>` (e.g. `warn`): the in-process system's logs on stderr.
+    let _telemetry = std::env::var("BENCH_E2E_LOG").ok().map(|filter| {
+        pl_telemetry::init(&pl_telemetry::TelemetryConfig {
+            log_filter: filter,
+            ..pl_telemetry::TelemetryConfig::new("e2e-bench")
+        })
+        .unwrap()
+    });
+    let conversions = env_num("BENCH_E2E_CONVERSIONS", 30_000).max(1);
     let workers = env_num("BENCH_E2E_WORKERS", 64).max(1);
 
     let dir = tempfile::tempdir().unwrap();

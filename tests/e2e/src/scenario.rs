@@ -552,7 +552,15 @@ impl Run {
                                 click_id: Uuid::from_u128(0xc11c_0000 + u128::from(n)).to_string(),
                                 tracking_link_id: link(name).to_string(),
                                 landing_url: "https://vendor.example/pricing".into(),
-                                ip_address: format!("198.51.100.{}", n % 250),
+                                // One address per click, as visitors have: clicks from a
+                                // few shared addresses would trip the click-velocity rule
+                                // (over 20 per address and hour) on every later sale.
+                                ip_address: format!(
+                                    "10.{}.{}.{}",
+                                    (n >> 16) & 255,
+                                    (n >> 8) & 255,
+                                    n & 255
+                                ),
                                 user_agent: "Mozilla/5.0".into(),
                                 ..Default::default()
                             },
