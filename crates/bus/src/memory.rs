@@ -9,7 +9,8 @@
 //! returns [`BusError::Full`] (backpressure: the relay retries) instead of growing or dropping
 //! it. A new durable consumer starts at the oldest retained message, so a consumer created just
 //! after the relay started still sees what was published before it existed. Memory is bounded
-//! by the two caps plus the dedupe set (`max_duplicate_ids`).
+//! by the two caps plus a tenth (room kept for dead letters, which must get in when the bus is
+//! full) plus the dedupe set (`max_duplicate_ids`).
 //!
 //! Nothing survives the process: unacked messages are lost on exit. The event log is the truth
 //! and the relay's checkpoint says what was published, so `up` mode trades at-least-once across
@@ -119,8 +120,11 @@ impl ConsumerState {
 /// must succeed when the bus is full, or a full bus deadlocks: the message a consumer gives up
 /// on stays unsettled, so the oldest message is never released, so the bus stays full (seen
 /// under sustained load in `up` mode before this). The letter and the end of the original's
-/// delivery happen in one step; the original is then released like an acked one. Letters
-/// nobody subscribes to are dropped as soon as they are the oldest.
+/// delivery happen in one step; the original is then released like an acked one. A letter
+/// nobody subscribes to is dropped, like any message no consumer needs, once it is the oldest
+/// and the bus is over a cap. The headroom is a bound, not a promise: with the bus full to it
+/// and the oldest message still needed by another consumer, the letter is refused (`Full`)
+/// and the delivery stays pending until that consumer moves on.
 const DEAD_LETTER_HEADROOM_DIVISOR: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +187,7 @@ impl State {
         }
     }
 
-    /// Retains `msg` within the caps, raised by `headroom` (see [`DEAD_LETTER_HEADROOM`]).
+    /// Retains `msg` within the caps, raised by `headroom` (see [`DEAD_LETTER_HEADROOM_DIVISOR`]).
     fn append(
         &mut self,
         config: &InProcessConfig,
@@ -330,18 +334,24 @@ impl Shared {
 
     /// Ends consumer `name`'s delivery of `seq` and retains `letter` in one step, over the caps
     /// if need be (see [`DEAD_LETTER_HEADROOM_DIVISOR`]). On error nothing changed: the
-    /// delivery stays pending and comes back after its ack wait.
+    /// delivery stays pending and comes back after its ack wait. A delivery already settled
+    /// (acked, or dead-lettered by another worker holding a redelivery) gets no second letter:
+    /// the message was dealt with, and a letter for it would send an operator after nothing.
     fn dead_letter(&self, name: &str, seq: u64, letter: Message) -> Result<(), BusError> {
         letter.validate(&self.config.subject_prefix, self.config.max_payload_bytes)?;
         let mut state = self.state.lock();
-        let pending = state
+        let Some(pending) = state
             .consumers
             .get_mut(name)
-            .and_then(|c| c.pending.remove(&seq));
+            .and_then(|c| c.pending.remove(&seq))
+        else {
+            tracing::debug!(consumer = %name, seq, "delivery already settled, no dead letter");
+            return Ok(());
+        };
         let appended = state.append(&self.config, letter, Instant::now(), Headroom::DeadLetter);
         if appended.is_err() {
-            if let (Some(p), Some(c)) = (pending, state.consumers.get_mut(name)) {
-                c.pending.insert(seq, p);
+            if let Some(c) = state.consumers.get_mut(name) {
+                c.pending.insert(seq, pending);
             }
         }
         drop(state);

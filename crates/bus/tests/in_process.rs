@@ -13,6 +13,7 @@ use pl_bus::{
     DLQ_ORIGINAL_ID_HEADER, DLQ_ORIGINAL_SUBJECT_HEADER, DLQ_REASON_HEADER,
 };
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 fn bus() -> InProcessBus {
     InProcessBus::new(InProcessConfig::new("pl")).unwrap()
@@ -285,6 +286,71 @@ async fn a_message_never_acked_is_dead_lettered_from_a_full_bus() {
     assert_quiet(&mut c, 100).await;
     bus.publish(msg("pl.crm.Hang", 3)).await.unwrap();
     assert_eq!(next(&mut c).await.message.id.as_u128(), 3);
+}
+
+#[tokio::test]
+async fn a_dead_letter_gets_in_while_another_consumer_still_holds_the_full_buss_oldest_message() {
+    let bus = InProcessBus::new(InProcessConfig {
+        max_messages: 2,
+        ..InProcessConfig::new("pl")
+    })
+    .unwrap();
+    let mut dlq = bus
+        .consumer(spec("dlq-reader", &["pl.dlq.>"]))
+        .await
+        .unwrap();
+    let mut screening = bus
+        .consumer(spec("screening", &["pl.crm.>"]))
+        .await
+        .unwrap();
+    let mut slow = bus.consumer(spec("slow", &["pl.crm.>"])).await.unwrap();
+    for n in 1..=2 {
+        bus.publish(msg("pl.crm.X", n)).await.unwrap();
+    }
+    // Nothing can be dropped to make room: `slow` has not handled the oldest. The letter
+    // still lands, in the headroom kept for letters.
+    next(&mut screening)
+        .await
+        .dead_letter("the partner's file is full")
+        .await
+        .unwrap();
+    let letter = next(&mut dlq).await;
+    assert_eq!(
+        letter.message.headers[DLQ_ORIGINAL_ID_HEADER],
+        Uuid::from_u128(1).to_string()
+    );
+    assert_eq!(bus.retained_messages(), 3);
+    // An ordinary publish is still held to the cap.
+    assert!(matches!(
+        bus.publish(msg("pl.crm.X", 3)).await,
+        Err(BusError::Full(_))
+    ));
+    assert_eq!(next(&mut slow).await.message.id.as_u128(), 1);
+}
+
+#[tokio::test]
+async fn a_delivery_acked_meanwhile_is_not_dead_lettered_by_the_worker_that_gave_up_on_it() {
+    let bus = bus();
+    let mut dlq = bus
+        .consumer(spec("dlq-reader", &["pl.dlq.>"]))
+        .await
+        .unwrap();
+    let mut c = bus
+        .consumer(ConsumerSpec {
+            ack_wait_ms: 30,
+            ..spec("worker", &["pl.crm.>"])
+        })
+        .await
+        .unwrap();
+    bus.publish(msg("pl.crm.Slow", 1)).await.unwrap();
+    let first = next(&mut c).await;
+    // The first worker is slow past the ack wait; the redelivery is handled and acked.
+    let again = next(&mut c).await;
+    assert_eq!(again.delivered_count, 2);
+    again.ack().await.unwrap();
+    // The first worker then gives up: the message was dealt with, so no letter is written.
+    first.dead_letter("timed out").await.unwrap();
+    assert_quiet(&mut dlq, 100).await;
 }
 
 #[tokio::test]

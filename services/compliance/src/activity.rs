@@ -165,7 +165,11 @@ pub enum ActivityCommand {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DayActivity {
     pub conversions: BTreeSet<Uuid>,
-    pub refunded: BTreeSet<Uuid>,
+    /// Refunded conversions of the day, each with the (conversions, refunded) of the window
+    /// its refund was counted in: the refund-rate rule reads these, not the window as it is
+    /// now, so screening a refund again (a retry after a partial failure) decides as the
+    /// first time did although later conversions have been counted since.
+    pub refunded: BTreeMap<Uuid, (u32, u32)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -183,6 +187,20 @@ impl PartnerActivity {
 
     fn too_old(&self, day: NaiveDate) -> bool {
         self.horizon().is_some_and(|h| day < h)
+    }
+
+    /// The (conversions, refunded) of the window `conversion_id`'s refund was counted in, if
+    /// it was (and its day is still kept).
+    pub fn refund_window(
+        &self,
+        conversion_id: Uuid,
+        conversion_day: NaiveDate,
+    ) -> Option<(u32, u32)> {
+        self.days
+            .get(&conversion_day)?
+            .refunded
+            .get(&conversion_id)
+            .copied()
     }
 
     /// (conversions, refunded) of the days in (end - window_days, end].
@@ -232,7 +250,8 @@ impl Aggregate for PartnerActivity {
                 let Some(d) = state.days.get(conversion_day) else {
                     return Ok(vec![]);
                 };
-                if !d.conversions.contains(conversion_id) || d.refunded.contains(conversion_id) {
+                if !d.conversions.contains(conversion_id) || d.refunded.contains_key(conversion_id)
+                {
                     return Ok(vec![]);
                 }
                 let (conversions, refunded) = state.window(*refund_day, *window_days);
@@ -269,10 +288,15 @@ impl Aggregate for PartnerActivity {
             ActivityEvent::RefundCounted {
                 conversion_id,
                 conversion_day,
+                conversions_in_window,
+                refunded_in_window,
                 ..
             } => {
                 if let Some(d) = state.days.get_mut(conversion_day) {
-                    d.refunded.insert(*conversion_id);
+                    d.refunded.insert(
+                        *conversion_id,
+                        (*conversions_in_window, *refunded_in_window),
+                    );
                 }
             }
         }

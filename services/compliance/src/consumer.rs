@@ -4,11 +4,12 @@
 //! contract is dead-lettered, never half-applied; it never acknowledges a message it did not
 //! handle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use pl_bus::{derived_event_id, HandleError, IntegrationEvent, Message};
 use pl_runtime::CommandMeta;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use serde::Deserialize;
 
@@ -19,15 +20,36 @@ use crate::contract::{
 use crate::screening::Screened;
 use crate::service::{Compliance, ServiceError};
 
-/// The durable consumers of this service: (durable name, subject filter). One filter each,
-/// because NATS before 2.10 allows a single filter subject per consumer.
-pub fn subscriptions(prefix: &str) -> Vec<(String, String)> {
+/// A durable consumer of this service and how its runner hands messages to [`handle_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub durable_name: String,
+    /// One filter each, because NATS before 2.10 allows a single filter subject per consumer.
+    pub filter_subject: String,
+    /// Lanes by [`ordering_key`].
+    pub lanes: usize,
+    /// Messages one handler call takes at most.
+    pub max_batch: usize,
+}
+
+/// The durable consumers of this service. Attribution's events come in volume and are
+/// screened in runs ([`LANES`], [`MAX_BATCH`]); partner CRM's are few, are handled one at a
+/// time anyway, and go one per call on one lane, so the handler timeout and a retry concern one
+/// message, not a batch of them.
+pub fn subscriptions(prefix: &str) -> Vec<Subscription> {
     vec![
-        (
-            "compliance-attribution".to_owned(),
-            format!("{prefix}.attribution.>"),
-        ),
-        ("compliance-crm".to_owned(), format!("{prefix}.crm.>")),
+        Subscription {
+            durable_name: "compliance-attribution".to_owned(),
+            filter_subject: format!("{prefix}.attribution.>"),
+            lanes: LANES,
+            max_batch: MAX_BATCH,
+        },
+        Subscription {
+            durable_name: "compliance-crm".to_owned(),
+            filter_subject: format!("{prefix}.crm.>"),
+            lanes: 1,
+            max_batch: 1,
+        },
     ]
 }
 
@@ -50,9 +72,11 @@ fn meta_for(event: &IntegrationEvent, trace_context: BTreeMap<String, String>) -
     }
 }
 
-/// Lanes the attribution consumer runs on: one program's events in order (the fraud rules
-/// count per program and per partner, and a conversion's rules read its clicks' counts), other
-/// programs concurrently.
+/// Lanes the attribution consumer runs on. One program's events stay in order on one lane
+/// (the fraud rules count per program and per partner, and a conversion's rules read its
+/// clicks' counts); programs are hashed onto the lanes, so up to this many are screened
+/// concurrently, and one lane's batch may hold several programs' events (a run is then
+/// screened across them: each stream still sees its commands in delivery order).
 pub const LANES: usize = 16;
 
 /// Events one call of [`handle_batch`] screens together, at most: bounds what one run holds in
@@ -60,9 +84,9 @@ pub const LANES: usize = 16;
 pub const MAX_BATCH: usize = 256;
 
 /// The ordering key of a message: attribution's events by program (see [`LANES`]); partner
-/// CRM's all under one key, so they are handled in delivery order as before (a partner's
-/// application before its status changes; they are few); anything unparseable by its id (it
-/// is dead-lettered anyway).
+/// CRM's all under one key, so they are handled in delivery order (a partner's application
+/// before its status changes; they are few); anything unparseable by its id (it is
+/// dead-lettered anyway).
 pub fn ordering_key(message: &Message) -> u64 {
     #[derive(Deserialize)]
     struct Keys<'a> {
@@ -128,6 +152,28 @@ fn screenable(message: &Message) -> Option<(Screened, CommandMeta)> {
     Some((screened, meta_for(&event, pl_telemetry::inject(&span))))
 }
 
+/// The longest run of screenable messages `messages` starts with, up to [`MAX_BATCH`]. A run
+/// ends before a touchpoint that one of its conversions names: screening counts a run's clicks
+/// before its conversions' rules read them (see [`crate::screening`]), which is the order of one
+/// at a time only when each click precedes the conversions naming it; a redelivered click can
+/// come after.
+fn run_from(messages: &[Message]) -> Vec<(Screened, CommandMeta)> {
+    let mut named: HashSet<Uuid> = HashSet::new();
+    let mut run = Vec::new();
+    for message in messages.iter().take(MAX_BATCH) {
+        let Some((event, meta)) = screenable(message) else {
+            break;
+        };
+        match &event {
+            Screened::Touchpoint(t) if named.contains(&t.touchpoint_id) => break,
+            Screened::Conversion(c) => named.extend(c.touchpoints.iter().map(|t| t.touchpoint_id)),
+            _ => {}
+        }
+        run.push((event, meta));
+    }
+    run
+}
+
 /// Handles messages of one ordering key, in delivery order, as [`handle`] would one at a time,
 /// with one outcome per message. Runs of attribution's events are screened together
 /// ([`Compliance::screen`]: one append per stream instead of one per event); when such a run
@@ -142,12 +188,8 @@ pub async fn handle_batch(
     let mut at = 0;
     while at < messages.len() {
         // A lone message (what a lane hands over under light load) goes straight to `handle`.
-        let run: Vec<(Screened, CommandMeta)> = if messages.len() - at > 1 {
-            messages[at..]
-                .iter()
-                .take(MAX_BATCH)
-                .map_while(screenable)
-                .collect()
+        let run = if messages.len() - at > 1 {
+            run_from(&messages[at..])
         } else {
             Vec::new()
         };
@@ -235,4 +277,48 @@ pub async fn handle(compliance: &Compliance, message: Message) -> Result<(), Han
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn message(context: &str, n: u128, data: &serde_json::Value) -> Message {
+        Message {
+            id: Uuid::from_u128(n),
+            subject: format!("pl.{context}.Event"),
+            payload: bytes::Bytes::from(
+                serde_json::to_vec(&serde_json::json!({ "id": Uuid::from_u128(n), "data": data }))
+                    .unwrap(),
+            ),
+            headers: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn one_programs_events_share_a_key_and_partner_crms_all_share_one() {
+        let program = |p: u128| serde_json::json!({ "program_id": Uuid::from_u128(p) });
+        let key = |context: &str, n: u128, data: &serde_json::Value| {
+            ordering_key(&message(context, n, data))
+        };
+        // A click and the conversion after it stay in order, whatever else they carry.
+        assert_eq!(
+            key("attribution", 1, &program(7)),
+            key("attribution", 2, &program(7))
+        );
+        assert_ne!(
+            key("attribution", 1, &program(7)),
+            key("attribution", 3, &program(8))
+        );
+        // CRM's events are ordered by delivery alone, across programs.
+        assert_eq!(key("crm", 1, &program(7)), key("crm", 2, &program(8)));
+        // An attribution event without a program (dead-lettered anyway) holds up no program.
+        let none = serde_json::json!({});
+        assert_ne!(key("attribution", 4, &none), key("attribution", 5, &none));
+        assert_ne!(
+            key("attribution", 4, &none),
+            key("attribution", 1, &program(7))
+        );
+    }
 }

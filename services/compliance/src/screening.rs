@@ -8,10 +8,12 @@
 //! How a run keeps the one-at-a-time outcome: the commands on each stream are decided in the
 //! run's order on the state the earlier ones leave, and the steps are ordered by what they
 //! read: clicks first (a conversion's velocity rule reads the count of its own clicks, fixed
-//! when each was counted, and its clicks precede it), then the conversion records (a reversal
-//! reads whether it is its conversion's first), then the per-partner counts (a refund rate is
-//! read right after its own count), then the flags (the rules read partner profiles and
-//! licences, which flags do not change). Service layer: no clock, nothing decided here.
+//! when each was counted, and its clicks precede it: the consumer ends a run before a click an
+//! earlier conversion of the run names, which only a redelivery out of order brings), then the
+//! conversion records (a reversal reads whether it is its conversion's first), then the
+//! per-partner counts (a refund's rate is the one recorded with its count, so a retry reads
+//! what the first attempt did), then the flags (the rules read partner profiles and licences,
+//! which flags do not change). Service layer: no clock, nothing decided here.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -101,10 +103,12 @@ impl Compliance {
         let store = self.store.as_ref();
         let mut settings: HashMap<Uuid, (Settings, u64)> = HashMap::new();
         for (event, _) in run {
+            // Only what step 1 or 4 reads: clicks with a hashed IP, and conversions (a
+            // coupon or postback must not fail because its program's settings are unreadable).
             let program_id = match event {
-                Screened::Touchpoint(t) => t.program_id,
+                Screened::Touchpoint(t) if t.kind == "click" && t.ip_hash.is_some() => t.program_id,
                 Screened::Conversion(c) => c.program_id,
-                Screened::Reversal { .. } => continue,
+                Screened::Touchpoint(_) | Screened::Reversal { .. } => continue,
             };
             if let std::collections::hash_map::Entry::Vacant(e) = settings.entry(program_id) {
                 e.insert(self.program(program_id).await?);
@@ -213,7 +217,7 @@ impl Compliance {
         }
 
         // 3. Per-partner counts: conversions, and first reversals where the refund rate rule
-        // is on, each refund with its window's counts right after it.
+        // is on, each refund with the window's counts recorded when it was counted.
         let mut activity = Grouped::new();
         for (i, (event, meta)) in run.iter().enumerate() {
             match event {
@@ -264,10 +268,10 @@ impl Compliance {
                 .activity
                 .execute_each(store, stream, &commands, |a, j| match &commands[j].0 {
                     ActivityCommand::Refund {
-                        refund_day,
-                        window_days,
+                        conversion_id,
+                        conversion_day,
                         ..
-                    } => Some(a.window(*refund_day, *window_days)),
+                    } => a.refund_window(*conversion_id, *conversion_day),
                     ActivityCommand::Count { .. } => None,
                 })
                 .await?;

@@ -14,7 +14,10 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use pl_bus::Message;
 use pl_compliance::contract::{canonical_email, email_sha256};
 use pl_compliance::{ComplianceService, SanctionsList};
-use pl_eventlog::{MemoryLog, RecordedEvent, SharedStore};
+use pl_eventlog::{
+    AppendResult, EventStore, ExpectedVersion, Limits, LogError, MemoryLog, NewEvent,
+    RecordedEvent, SharedStore,
+};
 use pl_proto::common::v1::{PageRequest, RequestContext};
 use pl_proto::compliance::v1 as pb;
 use pl_proto::compliance::v1::compliance_service_server::ComplianceService as Api;
@@ -48,6 +51,60 @@ fn conversion(n: u128) -> Uuid {
 
 const SANCTIONS: &str = "# test list\nSDN-1\tPETROV, Ivan Sergeyevich\tIvan Petrov\n";
 
+/// The in-memory log whose appends to one stream fail, the next `failures` times, as a full
+/// disk's would (an i/o error: retryable, nothing written).
+#[derive(Debug, Default)]
+struct FlakyLog {
+    inner: MemoryLog,
+    stream: String,
+    failures: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl EventStore for FlakyLog {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, LogError> {
+        let fail = stream == self.stream
+            && self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if fail {
+            return Err(LogError::Io("no space left on device".to_owned()));
+        }
+        self.inner.append(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LogError> {
+        self.inner.read_stream(stream, from, limit).await
+    }
+
+    async fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, LogError> {
+        self.inner.read_all(from, limit).await
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<Option<u64>, LogError> {
+        self.inner.stream_version(stream).await
+    }
+
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.watch_head()
+    }
+
+    fn limits(&self) -> Limits {
+        self.inner.limits()
+    }
+}
+
 struct World {
     store: SharedStore,
     api: ComplianceService,
@@ -69,7 +126,10 @@ impl World {
     }
 
     fn with_list(list: Option<Arc<SanctionsList>>) -> Self {
-        let store: SharedStore = Arc::new(MemoryLog::default());
+        Self::on(Arc::new(MemoryLog::default()), list)
+    }
+
+    fn on(store: SharedStore, list: Option<Arc<SanctionsList>>) -> Self {
         let clock = Arc::new(FixedClock::at(day(1, 1)));
         Self {
             api: ComplianceService::with_sanctions(store.clone(), clock, list),
@@ -1223,34 +1283,147 @@ async fn attributions_events_screened_in_batches_write_what_screening_them_one_a
     }
 }
 
-#[tokio::test]
-async fn a_broken_event_in_a_batch_is_dead_lettered_alone_and_the_rest_is_screened() {
-    let w = busy_day_world().await;
-    w.record();
+/// Two clicks and their sales around a conversion that breaks the contract (no shares).
+async fn around_a_broken_conversion(w: &World, broken: bool) {
     w.click(1, ALICE, "ip-1", day(2, 1)).await;
-    w.deliver(
-        "attribution",
-        "ConversionAttributed",
-        serde_json::json!({"conversion_id": conversion(1), "program_id": PROGRAM, "shares": []}),
-    )
-    .await;
+    w.click(2, BOB, "ip-2", day(2, 1)).await;
+    if broken {
+        w.deliver(
+            "attribution",
+            "ConversionAttributed",
+            serde_json::json!({"conversion_id": conversion(9), "program_id": PROGRAM, "shares": []}),
+        )
+        .await;
+    } else {
+        // Keeps the message ids of the events after it the same in both worlds.
+        w.next.fetch_add(1, Ordering::SeqCst);
+    }
     w.sale(
-        2,
+        1,
         ALICE,
         day(2, 2),
         Some((1, day(2, 1), "ip-1")),
         serde_json::json!({}),
     )
     .await;
-    let messages = w.recorded();
-    let outcomes = pl_compliance::consumer::handle_batch(&w.api.compliance(), messages).await;
-    assert!(outcomes[0].is_ok());
+    w.sale(
+        2,
+        BOB,
+        day(2, 2),
+        Some((2, day(2, 1), "ip-2")),
+        serde_json::json!({}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_broken_event_in_a_batch_is_dead_lettered_alone_and_the_rest_is_screened() {
+    let single = busy_day_world().await;
+    around_a_broken_conversion(&single, false).await;
+    let w = busy_day_world().await;
+    w.record();
+    around_a_broken_conversion(&w, true).await;
+    let outcomes = pl_compliance::consumer::handle_batch(&w.api.compliance(), w.recorded()).await;
+    // The runs before and after it are screened; the broken one alone is dead-lettered.
+    assert_eq!(outcomes.len(), 5);
     assert!(
-        matches!(&outcomes[1], Err(pl_bus::HandleError::Permanent(_))),
+        matches!(&outcomes[2], Err(pl_bus::HandleError::Permanent(_))),
         "{outcomes:?}"
     );
-    assert!(outcomes[2].is_ok());
-    let streams = w.streams().await;
-    assert!(streams.contains_key(&format!("compliance-conversion-{}", conversion(2))));
-    assert!(!streams.contains_key(&format!("compliance-conversion-{}", conversion(1))));
+    assert!(
+        outcomes
+            .iter()
+            .enumerate()
+            .all(|(i, o)| i == 2 || o.is_ok()),
+        "{outcomes:?}"
+    );
+    assert_eq!(w.streams().await, single.streams().await);
+}
+
+#[tokio::test]
+async fn a_run_that_fails_part_way_is_handled_again_from_the_failed_event_and_ends_as_one_at_a_time(
+) {
+    let single = busy_day_world().await;
+    busy_day(&single).await;
+    let expected = single.streams().await;
+    // Alice's flags fail to append: the run fails after every count (Bob's refunds included)
+    // has landed; its events are then handled one by one, and again after each retry. A
+    // refund screened again must read the counts of its first screening, not Bob's window
+    // as later conversions have since filled it.
+    for failures in [1, 2, 3] {
+        let flaky = Arc::new(FlakyLog {
+            stream: pl_compliance::streams::partner(ALICE),
+            ..FlakyLog::default()
+        });
+        let w = World::on(flaky.clone(), None);
+        let mut rules = w.default_rules().await;
+        rules.min_conversions = 2;
+        w.configure(Some(rules), &[]).await;
+        w.eligible_partner(ALICE).await;
+        w.eligible_partner(BOB).await;
+        w.record();
+        busy_day(&w).await;
+        let mut messages = w.recorded();
+        flaky.failures.store(failures, Ordering::SeqCst);
+        let mut retries = 0;
+        while !messages.is_empty() {
+            assert!(retries <= failures, "{failures} failures never got through");
+            let outcomes =
+                pl_compliance::consumer::handle_batch(&w.api.compliance(), messages.clone()).await;
+            assert_eq!(outcomes.len(), messages.len());
+            let Some(first) = outcomes.iter().position(Result::is_err) else {
+                break;
+            };
+            // The first retry ends the batch: it and everything after it come back.
+            assert!(
+                outcomes[first..]
+                    .iter()
+                    .all(|o| matches!(o, Err(pl_bus::HandleError::Retry(_)))),
+                "{outcomes:?}"
+            );
+            messages.drain(..first);
+            retries += 1;
+        }
+        assert_eq!(flaky.failures.load(Ordering::SeqCst), 0);
+        assert!(retries > 0 || failures == 1, "the failures never surfaced");
+        assert_eq!(w.streams().await, expected, "{failures} failures");
+    }
+}
+
+/// Twenty clicks from one address: the velocity threshold.
+async fn twenty_bot_clicks(w: &World) {
+    for n in 1..=20 {
+        let at = day(2, 1) + Duration::minutes(i64::try_from(n).unwrap());
+        w.click(n, ALICE, "ip-bot", at).await;
+    }
+}
+
+/// A sale through a 21st click delivered before the click itself (a redelivery out of order).
+async fn a_sale_before_its_click(w: &World) {
+    let at = day(2, 1) + Duration::minutes(21);
+    w.sale(
+        1,
+        ALICE,
+        day(2, 2),
+        Some((21, at, "ip-bot")),
+        serde_json::json!({}),
+    )
+    .await;
+    w.click(21, ALICE, "ip-bot", at).await;
+    w.click(22, BOB, "ip-home", at).await;
+}
+
+#[tokio::test]
+async fn a_click_redelivered_after_its_conversion_in_a_batch_is_counted_after_it_as_one_at_a_time_would(
+) {
+    let single = busy_day_world().await;
+    twenty_bot_clicks(&single).await;
+    a_sale_before_its_click(&single).await;
+    let w = busy_day_world().await;
+    twenty_bot_clicks(&w).await;
+    w.record();
+    a_sale_before_its_click(&w).await;
+    let outcomes = pl_compliance::consumer::handle_batch(&w.api.compliance(), w.recorded()).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(w.streams().await, single.streams().await);
 }

@@ -503,11 +503,13 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
     }
 
     if let Some(compliance) = compliance {
-        for (durable, filter) in pl_compliance::consumer::subscriptions(&plan.server.subject_prefix)
-        {
+        for sub in pl_compliance::consumer::subscriptions(&plan.server.subject_prefix) {
             let consumer = plan
                 .bus
-                .consumer(ConsumerSpec::new(durable, vec![filter]))
+                .consumer(ConsumerSpec::new(
+                    sub.durable_name,
+                    vec![sub.filter_subject],
+                ))
                 .await?;
             let compliance = compliance.clone();
             let token = background.clone();
@@ -527,8 +529,8 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
                     },
                     token,
                     pl_bus::RunnerConfig::default(),
-                    pl_compliance::consumer::LANES,
-                    pl_compliance::consumer::MAX_BATCH,
+                    sub.lanes,
+                    sub.max_batch,
                 )
                 .await
                 .map_err(AppError::from)
