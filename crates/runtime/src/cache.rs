@@ -269,7 +269,11 @@ impl<A: Aggregate> StateCache<A> {
     /// [`execute_many`](Self::execute_many) with the `view` of each command taken right after
     /// it, on the state it and the commands before it leave: what one call of
     /// [`execute`](Self::execute) per command would have seen (a counter at each step), with
-    /// one append for them all.
+    /// one append for them all. The views are those of the attempt that landed. When part of
+    /// an earlier attempt landed (a batch over the store's append limits whose later append
+    /// failed), that part is in the state the retry starts from, so an early command's view
+    /// can include a later command's events; a view that must not, reads what the command's
+    /// own event recorded (as compliance's refund windows do).
     pub async fn execute_each<R>(
         &self,
         store: &dyn EventStore,
@@ -432,7 +436,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use chrono::DateTime;
-    use pl_eventlog::{Limits, MemoryLog, NewEvent};
+    use pl_eventlog::{Limits, LogError, MemoryLog, NewEvent};
     use serde::{Deserialize, Serialize};
     use uuid::Uuid;
 
@@ -670,6 +674,85 @@ mod tests {
         // Caught up before deciding: the other writer's key is in the state of both views.
         assert_eq!(done.views, vec![3, 4]);
         assert_eq!(done.version, Some(3));
+    }
+
+    /// The in-memory log where another writer slips a key in just before the next append to
+    /// a stream: that append then loses the race.
+    #[derive(Debug, Default)]
+    struct Contended {
+        inner: MemoryLog,
+        slip_in: std::sync::Mutex<Option<u32>>,
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for Contended {
+        async fn append(
+            &self,
+            stream: &str,
+            expected: ExpectedVersion,
+            events: Vec<NewEvent>,
+        ) -> Result<pl_eventlog::AppendResult, LogError> {
+            let other = self.slip_in.lock().unwrap().take();
+            if let Some(key) = other {
+                execute::<Keys>(&self.inner, stream, &key, &meta(0xF00))
+                    .await
+                    .unwrap();
+            }
+            self.inner.append(stream, expected, events).await
+        }
+
+        async fn read_stream(
+            &self,
+            stream: &str,
+            from: u64,
+            limit: usize,
+        ) -> Result<Vec<pl_eventlog::RecordedEvent>, LogError> {
+            self.inner.read_stream(stream, from, limit).await
+        }
+
+        async fn read_all(
+            &self,
+            from: u64,
+            limit: usize,
+        ) -> Result<Vec<pl_eventlog::RecordedEvent>, LogError> {
+            self.inner.read_all(from, limit).await
+        }
+
+        async fn stream_version(&self, stream: &str) -> Result<Option<u64>, LogError> {
+            self.inner.stream_version(stream).await
+        }
+
+        fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+            self.inner.watch_head()
+        }
+
+        fn limits(&self) -> Limits {
+            self.inner.limits()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_loses_a_race_is_decided_again_on_the_winners_state_views_included() {
+        let store = Contended::default();
+        let cache = StateCache::<Keys>::default();
+        cache
+            .execute(&store, "k", &0, &meta(80), |_| ())
+            .await
+            .unwrap();
+        *store.slip_in.lock().unwrap() = Some(9);
+        let done = cache
+            .execute_each(&store, "k", &batch(&[1, 9, 2], 81), |s, _| s.clone())
+            .await
+            .unwrap();
+        // Decided again after the race: the winner's 9 is there, and the batch's own 9 adds
+        // nothing; each view is of the second decision only.
+        assert_eq!(
+            done.views,
+            vec![vec![0, 9, 1], vec![0, 9, 1], vec![0, 9, 1, 2]]
+        );
+        assert_eq!((done.appended, done.version), (2, Some(3)));
+        let state = load::<Keys>(&store.inner, "k").await.unwrap().state;
+        assert_eq!(state, vec![0, 9, 1, 2]);
     }
 
     #[tokio::test]
