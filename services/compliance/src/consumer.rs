@@ -177,7 +177,8 @@ fn run_from(messages: &[Message]) -> Vec<(Screened, CommandMeta)> {
 /// Handles messages of one ordering key, in delivery order, as [`handle`] would one at a time,
 /// with one outcome per message. Runs of attribution's events are screened together
 /// ([`Compliance::screen`]: one append per stream instead of one per event); when such a run
-/// fails, its messages are handled again one by one, so each gets its own outcome. The first
+/// fails, its messages are handled again one by one, so each gets its own outcome, up to the
+/// first one dead-lettered; the messages after that form runs again. The first
 /// message that asks to be retried ends the batch: it and every message after it get `Retry`
 /// (those were not attempted), so a runner retrying from there keeps the key's order.
 pub async fn handle_batch(
@@ -209,21 +210,30 @@ pub async fn handle_batch(
                 }
             }
         }
+        // One by one up to the first message that fails for good (dead-lettered): what
+        // follows it goes back to runs, so one bad partner (a full file) costs a run a few
+        // single steps, not all of them.
         for message in &messages[at..at + run.len().max(1)] {
             let outcome = handle(compliance, message.clone()).await;
-            let retry = matches!(outcome, Err(HandleError::Retry(_)));
-            outcomes.push(outcome);
-            if retry {
-                let rest = messages.len() - outcomes.len();
-                outcomes.extend((0..rest).map(|_| {
-                    Err(HandleError::Retry(
-                        "not attempted: an earlier message of its key is retried first".into(),
-                    ))
-                }));
-                return outcomes;
+            at += 1;
+            match outcome {
+                Err(HandleError::Retry(reason)) => {
+                    outcomes.push(Err(HandleError::Retry(reason)));
+                    let rest = messages.len() - outcomes.len();
+                    outcomes.extend((0..rest).map(|_| {
+                        Err(HandleError::Retry(
+                            "not attempted: an earlier message of its key is retried first".into(),
+                        ))
+                    }));
+                    return outcomes;
+                }
+                Err(permanent) => {
+                    outcomes.push(Err(permanent));
+                    break;
+                }
+                Ok(()) => outcomes.push(Ok(())),
             }
         }
-        at += run.len().max(1);
     }
     outcomes
 }

@@ -52,12 +52,14 @@ fn conversion(n: u128) -> Uuid {
 const SANCTIONS: &str = "# test list\nSDN-1\tPETROV, Ivan Sergeyevich\tIvan Petrov\n";
 
 /// The in-memory log whose appends to one stream fail, the next `failures` times, as a full
-/// disk's would (an i/o error: retryable, nothing written).
+/// disk's would (an i/o error: retryable, nothing written), or, when `refuse`, as a stream
+/// over its limits would (invalid input: never accepted).
 #[derive(Debug, Default)]
 struct FlakyLog {
     inner: MemoryLog,
     stream: String,
     failures: AtomicU64,
+    refuse: bool,
 }
 
 #[async_trait::async_trait]
@@ -73,6 +75,13 @@ impl EventStore for FlakyLog {
                 .failures
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
+        if fail && self.refuse {
+            return Err(LogError::LimitExceeded {
+                what: "stream events",
+                actual: 1,
+                limit: 0,
+            });
+        }
         if fail {
             return Err(LogError::Io("no space left on device".to_owned()));
         }
@@ -1355,12 +1364,7 @@ async fn a_run_that_fails_part_way_is_handled_again_from_the_failed_event_and_en
             stream: pl_compliance::streams::partner(ALICE),
             ..FlakyLog::default()
         });
-        let w = World::on(flaky.clone(), None);
-        let mut rules = w.default_rules().await;
-        rules.min_conversions = 2;
-        w.configure(Some(rules), &[]).await;
-        w.eligible_partner(ALICE).await;
-        w.eligible_partner(BOB).await;
+        let w = busy_day_world_on(flaky.clone()).await;
         w.record();
         busy_day(&w).await;
         let mut messages = w.recorded();
@@ -1388,6 +1392,56 @@ async fn a_run_that_fails_part_way_is_handled_again_from_the_failed_event_and_en
         assert!(retries > 0 || failures == 1, "the failures never surfaced");
         assert_eq!(w.streams().await, expected, "{failures} failures");
     }
+}
+
+async fn busy_day_world_on(store: SharedStore) -> World {
+    let w = World::on(store, None);
+    let mut rules = w.default_rules().await;
+    rules.min_conversions = 2;
+    w.configure(Some(rules), &[]).await;
+    w.eligible_partner(ALICE).await;
+    w.eligible_partner(BOB).await;
+    w
+}
+
+#[tokio::test]
+async fn with_one_partners_file_refusing_writes_a_batch_dead_letters_what_one_at_a_time_does() {
+    let refusing = || {
+        Arc::new(FlakyLog {
+            stream: pl_compliance::streams::partner(ALICE),
+            refuse: true,
+            ..FlakyLog::default()
+        })
+    };
+    let (single_log, batch_log) = (refusing(), refusing());
+    let single = busy_day_world_on(single_log.clone()).await;
+    single.record();
+    busy_day(&single).await;
+    let batched = busy_day_world_on(batch_log.clone()).await;
+    batched.record();
+    busy_day(&batched).await;
+    single_log.failures.store(u64::MAX, Ordering::SeqCst);
+    batch_log.failures.store(u64::MAX, Ordering::SeqCst);
+
+    let mut one_at_a_time = Vec::new();
+    for m in single.recorded() {
+        one_at_a_time.push(pl_compliance::consumer::handle(&single.api.compliance(), m).await);
+    }
+    let outcomes =
+        pl_compliance::consumer::handle_batch(&batched.api.compliance(), batched.recorded()).await;
+    let dead = |o: &[Result<(), pl_bus::HandleError>]| -> Vec<bool> {
+        o.iter()
+            .map(|o| matches!(o, Err(pl_bus::HandleError::Permanent(_))))
+            .collect()
+    };
+    // Alice's flagged events, and only they, are dead-lettered; Bob's flag still lands.
+    assert!(dead(&one_at_a_time).iter().any(|d| *d));
+    assert!(one_at_a_time
+        .iter()
+        .all(|o| !matches!(o, Err(pl_bus::HandleError::Retry(_)))));
+    assert_eq!(dead(&outcomes), dead(&one_at_a_time));
+    assert_eq!(count(&batched.types(BOB).await, "PartnerFlagged"), 1);
+    assert_eq!(batched.streams().await, single.streams().await);
 }
 
 /// Twenty clicks from one address: the velocity threshold.
