@@ -267,11 +267,16 @@ impl Compliance {
                 .caches
                 .activity
                 .execute_each(store, stream, &commands, |a, j| match &commands[j].0 {
+                    // Where nothing is recorded (the conversion's day is past retention),
+                    // the window as it is, as before.
                     ActivityCommand::Refund {
                         conversion_id,
                         conversion_day,
-                        ..
-                    } => a.refund_window(*conversion_id, *conversion_day),
+                        refund_day,
+                        window_days,
+                    } => a
+                        .refund_window(*conversion_id, *conversion_day)
+                        .or_else(|| Some(a.window(*refund_day, *window_days))),
                     ActivityCommand::Count { .. } => None,
                 })
                 .await?;
