@@ -178,7 +178,8 @@ fn run_from(messages: &[Message]) -> Vec<(Screened, CommandMeta)> {
 /// with one outcome per message. Runs of attribution's events are screened together
 /// ([`Compliance::screen`]: one append per stream instead of one per event); when such a run
 /// fails, its messages are handled again one by one, so each gets its own outcome, up to the
-/// first one dead-lettered; the messages after that form runs again. The first
+/// first one dead-lettered; the messages after that form runs again (once per call: after a
+/// second failed run, one by one to its end). The first
 /// message that asks to be retried ends the batch: it and every message after it get `Retry`
 /// (those were not attempted), so a runner retrying from there keeps the key's order.
 pub async fn handle_batch(
@@ -187,6 +188,7 @@ pub async fn handle_batch(
 ) -> Vec<Result<(), HandleError>> {
     let mut outcomes: Vec<Result<(), HandleError>> = Vec::with_capacity(messages.len());
     let mut at = 0;
+    let mut resumed = false;
     while at < messages.len() {
         // A lone message (what a lane hands over under light load) goes straight to `handle`.
         let run = if messages.len() - at > 1 {
@@ -212,7 +214,9 @@ pub async fn handle_batch(
         }
         // One by one up to the first message that fails for good (dead-lettered): what
         // follows it goes back to runs, so one bad partner (a full file) costs a run a few
-        // single steps, not all of them.
+        // single steps, not all of them. Once per call: a second failed run goes one by one
+        // to its end, so k bad messages cannot cost k failed runs.
+        let resume = !resumed;
         for message in &messages[at..at + run.len().max(1)] {
             let outcome = handle(compliance, message.clone()).await;
             at += 1;
@@ -229,7 +233,10 @@ pub async fn handle_batch(
                 }
                 Err(permanent) => {
                     outcomes.push(Err(permanent));
-                    break;
+                    if resume {
+                        resumed = true;
+                        break;
+                    }
                 }
                 Ok(()) => outcomes.push(Ok(())),
             }
