@@ -7,6 +7,8 @@
 //! Writes: appenders validate, sequence and encode under a short lock into a pending buffer; one
 //! sync thread writes the buffer and `fdatasync`s it, so concurrent appends share one sync (group
 //! commit). An append returns, and its events become visible to readers, only after that sync.
+//! Under load the sync thread lingers a little before each sync, so that fewer, larger syncs
+//! carry the same appends (`EmbeddedOptions::sync_linger_us`).
 //! With `grow_ahead` (off by default), the file is grown ahead of the appends in zeros (up to
 //! 1 MiB at a time), so that most syncs write data only; close trims it back to its last append.
 //! A failed write or sync poisons the log: the page cache can no longer be trusted, so every later
@@ -60,11 +62,20 @@ const SCAN_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 /// installs) small. Close trims the file back to its events.
 const MIN_PREALLOC_BYTES: u64 = 64 * 1024;
 const MAX_PREALLOC_BYTES: u64 = 1024 * 1024;
+/// The sync thread lingers ([`EmbeddedOptions::sync_linger_us`]) only after a sync that carried
+/// at least this many appends: appenders are then arriving faster than syncs complete, and the
+/// next group is worth waiting for. A lone or lightly loaded appender never waits for company.
+const LINGER_MIN_GROUP_APPENDS: u64 = 8;
+/// The most [`EmbeddedOptions::sync_linger_us`] may be: a linger adds to every append's
+/// latency under load, so a configured one stays well below a request's deadline.
+pub const MAX_SYNC_LINGER_US: u64 = 10_000;
+/// What the services run with (`--log-sync-linger-us`); see [`EmbeddedOptions::sync_linger_us`].
+pub const DEFAULT_SYNC_LINGER_US: u64 = 300;
 /// The zeros the file grows by: static, so never allocated or faulted in per growth (the
 /// kernel maps untouched zero pages to its shared zero page when `pwrite` reads them).
 static PREALLOC_ZEROS: [u8; MAX_PREALLOC_BYTES as usize] = [0; MAX_PREALLOC_BYTES as usize];
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
     pub limits: Limits,
     /// Open even when recovery finds corruption: move everything from the last good append on
@@ -77,6 +88,27 @@ pub struct EmbeddedOptions {
     /// zeros: on the machine of 2026-12-04, accruals and attributions a sixth to a fifth
     /// faster without it). Off by default; recovery reads logs written either way.
     pub grow_ahead: bool,
+    /// Under load (the last sync carried [`LINGER_MIN_GROUP_APPENDS`] appends or more), the
+    /// sync thread waits before each sync until as many appends as the last sync carried are
+    /// pending, or this long, whichever comes first, so one `fdatasync` covers more of them.
+    /// On a virtual disk a sync costs the CPU as much as dozens of appends (the VM exits on
+    /// each request): on the machine of 2026-12-05 (Intel Xeon, 2 cores) the default raised
+    /// accruals per second by about a quarter and conversions attributed by about a tenth,
+    /// and cut the latter's p99 by a third (README, "The embedded adapter"). A fixed wait
+    /// without the group target cost accruals a twentieth instead: a closed-loop caller pays
+    /// every microsecond of it. 0 turns it off; at most [`MAX_SYNC_LINGER_US`].
+    pub sync_linger_us: u64,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            repair: false,
+            grow_ahead: false,
+            sync_linger_us: DEFAULT_SYNC_LINGER_US,
+        }
+    }
 }
 
 /// The durable file-backed event log. Cheap to share behind an `Arc`.
@@ -99,6 +131,8 @@ struct Shared {
     limits: Limits,
     /// [`EmbeddedOptions::grow_ahead`].
     grow_ahead: bool,
+    /// [`EmbeddedOptions::sync_linger_us`].
+    sync_linger: std::time::Duration,
     _lock: File,
 }
 
@@ -131,6 +165,11 @@ struct State {
     /// of `pending` lies the buffer the sync thread is writing right now.
     assigned_end: u64,
     spare: Vec<u8>,
+    /// Appends sequenced into `pending` since the sync thread last took it.
+    pending_appends: u64,
+    /// While the sync thread lingers: the count of `pending_appends` that ends the linger
+    /// early (the size of the last group); 0 otherwise.
+    linger_target: u64,
     /// Positions below this are durable and visible to readers.
     committed: u64,
     committed_offset: u64,
@@ -156,6 +195,13 @@ impl EmbeddedLog {
     /// Opens (creating if needed) the log in `dir`, recovering from any crash.
     pub fn open(dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self, LogError> {
         let limits = options.limits;
+        if options.sync_linger_us > MAX_SYNC_LINGER_US {
+            return Err(LogError::LimitExceeded {
+                what: "configured sync_linger_us",
+                actual: options.sync_linger_us,
+                limit: MAX_SYNC_LINGER_US,
+            });
+        }
         if limits.max_append_bytes > MAX_UNSYNCED_BYTES
             || limits.max_event_bytes > limits.max_append_bytes
         {
@@ -210,6 +256,7 @@ impl EmbeddedLog {
             head: watch::Sender::new(committed),
             limits,
             grow_ahead: options.grow_ahead,
+            sync_linger: std::time::Duration::from_micros(options.sync_linger_us),
             _lock: lock,
         });
         let worker = Arc::clone(&shared);
@@ -331,8 +378,15 @@ impl Shared {
         let result = match outcome {
             Outcome::Duplicate(r) => r,
             Outcome::Appended(r) => {
+                st.pending_appends += 1;
+                // Only the first append of a group wakes the sync thread (it takes everything
+                // pending when it wakes, and checks again after each sync before it waits), or
+                // the one that completes the group a lingering sync thread waits for.
+                let wake = pending_start == 0 || st.pending_appends == st.linger_target;
                 drop(st);
-                self.wake_sync.notify_one();
+                if wake {
+                    self.wake_sync.notify_one();
+                }
                 r
             }
         };
@@ -344,6 +398,8 @@ impl Shared {
         // Where the file's zeroed space ends; only this thread grows the file.
         // Recovery left the file ending at its last append.
         let mut allocated_end = self.state.lock().committed_offset;
+        // Appends the last sync carried: whether appenders are queueing (see the linger).
+        let mut last_group_appends = 0u64;
         loop {
             let (mut buf, end_position, write_offset) = {
                 let mut st = self.state.lock();
@@ -353,6 +409,20 @@ impl Shared {
                 if st.pending.is_empty() {
                     return;
                 }
+                if !self.sync_linger.is_zero() && last_group_appends >= LINGER_MIN_GROUP_APPENDS {
+                    // Appenders keep coming: let as many join this sync as joined the last one,
+                    // or as many as arrive within the linger. Only close, and the append that
+                    // completes the group, wake this wait.
+                    let deadline = std::time::Instant::now() + self.sync_linger;
+                    st.linger_target = last_group_appends;
+                    while !st.closing && st.pending_appends < st.linger_target {
+                        if self.wake_sync.wait_until(&mut st, deadline).timed_out() {
+                            break;
+                        }
+                    }
+                    st.linger_target = 0;
+                }
+                last_group_appends = std::mem::take(&mut st.pending_appends);
                 let spare = std::mem::take(&mut st.spare);
                 let buf = std::mem::replace(&mut st.pending, spare);
                 let write_offset = st.assigned_end - buf.len() as u64;

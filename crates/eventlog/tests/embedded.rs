@@ -487,3 +487,117 @@ async fn after_a_conflict_a_read_already_shows_the_append_that_won() {
         assert_eq!(seen[0], Some(round), "the loser sees the winner at once");
     }
 }
+
+fn open_lingering(dir: &Path, sync_linger_us: u64) -> Result<Arc<EmbeddedLog>, LogError> {
+    let options = EmbeddedOptions {
+        sync_linger_us,
+        ..EmbeddedOptions::default()
+    };
+    EmbeddedLog::open(dir, options).map(Arc::new)
+}
+
+#[tokio::test]
+async fn a_sync_linger_above_its_bound_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = open_lingering(dir.path(), pl_eventlog::MAX_SYNC_LINGER_US + 1).unwrap_err();
+    assert!(
+        matches!(err, LogError::LimitExceeded { what, .. } if what.contains("sync_linger_us")),
+        "{err:?}"
+    );
+    assert!(open_lingering(dir.path(), pl_eventlog::MAX_SYNC_LINGER_US).is_ok());
+}
+
+/// Sequential appends, one at a time: the wall time they take.
+async fn one_at_a_time(log: &EmbeddedLog, appends: u64) -> std::time::Duration {
+    #[allow(clippy::disallowed_methods)] // the test measures a wait, not a figure
+    let started = std::time::Instant::now();
+    for i in 0..appends {
+        log.append("alone", ExpectedVersion::Any, vec![ev("E", i)])
+            .await
+            .unwrap();
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_lone_appender_never_waits_for_the_linger() {
+    const APPENDS: u64 = 40;
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = one_at_a_time(&open_lingering(plain_dir.path(), 0).unwrap(), APPENDS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let max = pl_eventlog::MAX_SYNC_LINGER_US;
+    let lingering = one_at_a_time(&open_lingering(dir.path(), max).unwrap(), APPENDS).await;
+    // Lingering once per append would add 40 × 10 ms; allow half of that for a noisy disk.
+    let slack = std::time::Duration::from_micros(max * APPENDS / 2);
+    assert!(
+        lingering < plain + slack,
+        "one appender took {lingering:?} with the longest linger, {plain:?} without"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_longest_linger_concurrent_appends_all_land_dense_and_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_lingering(dir.path(), pl_eventlog::MAX_SYNC_LINGER_US).unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|w| {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    log.append(&format!("w-{w}"), ExpectedVersion::Any, vec![ev("E", i)])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let live = all_events(log.as_ref()).await;
+    assert_eq!(live.len(), 320);
+    assert!(live.iter().enumerate().all(|(i, e)| e.position == i as u64));
+    log.close().unwrap();
+    drop(log);
+    let log = open(dir.path()).unwrap();
+    assert_eq!(all_events(log.as_ref()).await, live);
+}
+
+/// `writers` tasks, each appending `appends` times one after the other: the wall time.
+async fn closed_loop(log: &Arc<EmbeddedLog>, writers: u64, appends: u64) -> std::time::Duration {
+    #[allow(clippy::disallowed_methods)] // the test measures a wait, not a figure
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let log = Arc::clone(log);
+            tokio::spawn(async move {
+                for i in 0..appends {
+                    log.append(&format!("w-{w}"), ExpectedVersion::Any, vec![ev("E", i)])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_that_each_wait_for_their_append_are_not_held_for_the_whole_linger() {
+    const ROUNDS: u64 = 20;
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = closed_loop(&open_lingering(plain_dir.path(), 0).unwrap(), 16, ROUNDS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let max = pl_eventlog::MAX_SYNC_LINGER_US;
+    let lingering = closed_loop(&open_lingering(dir.path(), max).unwrap(), 16, ROUNDS).await;
+    // Once all 16 are back (the size of the last group), the sync goes: waiting out 10 ms a
+    // round instead would add 200 ms. Allow half of that for a noisy disk.
+    let slack = std::time::Duration::from_micros(max * ROUNDS / 2);
+    assert!(
+        lingering < plain + slack,
+        "16 writers took {lingering:?} with the longest linger, {plain:?} without"
+    );
+}

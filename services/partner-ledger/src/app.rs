@@ -95,6 +95,7 @@ fn open_embedded(
 ) -> Result<Arc<EmbeddedLog>, AppError> {
     let options = EmbeddedOptions {
         grow_ahead: log.log_grow_ahead,
+        sync_linger_us: log.log_sync_linger_us,
         ..EmbeddedOptions::default()
     };
     Ok(Arc::new(EmbeddedLog::open(dir, options)?))

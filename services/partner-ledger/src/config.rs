@@ -327,6 +327,15 @@ pub struct EmbeddedLogArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub log_grow_ahead: bool,
+    /// Under load, how long the embedded log's sync thread waits for more appends to join a
+    /// sync (microseconds, 0 to 10000; 0 turns it off; README, "The embedded adapter").
+    #[arg(
+        long,
+        env = "PL_LOG_SYNC_LINGER_US",
+        default_value_t = pl_eventlog::DEFAULT_SYNC_LINGER_US,
+        value_parser = clap::value_parser!(u64).range(0..=pl_eventlog::MAX_SYNC_LINGER_US)
+    )]
+    pub log_sync_linger_us: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -407,7 +416,7 @@ mod tests {
         }
         let up = known_env_vars("up");
         assert!(up.contains("PL_DATA_DIR") && up.contains("PL_LOG_FORMAT"));
-        assert!(up.contains("PL_LOG_GROW_AHEAD"));
+        assert!(up.contains("PL_LOG_GROW_AHEAD") && up.contains("PL_LOG_SYNC_LINGER_US"));
         assert!(!up.contains("PL_STORE"), "up has no store setting");
     }
 
@@ -432,6 +441,25 @@ mod tests {
             Ok(true)
         );
         assert!(grow(&["partner-ledger", "up", "--log-grow-ahead=maybe"]).is_err());
+    }
+
+    #[test]
+    fn the_sync_linger_defaults_to_the_logs_own_and_refuses_more_than_its_bound() {
+        let linger = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Up(a)) => Ok(a.log.log_sync_linger_us),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(
+            linger(&["partner-ledger", "up"]),
+            Ok(pl_eventlog::DEFAULT_SYNC_LINGER_US)
+        );
+        assert_eq!(
+            linger(&["partner-ledger", "up", "--log-sync-linger-us", "0"]),
+            Ok(0)
+        );
+        assert!(linger(&["partner-ledger", "up", "--log-sync-linger-us", "10001"]).is_err());
+        assert!(linger(&["partner-ledger", "up", "--log-sync-linger-us", "-1"]).is_err());
     }
 
     #[test]
