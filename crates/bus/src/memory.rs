@@ -28,7 +28,9 @@ use uuid::Uuid;
 
 use crate::error::BusError;
 use crate::message::{check_token, dead_letter_subject, subject_matches, Message};
-use crate::port::{dead_letter_message, Acker, Bus, Consumer, ConsumerSpec, Delivery};
+use crate::port::{
+    dead_letter_message, Acker, Bus, Consumer, ConsumerSpec, DeadLettered, Delivery,
+};
 
 /// Bounds of the in-process bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,7 +339,7 @@ impl Shared {
     /// delivery stays pending and comes back after its ack wait. A delivery already settled
     /// (acked, or dead-lettered by another worker holding a redelivery) gets no second letter:
     /// the message was dealt with, and a letter for it would send an operator after nothing.
-    fn dead_letter(&self, name: &str, seq: u64, letter: Message) -> Result<(), BusError> {
+    fn dead_letter(&self, name: &str, seq: u64, letter: Message) -> Result<DeadLettered, BusError> {
         letter.validate(&self.config.subject_prefix, self.config.max_payload_bytes)?;
         let mut state = self.state.lock();
         let Some(pending) = state
@@ -345,8 +347,7 @@ impl Shared {
             .get_mut(name)
             .and_then(|c| c.pending.remove(&seq))
         else {
-            tracing::debug!(consumer = %name, seq, "delivery already settled, no dead letter");
-            return Ok(());
+            return Ok(DeadLettered::AlreadySettled);
         };
         let appended = state.append(&self.config, letter, Instant::now(), Headroom::DeadLetter);
         if appended.is_err() {
@@ -356,7 +357,7 @@ impl Shared {
         }
         drop(state);
         self.notify();
-        appended
+        appended.map(|()| DeadLettered::Stored)
     }
 
     fn settle(&self, name: &str, seq: u64, settle: Settle) {
@@ -469,14 +470,17 @@ impl Consumer for InProcessConsumer {
                         delivered_count,
                         "not acknowledged after max_deliver deliveries",
                     );
-                    tracing::warn!(
-                        consumer = %self.spec.durable_name,
-                        message_id = %message.id,
-                        delivered_count,
-                        "dead-lettering unacknowledged message"
-                    );
-                    self.shared
+                    let done = self
+                        .shared
                         .dead_letter(&self.spec.durable_name, seq, letter)?;
+                    if done == DeadLettered::Stored {
+                        tracing::warn!(
+                            consumer = %self.spec.durable_name,
+                            message_id = %message.id,
+                            delivered_count,
+                            "unacknowledged message dead-lettered"
+                        );
+                    }
                 }
                 Next::Wait(deadline) => {
                     let sleep = async {
@@ -522,7 +526,7 @@ impl Acker for InProcessAcker {
         self.shared.publish(msg)
     }
 
-    async fn dead_letter(&self, letter: Message) -> Result<(), BusError> {
+    async fn dead_letter(&self, letter: Message) -> Result<DeadLettered, BusError> {
         self.shared.dead_letter(&self.name, self.seq, letter)
     }
 }

@@ -137,10 +137,20 @@ pub(crate) trait Acker: Send + Sync {
     async fn publish(&self, msg: Message) -> Result<(), BusError>;
     /// Publishes `letter`, then stops delivering the message. A bus that can do both at once
     /// (and must, to make progress when full) overrides this.
-    async fn dead_letter(&self, letter: Message) -> Result<(), BusError> {
+    async fn dead_letter(&self, letter: Message) -> Result<DeadLettered, BusError> {
         self.publish(letter).await?;
-        self.term().await
+        self.term().await?;
+        Ok(DeadLettered::Stored)
     }
+}
+
+/// What [`Acker::dead_letter`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeadLettered {
+    Stored,
+    /// The delivery was settled meanwhile (acked, or dead-lettered by another worker holding
+    /// a redelivery): the message was dealt with, so no letter was stored.
+    AlreadySettled,
 }
 
 /// A delivered message, to settle exactly once with [`ack`](Self::ack), [`nak`](Self::nak) or
@@ -211,15 +221,23 @@ impl Delivery {
             self.delivered_count,
             reason,
         );
-        tracing::warn!(
-            consumer = %self.durable_name,
-            message_id = %self.message.id,
-            subject = %self.message.subject,
-            delivered_count = self.delivered_count,
-            reason,
-            "dead-lettering message"
-        );
-        self.acker.dead_letter(letter).await
+        match self.acker.dead_letter(letter).await? {
+            DeadLettered::Stored => tracing::warn!(
+                consumer = %self.durable_name,
+                message_id = %self.message.id,
+                subject = %self.message.subject,
+                delivered_count = self.delivered_count,
+                reason,
+                "message dead-lettered"
+            ),
+            DeadLettered::AlreadySettled => tracing::debug!(
+                consumer = %self.durable_name,
+                message_id = %self.message.id,
+                reason,
+                "delivery already settled, no dead letter"
+            ),
+        }
+        Ok(())
     }
 }
 
