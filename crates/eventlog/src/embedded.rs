@@ -69,8 +69,9 @@ const LINGER_MIN_GROUP_APPENDS: u64 = 8;
 /// The most [`EmbeddedOptions::sync_linger_us`] may be: a linger adds to every append's
 /// latency under load, so a configured one stays well below a request's deadline.
 pub const MAX_SYNC_LINGER_US: u64 = 10_000;
-/// What the services run with (`--log-sync-linger-us`); see [`EmbeddedOptions::sync_linger_us`].
-pub const DEFAULT_SYNC_LINGER_US: u64 = 300;
+/// What the services run with (`--log-sync-linger-us`): off, see
+/// [`EmbeddedOptions::sync_linger_us`] for why.
+pub const DEFAULT_SYNC_LINGER_US: u64 = 0;
 /// The zeros the file grows by: static, so never allocated or faulted in per growth (the
 /// kernel maps untouched zero pages to its shared zero page when `pwrite` reads them).
 static PREALLOC_ZEROS: [u8; MAX_PREALLOC_BYTES as usize] = [0; MAX_PREALLOC_BYTES as usize];
@@ -92,11 +93,14 @@ pub struct EmbeddedOptions {
     /// sync thread waits before each sync until as many appends as the last sync carried are
     /// pending, or this long, whichever comes first, so one `fdatasync` covers more of them.
     /// On a virtual disk a sync costs the CPU as much as dozens of appends (the VM exits on
-    /// each request): on the machine of 2026-12-05 (Intel Xeon, 2 cores) the default raised
-    /// accruals per second by about a quarter and conversions attributed by about a tenth,
-    /// and cut the latter's p99 by a third (README, "The embedded adapter"). A fixed wait
-    /// without the group target cost accruals a twentieth instead: a closed-loop caller pays
-    /// every microsecond of it. 0 turns it off; at most [`MAX_SYNC_LINGER_US`].
+    /// each request): on the machine of 2026-12-05 (Intel Xeon, 2 cores) 300 µs raised the
+    /// service benches' accruals per second by about a quarter and conversions attributed by
+    /// about a tenth, and cut the latter's p99 by a third; but the whole system in one
+    /// process (`make bench-e2e`), where a conversion waits on several appends in a row,
+    /// lost a fifth of its conversions per second (README, "The embedded adapter"). Hence
+    /// off by default ([`DEFAULT_SYNC_LINGER_US`]); at most [`MAX_SYNC_LINGER_US`]. A fixed
+    /// wait without the group target cost accruals a twentieth: a caller that waits for its
+    /// append before the next pays every microsecond of it.
     pub sync_linger_us: u64,
 }
 

@@ -13,7 +13,9 @@
 //!    `service::record_conversion` from the same number of tasks; throughput and per-conversion
 //!    latency (p50, p99).
 //!
-//! `BENCH_DIR` holds the data (default a temporary directory under /var/tmp).
+//! `BENCH_DIR` holds the data (default a temporary directory under /var/tmp);
+//! `BENCH_SYNC_LINGER_US` sets the log's `EmbeddedOptions::sync_linger_us` (default: the
+//! services' default, off).
 
 #![allow(
     clippy::disallowed_methods,
@@ -209,7 +211,12 @@ async fn main() {
         .prefix("pl-bench-attribution-")
         .tempdir_in(&base)
         .unwrap();
-    let log = Arc::new(EmbeddedLog::open(dir.path(), EmbeddedOptions::default()).unwrap());
+    let sync_linger_us = env_num("BENCH_SYNC_LINGER_US", pl_eventlog::DEFAULT_SYNC_LINGER_US);
+    let options = EmbeddedOptions {
+        sync_linger_us,
+        ..EmbeddedOptions::default()
+    };
+    let log = Arc::new(EmbeddedLog::open(dir.path(), options).unwrap());
     let store: Arc<dyn EventStore> = log.clone();
 
     crm_facts(store.as_ref(), partners).await;
@@ -254,7 +261,7 @@ async fn main() {
     let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!();
     println!(
-        "attribution on the embedded log — {}; {partners} partners, {workers} tasks, {} events in the log at the end",
+        "attribution on the embedded log — {}; {partners} partners, {workers} tasks, {} events in the log at the end, sync linger {sync_linger_us} µs",
         machine(),
         head + 1
     );

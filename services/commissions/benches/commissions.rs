@@ -27,7 +27,9 @@
 //!    kept; median, range and peak RSS reported), then one `audit verify` of every hash chain
 //!    and a signed seal.
 //!
-//! `BENCH_DIR` holds the data (default a temporary directory under /var/tmp).
+//! `BENCH_DIR` holds the data (default a temporary directory under /var/tmp);
+//! `BENCH_SYNC_LINGER_US` sets the accrual logs' `EmbeddedOptions::sync_linger_us` (default:
+//! the services' default, off).
 
 #![allow(
     clippy::disallowed_methods,
@@ -263,7 +265,11 @@ async fn accruals(
     workers: u64,
     batch: usize,
 ) -> AccrualStats {
-    let log = Arc::new(EmbeddedLog::open(dir, EmbeddedOptions::default()).unwrap());
+    let options = EmbeddedOptions {
+        sync_linger_us: env_num("BENCH_SYNC_LINGER_US", pl_eventlog::DEFAULT_SYNC_LINGER_US),
+        ..EmbeddedOptions::default()
+    };
+    let log = Arc::new(EmbeddedLog::open(dir, options).unwrap());
     let counters = Arc::new(Counters::default());
     let store: SharedStore = Arc::new(Counting {
         inner: log.clone(),
@@ -831,9 +837,10 @@ async fn main() {
     let tmp = tempfile::tempdir_in(&base).unwrap();
     let dir = tmp.path();
     println!(
-        "commissions benchmark on {} (data in {})",
+        "commissions benchmark on {} (data in {}; accrual logs' sync linger {} µs)",
         machine(),
-        dir.display()
+        dir.display(),
+        env_num("BENCH_SYNC_LINGER_US", pl_eventlog::DEFAULT_SYNC_LINGER_US)
     );
 
     let mut rows: Vec<(String, String, String)> = Vec::new();
