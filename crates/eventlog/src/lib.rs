@@ -17,6 +17,7 @@ mod codec;
 mod embedded;
 mod error;
 mod event;
+mod hooked;
 mod index;
 mod limits;
 mod memory;
@@ -32,6 +33,7 @@ pub use error::LogError;
 pub use event::{
     AppendResult, EventHash, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, GENESIS_HASH,
 };
+pub use hooked::{Hooked, StoreHooks};
 pub use limits::Limits;
 pub use memory::MemoryLog;
 pub use store::{EventStore, SharedStore};

@@ -436,7 +436,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use chrono::DateTime;
-    use pl_eventlog::{Limits, LogError, MemoryLog, NewEvent};
+    use pl_eventlog::{Hooked, Limits, LogError, MemoryLog, StoreHooks};
     use serde::{Deserialize, Serialize};
     use uuid::Uuid;
 
@@ -676,58 +676,27 @@ mod tests {
         assert_eq!(done.version, Some(3));
     }
 
-    /// The in-memory log where another writer slips a key in just before the next append to
-    /// a stream: that append then loses the race.
+    /// Another writer slips a key in just before the next append to a stream: that append
+    /// then loses the race.
     #[derive(Debug, Default)]
-    struct Contended {
-        inner: MemoryLog,
-        slip_in: std::sync::Mutex<Option<u32>>,
-    }
+    struct SlipIn(std::sync::Mutex<Option<u32>>);
+
+    type Contended = Hooked<MemoryLog, SlipIn>;
 
     #[async_trait::async_trait]
-    impl EventStore for Contended {
-        async fn append(
+    impl StoreHooks for SlipIn {
+        async fn before_append(
             &self,
+            inner: &dyn EventStore,
             stream: &str,
-            expected: ExpectedVersion,
-            events: Vec<NewEvent>,
-        ) -> Result<pl_eventlog::AppendResult, LogError> {
-            let other = self.slip_in.lock().unwrap().take();
+        ) -> Result<(), LogError> {
+            let other = self.0.lock().unwrap().take();
             if let Some(key) = other {
-                execute::<Keys>(&self.inner, stream, &key, &meta(0xF00))
+                execute::<Keys>(inner, stream, &key, &meta(0xF00))
                     .await
                     .unwrap();
             }
-            self.inner.append(stream, expected, events).await
-        }
-
-        async fn read_stream(
-            &self,
-            stream: &str,
-            from: u64,
-            limit: usize,
-        ) -> Result<Vec<pl_eventlog::RecordedEvent>, LogError> {
-            self.inner.read_stream(stream, from, limit).await
-        }
-
-        async fn read_all(
-            &self,
-            from: u64,
-            limit: usize,
-        ) -> Result<Vec<pl_eventlog::RecordedEvent>, LogError> {
-            self.inner.read_all(from, limit).await
-        }
-
-        async fn stream_version(&self, stream: &str) -> Result<Option<u64>, LogError> {
-            self.inner.stream_version(stream).await
-        }
-
-        fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
-            self.inner.watch_head()
-        }
-
-        fn limits(&self) -> Limits {
-            self.inner.limits()
+            Ok(())
         }
     }
 
@@ -739,7 +708,7 @@ mod tests {
             .execute(&store, "k", &0, &meta(80), |_| ())
             .await
             .unwrap();
-        *store.slip_in.lock().unwrap() = Some(9);
+        *store.hooks.0.lock().unwrap() = Some(9);
         let done = cache
             .execute_each(&store, "k", &batch(&[1, 9, 2], 81), |s, _| s.clone())
             .await
@@ -810,74 +779,47 @@ mod tests {
         );
     }
 
-    /// A log whose appends never answer while `hang` is set: before writing (`Before`) or
-    /// after (`After`, the answer lost).
+    /// Appends never answer while set: before writing (`Before`) or after (`After`, the
+    /// answer lost).
     #[derive(Debug, Default)]
-    struct Hanging {
-        inner: MemoryLog,
-        hang: std::sync::Mutex<Option<Hang>>,
-    }
+    struct Hang(std::sync::Mutex<Option<HangAt>>);
 
     #[derive(Debug, Clone, Copy)]
-    enum Hang {
+    enum HangAt {
         Before,
         After,
     }
 
+    type Hanging = Hooked<MemoryLog, Hang>;
+
     #[async_trait::async_trait]
-    impl EventStore for Hanging {
-        async fn append(
-            &self,
-            stream: &str,
-            expected: ExpectedVersion,
-            events: Vec<NewEvent>,
-        ) -> Result<pl_eventlog::AppendResult, pl_eventlog::LogError> {
-            let hang = *self.hang.lock().unwrap();
-            match hang {
-                Some(Hang::Before) => std::future::pending().await,
-                Some(Hang::After) => {
-                    self.inner.append(stream, expected, events).await?;
-                    std::future::pending().await
-                }
-                None => self.inner.append(stream, expected, events).await,
+    impl StoreHooks for Hang {
+        async fn before_append(&self, _: &dyn EventStore, _: &str) -> Result<(), LogError> {
+            let hang = *self.0.lock().unwrap();
+            if let Some(HangAt::Before) = hang {
+                std::future::pending::<()>().await;
             }
+            Ok(())
         }
-        async fn read_stream(
-            &self,
-            stream: &str,
-            from_version: u64,
-            limit: usize,
-        ) -> Result<Vec<pl_eventlog::RecordedEvent>, pl_eventlog::LogError> {
-            self.inner.read_stream(stream, from_version, limit).await
-        }
-        async fn read_all(
-            &self,
-            from_position: u64,
-            limit: usize,
-        ) -> Result<Vec<pl_eventlog::RecordedEvent>, pl_eventlog::LogError> {
-            self.inner.read_all(from_position, limit).await
-        }
-        async fn stream_version(&self, stream: &str) -> Result<Option<u64>, pl_eventlog::LogError> {
-            self.inner.stream_version(stream).await
-        }
-        fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
-            self.inner.watch_head()
-        }
-        fn limits(&self) -> Limits {
-            self.inner.limits()
+
+        async fn after_append(&self, _: &str, _: &Result<pl_eventlog::AppendResult, LogError>) {
+            let hang = *self.0.lock().unwrap();
+            if let Some(HangAt::After) = hang {
+                std::future::pending::<()>().await;
+            }
         }
     }
 
     /// Starts a batch on a hanging log and drops it at its append (as a timeout or a failed
     /// sibling in a join does), then lets the log answer again.
-    async fn drop_a_batch_at_its_append(hang: Hang) -> (Hanging, StateCache<Keys>) {
+    async fn drop_a_batch_at_its_append(hang: HangAt) -> (Hanging, StateCache<Keys>) {
         let store = Hanging::default();
         let cache = StateCache::<Keys>::default();
         cache
             .execute_many(&store, "k", &batch(&[1], 60), |_, _| ())
             .await
             .unwrap();
-        *store.hang.lock().unwrap() = Some(hang);
+        *store.hooks.0.lock().unwrap() = Some(hang);
         let commands = batch(&[2, 3], 61);
         let running = cache.execute_many(&store, "k", &commands, |_, _| ());
         tokio::select! {
@@ -885,13 +827,13 @@ mod tests {
             _ = running => panic!("the append was meant to hang"),
             () = async {} => {}
         }
-        *store.hang.lock().unwrap() = None;
+        *store.hooks.0.lock().unwrap() = None;
         (store, cache)
     }
 
     #[tokio::test]
     async fn a_batch_dropped_before_its_append_leaves_the_cache_as_the_log_is() {
-        let (store, cache) = drop_a_batch_at_its_append(Hang::Before).await;
+        let (store, cache) = drop_a_batch_at_its_append(HangAt::Before).await;
         let (view, version) = cache.read(&store, "k", Clone::clone).await.unwrap();
         assert_eq!((view, version), (vec![1], Some(0)));
         // And the batch, retried, is written once.
@@ -907,7 +849,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_dropped_after_its_append_landed_is_not_folded_twice() {
-        let (store, cache) = drop_a_batch_at_its_append(Hang::After).await;
+        let (store, cache) = drop_a_batch_at_its_append(HangAt::After).await;
         let (view, version) = cache.read(&store, "k", Clone::clone).await.unwrap();
         assert_eq!((view, version), (vec![1, 2, 3], Some(2)));
         let again = cache

@@ -15,8 +15,7 @@ use pl_bus::Message;
 use pl_compliance::contract::{canonical_email, email_sha256};
 use pl_compliance::{ComplianceService, SanctionsList};
 use pl_eventlog::{
-    AppendResult, EventStore, ExpectedVersion, Limits, LogError, MemoryLog, NewEvent,
-    RecordedEvent, SharedStore,
+    EventStore, Hooked, LogError, MemoryLog, RecordedEvent, SharedStore, StoreHooks,
 };
 use pl_proto::common::v1::{PageRequest, RequestContext};
 use pl_proto::compliance::v1 as pb;
@@ -51,25 +50,21 @@ fn conversion(n: u128) -> Uuid {
 
 const SANCTIONS: &str = "# test list\nSDN-1\tPETROV, Ivan Sergeyevich\tIvan Petrov\n";
 
-/// The in-memory log whose appends to one stream fail, the next `failures` times, as a full
-/// disk's would (an i/o error: retryable, nothing written), or, when `refuse`, as a stream
-/// over its limits would (invalid input: never accepted).
+/// Appends to one stream fail, the next `failures` times, as a full disk's would (an i/o
+/// error: retryable, nothing written), or, when `refuse`, as a stream over its limits would
+/// (invalid input: never accepted).
 #[derive(Debug, Default)]
-struct FlakyLog {
-    inner: MemoryLog,
+struct Flaky {
     stream: String,
     failures: AtomicU64,
     refuse: bool,
 }
 
+type FlakyLog = Hooked<MemoryLog, Flaky>;
+
 #[async_trait::async_trait]
-impl EventStore for FlakyLog {
-    async fn append(
-        &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendResult, LogError> {
+impl StoreHooks for Flaky {
+    async fn before_append(&self, _: &dyn EventStore, stream: &str) -> Result<(), LogError> {
         let fail = stream == self.stream
             && self
                 .failures
@@ -85,33 +80,15 @@ impl EventStore for FlakyLog {
         if fail {
             return Err(LogError::Io("no space left on device".to_owned()));
         }
-        self.inner.append(stream, expected, events).await
+        Ok(())
     }
+}
 
-    async fn read_stream(
-        &self,
-        stream: &str,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, LogError> {
-        self.inner.read_stream(stream, from, limit).await
-    }
-
-    async fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, LogError> {
-        self.inner.read_all(from, limit).await
-    }
-
-    async fn stream_version(&self, stream: &str) -> Result<Option<u64>, LogError> {
-        self.inner.stream_version(stream).await
-    }
-
-    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.watch_head()
-    }
-
-    fn limits(&self) -> Limits {
-        self.inner.limits()
-    }
+fn flaky_log(flaky: Flaky) -> Arc<FlakyLog> {
+    Arc::new(Hooked {
+        inner: MemoryLog::default(),
+        hooks: flaky,
+    })
 }
 
 struct World {
@@ -1360,15 +1337,15 @@ async fn a_run_that_fails_part_way_is_handled_again_from_the_failed_event_and_en
     // refund screened again must read the counts of its first screening, not Bob's window
     // as later conversions have since filled it.
     for failures in [1, 2, 3] {
-        let flaky = Arc::new(FlakyLog {
+        let flaky = flaky_log(Flaky {
             stream: pl_compliance::streams::partner(ALICE),
-            ..FlakyLog::default()
+            ..Flaky::default()
         });
         let w = busy_day_world_on(flaky.clone()).await;
         w.record();
         busy_day(&w).await;
         let mut messages = w.recorded();
-        flaky.failures.store(failures, Ordering::SeqCst);
+        flaky.hooks.failures.store(failures, Ordering::SeqCst);
         let mut retries = 0;
         while !messages.is_empty() {
             assert!(retries <= failures, "{failures} failures never got through");
@@ -1388,7 +1365,7 @@ async fn a_run_that_fails_part_way_is_handled_again_from_the_failed_event_and_en
             messages.drain(..first);
             retries += 1;
         }
-        assert_eq!(flaky.failures.load(Ordering::SeqCst), 0);
+        assert_eq!(flaky.hooks.failures.load(Ordering::SeqCst), 0);
         assert!(retries > 0 || failures == 1, "the failures never surfaced");
         assert_eq!(w.streams().await, expected, "{failures} failures");
     }
@@ -1407,10 +1384,10 @@ async fn busy_day_world_on(store: SharedStore) -> World {
 #[tokio::test]
 async fn with_one_partners_file_refusing_writes_a_batch_dead_letters_what_one_at_a_time_does() {
     let refusing = || {
-        Arc::new(FlakyLog {
+        flaky_log(Flaky {
             stream: pl_compliance::streams::partner(ALICE),
             refuse: true,
-            ..FlakyLog::default()
+            ..Flaky::default()
         })
     };
     let (single_log, batch_log) = (refusing(), refusing());
@@ -1420,8 +1397,8 @@ async fn with_one_partners_file_refusing_writes_a_batch_dead_letters_what_one_at
     let batched = busy_day_world_on(batch_log.clone()).await;
     batched.record();
     busy_day(&batched).await;
-    single_log.failures.store(u64::MAX, Ordering::SeqCst);
-    batch_log.failures.store(u64::MAX, Ordering::SeqCst);
+    single_log.hooks.failures.store(u64::MAX, Ordering::SeqCst);
+    batch_log.hooks.failures.store(u64::MAX, Ordering::SeqCst);
 
     let mut one_at_a_time = Vec::new();
     for m in single.recorded() {

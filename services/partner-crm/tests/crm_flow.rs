@@ -13,10 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use pl_attribution::AttributionService;
 use pl_bus::Message;
-use pl_eventlog::{
-    AppendResult, EventStore, ExpectedVersion, Limits, LogError, MemoryLog, NewEvent,
-    RecordedEvent, SharedStore,
-};
+use pl_eventlog::{AppendResult, EventStore, Hooked, LogError, MemoryLog, SharedStore, StoreHooks};
 use pl_partner_crm::CrmService;
 use pl_proto::attribution::v1 as apb;
 use pl_proto::attribution::v1::attribution_service_server::AttributionService as AttributionApi;
@@ -72,55 +69,31 @@ fn violations(s: &Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The in-memory log, yielding to the scheduler before every read and append so that two
-/// commands joined with `tokio::join!` interleave (both read, then both append) instead of
-/// running one after the other; it counts the appends that lost an optimistic-concurrency race.
+/// Yields to the scheduler before every stream read and append, so that two commands joined
+/// with `tokio::join!` interleave (both read, then both append) instead of running one after
+/// the other; counts the appends that lost an optimistic-concurrency race.
 #[derive(Debug, Default)]
-struct RacyLog {
-    inner: MemoryLog,
+struct Racy {
     conflicts: AtomicU64,
 }
 
+type RacyLog = Hooked<MemoryLog, Racy>;
+
 #[async_trait::async_trait]
-impl EventStore for RacyLog {
-    async fn append(
-        &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendResult, LogError> {
+impl StoreHooks for Racy {
+    async fn before_append(&self, _: &dyn EventStore, _: &str) -> Result<(), LogError> {
         tokio::task::yield_now().await;
-        let r = self.inner.append(stream, expected, events).await;
-        if r.as_ref().is_err_and(LogError::is_conflict) {
+        Ok(())
+    }
+
+    async fn after_append(&self, _: &str, answer: &Result<AppendResult, LogError>) {
+        if answer.as_ref().is_err_and(LogError::is_conflict) {
             self.conflicts.fetch_add(1, Ordering::SeqCst);
         }
-        r
     }
 
-    async fn read_stream(
-        &self,
-        stream: &str,
-        from: u64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, LogError> {
+    async fn before_read_stream(&self, _: &str) {
         tokio::task::yield_now().await;
-        self.inner.read_stream(stream, from, limit).await
-    }
-
-    async fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, LogError> {
-        self.inner.read_all(from, limit).await
-    }
-
-    async fn stream_version(&self, stream: &str) -> Result<Option<u64>, LogError> {
-        self.inner.stream_version(stream).await
-    }
-
-    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.watch_head()
-    }
-
-    fn limits(&self) -> Limits {
-        self.inner.limits()
     }
 }
 
@@ -169,7 +142,7 @@ impl World {
 
     /// Appends that lost a race so far (each was re-decided on fresh state).
     fn conflicts(&self) -> u64 {
-        self.racy.conflicts.load(Ordering::SeqCst)
+        self.racy.hooks.conflicts.load(Ordering::SeqCst)
     }
 
     async fn head(&self) -> u64 {
