@@ -5,6 +5,8 @@
 //! ([`verify`]), reads by stream and in global order, and catch-up [`Subscription`]s. Three
 //! adapters pass one conformance suite: [`EmbeddedLog`] (the durable file log, the default),
 //! [`MemoryLog`] (fast tests) and, behind the `eventstoredb` feature, EventStoreDB/KurrentDB.
+//! [`Hooked`] wraps any of them, for tests and benches that need a log failing, racing or
+//! hanging on cue.
 //!
 //! This crate knows nothing of the domain: it never interprets event data (bytes in the format
 //! the event's type and schema version name), and it never deletes or rewrites an acknowledged
