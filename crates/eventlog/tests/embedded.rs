@@ -12,9 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use conformance::{ev, Harness};
-use pl_eventlog::{
-    verify, EmbeddedLog, EmbeddedOptions, EventStore, ExpectedVersion, LogError, SharedStore,
-};
+use pl_eventlog::{verify, EmbeddedLog, EmbeddedOptions, EventStore, ExpectedVersion, LogError};
 
 async fn embedded() -> Option<Harness> {
     let dir = tempfile::tempdir().unwrap();
@@ -345,22 +343,8 @@ async fn appends_after_close_fail_cleanly() {
 #[tokio::test]
 async fn positions_are_dense_from_zero_under_concurrent_writers() {
     let dir = tempfile::tempdir().unwrap();
-    let log: SharedStore = open(dir.path()).unwrap();
-    let tasks: Vec<_> = (0..32)
-        .map(|w| {
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                for i in 0..20 {
-                    log.append(&format!("w-{w}"), ExpectedVersion::Any, vec![ev("E", i)])
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let log = open(dir.path()).unwrap();
+    closed_loop(&log, 32, 20).await;
     let events = all_events(log.as_ref()).await;
     assert_eq!(events.len(), 640);
     assert!(events
@@ -539,21 +523,7 @@ async fn a_lone_appender_never_waits_for_the_linger() {
 async fn under_the_longest_linger_concurrent_appends_all_land_dense_and_durable() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_lingering(dir.path(), pl_eventlog::MAX_SYNC_LINGER_US).unwrap();
-    let tasks: Vec<_> = (0..32)
-        .map(|w| {
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                for i in 0..10 {
-                    log.append(&format!("w-{w}"), ExpectedVersion::Any, vec![ev("E", i)])
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    closed_loop(&log, 32, 10).await;
     let live = all_events(log.as_ref()).await;
     assert_eq!(live.len(), 320);
     assert!(live.iter().enumerate().all(|(i, e)| e.position == i as u64));
