@@ -86,6 +86,9 @@ impl Touchpoint {
     }
 }
 
+/// The log's event type of [`TouchpointEvent::TouchpointRecorded`] (its serde tag).
+pub const RECORDED_EVENT_TYPE: &str = "TouchpointRecorded";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum TouchpointEvent {

@@ -876,6 +876,15 @@ async fn what_is_published_is_what_commissions_parses() {
     assert_eq!(campaign_of(CAROL), Some(CAMPAIGN));
     assert_eq!(campaign_of(ALICE), None);
     assert_eq!(parsed.model, "linear");
+    // Compliance's fraud rules read each credited click's salted IP hash (never the address).
+    let published: serde_json::Value = serde_json::from_str(data).unwrap();
+    let credited = published["touchpoints"].as_array().unwrap();
+    assert_eq!(credited.len(), 3);
+    for t in credited {
+        let ip_hash = t["ip_hash"].as_str().unwrap();
+        assert_eq!(ip_hash.len(), 64, "hex SHA-256: {ip_hash}");
+        assert!(!data.contains("203.0.113.7"));
+    }
 
     let stored = w
         .store
