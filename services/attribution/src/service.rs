@@ -339,9 +339,9 @@ async fn recent_touchpoints(
 
 /// The fields of a stored touchpoint that a decision reads (`conversions::decide`: program,
 /// partner, campaign, kind, time, a coupon's code for the reason and a click's IP hash for
-/// compliance). Decoding whole touchpoints was a third of a conversion's CPU, most of it in
-/// fields no decision reads (landing URL, user-agent hash, link and click ids, visitor):
-/// serde skips those without building them.
+/// compliance). Whole touchpoints spent most of their decode in fields no decision reads
+/// (landing URL, user-agent hash, link and click ids, visitor); serde skips those without
+/// building them, about a twentieth of a conversion's CPU (README, "Benchmarks").
 #[derive(Deserialize)]
 struct StoredCandidate {
     touchpoint_id: Uuid,
