@@ -8,6 +8,13 @@
 //! commissions until the accrual is visible (`wait_ms`, `Run::convert`), so the figures
 //! measure the system rather than a client's poll loop.
 //!
+//! The peer, measured in the same run against the same in-process server: the gRPC floor, where
+//! each "conversion" is three empty `grpc.health.v1` checks (the bench's three calls per
+//! conversion: click, sale, accrual wait) over the same kind of channels from the same number
+//! of callers, so every layer the services' calls pass (tonic, h2, the trace layer) and
+//! nothing they do. No system that answers those three calls can go faster on this machine;
+//! the ratio of each mode to it says how much of the time the services' own work takes.
+//!
 //! `BENCH_E2E_CONVERSIONS` (default 30,000) per mode, `BENCH_E2E_WORKERS` (default 64)
 //! concurrent callers. The default run is long enough to be the steady state: its 60,000
 //! messages (a click and a conversion each) overflow the in-process bus's retention (20,000),
@@ -32,6 +39,8 @@ use pl_e2e::process::{Cluster, InProcess};
 use pl_e2e::scenario::{t, Run};
 use pl_e2e::Endpoints;
 use pl_proto::attribution::v1 as att;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 struct Figures {
     conversions: u64,
@@ -82,13 +91,60 @@ async fn load(endpoints: &Endpoints, conversions: u64, workers: u64) -> Figures 
     }
 }
 
+/// The gRPC floor (see the module doc): `conversions` rounds of three health checks, two over
+/// one channel and one over another, as `Run` sends a click and a sale to attribution and the
+/// accrual wait to commissions.
+async fn grpc_floor(addr: &str, conversions: u64, workers: u64) -> Figures {
+    let channel = || {
+        tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy()
+    };
+    let (first, second) = (HealthClient::new(channel()), HealthClient::new(channel()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (mut a, mut b) = (first.clone(), second.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            let mut j = w;
+            while j < conversions {
+                let sent = Instant::now();
+                let check = || HealthCheckRequest {
+                    service: String::new(),
+                };
+                a.check(check()).await.unwrap();
+                a.check(check()).await.unwrap();
+                b.check(check()).await.unwrap();
+                h.record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX))
+                    .unwrap();
+                j += workers;
+            }
+            h
+        }));
+    }
+    let mut latency = Histogram::<u64>::new(3).unwrap();
+    for t in tasks {
+        latency.add(t.await.unwrap()).unwrap();
+    }
+    Figures {
+        conversions,
+        wall: started.elapsed(),
+        latency,
+    }
+}
+
+fn rate(f: &Figures) -> f64 {
+    f.conversions as f64 / f.wall.as_secs_f64()
+}
+
 fn row(mode: &str, f: &Figures, targets: &str) {
     let ms = |q: f64| f.latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "| {mode} | {} | {:.1} s | {:.0}/s | {:.1} ms | {:.1} ms | {targets} |",
         f.conversions,
         f.wall.as_secs_f64(),
-        f.conversions as f64 / f.wall.as_secs_f64(),
+        rate(f),
         ms(0.5),
         ms(0.99)
     );
@@ -110,6 +166,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let system = InProcess::start(dir.path()).await.unwrap();
     let embedded = load(&system.endpoints, conversions, workers).await;
+    let floor = grpc_floor(&system.endpoints.attribution, conversions, workers).await;
     system.stop().await.unwrap();
 
     let nats = NatsServer::start().await.unwrap();
@@ -128,4 +185,15 @@ async fn main() {
     println!("|---|---:|---:|---:|---:|---:|---|");
     row("embedded, one process", &embedded, "≥20k/s, p99 ≤20 ms");
     row("four processes over NATS", &over_nats, "p99 ≤50 ms");
+    row(
+        "peer: gRPC floor (3 health checks per conversion)",
+        &floor,
+        "—",
+    );
+    println!();
+    println!(
+        "embedded: {:.2}× the gRPC floor's rate; over NATS: {:.2}×",
+        rate(&embedded) / rate(&floor),
+        rate(&over_nats) / rate(&floor)
+    );
 }
