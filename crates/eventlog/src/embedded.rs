@@ -27,6 +27,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -115,6 +116,17 @@ impl Default for EmbeddedOptions {
     }
 }
 
+/// What the sync thread has done since the log was opened ([`EmbeddedLog::sync_stats`]): for
+/// tests and diagnostics. Each count costs the sync thread one relaxed atomic increment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Groups of appends written and `fdatasync`ed.
+    pub syncs: u64,
+    /// Syncs before which the sync thread lingered ([`EmbeddedOptions::sync_linger_us`]),
+    /// however briefly: the group it waited for may have been pending already.
+    pub lingering_syncs: u64,
+}
+
 /// The durable file-backed event log. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct EmbeddedLog {
@@ -137,6 +149,9 @@ struct Shared {
     grow_ahead: bool,
     /// [`EmbeddedOptions::sync_linger_us`].
     sync_linger: std::time::Duration,
+    /// [`SyncStats`].
+    syncs: AtomicU64,
+    lingering_syncs: AtomicU64,
     _lock: File,
 }
 
@@ -261,6 +276,8 @@ impl EmbeddedLog {
             limits,
             grow_ahead: options.grow_ahead,
             sync_linger: std::time::Duration::from_micros(options.sync_linger_us),
+            syncs: AtomicU64::new(0),
+            lingering_syncs: AtomicU64::new(0),
             _lock: lock,
         });
         let worker = Arc::clone(&shared);
@@ -300,6 +317,14 @@ impl EmbeddedLog {
 
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// What the sync thread has done since open (see [`SyncStats`]).
+    pub fn sync_stats(&self) -> SyncStats {
+        SyncStats {
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
+            lingering_syncs: self.shared.lingering_syncs.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -417,6 +442,7 @@ impl Shared {
                     // Appenders keep coming: let as many join this sync as joined the last one,
                     // or as many as arrive within the linger. Only close, and the append that
                     // completes the group, wake this wait.
+                    self.lingering_syncs.fetch_add(1, Ordering::Relaxed);
                     let deadline = std::time::Instant::now() + self.sync_linger;
                     st.linger_target = last_group_appends;
                     while !st.closing && st.pending_appends < st.linger_target {
@@ -449,6 +475,7 @@ impl Shared {
                 self.commit.send_modify(|c| c.failed = true);
                 return;
             }
+            self.syncs.fetch_add(1, Ordering::Relaxed);
             st.committed = end_position;
             st.committed_offset = write_offset + buf.len() as u64;
             buf.clear();
