@@ -65,7 +65,9 @@ const MIN_PREALLOC_BYTES: u64 = 64 * 1024;
 const MAX_PREALLOC_BYTES: u64 = 1024 * 1024;
 /// The sync thread lingers ([`EmbeddedOptions::sync_linger_us`]) only after a sync that carried
 /// at least this many appends: appenders are then arriving faster than syncs complete, and the
-/// next group is worth waiting for. A lone or lightly loaded appender never waits for company.
+/// next group is worth waiting for. Fewer appenders at a time never wait for company. When load
+/// drops, at most one sync waits out the linger: the first after the burst still expects the
+/// burst's group, carries what came, and the syncs after it, carrying fewer, go at once.
 const LINGER_MIN_GROUP_APPENDS: u64 = 8;
 /// The most [`EmbeddedOptions::sync_linger_us`] may be: a linger adds to every append's
 /// latency under load, so a configured one stays well below a request's deadline.
@@ -93,6 +95,7 @@ pub struct EmbeddedOptions {
     /// Under load (the last sync carried [`LINGER_MIN_GROUP_APPENDS`] appends or more), the
     /// sync thread waits before each sync until as many appends as the last sync carried are
     /// pending, or this long, whichever comes first, so one `fdatasync` covers more of them.
+    /// Once load drops, one sync at most waits it out (see [`LINGER_MIN_GROUP_APPENDS`]).
     /// On a virtual disk a sync costs the CPU as much as dozens of appends (the VM exits on
     /// each request): on the machine of 2026-12-05 (Intel Xeon, 2 cores) 300 µs raised the
     /// service benches' accruals per second by about a quarter and conversions attributed by

@@ -649,3 +649,42 @@ async fn fewer_than_eight_writers_at_a_time_never_wait_for_the_linger() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_burst_at_most_one_sync_waits_out_the_linger() {
+    const LONE_APPENDS: u64 = 20;
+    let max = pl_eventlog::MAX_SYNC_LINGER_US;
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = open_lingering(plain_dir.path(), 0).unwrap();
+    let plain = one_at_a_time(&plain, LONE_APPENDS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_lingering(dir.path(), max).unwrap();
+    closed_loop(&log, 32, 10).await;
+    let burst = log.sync_stats();
+    assert!(
+        burst.lingering_syncs > 0,
+        "the burst never lingered: {burst:?}"
+    );
+    // The first sync after the burst may still expect the burst's group: it waits out one
+    // linger (10 ms) at most. Allow twenty for a slow disk.
+    let first = one_at_a_time(&log, 1).await;
+    assert!(
+        first < std::time::Duration::from_micros(max * 20),
+        "the first append after the burst took {first:?}"
+    );
+    let first_lingered = log.sync_stats().lingering_syncs - burst.lingering_syncs;
+    assert!(first_lingered <= 1, "{first_lingered} syncs lingered");
+    // It carried one append, below the floor of 8: the next lone appends never linger.
+    let rest = one_at_a_time(&log, LONE_APPENDS).await;
+    let after = log.sync_stats();
+    assert_eq!(
+        after.lingering_syncs - burst.lingering_syncs,
+        first_lingered,
+        "lone appends after the first lingered"
+    );
+    let slack = std::time::Duration::from_micros(max * LONE_APPENDS / 2);
+    assert!(
+        rest < plain + slack,
+        "{LONE_APPENDS} lone appends took {rest:?} after a burst, {plain:?} on a fresh log"
+    );
+}
