@@ -93,11 +93,11 @@ pub struct EmbeddedOptions {
     /// zeros: on the machine of 2026-12-04, accruals and attributions a sixth to a fifth
     /// faster without it). Off by default; recovery reads logs written either way.
     pub grow_ahead: bool,
-    /// Under load (the last sync carried [`LINGER_MIN_GROUP_APPENDS`] appends or more), the
+    /// Under load (the last sync carried 8 appends or more, `LINGER_MIN_GROUP_APPENDS`), the
     /// sync thread waits before each sync until as many appends as the last sync carried are
     /// pending, or this long, whichever comes first (or until an append finds the pending
-    /// buffer full), so one `fdatasync` covers more of them. Once load drops, one sync at
-    /// most waits it out (see [`LINGER_MIN_GROUP_APPENDS`]).
+    /// buffer full), so one `fdatasync` covers more of them. Fewer than 8 appenders at a time
+    /// never wait; once load drops, one sync at most waits it out.
     /// On a virtual disk a sync costs the CPU as much as dozens of appends (the VM exits on
     /// each request): on the machine of 2026-12-05 (Intel Xeon, 2 cores) 300 µs raised the
     /// service benches' accruals per second by about a quarter and conversions attributed by
