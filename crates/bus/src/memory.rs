@@ -473,13 +473,21 @@ impl Consumer for InProcessConsumer {
                     let done = self
                         .shared
                         .dead_letter(&self.spec.durable_name, seq, letter)?;
-                    if done == DeadLettered::Stored {
-                        tracing::warn!(
+                    match done {
+                        DeadLettered::Stored => tracing::warn!(
                             consumer = %self.spec.durable_name,
                             message_id = %message.id,
                             delivered_count,
                             "unacknowledged message dead-lettered"
-                        );
+                        ),
+                        // Acked (or dead-lettered by a worker holding a redelivery) since the
+                        // look: dealt with, so no letter, but the max-deliver path was taken.
+                        DeadLettered::AlreadySettled => tracing::debug!(
+                            consumer = %self.spec.durable_name,
+                            message_id = %message.id,
+                            delivered_count,
+                            "delivery already settled, no dead letter"
+                        ),
                     }
                 }
                 Next::Wait(deadline) => {

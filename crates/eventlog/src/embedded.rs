@@ -27,8 +27,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -64,7 +66,9 @@ const MIN_PREALLOC_BYTES: u64 = 64 * 1024;
 const MAX_PREALLOC_BYTES: u64 = 1024 * 1024;
 /// The sync thread lingers ([`EmbeddedOptions::sync_linger_us`]) only after a sync that carried
 /// at least this many appends: appenders are then arriving faster than syncs complete, and the
-/// next group is worth waiting for. A lone or lightly loaded appender never waits for company.
+/// next group is worth waiting for. Fewer appenders at a time never wait for company. When load
+/// drops, at most one sync waits out the linger: the first after the burst still expects the
+/// burst's group, carries what came, and the syncs after it, carrying fewer, go at once.
 const LINGER_MIN_GROUP_APPENDS: u64 = 8;
 /// The most [`EmbeddedOptions::sync_linger_us`] may be: a linger adds to every append's
 /// latency under load, so a configured one stays well below a request's deadline.
@@ -89,9 +93,11 @@ pub struct EmbeddedOptions {
     /// zeros: on the machine of 2026-12-04, accruals and attributions a sixth to a fifth
     /// faster without it). Off by default; recovery reads logs written either way.
     pub grow_ahead: bool,
-    /// Under load (the last sync carried [`LINGER_MIN_GROUP_APPENDS`] appends or more), the
+    /// Under load (the last sync carried 8 appends or more, `LINGER_MIN_GROUP_APPENDS`), the
     /// sync thread waits before each sync until as many appends as the last sync carried are
-    /// pending, or this long, whichever comes first, so one `fdatasync` covers more of them.
+    /// pending, or this long, whichever comes first (or until an append finds the pending
+    /// buffer full), so one `fdatasync` covers more of them. Fewer than 8 appenders at a time
+    /// never wait; once load drops, one sync at most waits it out.
     /// On a virtual disk a sync costs the CPU as much as dozens of appends (the VM exits on
     /// each request): on the machine of 2026-12-05 (Intel Xeon, 2 cores) 300 µs raised the
     /// service benches' accruals per second by about a quarter and conversions attributed by
@@ -115,6 +121,17 @@ impl Default for EmbeddedOptions {
     }
 }
 
+/// What the sync thread has done since the log was opened ([`EmbeddedLog::sync_stats`]): for
+/// tests and diagnostics. Each count costs the sync thread one relaxed atomic increment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Groups of appends written and `fdatasync`ed.
+    pub syncs: u64,
+    /// Syncs before which the sync thread lingered ([`EmbeddedOptions::sync_linger_us`]),
+    /// however briefly: the group it waited for may have been pending already.
+    pub lingering_syncs: u64,
+}
+
 /// The durable file-backed event log. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct EmbeddedLog {
@@ -136,8 +153,23 @@ struct Shared {
     /// [`EmbeddedOptions::grow_ahead`].
     grow_ahead: bool,
     /// [`EmbeddedOptions::sync_linger_us`].
-    sync_linger: std::time::Duration,
+    sync_linger: Duration,
+    /// Appends wait (`Enqueued::Full`) rather than leave more than this unsynced:
+    /// [`MAX_UNSYNCED_BYTES`], which recovery relies on, or less in tests.
+    max_unsynced_bytes: usize,
+    /// [`SyncStats`].
+    syncs: AtomicU64,
+    lingering_syncs: AtomicU64,
     _lock: File,
+}
+
+/// The write path's bounds: what [`EmbeddedLog::open`] derives from its options, and what
+/// tests set beyond them (a linger longer than any configuration may ask for, a small
+/// pending buffer).
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    sync_linger: Duration,
+    max_unsynced_bytes: usize,
 }
 
 enum Enqueued {
@@ -171,6 +203,12 @@ struct State {
     spare: Vec<u8>,
     /// Appends sequenced into `pending` since the sync thread last took it.
     pending_appends: u64,
+    /// An append found `pending` full since the sync thread last took it: a lingering sync
+    /// thread stops waiting for more (there is no room for them).
+    pending_full: bool,
+    /// Appends the last sync carried: whether appenders are queueing (see the linger). Only
+    /// the sync thread writes it; it lives here so that a test can set it.
+    last_group_appends: u64,
     /// While the sync thread lingers: the count of `pending_appends` that ends the linger
     /// early (the size of the last group); 0 otherwise.
     linger_target: u64,
@@ -198,7 +236,6 @@ impl State {
 impl EmbeddedLog {
     /// Opens (creating if needed) the log in `dir`, recovering from any crash.
     pub fn open(dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self, LogError> {
-        let limits = options.limits;
         if options.sync_linger_us > MAX_SYNC_LINGER_US {
             return Err(LogError::LimitExceeded {
                 what: "configured sync_linger_us",
@@ -206,6 +243,15 @@ impl EmbeddedLog {
                 limit: MAX_SYNC_LINGER_US,
             });
         }
+        let tuning = Tuning {
+            sync_linger: Duration::from_micros(options.sync_linger_us),
+            max_unsynced_bytes: MAX_UNSYNCED_BYTES,
+        };
+        Self::open_tuned(dir.as_ref(), options, tuning)
+    }
+
+    fn open_tuned(dir: &Path, options: EmbeddedOptions, tuning: Tuning) -> Result<Self, LogError> {
+        let limits = options.limits;
         if limits.max_append_bytes > MAX_UNSYNCED_BYTES
             || limits.max_event_bytes > limits.max_append_bytes
         {
@@ -215,7 +261,7 @@ impl EmbeddedLog {
                 limit: MAX_UNSYNCED_BYTES as u64,
             });
         }
-        let dir = dir.as_ref().to_path_buf();
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let lock = OpenOptions::new()
             .create(true)
@@ -260,7 +306,10 @@ impl EmbeddedLog {
             head: watch::Sender::new(committed),
             limits,
             grow_ahead: options.grow_ahead,
-            sync_linger: std::time::Duration::from_micros(options.sync_linger_us),
+            sync_linger: tuning.sync_linger,
+            max_unsynced_bytes: tuning.max_unsynced_bytes,
+            syncs: AtomicU64::new(0),
+            lingering_syncs: AtomicU64::new(0),
             _lock: lock,
         });
         let worker = Arc::clone(&shared);
@@ -300,6 +349,14 @@ impl EmbeddedLog {
 
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// What the sync thread has done since open (see [`SyncStats`]).
+    pub fn sync_stats(&self) -> SyncStats {
+        SyncStats {
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
+            lingering_syncs: self.shared.lingering_syncs.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -347,7 +404,16 @@ impl Shared {
             return Err(LogError::Closed);
         }
         // Bound the bytes written but not yet synced (recovery relies on the bound).
-        if !st.pending.is_empty() && st.pending.len() + validated.bytes > MAX_UNSYNCED_BYTES {
+        if !st.pending.is_empty() && st.pending.len() + validated.bytes > self.max_unsynced_bytes {
+            // A full buffer is as large a group as a sync may carry: a lingering sync thread
+            // goes now instead of holding this append for the rest of the linger. The flag
+            // also stops a linger that has not begun yet.
+            st.pending_full = true;
+            let lingering = st.linger_target != 0;
+            drop(st);
+            if lingering {
+                self.wake_sync.notify_one();
+            }
             return Ok(Enqueued::Full(rx));
         }
         let base_offset = st.assigned_end;
@@ -402,8 +468,6 @@ impl Shared {
         // Where the file's zeroed space ends; only this thread grows the file.
         // Recovery left the file ending at its last append.
         let mut allocated_end = self.state.lock().committed_offset;
-        // Appends the last sync carried: whether appenders are queueing (see the linger).
-        let mut last_group_appends = 0u64;
         loop {
             let (mut buf, end_position, write_offset) = {
                 let mut st = self.state.lock();
@@ -413,20 +477,23 @@ impl Shared {
                 if st.pending.is_empty() {
                     return;
                 }
-                if !self.sync_linger.is_zero() && last_group_appends >= LINGER_MIN_GROUP_APPENDS {
+                if !self.sync_linger.is_zero() && st.last_group_appends >= LINGER_MIN_GROUP_APPENDS
+                {
                     // Appenders keep coming: let as many join this sync as joined the last one,
-                    // or as many as arrive within the linger. Only close, and the append that
-                    // completes the group, wake this wait.
+                    // or as many as arrive within the linger. Only close, the append that
+                    // completes the group and one that finds the buffer full wake this wait.
+                    self.lingering_syncs.fetch_add(1, Ordering::Relaxed);
                     let deadline = std::time::Instant::now() + self.sync_linger;
-                    st.linger_target = last_group_appends;
-                    while !st.closing && st.pending_appends < st.linger_target {
+                    st.linger_target = st.last_group_appends;
+                    while !st.closing && !st.pending_full && st.pending_appends < st.linger_target {
                         if self.wake_sync.wait_until(&mut st, deadline).timed_out() {
                             break;
                         }
                     }
                     st.linger_target = 0;
                 }
-                last_group_appends = std::mem::take(&mut st.pending_appends);
+                st.last_group_appends = std::mem::take(&mut st.pending_appends);
+                st.pending_full = false;
                 let spare = std::mem::take(&mut st.spare);
                 let buf = std::mem::replace(&mut st.pending, spare);
                 let write_offset = st.assigned_end - buf.len() as u64;
@@ -449,6 +516,7 @@ impl Shared {
                 self.commit.send_modify(|c| c.failed = true);
                 return;
             }
+            self.syncs.fetch_add(1, Ordering::Relaxed);
             st.committed = end_position;
             st.committed_offset = write_offset + buf.len() as u64;
             buf.clear();
@@ -1118,5 +1186,63 @@ impl SnapReader<'_> {
     }
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.array()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code fails loudly
+
+    use std::time::Instant;
+
+    use super::*;
+    use crate::event::EventMetadata;
+
+    fn event_of(n: u128, data_bytes: usize) -> NewEvent {
+        NewEvent {
+            id: Uuid::from_u128(n),
+            event_type: "E".into(),
+            schema_version: 1,
+            data: Bytes::from(vec![b'x'; data_bytes]),
+            metadata: EventMetadata::at(chrono::DateTime::UNIX_EPOCH),
+        }
+    }
+
+    /// The pending buffer's bound is 32 MiB in production, more than a test should write: here
+    /// it is 64 KiB, so two 40 KiB appends overflow it, and the linger is long enough that
+    /// waiting it out cannot pass for a slow disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_that_overflow_the_pending_buffer_end_a_linger_instead_of_waiting_it_out() {
+        const LINGER: Duration = Duration::from_secs(5);
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = Tuning {
+            sync_linger: LINGER,
+            max_unsynced_bytes: 64 * 1024,
+        };
+        let log = EmbeddedLog::open_tuned(dir.path(), EmbeddedOptions::default(), tuning);
+        let log = Arc::new(log.unwrap());
+        // As after a burst: the next sync waits for a group of 32 appends.
+        log.shared.state.lock().last_group_appends = 32;
+        let started = Instant::now();
+        let appends: Vec<_> = (0..3_u128)
+            .map(|i| {
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    let events = vec![event_of(i + 1, 40 * 1024)];
+                    log.append(&format!("big-{i}"), ExpectedVersion::Any, events)
+                        .await
+                })
+            })
+            .collect();
+        for append in appends {
+            append.await.unwrap().unwrap();
+        }
+        let took = started.elapsed();
+        assert!(
+            took < LINGER / 2,
+            "three appends that overflow the buffer took {took:?} under a {LINGER:?} linger"
+        );
+        assert_eq!(log.sync_stats().lingering_syncs, 1);
+        assert_eq!(log.sync_stats().syncs, 3, "one append fits a sync");
     }
 }

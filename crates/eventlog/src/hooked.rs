@@ -1,6 +1,8 @@
 //! A store that passes every call on to another, running hooks around appends and stream reads:
-//! for tests and benches that need a log which fails, races, hangs or counts on cue. Each hook
-//! names only what it changes; everything else reaches the inner store untouched.
+//! for tests and benches that need a log which fails, races, hangs or counts on cue, and for
+//! wrappers of a store. Each hook names only what it changes; everything else reaches the inner
+//! store untouched. It is exported (not behind a feature) because other crates' tests use it;
+//! no service runs a hooked store.
 
 use async_trait::async_trait;
 use tokio::sync::watch;

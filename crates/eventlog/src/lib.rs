@@ -30,7 +30,9 @@ mod verify;
 #[cfg(feature = "eventstoredb")]
 pub mod eventstoredb;
 
-pub use embedded::{EmbeddedLog, EmbeddedOptions, DEFAULT_SYNC_LINGER_US, MAX_SYNC_LINGER_US};
+pub use embedded::{
+    EmbeddedLog, EmbeddedOptions, SyncStats, DEFAULT_SYNC_LINGER_US, MAX_SYNC_LINGER_US,
+};
 pub use error::LogError;
 pub use event::{
     AppendResult, EventHash, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, GENESIS_HASH,

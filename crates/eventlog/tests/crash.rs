@@ -35,6 +35,29 @@ struct Ack {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_append_survives_repeated_sigkill() {
+    // Every other writer grows the file ahead in zeros, so each way's crash is recovered,
+    // and reopened by a writer of the other way.
+    let mode = |round: usize| {
+        if round % 2 == 1 {
+            "grow-ahead"
+        } else {
+            "default"
+        }
+    };
+    kill_and_check(KILLS, 8, mode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_sync_linger_on_every_acknowledged_append_survives_repeated_sigkill() {
+    // 16 writers: enough that syncs carry the 8 appends or more that a linger follows.
+    let lingering_syncs = kill_and_check(KILLS / 2, 16, |_| "linger").await;
+    assert!(lingering_syncs > 0, "the writers never lingered");
+}
+
+/// Runs the crash writer `rounds` times with `writers` tasks, in the mode `mode(round)` names,
+/// killing it at a random moment each time; after each kill, reopens the log and checks it
+/// (see the module docs). Returns the most lingering syncs a writer reported.
+async fn kill_and_check(rounds: usize, writers: u32, mode: impl Fn(usize) -> &'static str) -> u64 {
     #[allow(clippy::disallowed_methods)] // a seed for the test's own randomness
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -45,19 +68,13 @@ async fn every_acknowledged_append_survives_repeated_sigkill() {
     let mut rng = XorShift(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut acked: HashMap<Uuid, Ack> = HashMap::new();
+    let mut most_lingering_syncs = 0;
 
-    for round in 0..KILLS {
-        // Every other writer grows the file ahead in zeros, so each way's crash is recovered,
-        // and reopened by a writer of the other way.
-        let mode = if round % 2 == 1 {
-            "grow-ahead"
-        } else {
-            "default"
-        };
+    for round in 0..rounds {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pl-eventlog-crash-writer"))
             .arg(dir.path())
-            .arg("8")
-            .arg(mode)
+            .arg(writers.to_string())
+            .arg(mode(round))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -90,6 +107,10 @@ async fn every_acknowledged_append_survives_repeated_sigkill() {
             // Only complete lines were delivered by `lines()`; a line cut by the kill is an
             // append whose acknowledgement never fully reached us, so it is not counted.
             let parts: Vec<&str> = line.split(' ').collect();
+            if let ["stats", _, lingering] = parts[..] {
+                most_lingering_syncs = most_lingering_syncs.max(lingering.parse().unwrap());
+                continue;
+            }
             let [_, id, stream, version, position] = parts[..] else {
                 continue;
             };
@@ -143,10 +164,11 @@ async fn every_acknowledged_append_survives_repeated_sigkill() {
         assert!(report.is_intact(), "round {round}: {report:?}");
         eprintln!(
             "round {round}: killed after {} acks; log holds {} events",
-            lines.len(),
+            lines.iter().filter(|l| l.starts_with("ack ")).count(),
             all.len()
         );
         drop(log);
     }
     assert!(!acked.is_empty(), "the writer never acknowledged anything");
+    most_lingering_syncs
 }

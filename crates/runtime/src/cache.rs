@@ -779,8 +779,9 @@ mod tests {
         );
     }
 
-    /// Appends never answer while set: before writing (`Before`) or after (`After`, the
-    /// answer lost).
+    /// Appends never answer while set: before reaching the log (`Before`, nothing written),
+    /// or once the log has answered (`After`), whether it wrote the events or failed: the
+    /// answer is lost either way.
     #[derive(Debug, Default)]
     struct Hang(std::sync::Mutex<Option<HangAt>>);
 

@@ -15,7 +15,7 @@ use pl_commission_engine::{
     ScheduleStep, VersionPolicy,
 };
 use pl_commissions::CommissionsService;
-use pl_eventlog::{MemoryLog, SharedStore};
+use pl_eventlog::{EventStore, Hooked, LogError, MemoryLog, SharedStore, StoreHooks};
 use pl_money::{Currency, Money};
 use pl_proto::commissions::v1 as pb;
 use pl_proto::commissions::v1::commissions_service_server::CommissionsService as Api;
@@ -1307,68 +1307,38 @@ fn refund(id: u128, refund: u128, conversion: u128, amount: &str) -> Message {
 
 /// Counts appends and reads of each stream, and fails appends to one stream while `failing`
 /// is set (a store outage).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Flaky {
-    inner: MemoryLog,
     appends: std::sync::atomic::AtomicUsize,
     reads: std::sync::Mutex<BTreeMap<String, usize>>,
     failing: std::sync::Mutex<Option<String>>,
 }
 
+type FlakyLog = Hooked<MemoryLog, Flaky>;
+
 #[async_trait::async_trait]
-impl pl_eventlog::EventStore for Flaky {
-    async fn append(
-        &self,
-        stream: &str,
-        expected: pl_eventlog::ExpectedVersion,
-        events: Vec<pl_eventlog::NewEvent>,
-    ) -> Result<pl_eventlog::AppendResult, pl_eventlog::LogError> {
+impl StoreHooks for Flaky {
+    async fn before_append(&self, _: &dyn EventStore, stream: &str) -> Result<(), LogError> {
         if self.failing.lock().unwrap().as_deref() == Some(stream) {
-            return Err(pl_eventlog::LogError::Closed);
+            return Err(LogError::Closed);
         }
         self.appends
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner.append(stream, expected, events).await
+        Ok(())
     }
-    async fn read_stream(
-        &self,
-        stream: &str,
-        from_version: u64,
-        limit: usize,
-    ) -> Result<Vec<pl_eventlog::RecordedEvent>, pl_eventlog::LogError> {
+
+    async fn before_read_stream(&self, stream: &str) {
         *self
             .reads
             .lock()
             .unwrap()
             .entry(stream.to_owned())
             .or_default() += 1;
-        self.inner.read_stream(stream, from_version, limit).await
-    }
-    async fn read_all(
-        &self,
-        from_position: u64,
-        limit: usize,
-    ) -> Result<Vec<pl_eventlog::RecordedEvent>, pl_eventlog::LogError> {
-        self.inner.read_all(from_position, limit).await
-    }
-    async fn stream_version(&self, stream: &str) -> Result<Option<u64>, pl_eventlog::LogError> {
-        self.inner.stream_version(stream).await
-    }
-    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.watch_head()
-    }
-    fn limits(&self) -> pl_eventlog::Limits {
-        self.inner.limits()
     }
 }
 
-fn flaky() -> Arc<Flaky> {
-    Arc::new(Flaky {
-        inner: MemoryLog::default(),
-        appends: std::sync::atomic::AtomicUsize::new(0),
-        reads: std::sync::Mutex::new(BTreeMap::new()),
-        failing: std::sync::Mutex::new(None),
-    })
+fn flaky() -> Arc<FlakyLog> {
+    Arc::new(FlakyLog::default())
 }
 
 /// Every event written, per stream, sorted by id: (id, type, data).
@@ -1438,9 +1408,13 @@ async fn a_batch_of_messages_writes_exactly_what_they_write_one_at_a_time_in_few
     let batch = world_on(batched.clone()).await;
     let before = (
         one_by_one
+            .hooks
             .appends
             .load(std::sync::atomic::Ordering::Relaxed),
-        batched.appends.load(std::sync::atomic::Ordering::Relaxed),
+        batched
+            .hooks
+            .appends
+            .load(std::sync::atomic::Ordering::Relaxed),
     );
     for m in mixed_messages() {
         single.consume(m).await.unwrap();
@@ -1490,10 +1464,15 @@ async fn a_batch_of_messages_writes_exactly_what_they_write_one_at_a_time_in_few
     );
     let appends = (
         one_by_one
+            .hooks
             .appends
             .load(std::sync::atomic::Ordering::Relaxed)
             - before.0,
-        batched.appends.load(std::sync::atomic::Ordering::Relaxed) - before.1,
+        batched
+            .hooks
+            .appends
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before.1,
     );
     assert!(
         appends.1 < appends.0,
@@ -1518,8 +1497,8 @@ async fn a_batch_reads_each_plan_and_assignment_once_and_accrues_as_one_at_a_tim
             })
             .collect()
     };
-    let setup_reads = |store: &Flaky| {
-        let reads = store.reads.lock().unwrap();
+    let setup_reads = |store: &FlakyLog| {
+        let reads = store.hooks.reads.lock().unwrap();
         [
             pl_commissions::setup::assignment_stream(PARTNER),
             pl_commissions::setup::assignment_stream(PARENT),
@@ -1588,7 +1567,7 @@ async fn a_message_to_retry_ends_the_batch_and_a_retry_from_there_completes_it_o
     let store = flaky();
     let w = world_on(store.clone()).await;
     // The store refuses writes to the index of the third conversion: the batch cannot finish.
-    *store.failing.lock().unwrap() = Some(format!("accrued-{}", Uuid::from_u128(102)));
+    *store.hooks.failing.lock().unwrap() = Some(format!("accrued-{}", Uuid::from_u128(102)));
     let outcomes =
         pl_commissions::consumer::handle_batch(w.store.as_ref(), &w.api.caches(), mixed_messages())
             .await;
@@ -1599,7 +1578,7 @@ async fn a_message_to_retry_ends_the_batch_and_a_retry_from_there_completes_it_o
             .all(|o| matches!(o, Err(HandleError::Retry(_)))),
         "{outcomes:?}"
     );
-    *store.failing.lock().unwrap() = None;
+    *store.hooks.failing.lock().unwrap() = None;
     let rest = pl_commissions::consumer::handle_batch(
         w.store.as_ref(),
         &w.api.caches(),

@@ -1,33 +1,46 @@
 //! Test helper for the crash test (`tests/crash.rs`): appends to an embedded log from many
 //! concurrent tasks and prints one line per acknowledged append, `ack <id> <stream> <version>
-//! <position>` per event, flushed before the next append is acknowledged. The parent kills it
-//! with SIGKILL at random moments and checks that every printed event survived.
+//! <position>` per event, flushed before the next append is acknowledged, and every 32 appends
+//! `stats <syncs> <lingering syncs>` (`EmbeddedLog::sync_stats`), so the parent can tell that a
+//! mode did what it names. The parent kills it with SIGKILL at random moments and checks that
+//! every printed event survived.
 //!
-//! Usage: `pl-eventlog-crash-writer <data-dir> <writers> [grow-ahead]` (`grow-ahead`: the file
-//! grown ahead of the appends in zeros, `EmbeddedOptions::grow_ahead`). Stops by itself after 60 s or when
-//! stdout closes, so an orphan never outlives its test.
+//! Usage: `pl-eventlog-crash-writer <data-dir> <writers> [default|grow-ahead|linger]`
+//! (`grow-ahead`: the file grown ahead of the appends in zeros, `EmbeddedOptions::grow_ahead`;
+//! `linger`: the longest sync linger, `EmbeddedOptions::sync_linger_us`). Stops by itself after
+//! 60 s or when stdout closes, so an orphan never outlives its test.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use pl_eventlog::{
     EmbeddedLog, EmbeddedOptions, EventMetadata, EventStore, ExpectedVersion, NewEvent,
+    MAX_SYNC_LINGER_US,
 };
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 const MAX_RUN: Duration = Duration::from_secs(60);
+const USAGE: &str = "usage: pl-eventlog-crash-writer <dir> <writers> [default|grow-ahead|linger]";
+/// Appends between two `stats` lines.
+const STATS_EVERY_APPENDS: u64 = 32;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let dir = args
-        .next()
-        .ok_or("usage: pl-eventlog-crash-writer <dir> <writers> [grow-ahead]")?;
+    let dir = args.next().ok_or(USAGE)?;
     let writers: u32 = args.next().unwrap_or_else(|| "8".into()).parse()?;
-    let options = EmbeddedOptions {
-        grow_ahead: args.next().as_deref() == Some("grow-ahead"),
-        ..EmbeddedOptions::default()
+    let options = match args.next().as_deref() {
+        None | Some("default") => EmbeddedOptions::default(),
+        Some("grow-ahead") => EmbeddedOptions {
+            grow_ahead: true,
+            ..EmbeddedOptions::default()
+        },
+        Some("linger") => EmbeddedOptions {
+            sync_linger_us: MAX_SYNC_LINGER_US,
+            ..EmbeddedOptions::default()
+        },
+        Some(other) => return Err(format!("unknown mode {other}; {USAGE}").into()),
     };
     let log = std::sync::Arc::new(EmbeddedLog::open(&dir, options)?);
     let (tx, mut rx) = mpsc::channel::<String>(1024);
@@ -80,7 +93,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     drop(tx);
     let mut out = std::io::stdout().lock();
-    while let Some(line) = rx.recv().await {
+    let mut appends: u64 = 0;
+    while let Some(mut line) = rx.recv().await {
+        appends += 1;
+        if appends.is_multiple_of(STATS_EVERY_APPENDS) {
+            let stats = log.sync_stats();
+            line.push_str(&format!(
+                "stats {} {}\n",
+                stats.syncs, stats.lingering_syncs
+            ));
+        }
         if out
             .write_all(line.as_bytes())
             .and_then(|()| out.flush())
