@@ -3,6 +3,11 @@
 //! of a 1M-event log, and the disk's own fdatasync time as the yardstick for single-writer
 //! latency. Prints one table; numbers are for issue notes, not tests.
 //!
+//! A stream per append (`BENCH_NEW_STREAMS`, default 600,000 one-event appends from 64 writers,
+//! each into a stream of its own, as visitors' and conversions' streams come): the index grows
+//! through several doublings under the log's lock, so the slowest append shows what one growth
+//! stalls.
+//!
 //! Environment: `BENCH_SECONDS` per append workload (default 3), `BENCH_REPLAY_EVENTS` (default
 //! 1,000,000), `BENCH_DIR` for the data (default a temporary directory under /var/tmp).
 
@@ -221,6 +226,44 @@ async fn fill(dir: &std::path::Path, events: u64) -> Duration {
     took
 }
 
+/// `appends` one-event appends from `writers` tasks, each into a new stream; the latency of
+/// each append and the time for all.
+async fn new_streams(
+    dir: &std::path::Path,
+    appends: u64,
+    writers: u64,
+) -> (Duration, Histogram<u64>) {
+    let log = Arc::new(EmbeddedLog::open(dir, EmbeddedOptions::default()).unwrap());
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new(3).unwrap();
+                for n in (w..appends).step_by(writers as usize) {
+                    let t = Instant::now();
+                    log.append(
+                        &format!("visitor-{n}"),
+                        ExpectedVersion::NoStream,
+                        vec![new_event(n)],
+                    )
+                    .await
+                    .unwrap();
+                    hist.record(t.elapsed().as_micros() as u64).unwrap();
+                }
+                hist
+            })
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    for t in tasks {
+        hist.add(t.await.unwrap()).unwrap();
+    }
+    let took = started.elapsed();
+    log.close().unwrap();
+    (took, hist)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo bench` passes --bench; there is nothing to filter.
@@ -286,6 +329,23 @@ async fn main() {
             });
         }
     }
+
+    let streams = env_num("BENCH_NEW_STREAMS", 600_000);
+    let (took, hist) = new_streams(&dir.join("new-streams"), streams, 64).await;
+    rows.push(Row {
+        workload: format!(
+            "a new stream per append: {streams} appends, 64 writers; p50 / p99 / slowest"
+        ),
+        ours: format!(
+            "{} ({} / {} / {} µs)",
+            fmt_rate(streams as f64 / took.as_secs_f64()),
+            hist.value_at_quantile(0.5),
+            hist.value_at_quantile(0.99),
+            hist.max()
+        ),
+        peer: String::new(),
+        ratio: String::new(),
+    });
 
     let replay_dir = dir.join("replay");
     let fill_took = fill(&replay_dir, replay_events).await;

@@ -44,6 +44,7 @@ use crate::error::LogError;
 use crate::event::{AppendResult, EventHash, ExpectedVersion, NewEvent, RecordedEvent};
 use crate::index::{self, IdEntry, Index, Outcome, StreamState};
 use crate::limits::{Limits, MAX_UNSYNCED_BYTES};
+use crate::sharded::ShardedMap;
 use crate::store::EventStore;
 
 const LOG_FILE: &str = "events.log";
@@ -944,7 +945,7 @@ impl Scan<'_> {
 fn restore(state: &mut State, offset: u64, ev: &RecordedEvent) -> Result<(), LogError> {
     let corrupt = |reason: String| LogError::Corrupt { offset, reason };
     let fingerprint = codec::fingerprint_recorded(ev)?;
-    let stream = state.index.streams.entry(ev.stream.clone()).or_default();
+    let stream = state.index.streams.get_or_default(ev.stream.clone());
     if ev.version != stream.positions.len() as u64 {
         return Err(corrupt(format!(
             "stream {} jumps to version {} after {} events",
@@ -1026,7 +1027,7 @@ fn write_snapshot(dir: &Path, file: &File, st: &State) -> Result<(), LogError> {
         w.put(&o.to_le_bytes())?;
     }
     w.put(&(st.index.streams.len() as u64).to_le_bytes())?;
-    for (name, s) in &st.index.streams {
+    for (name, s) in st.index.streams.iter() {
         w.put(&(name.len() as u16).to_le_bytes())?;
         w.put(name.as_bytes())?;
         w.put(&s.last_hash.0)?;
@@ -1035,7 +1036,7 @@ fn write_snapshot(dir: &Path, file: &File, st: &State) -> Result<(), LogError> {
             w.put(&p.to_le_bytes())?;
         }
     }
-    for (id, e) in &st.index.ids {
+    for (id, e) in st.index.ids.iter() {
         w.put(id.as_bytes())?;
         w.put(&e.position.to_le_bytes())?;
         w.put(&e.fingerprint)?;
@@ -1103,7 +1104,7 @@ fn load_snapshot(dir: &Path, file: &File) -> Option<State> {
         offsets.push(r.u64()?);
     }
     let n_streams = r.u64()?;
-    let mut streams = std::collections::HashMap::new();
+    let mut streams = ShardedMap::default();
     for _ in 0..n_streams {
         let len = usize::from(u16::from_le_bytes(r.array()?));
         let name = std::str::from_utf8(r.take(len)?).ok()?.to_owned();
@@ -1124,7 +1125,7 @@ fn load_snapshot(dir: &Path, file: &File) -> Option<State> {
             },
         );
     }
-    let mut ids = std::collections::HashMap::with_capacity(n);
+    let mut ids = ShardedMap::with_capacity(n);
     for _ in 0..n {
         let id = Uuid::from_bytes(r.array()?);
         let position = r.u64()?;

@@ -2,7 +2,7 @@
 //! whether it is an idempotent retry, checks the expected version, and assigns versions,
 //! positions, `recorded_at` and the hash chain. It holds every stream's head in memory.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use uuid::Uuid;
 
@@ -10,6 +10,7 @@ use crate::codec::{self, Canonical};
 use crate::error::LogError;
 use crate::event::{AppendResult, EventHash, ExpectedVersion, NewEvent, GENESIS_HASH};
 use crate::limits::Limits;
+use crate::sharded::ShardedMap;
 
 #[derive(Debug, Default)]
 pub(crate) struct StreamState {
@@ -34,8 +35,9 @@ pub(crate) struct Validated {
 
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    pub streams: HashMap<String, StreamState>,
-    pub ids: HashMap<Uuid, IdEntry>,
+    /// Sharded, as `ids`: they grow with the log under its lock (see `sharded`).
+    pub streams: ShardedMap<String, StreamState>,
+    pub ids: ShardedMap<Uuid, IdEntry>,
     /// Position the next event will get (= number of events assigned so far).
     pub next_position: u64,
     /// `recorded_at` never goes backwards, even if the wall clock does, so "known at recording
@@ -217,7 +219,7 @@ impl Index {
         }
         let recorded_at_ns = now_ns.max(self.last_recorded_at_ns);
         let first_position = self.next_position;
-        let state = self.streams.entry(stream.to_owned()).or_default();
+        let state = self.streams.get_or_default(stream.to_owned());
         let first_version = state.positions.len() as u64;
         let mut prev_hash = if state.positions.is_empty() {
             GENESIS_HASH

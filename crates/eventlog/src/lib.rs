@@ -23,6 +23,7 @@ mod hooked;
 mod index;
 mod limits;
 mod memory;
+mod sharded;
 mod store;
 mod subscription;
 mod verify;

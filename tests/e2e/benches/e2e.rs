@@ -48,38 +48,28 @@ struct Figures {
     latency: Histogram<u64>,
 }
 
-async fn load(endpoints: &Endpoints, conversions: u64, workers: u64) -> Figures {
-    let run = Arc::new(Run::new(endpoints, Box::new(|_| {})).unwrap());
-    run.setup().await.unwrap();
-    // Warm the click path (attribution learns the link from CRM over the bus).
-    run.click("affiliate", "warm-up", t(2, 1)).await.unwrap();
+/// `conversions` rounds from `workers` concurrent callers, caller `w` taking rounds `w`,
+/// `w + workers`, ...; `round(j)` does round `j` and returns the latency it measured.
+async fn drive<F, Fut>(conversions: u64, workers: u64, round: F) -> Figures
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Duration> + Send,
+{
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..workers {
-        let run = run.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3).unwrap();
-            let mut j = w;
-            while j < conversions {
-                let visitor = format!("bench-visitor-{j}");
-                run.click("affiliate", &visitor, t(3, 1)).await.unwrap();
-                let mut req = run.conversion(
-                    att::ConversionType::Sale,
-                    &format!("bench-sale-{j}"),
-                    &format!("bench-customer-{j}"),
-                    Some("100.00"),
-                    t(3, 2),
-                );
-                req.visitor_id = visitor;
-                let sent = Instant::now();
-                run.convert(req).await.unwrap();
-                h.record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX))
-                    .unwrap();
-                j += workers;
-            }
-            h
-        }));
-    }
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let round = round.clone();
+            tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new(3).unwrap();
+                for j in (w..conversions).step_by(workers as usize) {
+                    let took = round(j).await;
+                    h.record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX))
+                        .unwrap();
+                }
+                h
+            })
+        })
+        .collect();
     let mut latency = Histogram::<u64>::new(3).unwrap();
     for t in tasks {
         latency.add(t.await.unwrap()).unwrap();
@@ -91,9 +81,35 @@ async fn load(endpoints: &Endpoints, conversions: u64, workers: u64) -> Figures 
     }
 }
 
+async fn load(endpoints: &Endpoints, conversions: u64, workers: u64) -> Figures {
+    let run = Arc::new(Run::new(endpoints, Box::new(|_| {})).unwrap());
+    run.setup().await.unwrap();
+    // Warm the click path (attribution learns the link from CRM over the bus).
+    run.click("affiliate", "warm-up", t(2, 1)).await.unwrap();
+    drive(conversions, workers, move |j| {
+        let run = run.clone();
+        async move {
+            let visitor = format!("bench-visitor-{j}");
+            run.click("affiliate", &visitor, t(3, 1)).await.unwrap();
+            let mut req = run.conversion(
+                att::ConversionType::Sale,
+                &format!("bench-sale-{j}"),
+                &format!("bench-customer-{j}"),
+                Some("100.00"),
+                t(3, 2),
+            );
+            req.visitor_id = visitor;
+            let sent = Instant::now();
+            run.convert(req).await.unwrap();
+            sent.elapsed()
+        }
+    })
+    .await
+}
+
 /// The gRPC floor (see the module doc): `conversions` rounds of three health checks, two over
 /// one channel and one over another, as `Run` sends a click and a sale to attribution and the
-/// accrual wait to commissions.
+/// accrual wait to commissions; timed, as a conversion is, from the second.
 async fn grpc_floor(addr: &str, conversions: u64, workers: u64) -> Figures {
     let channel = || {
         tonic::transport::Channel::from_shared(format!("http://{addr}"))
@@ -101,37 +117,20 @@ async fn grpc_floor(addr: &str, conversions: u64, workers: u64) -> Figures {
             .connect_lazy()
     };
     let (first, second) = (HealthClient::new(channel()), HealthClient::new(channel()));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..workers {
+    drive(conversions, workers, move |_| {
         let (mut a, mut b) = (first.clone(), second.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new(3).unwrap();
-            let mut j = w;
-            while j < conversions {
-                let sent = Instant::now();
-                let check = || HealthCheckRequest {
-                    service: String::new(),
-                };
-                a.check(check()).await.unwrap();
-                a.check(check()).await.unwrap();
-                b.check(check()).await.unwrap();
-                h.record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX))
-                    .unwrap();
-                j += workers;
-            }
-            h
-        }));
-    }
-    let mut latency = Histogram::<u64>::new(3).unwrap();
-    for t in tasks {
-        latency.add(t.await.unwrap()).unwrap();
-    }
-    Figures {
-        conversions,
-        wall: started.elapsed(),
-        latency,
-    }
+        async move {
+            let check = || HealthCheckRequest {
+                service: String::new(),
+            };
+            a.check(check()).await.unwrap();
+            let sent = Instant::now();
+            a.check(check()).await.unwrap();
+            b.check(check()).await.unwrap();
+            sent.elapsed()
+        }
+    })
+    .await
 }
 
 fn rate(f: &Figures) -> f64 {
