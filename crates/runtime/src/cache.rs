@@ -15,6 +15,7 @@
 //! [`execute`]: crate::aggregate::execute
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pl_eventlog::{EventStore, ExpectedVersion};
@@ -27,6 +28,25 @@ use crate::aggregate::{
 const CATCH_UP_PAGE_EVENTS: usize = 1024;
 /// Default number of streams whose state is kept.
 pub const DEFAULT_CACHED_STREAMS: usize = 16_384;
+/// Default number of events folded into the kept states, all streams together. A state grows
+/// with its stream (a partner's book keeps every accrual it holds, lines and formulas
+/// included), so a bound in streams alone is no bound in bytes: 16,384 books of 10,000
+/// accruals each would be 160M events. Events are the measure because they are what a state
+/// is built from and what reloading one costs. A book held about 1.5 KB per event folded
+/// (commissions bench, 2026-12-05), so this default holds about 300 MB of books: inside the
+/// 512 MiB the production manifests give a service.
+pub const DEFAULT_CACHED_EVENTS: u64 = 200_000;
+
+/// The event budget of caches made by [`StateCache::new`] (and `default`) from now on.
+static CACHED_EVENTS: AtomicU64 = AtomicU64::new(DEFAULT_CACHED_EVENTS);
+
+/// Sets the event budget of every state cache [`StateCache::new`] makes after this call, each
+/// cache its own budget: the binary's `--cache-events`, set once at startup before any
+/// service is built, so that the services' caches need no configuration threaded through
+/// their constructors. Caches made with [`StateCache::with_limits`] are not affected.
+pub fn set_cached_events(events: u64) {
+    CACHED_EVENTS.store(events, Ordering::Relaxed);
+}
 
 struct Slot<S> {
     state: S,
@@ -53,23 +73,59 @@ impl<S: Default> Slot<S> {
 struct Entry<S> {
     slot: Arc<tokio::sync::Mutex<Slot<S>>>,
     last_used: u64,
+    /// Events folded into the state when it was last used (its version + 1).
+    events: u64,
 }
 
 struct Map<S> {
     entries: HashMap<String, Entry<S>>,
     tick: u64,
+    /// The sum of the entries' `events`.
+    events: u64,
 }
 
-/// Bounded map from stream name to the aggregate state as of a known version.
+impl<S> Map<S> {
+    /// Drops the least recently used entries other than `keep` until `enough` holds.
+    fn evict(&mut self, keep: Option<&str>, enough: impl Fn(&Self) -> bool) {
+        if enough(self) {
+            return;
+        }
+        let mut by_age: Vec<(u64, String)> = self
+            .entries
+            .iter()
+            .filter(|(k, _)| Some(k.as_str()) != keep)
+            .map(|(k, e)| (e.last_used, k.clone()))
+            .collect();
+        by_age.sort_unstable();
+        for (_, key) in by_age {
+            if enough(self) {
+                break;
+            }
+            if let Some(gone) = self.entries.remove(&key) {
+                self.events -= gone.events;
+            }
+        }
+        debug_assert_eq!(
+            self.events,
+            self.entries.values().map(|e| e.events).sum::<u64>()
+        );
+    }
+}
+
+/// Bounded map from stream name to the aggregate state as of a known version: at most
+/// `capacity` streams and, beyond the one in use, at most `max_events` events folded into the
+/// states kept.
 pub struct StateCache<A: Aggregate> {
     map: Mutex<Map<A::State>>,
     capacity: usize,
+    max_events: u64,
 }
 
 impl<A: Aggregate> std::fmt::Debug for StateCache<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateCache")
             .field("capacity", &self.capacity)
+            .field("max_events", &self.max_events)
             .finish_non_exhaustive()
     }
 }
@@ -90,21 +146,63 @@ pub struct CachedExecuted<R, E> {
 }
 
 impl<A: Aggregate> StateCache<A> {
-    /// Keeps at most `capacity` streams (at least one); beyond it the least recently used
-    /// tenth is dropped and reloaded from the log when next used.
+    /// Keeps at most `capacity` streams (at least one) and the process's event budget
+    /// ([`DEFAULT_CACHED_EVENTS`] unless [`set_cached_events`] changed it); see
+    /// [`with_limits`](Self::with_limits).
     pub fn new(capacity: usize) -> Self {
+        Self::with_limits(capacity, CACHED_EVENTS.load(Ordering::Relaxed))
+    }
+
+    /// Keeps at most `streams` streams (at least one): beyond it the least recently used
+    /// tenth is dropped. And at most `events` events folded into the kept states: when a use
+    /// leaves more, the least recently used other streams are dropped until a tenth of the
+    /// budget is free. The stream in use is never dropped for its own size, so one stream
+    /// longer than the budget is still served from memory (alone). A dropped stream is
+    /// reloaded from the log when next used.
+    pub fn with_limits(streams: usize, events: u64) -> Self {
         Self {
             map: Mutex::new(Map {
                 entries: HashMap::new(),
                 tick: 0,
+                events: 0,
             }),
-            capacity: capacity.max(1),
+            capacity: streams.max(1),
+            max_events: events,
         }
     }
 
     /// Streams currently cached.
     pub fn len(&self) -> usize {
         self.lock_map().entries.len()
+    }
+
+    /// Events folded into the cached states, all streams together, as of each one's last use.
+    pub fn cached_events(&self) -> u64 {
+        self.lock_map().events
+    }
+
+    /// Records the size of `stream`'s state after a use (if `slot` is still the cached one)
+    /// and drops other streams when the cache holds more events than its budget.
+    fn weigh(
+        &self,
+        stream: &str,
+        slot: &Arc<tokio::sync::Mutex<Slot<A::State>>>,
+        version: Option<u64>,
+    ) {
+        let events = version.map_or(0, |v| v + 1);
+        let mut map = self.lock_map();
+        let Some(entry) = map.entries.get_mut(stream) else {
+            return;
+        };
+        if !Arc::ptr_eq(&entry.slot, slot) {
+            return;
+        }
+        let before = std::mem::replace(&mut entry.events, events);
+        map.events = map.events - before + events;
+        if map.events > self.max_events {
+            let target = self.max_events - self.max_events / 10;
+            map.evict(Some(stream), |m| m.events <= target);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -129,16 +227,8 @@ impl<A: Aggregate> StateCache<A> {
         }
         if map.entries.len() >= self.capacity {
             // Amortised: one sort per tenth of the capacity inserted.
-            let mut by_age: Vec<(u64, String)> = map
-                .entries
-                .iter()
-                .map(|(k, e)| (e.last_used, k.clone()))
-                .collect();
-            by_age.sort_unstable();
-            let drop_count = (self.capacity / 10).max(1);
-            for (_, key) in by_age.into_iter().take(drop_count) {
-                map.entries.remove(&key);
-            }
+            let target = self.capacity - (self.capacity / 10).max(1);
+            map.evict(None, |m| m.entries.len() <= target);
         }
         let slot = Arc::new(tokio::sync::Mutex::new(Slot {
             state: A::State::default(),
@@ -150,6 +240,7 @@ impl<A: Aggregate> StateCache<A> {
             Entry {
                 slot: Arc::clone(&slot),
                 last_used: tick,
+                events: 0,
             },
         );
         slot
@@ -162,10 +253,12 @@ impl<A: Aggregate> StateCache<A> {
         stream: &str,
         view: impl FnOnce(&A::State) -> R,
     ) -> Result<(R, Option<u64>), ExecuteError<A::Error>> {
-        let slot = self.slot(stream);
-        let mut slot = slot.lock().await;
+        let cell = self.slot(stream);
+        let mut slot = cell.lock().await;
         slot.untaint();
-        catch_up::<A>(store, stream, &mut slot, None).await?;
+        let caught_up = catch_up::<A>(store, stream, &mut slot, None).await;
+        self.weigh(stream, &cell, slot.version);
+        caught_up?;
         Ok((view(&slot.state), slot.version))
     }
 
@@ -179,54 +272,68 @@ impl<A: Aggregate> StateCache<A> {
         meta: &CommandMeta,
         view: impl FnOnce(&A::State) -> R,
     ) -> Result<CachedExecuted<R, A::Event>, ExecuteError<A::Error>> {
-        let slot = self.slot(stream);
-        let mut slot = slot.lock().await;
+        let cell = self.slot(stream);
+        let mut slot = cell.lock().await;
         slot.untaint();
-        for _ in 0..=MAX_CONFLICT_RETRIES {
-            let ours = catch_up::<A>(store, stream, &mut slot, Some(meta)).await?;
-            if !ours.is_empty() {
-                // This command's own events arrived with the catch-up (appended by an earlier
-                // attempt whose answer was lost): answer with them, never decide twice.
-                return Ok(CachedExecuted {
-                    view: view(&slot.state),
-                    events: ours,
-                    version: slot.version,
-                });
-            }
-            let events = A::decide(&slot.state, command).map_err(ExecuteError::Domain)?;
-            if events.is_empty() {
+        let done = execute_on::<A, R>(store, stream, &mut slot, command, meta, view).await;
+        self.weigh(stream, &cell, slot.version);
+        done
+    }
+}
+
+/// [`StateCache::execute`] on its locked slot.
+async fn execute_on<A: Aggregate, R>(
+    store: &dyn EventStore,
+    stream: &str,
+    slot: &mut Slot<A::State>,
+    command: &A::Command,
+    meta: &CommandMeta,
+    view: impl FnOnce(&A::State) -> R,
+) -> Result<CachedExecuted<R, A::Event>, ExecuteError<A::Error>> {
+    for _ in 0..=MAX_CONFLICT_RETRIES {
+        let ours = catch_up::<A>(store, stream, slot, Some(meta)).await?;
+        if !ours.is_empty() {
+            // This command's own events arrived with the catch-up (appended by an earlier
+            // attempt whose answer was lost): answer with them, never decide twice.
+            return Ok(CachedExecuted {
+                view: view(&slot.state),
+                events: ours,
+                version: slot.version,
+            });
+        }
+        let events = A::decide(&slot.state, command).map_err(ExecuteError::Domain)?;
+        if events.is_empty() {
+            return Ok(CachedExecuted {
+                view: view(&slot.state),
+                events,
+                version: slot.version,
+            });
+        }
+        let new_events = to_new_events(&events, meta)?;
+        let expected = slot
+            .version
+            .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+        match store.append(stream, expected, new_events).await {
+            Ok(result) => {
+                let state = std::mem::take(&mut slot.state);
+                slot.state = events.iter().fold(state, A::evolve);
+                slot.version = Some(result.last_version);
                 return Ok(CachedExecuted {
                     view: view(&slot.state),
                     events,
                     version: slot.version,
                 });
             }
-            let new_events = to_new_events(&events, meta)?;
-            let expected = slot
-                .version
-                .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-            match store.append(stream, expected, new_events).await {
-                Ok(result) => {
-                    let state = std::mem::take(&mut slot.state);
-                    slot.state = events.iter().fold(state, A::evolve);
-                    slot.version = Some(result.last_version);
-                    return Ok(CachedExecuted {
-                        view: view(&slot.state),
-                        events,
-                        version: slot.version,
-                    });
-                }
-                Err(e) if e.is_conflict() => {
-                    tracing::debug!(stream, "append lost a concurrency race; catching up");
-                }
-                Err(e) => return Err(ExecuteError::Store(e)),
+            Err(e) if e.is_conflict() => {
+                tracing::debug!(stream, "append lost a concurrency race; catching up");
             }
+            Err(e) => return Err(ExecuteError::Store(e)),
         }
-        Err(ExecuteError::Conflict {
-            stream: stream.to_owned(),
-            retries: MAX_CONFLICT_RETRIES,
-        })
     }
+    Err(ExecuteError::Conflict {
+        stream: stream.to_owned(),
+        retries: MAX_CONFLICT_RETRIES,
+    })
 }
 
 /// What [`StateCache::execute_many`] did: the caller's view of the state after all the
@@ -303,45 +410,55 @@ impl<A: Aggregate> StateCache<A> {
         store: &dyn EventStore,
         stream: &str,
         commands: &[(A::Command, CommandMeta)],
-        mut after_each: impl FnMut(&A::State, usize),
+        after_each: impl FnMut(&A::State, usize),
         views: impl FnOnce(&A::State) -> Vec<R>,
     ) -> Result<CachedBatch<R>, ExecuteError<A::Error>> {
-        let slot = self.slot(stream);
-        let mut slot = slot.lock().await;
-        let mut last_error = None;
-        for _ in 0..=MAX_CONFLICT_RETRIES {
-            slot.untaint();
-            match decide_and_append::<A>(store, stream, &mut slot, commands, &mut after_each).await
-            {
-                Ok(appended) => {
-                    return Ok(CachedBatch {
-                        views: views(&slot.state),
-                        appended,
-                        version: slot.version,
-                    })
-                }
-                Err(e) => {
-                    // The state may hold decided events that never reached the log.
-                    slot.untaint();
-                    match e {
-                        ExecuteError::Store(e) if e.is_conflict() => {
-                            tracing::debug!(
-                                stream,
-                                "batch append lost a concurrency race; reloading"
-                            );
-                            last_error = Some(e);
-                        }
-                        other => return Err(other),
+        let cell = self.slot(stream);
+        let mut slot = cell.lock().await;
+        let done = run_many_on::<A, R>(store, stream, &mut slot, commands, after_each, views).await;
+        self.weigh(stream, &cell, slot.version);
+        done
+    }
+}
+
+/// [`StateCache::run_many`] on its locked slot.
+async fn run_many_on<A: Aggregate, R>(
+    store: &dyn EventStore,
+    stream: &str,
+    slot: &mut Slot<A::State>,
+    commands: &[(A::Command, CommandMeta)],
+    mut after_each: impl FnMut(&A::State, usize),
+    views: impl FnOnce(&A::State) -> Vec<R>,
+) -> Result<CachedBatch<R>, ExecuteError<A::Error>> {
+    let mut last_error = None;
+    for _ in 0..=MAX_CONFLICT_RETRIES {
+        slot.untaint();
+        match decide_and_append::<A>(store, stream, slot, commands, &mut after_each).await {
+            Ok(appended) => {
+                return Ok(CachedBatch {
+                    views: views(&slot.state),
+                    appended,
+                    version: slot.version,
+                })
+            }
+            Err(e) => {
+                // The state may hold decided events that never reached the log.
+                slot.untaint();
+                match e {
+                    ExecuteError::Store(e) if e.is_conflict() => {
+                        tracing::debug!(stream, "batch append lost a concurrency race; reloading");
+                        last_error = Some(e);
                     }
+                    other => return Err(other),
                 }
             }
         }
-        tracing::debug!(stream, error = ?last_error, "batch append kept losing races");
-        Err(ExecuteError::Conflict {
-            stream: stream.to_owned(),
-            retries: MAX_CONFLICT_RETRIES,
-        })
     }
+    tracing::debug!(stream, error = ?last_error, "batch append kept losing races");
+    Err(ExecuteError::Conflict {
+        stream: stream.to_owned(),
+        retries: MAX_CONFLICT_RETRIES,
+    })
 }
 
 /// Catches `slot` up, decides every command on the state the ones before it leave (folding
@@ -563,6 +680,93 @@ mod tests {
         assert!(cache.len() <= 2);
         let (view, _) = cache.read(&store, "a", Clone::clone).await.unwrap();
         assert_eq!(view, vec![1]);
+    }
+
+    /// Counts the events each stream read returned, per stream: a stream replayed from the
+    /// log shows as its whole length read again.
+    #[derive(Debug, Default)]
+    struct Replays(std::sync::Mutex<BTreeMap<String, usize>>);
+
+    #[async_trait::async_trait]
+    impl StoreHooks for Replays {
+        async fn after_read_stream(
+            &self,
+            stream: &str,
+            answer: &Result<Vec<pl_eventlog::RecordedEvent>, LogError>,
+        ) {
+            let read = answer.as_ref().map_or(0, Vec::len);
+            *self.0.lock().unwrap().entry(stream.to_owned()).or_default() += read;
+        }
+    }
+
+    impl Replays {
+        fn take(&self) -> BTreeMap<String, usize> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    /// `keys` added to `stream` one command at a time through `cache`.
+    async fn add(cache: &StateCache<Keys>, store: &dyn EventStore, stream: &str, keys: &[u32]) {
+        for key in keys {
+            let seed = (u128::from(stream.as_bytes()[0]) << 32) | u128::from(*key);
+            cache
+                .execute(store, stream, key, &meta(seed), |_| ())
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cache_over_its_event_budget_drops_the_least_recently_used_streams() {
+        let store = Hooked::<MemoryLog, Replays>::default();
+        let cache = StateCache::<Keys>::with_limits(100, 10);
+        add(&cache, &store, "a", &[0, 1, 2, 3]).await;
+        add(&cache, &store, "b", &[0, 1, 2, 3]).await;
+        assert_eq!((cache.len(), cache.cached_events()), (2, 8));
+        // "c" brings the cache to 12 events: "a", used longest ago, is dropped.
+        add(&cache, &store, "c", &[0, 1, 2, 3]).await;
+        assert_eq!((cache.len(), cache.cached_events()), (2, 8));
+        store.hooks.take();
+        let (b, _) = cache.read(&store, "b", Clone::clone).await.unwrap();
+        let (a, _) = cache.read(&store, "a", Clone::clone).await.unwrap();
+        assert_eq!((a, b), (vec![0, 1, 2, 3], vec![0, 1, 2, 3]));
+        // "b" was still cached (nothing new to read); "a" was replayed whole, and reading it
+        // dropped "c", now the least recently used.
+        let replayed = store.hooks.take();
+        assert_eq!(replayed.get("b"), Some(&0));
+        assert_eq!(replayed.get("a"), Some(&4));
+        assert_eq!((cache.len(), cache.cached_events()), (2, 8));
+        cache.read(&store, "b", |_| ()).await.unwrap();
+        assert_eq!(store.hooks.take().get("b"), Some(&0));
+    }
+
+    #[tokio::test]
+    async fn a_stream_longer_than_the_event_budget_stays_cached_alone() {
+        let store = Hooked::<MemoryLog, Replays>::default();
+        let cache = StateCache::<Keys>::with_limits(100, 3);
+        add(&cache, &store, "a", &[0]).await;
+        add(&cache, &store, "b", &[0, 1, 2, 3, 4]).await;
+        assert_eq!((cache.len(), cache.cached_events()), (1, 5));
+        store.hooks.take();
+        let (b, version) = cache.read(&store, "b", Clone::clone).await.unwrap();
+        assert_eq!((b, version), (vec![0, 1, 2, 3, 4], Some(4)));
+        assert_eq!(store.hooks.take().get("b"), Some(&0), "b was not replayed");
+    }
+
+    #[tokio::test]
+    async fn a_batch_counts_its_events_against_the_budget() {
+        let store = MemoryLog::default();
+        let cache = StateCache::<Keys>::with_limits(100, 6);
+        add(&cache, &store, "a", &[0, 1]).await;
+        let commands: Vec<_> = (0..5u32)
+            .map(|k| (k, meta(0xB000 + u128::from(k))))
+            .collect();
+        cache
+            .execute_many(&store, "b", &commands, |_, _| ())
+            .await
+            .unwrap();
+        // 2 + 5 > 6: "a" goes, "b" stays.
+        assert_eq!((cache.len(), cache.cached_events()), (1, 5));
     }
 
     #[tokio::test]

@@ -16,7 +16,9 @@ pub mod request;
 pub mod server;
 
 pub use aggregate::{Aggregate, CommandMeta, DomainEvent, ExecuteError};
-pub use cache::{CachedBatch, StateCache};
+pub use cache::{
+    set_cached_events, CachedBatch, StateCache, DEFAULT_CACHED_EVENTS, DEFAULT_CACHED_STREAMS,
+};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{ApiError, FieldViolation};
 pub use idempotency::IdempotencyKey;

@@ -624,6 +624,32 @@ struct RebuildStats {
     /// Events decoded two ways, and the time whole events and their postings alone took.
     decode_sample: (u64, Duration, Duration),
     fold: FoldStats,
+    /// Books held: (books, events folded into them, resident kB they added).
+    books_held: (usize, u64, u64),
+}
+
+/// Every book of the log folded into its `Book` state, all held at once, as the service's book
+/// cache holds them: how many resident bytes a cached book costs per event folded into it
+/// (what `pl_runtime::DEFAULT_CACHED_EVENTS` bounds).
+async fn books_held(log: &EmbeddedLog) -> (usize, u64, u64) {
+    let rss_before_kb = status_kb("VmRSS:");
+    let mut books: std::collections::HashMap<String, Book> = std::collections::HashMap::new();
+    let mut position = 0u64;
+    let mut read = Duration::ZERO;
+    loop {
+        let page = next_page(log, &mut position, &mut read).await;
+        if page.is_empty() {
+            break;
+        }
+        for recorded in &page {
+            let event: BookEvent = decode_event(recorded).unwrap();
+            let book = books.entry(recorded.stream.clone()).or_default();
+            *book = Book::evolve(std::mem::take(book), &event);
+        }
+    }
+    let held_kb = status_kb("VmRSS:").saturating_sub(rss_before_kb);
+    assert!(books.values().all(|b| b.broken.is_none()));
+    (books.len(), position, held_kb)
 }
 
 /// Every balance folded from postings alone, as `GetBalances` folds one partner's book.
@@ -728,6 +754,8 @@ async fn rebuild(dir: &std::path::Path) -> RebuildStats {
     let reopen = t.elapsed();
     let rss_opened_kb = status_kb("VmRSS:");
     let fold = fold_balances(&log).await;
+    // Before the whole decode below, whose freed memory the allocator may keep and reuse.
+    let books_held = books_held(&log).await;
 
     // The whole decode's peak from here on (the log's index is loaded already).
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
@@ -795,6 +823,7 @@ async fn rebuild(dir: &std::path::Path) -> RebuildStats {
     let decode_sample = decode_sample(&log, 200_000).await;
     log.close().unwrap();
     RebuildStats {
+        books_held,
         events: position,
         transactions,
         bytes,
@@ -981,6 +1010,15 @@ async fn main() {
             r.rss_before_kb / 1024,
             r.rss_opened_kb / 1024,
             (r.hwm_kb.saturating_sub(r.rss_opened_kb) * 1024) as f64 / r.events.max(1) as f64
+        ),
+    ));
+    let (books, folded, held_kb) = r.books_held;
+    rows.push((
+        format!("books held in memory, as the book cache holds them: {books} books, {folded} events folded"),
+        format!("{} MB", held_kb / 1024),
+        format!(
+            "{:.0} bytes per event folded (resident, allocator's slack included)",
+            (held_kb * 1024) as f64 / folded.max(1) as f64
         ),
     ));
     let (sampled, whole, postings) = r.decode_sample;

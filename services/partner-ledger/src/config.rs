@@ -306,6 +306,17 @@ pub struct ServerArgs {
     /// How often the log is sealed when `--seal-key-file` is set (only if it grew).
     #[arg(long, env = "PL_SEAL_INTERVAL_MS", default_value_t = 3_600_000)]
     pub seal_interval_ms: u64,
+    /// Events folded into the states each in-memory state cache keeps (partner books, plans,
+    /// compliance files, ...), all its streams together; least recently used streams beyond it
+    /// are dropped and reread from the log when next used. A partner's book holds about 1.5 KB
+    /// per event (README, "State caches").
+    #[arg(
+        long,
+        env = "PL_CACHE_EVENTS",
+        default_value_t = pl_runtime::DEFAULT_CACHED_EVENTS,
+        value_parser = clap::value_parser!(u64).range(0..=1_000_000_000)
+    )]
+    pub cache_events: u64,
     /// Validate the configuration, print it, and exit without serving.
     #[arg(long)]
     pub check_config: bool,
