@@ -21,7 +21,9 @@
 //!    a book (read_all from 0, each event's postings alone, one `pl_ledger::BalanceFold`), and
 //!    with their explanations (decode every `BookEvent` whole, apply its transactions to one
 //!    `pl_ledger::Ledger`); the two must agree. Peak RSS is VmHWM, reset through
-//!    /proc/self/clear_refs just before each.
+//!    /proc/self/clear_refs just before each. And every book folded into its `Book` state, all
+//!    held at once as the book cache holds them: resident bytes per event folded (what
+//!    `--cache-events` bounds).
 //! 3. Audit on the same log: every balance replayed three times by `pl_audit::replay`'s
 //!    one-pass fold (what `audit replay` runs: postings only, on every core, no transactions
 //!    kept; median, range and peak RSS reported), then one `audit verify` of every hash chain
