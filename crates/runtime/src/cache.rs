@@ -85,15 +85,18 @@ struct Map<S> {
 }
 
 impl<S> Map<S> {
-    /// Drops the least recently used entries other than `keep` until `enough` holds.
-    fn evict(&mut self, keep: Option<&str>, enough: impl Fn(&Self) -> bool) {
+    /// Drops the least recently used entries until `enough` holds, never one in use: a task
+    /// holds its slot (the stream being weighed among them), and dropping it would give the
+    /// next caller a second slot for the stream, which replays it again and races the first
+    /// one's appends instead of queueing behind them.
+    fn evict(&mut self, enough: impl Fn(&Self) -> bool) {
         if enough(self) {
             return;
         }
         let mut by_age: Vec<(u64, String)> = self
             .entries
             .iter()
-            .filter(|(k, _)| Some(k.as_str()) != keep)
+            .filter(|(_, e)| Arc::strong_count(&e.slot) == 1)
             .map(|(k, e)| (e.last_used, k.clone()))
             .collect();
         by_age.sort_unstable();
@@ -156,9 +159,11 @@ impl<A: Aggregate> StateCache<A> {
     /// Keeps at most `streams` streams (at least one): beyond it the least recently used
     /// tenth is dropped. And at most `events` events folded into the kept states: when a use
     /// leaves more, the least recently used other streams are dropped until a tenth of the
-    /// budget is free. The stream in use is never dropped for its own size, so one stream
-    /// longer than the budget is still served from memory (alone). A dropped stream is
-    /// reloaded from the log when next used.
+    /// budget is free. Streams in use are never dropped (both bounds may be passed by as many
+    /// streams as tasks are using), so one stream longer than the budget is still served from
+    /// memory (alone). A dropped stream is reloaded from the log when next used. `u64::MAX`
+    /// events turns the second bound off, for states bounded by their own rules (a window of
+    /// recent clicks) whose streams' lengths say nothing of their size.
     pub fn with_limits(streams: usize, events: u64) -> Self {
         Self {
             map: Mutex::new(Map {
@@ -201,7 +206,7 @@ impl<A: Aggregate> StateCache<A> {
         map.events = map.events - before + events;
         if map.events > self.max_events {
             let target = self.max_events - self.max_events / 10;
-            map.evict(Some(stream), |m| m.events <= target);
+            map.evict(|m| m.events <= target);
         }
     }
 
@@ -228,7 +233,7 @@ impl<A: Aggregate> StateCache<A> {
         if map.entries.len() >= self.capacity {
             // Amortised: one sort per tenth of the capacity inserted.
             let target = self.capacity - (self.capacity / 10).max(1);
-            map.evict(None, |m| m.entries.len() <= target);
+            map.evict(|m| m.entries.len() <= target);
         }
         let slot = Arc::new(tokio::sync::Mutex::new(Slot {
             state: A::State::default(),
@@ -751,6 +756,23 @@ mod tests {
         let (b, version) = cache.read(&store, "b", Clone::clone).await.unwrap();
         assert_eq!((b, version), (vec![0, 1, 2, 3, 4], Some(4)));
         assert_eq!(store.hooks.take().get("b"), Some(&0), "b was not replayed");
+    }
+
+    #[tokio::test]
+    async fn a_stream_in_use_is_not_dropped_to_make_room() {
+        let store = Hooked::<MemoryLog, Replays>::default();
+        let cache = StateCache::<Keys>::with_limits(2, 6);
+        add(&cache, &store, "a", &[0, 1, 2]).await;
+        // A task holds "a"'s slot (a command waiting on it, a replay in progress).
+        let held = cache.slot("a");
+        add(&cache, &store, "b", &[0, 1, 2]).await;
+        add(&cache, &store, "c", &[0, 1]).await;
+        // Over both bounds, "b" went (least recently used but for "a", which is in use).
+        assert_eq!((cache.len(), cache.cached_events()), (2, 5));
+        drop(held);
+        store.hooks.take();
+        cache.read(&store, "a", |_| ()).await.unwrap();
+        assert_eq!(store.hooks.take().get("a"), Some(&0), "a was not replayed");
     }
 
     #[tokio::test]

@@ -44,8 +44,11 @@ impl Default for Caches {
         Self {
             partners: StateCache::new(CACHED_PARTNERS),
             programs: StateCache::new(CACHED_PROGRAMS),
-            activity: StateCache::new(CACHED_ACTIVITY),
-            clicks: StateCache::new(CACHED_CLICKS),
+            // States bounded by their own windows (recent activity, the last clicks): a long
+            // stream is no larger than a short one, so no event budget (it would drop a
+            // flooded IP's stream and replay its whole history on its next click).
+            activity: StateCache::with_limits(CACHED_ACTIVITY, u64::MAX),
+            clicks: StateCache::with_limits(CACHED_CLICKS, u64::MAX),
         }
     }
 }

@@ -307,14 +307,14 @@ pub struct ServerArgs {
     #[arg(long, env = "PL_SEAL_INTERVAL_MS", default_value_t = 3_600_000)]
     pub seal_interval_ms: u64,
     /// Events folded into the states each in-memory state cache keeps (partner books, plans,
-    /// compliance files, ...), all its streams together; least recently used streams beyond it
-    /// are dropped and reread from the log when next used. A partner's book holds about 1.5 KB
-    /// per event (README, "State caches").
+    /// compliance files, ...), each cache all its streams together; least recently used
+    /// streams beyond it are dropped and reread from the log when next used. A partner's book
+    /// holds about 1.5 KB per event (README, "State caches").
     #[arg(
         long,
         env = "PL_CACHE_EVENTS",
         default_value_t = pl_runtime::DEFAULT_CACHED_EVENTS,
-        value_parser = clap::value_parser!(u64).range(0..=1_000_000_000)
+        value_parser = clap::value_parser!(u64).range(1_000..=1_000_000_000)
     )]
     pub cache_events: u64,
     /// Validate the configuration, print it, and exit without serving.
@@ -471,6 +471,27 @@ mod tests {
         );
         assert!(linger(&["partner-ledger", "up", "--log-sync-linger-us", "10001"]).is_err());
         assert!(linger(&["partner-ledger", "up", "--log-sync-linger-us", "-1"]).is_err());
+    }
+
+    #[test]
+    fn the_cache_event_budget_defaults_to_the_runtimes_and_refuses_a_budget_that_keeps_nothing() {
+        let events = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Up(a)) => Ok(a.server.cache_events),
+            Ok(Command::Serve(a)) => Ok(a.server.cache_events),
+            Ok(other) => panic!("parsed as {other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(
+            events(&["partner-ledger", "up"]),
+            Ok(pl_runtime::DEFAULT_CACHED_EVENTS)
+        );
+        assert_eq!(
+            events(&["partner-ledger", "up", "--cache-events", "5000000"]),
+            Ok(5_000_000)
+        );
+        assert!(events(&["partner-ledger", "up", "--cache-events", "0"]).is_err());
+        assert!(events(&["partner-ledger", "up", "--cache-events", "999"]).is_err());
+        assert!(known_env_vars("serve").contains("PL_CACHE_EVENTS"));
     }
 
     #[test]
