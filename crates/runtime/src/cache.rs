@@ -115,6 +115,36 @@ impl<S> Map<S> {
     }
 }
 
+/// A stream's slot locked for one use. Weighs the stream when released, however the use ends
+/// (an error, or its future dropped by a timeout part-way through a long replay), so the
+/// cache's count never lags behind what the state holds.
+struct Held<'a, A: Aggregate> {
+    cache: &'a StateCache<A>,
+    stream: &'a str,
+    cell: Arc<tokio::sync::Mutex<Slot<A::State>>>,
+    slot: tokio::sync::OwnedMutexGuard<Slot<A::State>>,
+}
+
+impl<A: Aggregate> Drop for Held<'_, A> {
+    fn drop(&mut self) {
+        // Still holding the slot: the stream counts as in use and is not dropped for its size.
+        self.cache.weigh(self.stream, &self.cell, self.slot.version);
+    }
+}
+
+impl<A: Aggregate> std::ops::Deref for Held<'_, A> {
+    type Target = Slot<A::State>;
+    fn deref(&self) -> &Self::Target {
+        &self.slot
+    }
+}
+
+impl<A: Aggregate> std::ops::DerefMut for Held<'_, A> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.slot
+    }
+}
+
 /// Bounded map from stream name to the aggregate state as of a known version: at most
 /// `capacity` streams and, beyond the one in use, at most `max_events` events folded into the
 /// states kept.
@@ -184,6 +214,18 @@ impl<A: Aggregate> StateCache<A> {
     /// Events folded into the cached states, all streams together, as of each one's last use.
     pub fn cached_events(&self) -> u64 {
         self.lock_map().events
+    }
+
+    /// `stream`'s slot, locked for one use.
+    async fn hold<'a>(&'a self, stream: &'a str) -> Held<'a, A> {
+        let cell = self.slot(stream);
+        let slot = Arc::clone(&cell).lock_owned().await;
+        Held {
+            cache: self,
+            stream,
+            cell,
+            slot,
+        }
     }
 
     /// Records the size of `stream`'s state after a use (if `slot` is still the cached one)
@@ -258,12 +300,9 @@ impl<A: Aggregate> StateCache<A> {
         stream: &str,
         view: impl FnOnce(&A::State) -> R,
     ) -> Result<(R, Option<u64>), ExecuteError<A::Error>> {
-        let cell = self.slot(stream);
-        let mut slot = cell.lock().await;
+        let mut slot = self.hold(stream).await;
         slot.untaint();
-        let caught_up = catch_up::<A>(store, stream, &mut slot, None).await;
-        self.weigh(stream, &cell, slot.version);
-        caught_up?;
+        catch_up::<A>(store, stream, &mut slot, None).await?;
         Ok((view(&slot.state), slot.version))
     }
 
@@ -277,12 +316,9 @@ impl<A: Aggregate> StateCache<A> {
         meta: &CommandMeta,
         view: impl FnOnce(&A::State) -> R,
     ) -> Result<CachedExecuted<R, A::Event>, ExecuteError<A::Error>> {
-        let cell = self.slot(stream);
-        let mut slot = cell.lock().await;
+        let mut slot = self.hold(stream).await;
         slot.untaint();
-        let done = execute_on::<A, R>(store, stream, &mut slot, command, meta, view).await;
-        self.weigh(stream, &cell, slot.version);
-        done
+        execute_on::<A, R>(store, stream, &mut slot, command, meta, view).await
     }
 }
 
@@ -418,11 +454,8 @@ impl<A: Aggregate> StateCache<A> {
         after_each: impl FnMut(&A::State, usize),
         views: impl FnOnce(&A::State) -> Vec<R>,
     ) -> Result<CachedBatch<R>, ExecuteError<A::Error>> {
-        let cell = self.slot(stream);
-        let mut slot = cell.lock().await;
-        let done = run_many_on::<A, R>(store, stream, &mut slot, commands, after_each, views).await;
-        self.weigh(stream, &cell, slot.version);
-        done
+        let mut slot = self.hold(stream).await;
+        run_many_on::<A, R>(store, stream, &mut slot, commands, after_each, views).await
     }
 }
 
@@ -1072,6 +1105,27 @@ mod tests {
             load::<Keys>(&store, "k").await.unwrap().state,
             vec![1, 2, 3]
         );
+    }
+
+    #[tokio::test]
+    async fn a_use_dropped_part_way_still_counts_what_its_state_holds() {
+        let store = Hanging::default();
+        for key in 0..4u32 {
+            execute::<Keys>(&store, "k", &key, &meta(0x70 + u128::from(key)))
+                .await
+                .unwrap();
+        }
+        let cache = StateCache::<Keys>::default();
+        *store.hooks.0.lock().unwrap() = Some(HangAt::Before);
+        // The command replays the four events, then its append hangs and it is dropped.
+        let command_meta = meta(0x79);
+        let running = cache.execute(&store, "k", &9, &command_meta, |_| ());
+        tokio::select! {
+            biased;
+            _ = running => panic!("the append was meant to hang"),
+            () = async {} => {}
+        }
+        assert_eq!((cache.len(), cache.cached_events()), (1, 4));
     }
 
     #[tokio::test]
