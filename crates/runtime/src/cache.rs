@@ -146,8 +146,8 @@ impl<A: Aggregate> std::ops::DerefMut for Held<'_, A> {
 }
 
 /// Bounded map from stream name to the aggregate state as of a known version: at most
-/// `capacity` streams and, beyond the one in use, at most `max_events` events folded into the
-/// states kept.
+/// `capacity` streams and at most `max_events` events folded into the states kept, either
+/// passed only by streams in use.
 pub struct StateCache<A: Aggregate> {
     map: Mutex<Map<A::State>>,
     capacity: usize,
