@@ -1104,7 +1104,9 @@ fn load_snapshot(dir: &Path, file: &File) -> Option<State> {
         offsets.push(r.u64()?);
     }
     let n_streams = r.u64()?;
-    let mut streams = ShardedMap::default();
+    // Sized up front as `ids` below, so a reopen never grows either map; capped at the event
+    // count (already checked against the file's size), so a damaged count allocates nothing.
+    let mut streams = ShardedMap::with_capacity(usize::try_from(n_streams).ok()?.min(n));
     for _ in 0..n_streams {
         let len = usize::from(u16::from_le_bytes(r.array()?));
         let name = std::str::from_utf8(r.take(len)?).ok()?.to_owned();

@@ -103,8 +103,6 @@ fn open_embedded(
 
 /// `up`: everything in one process on the embedded log and the in-process bus.
 pub async fn start_up(args: &UpArgs) -> Result<Running, AppError> {
-    // Before any service (and its caches) is built.
-    pl_runtime::set_cached_events(args.server.cache_events);
     let embedded = open_embedded(&args.data_dir, &args.log)?;
     let bus: SharedBus = Arc::new(InProcessBus::new(InProcessConfig::new(
         args.server.subject_prefix.clone(),
@@ -162,8 +160,6 @@ pub fn validate_serve(args: &ServeArgs) -> Result<(), AppError> {
 /// `serve <service>`: one service, store and bus from configuration.
 pub async fn start_serve(args: &ServeArgs) -> Result<Running, AppError> {
     validate_serve(args)?;
-    // Before any service (and its caches) is built.
-    pl_runtime::set_cached_events(args.server.cache_events);
     let hash_salt = args
         .server
         .attribution_hash_salt
@@ -315,6 +311,8 @@ fn relay_routes(service: ServiceName) -> Vec<Route> {
 }
 
 async fn start(plan: Plan) -> Result<Running, AppError> {
+    // Before any service (and its caches) is built, `up` and `serve` alike.
+    pl_runtime::set_cached_events(plan.server.cache_events);
     let config = server_config(&plan.server);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let max = config.max_request_bytes;
