@@ -11,7 +11,9 @@
 //! 3. Conversions: `BENCH_CONVERSIONS` (default 50,000) sales of distinct customers, each by a
 //!    visitor with five clicks, decided (last click, 30-day window) and published through
 //!    `service::record_conversion` from the same number of tasks; throughput and per-conversion
-//!    latency (p50, p99).
+//!    latency (p50, p99). The program's settings were changed `BENCH_SETTINGS_CHANGES` times
+//!    (default 1; the last to last click, 30 days), so each conversion reads them from the log
+//!    as a configured program's do.
 //!
 //! `BENCH_DIR` holds the data (default a temporary directory under /var/tmp);
 //! `BENCH_SYNC_LINGER_US` sets the log's `EmbeddedOptions::sync_linger_us` (default: the
@@ -33,6 +35,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use hdrhistogram::Histogram;
 use pl_attribution::conversions::{ConversionFacts, ConversionType};
 use pl_attribution::service::{self, TouchInput};
+use pl_attribution::settings::{SetSettings, Settings};
 use pl_bus::Message;
 use pl_eventlog::{EmbeddedLog, EmbeddedOptions, EventStore};
 use pl_money::{Currency, Money};
@@ -220,6 +223,25 @@ async fn main() {
     let store: Arc<dyn EventStore> = log.clone();
 
     crm_facts(store.as_ref(), partners).await;
+    // The program's settings, changed `BENCH_SETTINGS_CHANGES` times by an operator, the last
+    // to last click over 30 days: a conversion reads them from the log, as in production.
+    let settings_changes = env_num("BENCH_SETTINGS_CHANGES", 1).max(1);
+    for n in 0..settings_changes {
+        let window_days = 30 + u32::try_from(settings_changes - 1 - n).unwrap() % 2;
+        service::set_settings(
+            store.as_ref(),
+            &SetSettings {
+                program_id: PROGRAM,
+                settings: Settings {
+                    window_days,
+                    ..Settings::default()
+                },
+            },
+            &meta(3, n, conversion_time() - chrono::Duration::days(400)),
+        )
+        .await
+        .unwrap();
+    }
 
     let visitors = touchpoints / CLICKS_PER_VISITOR;
     let clicks = visitors * CLICKS_PER_VISITOR;
@@ -242,14 +264,17 @@ async fn main() {
 
     eprintln!("attributing {conversions} conversions…");
     let cpu = cpu_time();
-    let (s, c) = (store.clone(), crm.clone());
+    // The service's settings cache, shared as the gRPC service shares it.
+    let programs = Arc::new(service::SettingsCache::default());
+    let (s, c, p) = (store.clone(), crm.clone(), programs.clone());
     let (conv_wall, conv_latency) = run_parallel(workers, conversions, move |j| {
-        let (s, c) = (s.clone(), c.clone());
+        let (s, c, p) = (s.clone(), c.clone(), p.clone());
         async move {
             let f = facts(j, visitors);
-            let event = service::record_conversion(s.as_ref(), &c, &f, &meta(2, j, f.occurred_at))
-                .await
-                .unwrap();
+            let event =
+                service::record_conversion(s.as_ref(), &c, &p, &f, &meta(2, j, f.occurred_at))
+                    .await
+                    .unwrap();
             assert!(event.is_attributed(), "every bench conversion has clicks");
         }
     })

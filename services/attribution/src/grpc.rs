@@ -44,6 +44,7 @@ pub struct AttributionService {
     hash_salt: Arc<str>,
     reports: Arc<Reports>,
     crm: Arc<service::CrmCache>,
+    settings: Arc<service::SettingsCache>,
 }
 
 impl std::fmt::Debug for AttributionService {
@@ -63,6 +64,7 @@ impl AttributionService {
             hash_salt: Arc::from(hash_salt),
             reports: Arc::default(),
             crm: Arc::default(),
+            settings: Arc::default(),
         }
     }
 
@@ -831,9 +833,14 @@ impl AttributionApi for AttributionService {
         let store = self.store.as_ref();
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
-                let event =
-                    service::record_conversion(store, &self.crm, &facts, &meta.command_meta())
-                        .await?;
+                let event = service::record_conversion(
+                    store,
+                    &self.crm,
+                    &self.settings,
+                    &facts,
+                    &meta.command_meta(),
+                )
+                .await?;
                 tracing::info!(
                     conversion_id = %facts.conversion_id,
                     attributed = event.is_attributed(),
@@ -971,7 +978,7 @@ impl AttributionApi for AttributionService {
     ) -> Result<Response<pb::AttributionSettings>, Status> {
         let program_id = parse_uuid("program_id", &request.get_ref().program_id)
             .map_err(|fv| ApiError::InvalidArgument(vec![fv]))?;
-        let s = service::settings(self.store.as_ref(), program_id).await?;
+        let s = self.settings.get(self.store.as_ref(), program_id).await?;
         Ok(Response::new(settings_pb(program_id, &s)))
     }
 

@@ -3,7 +3,7 @@
 //! `pl_runtime::aggregate::execute`, and publishes decisions. gRPC and the benchmark call this;
 //! it reads no clock (times arrive in the inputs).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use pl_eventlog::{EventStore, RecordedEvent};
@@ -304,6 +304,58 @@ pub async fn settings(
         .map_err(|e| executed(e, ApiError::internal))
 }
 
+/// Programs whose settings a [`SettingsCache`] keeps; past it, the others' settings are read
+/// from the log on each use (still current, only slower).
+pub const MAX_CACHED_PROGRAMS: usize = 4_096;
+
+/// Each program's attribution settings as last read. Every conversion of a program reads
+/// them and they seldom change, so a use asks the log for the stream's version (an index
+/// lookup, no event read) and replays the stream only when it moved; before, each conversion
+/// replayed every change ever made to its program's settings. Readers never wait for each
+/// other: a per-stream slot with a lock (what [`StateCache`] holds) would queue all of a
+/// program's concurrent conversions behind one another.
+#[derive(Debug, Default)]
+pub struct SettingsCache {
+    programs: parking_lot::RwLock<HashMap<Uuid, ProgramSettings>>,
+}
+
+impl SettingsCache {
+    /// The program's settings as of the log's last change to them.
+    pub async fn get(
+        &self,
+        store: &dyn EventStore,
+        program_id: Uuid,
+    ) -> Result<ProgramSettings, ApiError> {
+        // `ProgramSettings::version` counts the stream's events: its last version + 1.
+        let changes = store
+            .stream_version(&streams::settings(program_id))
+            .await?
+            .map_or(0, |v| v + 1);
+        if let Some(cached) = self
+            .programs
+            .read()
+            .get(&program_id)
+            .filter(|s| s.version == changes)
+        {
+            return Ok(cached.clone());
+        }
+        let fresh = settings(store, program_id).await?;
+        let mut programs = self.programs.write();
+        match programs.get(&program_id) {
+            // A slower caller's older read never replaces newer settings.
+            Some(held) if held.version > fresh.version => {}
+            Some(_) => {
+                programs.insert(program_id, fresh.clone());
+            }
+            None if programs.len() < MAX_CACHED_PROGRAMS => {
+                programs.insert(program_id, fresh.clone());
+            }
+            None => {}
+        }
+        Ok(fresh)
+    }
+}
+
 pub async fn get_conversion(
     store: &dyn EventStore,
     conversion_id: Uuid,
@@ -476,6 +528,7 @@ fn conversion_error(e: ConversionError) -> ApiError {
 pub async fn record_conversion(
     store: &dyn EventStore,
     crm: &CrmCache,
+    programs: &SettingsCache,
     facts: &ConversionFacts,
     meta: &CommandMeta,
 ) -> Result<ConversionEvent, ApiError> {
@@ -488,7 +541,7 @@ pub async fn record_conversion(
             external_id: facts.external_id.clone(),
         }));
     }
-    let program = settings(store, facts.program_id).await?;
+    let program = programs.get(store, facts.program_id).await?;
     let candidates = if facts.conversion_type.is_reversal()
         || facts.conversion_type == crate::conversions::ConversionType::SubscriptionCancelled
     {
@@ -624,6 +677,109 @@ mod tests {
             .encode()
             .unwrap();
         assert_eq!(event_type, touchpoints::RECORDED_EVENT_TYPE);
+    }
+
+    /// Counts the events each stream read returns, per stream.
+    #[derive(Debug, Default)]
+    struct EventsRead(std::sync::Mutex<BTreeMap<String, usize>>);
+
+    #[async_trait::async_trait]
+    impl pl_eventlog::StoreHooks for EventsRead {
+        async fn after_read_stream(
+            &self,
+            stream: &str,
+            answer: &Result<Vec<RecordedEvent>, pl_eventlog::LogError>,
+        ) {
+            let read = answer.as_ref().map_or(0, Vec::len);
+            *self.0.lock().unwrap().entry(stream.to_owned()).or_default() += read;
+        }
+    }
+
+    impl EventsRead {
+        fn take(&self, stream: &str) -> usize {
+            self.0.lock().unwrap().remove(stream).unwrap_or(0)
+        }
+    }
+
+    fn window(program_id: Uuid, window_days: u32, n: u128) -> (SetSettings, CommandMeta) {
+        let cmd = SetSettings {
+            program_id,
+            settings: crate::settings::Settings {
+                window_days,
+                ..Default::default()
+            },
+        };
+        let meta = CommandMeta {
+            id_seed: Uuid::from_u128(0x5e7 + n),
+            occurred_at: DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            correlation_id: None,
+            causation_id: None,
+            trace_context: BTreeMap::new(),
+        };
+        (cmd, meta)
+    }
+
+    #[tokio::test]
+    async fn a_programs_settings_are_replayed_once_and_then_read_without_replaying_their_history() {
+        let store = pl_eventlog::Hooked {
+            inner: pl_eventlog::MemoryLog::default(),
+            hooks: EventsRead::default(),
+        };
+        let program = Uuid::from_u128(0x70);
+        let stream = streams::settings(program);
+        for (n, days) in [60, 45, 90].into_iter().enumerate() {
+            let (cmd, meta) = window(program, days, n as u128);
+            set_settings(&store, &cmd, &meta).await.unwrap();
+        }
+        store.hooks.take(&stream);
+        let cache = SettingsCache::default();
+
+        let first = cache.get(&store, program).await.unwrap();
+        assert_eq!((first.current.window_days, first.version), (90, 3));
+        assert_eq!(
+            store.hooks.take(&stream),
+            3,
+            "the first use replays the changes"
+        );
+        for _ in 0..5 {
+            let again = cache.get(&store, program).await.unwrap();
+            assert_eq!((again.current.window_days, again.version), (90, 3));
+        }
+        assert_eq!(store.hooks.take(&stream), 0, "later uses read no event");
+    }
+
+    #[tokio::test]
+    async fn a_change_of_settings_made_anywhere_is_seen_by_the_next_conversion() {
+        let store = pl_eventlog::MemoryLog::default();
+        let program = Uuid::from_u128(0x71);
+        let cache = SettingsCache::default();
+        let defaults = cache.get(&store, program).await.unwrap();
+        assert_eq!((defaults.current.window_days, defaults.version), (30, 0));
+        // Written straight to the log, as another replica of the service would.
+        let (cmd, meta) = window(program, 7, 0);
+        set_settings(&store, &cmd, &meta).await.unwrap();
+        let changed = cache.get(&store, program).await.unwrap();
+        assert_eq!((changed.current.window_days, changed.version), (7, 1));
+    }
+
+    #[tokio::test]
+    async fn programs_past_the_cache_limit_still_get_their_own_settings() {
+        let store = pl_eventlog::MemoryLog::default();
+        let cache = SettingsCache::default();
+        for p in 0..MAX_CACHED_PROGRAMS as u128 {
+            cache
+                .get(&store, Uuid::from_u128(0x1000 + p))
+                .await
+                .unwrap();
+        }
+        let late = Uuid::from_u128(0x72);
+        let (cmd, meta) = window(late, 14, 0);
+        set_settings(&store, &cmd, &meta).await.unwrap();
+        let got = cache.get(&store, late).await.unwrap();
+        assert_eq!(got.current.window_days, 14);
+        assert_eq!(cache.programs.read().len(), MAX_CACHED_PROGRAMS);
     }
 
     #[test]
