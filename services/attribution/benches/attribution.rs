@@ -13,7 +13,7 @@
 //!    `service::record_conversion` from the same number of tasks; throughput and per-conversion
 //!    latency (p50, p99). The program's settings were changed `BENCH_SETTINGS_CHANGES` times
 //!    (default 1; the last to last click, 30 days), so each conversion reads them from the log
-//!    as a configured program's do.
+//!    as a configured program's conversions do.
 //!
 //! `BENCH_DIR` holds the data (default a temporary directory under /var/tmp);
 //! `BENCH_SYNC_LINGER_US` sets the log's `EmbeddedOptions::sync_linger_us` (default: the

@@ -309,11 +309,13 @@ pub async fn settings(
 pub const MAX_CACHED_PROGRAMS: usize = 4_096;
 
 /// Each program's attribution settings as last read. Every conversion of a program reads
-/// them and they seldom change, so a use asks the log for the stream's version (an index
-/// lookup, no event read) and replays the stream only when it moved; before, each conversion
-/// replayed every change ever made to its program's settings. Readers never wait for each
-/// other: a per-stream slot with a lock (what [`StateCache`] holds) would queue all of a
-/// program's concurrent conversions behind one another.
+/// them and they seldom change, so a use asks the log for the stream's version (the embedded
+/// log answers from its index; EventStoreDB reads the stream's last event) and replays the
+/// stream only when it moved; before, each conversion replayed every change ever made to its
+/// program's settings. Readers share a lock taken only to copy the settings out: a per-stream
+/// slot held for the catch-up (what [`StateCache`] keeps) would queue all of a program's
+/// concurrent conversions behind one another. A program without settings is answered with the
+/// defaults and never cached, so made-up program ids cannot fill the cache.
 #[derive(Debug, Default)]
 pub struct SettingsCache {
     programs: parking_lot::RwLock<HashMap<Uuid, ProgramSettings>>,
@@ -326,11 +328,13 @@ impl SettingsCache {
         store: &dyn EventStore,
         program_id: Uuid,
     ) -> Result<ProgramSettings, ApiError> {
-        // `ProgramSettings::version` counts the stream's events: its last version + 1.
-        let changes = store
-            .stream_version(&streams::settings(program_id))
-            .await?
-            .map_or(0, |v| v + 1);
+        // `ProgramSettings::version` counts the stream's events: its last version + 1 (versions
+        // start at 0 without gaps; were they ever not to, every use would miss and replay, never
+        // answer stale settings).
+        let Some(last) = store.stream_version(&streams::settings(program_id)).await? else {
+            return Ok(ProgramSettings::default());
+        };
+        let changes = last.saturating_add(1);
         if let Some(cached) = self
             .programs
             .read()
@@ -769,17 +773,99 @@ mod tests {
         let store = pl_eventlog::MemoryLog::default();
         let cache = SettingsCache::default();
         for p in 0..MAX_CACHED_PROGRAMS as u128 {
-            cache
-                .get(&store, Uuid::from_u128(0x1000 + p))
-                .await
-                .unwrap();
+            let program = Uuid::from_u128(0x1000 + p);
+            let (cmd, meta) = window(program, 60, 0x1000 + p);
+            set_settings(&store, &cmd, &meta).await.unwrap();
+            cache.get(&store, program).await.unwrap();
         }
+        assert_eq!(cache.programs.read().len(), MAX_CACHED_PROGRAMS);
         let late = Uuid::from_u128(0x72);
         let (cmd, meta) = window(late, 14, 0);
         set_settings(&store, &cmd, &meta).await.unwrap();
         let got = cache.get(&store, late).await.unwrap();
         assert_eq!(got.current.window_days, 14);
         assert_eq!(cache.programs.read().len(), MAX_CACHED_PROGRAMS);
+    }
+
+    #[tokio::test]
+    async fn programs_without_settings_get_the_defaults_and_take_no_room_in_the_cache() {
+        let store = pl_eventlog::MemoryLog::default();
+        let cache = SettingsCache::default();
+        for p in 0..100u128 {
+            let s = cache
+                .get(&store, Uuid::from_u128(0x2000 + p))
+                .await
+                .unwrap();
+            assert_eq!((s.current, s.version), (Default::default(), 0));
+        }
+        assert!(cache.programs.read().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_slower_callers_older_read_never_replaces_newer_cached_settings() {
+        let store = pl_eventlog::MemoryLog::default();
+        let program = Uuid::from_u128(0x73);
+        let (cmd, meta) = window(program, 45, 0);
+        set_settings(&store, &cmd, &meta).await.unwrap();
+        let cache = SettingsCache::default();
+        // As if a faster caller had already cached a second change this caller's read missed.
+        let newer = ProgramSettings {
+            current: crate::settings::Settings {
+                window_days: 90,
+                ..Default::default()
+            },
+            version: 2,
+        };
+        cache.programs.write().insert(program, newer);
+        let read = cache.get(&store, program).await.unwrap();
+        assert_eq!((read.current.window_days, read.version), (45, 1));
+        let held = cache.programs.read().get(&program).cloned().unwrap();
+        assert_eq!((held.current.window_days, held.version), (90, 2));
+    }
+
+    #[tokio::test]
+    async fn each_conversion_reads_its_programs_settings_through_the_cache() {
+        let store = pl_eventlog::Hooked {
+            inner: pl_eventlog::MemoryLog::default(),
+            hooks: EventsRead::default(),
+        };
+        let program = Uuid::from_u128(0x74);
+        for (n, days) in [60, 30].into_iter().enumerate() {
+            let (cmd, meta) = window(program, days, n as u128);
+            set_settings(&store, &cmd, &meta).await.unwrap();
+        }
+        let stream = streams::settings(program);
+        store.hooks.take(&stream);
+        let (crm, programs) = (CrmCache::default(), SettingsCache::default());
+        for n in 0..3u128 {
+            let external_id = format!("order-{n}");
+            let facts = ConversionFacts {
+                conversion_id: streams::conversion_id(program, &external_id),
+                external_id,
+                program_id: program,
+                conversion_type: crate::conversions::ConversionType::Lead,
+                customer_id: format!("customer-{n}"),
+                visitor_id: None,
+                customer_domain: None,
+                amount: None,
+                products: vec![],
+                customer_country: None,
+                original_external_id: None,
+                occurred_at: click().occurred_at,
+                customer_email_hash: None,
+                revenue: Default::default(),
+            };
+            let (_, meta) = window(program, 30, 0x100 + n);
+            let event = record_conversion(&store, &crm, &programs, &facts, &meta)
+                .await
+                .unwrap();
+            assert!(!event.is_attributed(), "no touchpoints, no partner");
+        }
+        assert_eq!(
+            store.hooks.take(&stream),
+            2,
+            "the settings' two changes are replayed once, for the first conversion"
+        );
     }
 
     #[test]
