@@ -725,19 +725,32 @@ mod tests {
         (cmd, meta)
     }
 
-    #[tokio::test]
-    async fn a_programs_settings_are_replayed_once_and_then_read_without_replaying_their_history() {
+    /// A log whose stream reads are counted, holding one settings change per window (in order),
+    /// with the count of those writes' reads cleared; and the settings stream's name.
+    async fn counted_settings(
+        program: Uuid,
+        windows: &[u32],
+    ) -> (
+        pl_eventlog::Hooked<pl_eventlog::MemoryLog, EventsRead>,
+        String,
+    ) {
         let store = pl_eventlog::Hooked {
             inner: pl_eventlog::MemoryLog::default(),
             hooks: EventsRead::default(),
         };
-        let program = Uuid::from_u128(0x70);
-        let stream = streams::settings(program);
-        for (n, days) in [60, 45, 90].into_iter().enumerate() {
-            let (cmd, meta) = window(program, days, n as u128);
+        for (n, days) in windows.iter().enumerate() {
+            let (cmd, meta) = window(program, *days, n as u128);
             set_settings(&store, &cmd, &meta).await.unwrap();
         }
+        let stream = streams::settings(program);
         store.hooks.take(&stream);
+        (store, stream)
+    }
+
+    #[tokio::test]
+    async fn a_programs_settings_are_replayed_once_and_then_read_without_replaying_their_history() {
+        let program = Uuid::from_u128(0x70);
+        let (store, stream) = counted_settings(program, &[60, 45, 90]).await;
         let cache = SettingsCache::default();
 
         let first = cache.get(&store, program).await.unwrap();
@@ -825,17 +838,8 @@ mod tests {
 
     #[tokio::test]
     async fn each_conversion_reads_its_programs_settings_through_the_cache() {
-        let store = pl_eventlog::Hooked {
-            inner: pl_eventlog::MemoryLog::default(),
-            hooks: EventsRead::default(),
-        };
         let program = Uuid::from_u128(0x74);
-        for (n, days) in [60, 30].into_iter().enumerate() {
-            let (cmd, meta) = window(program, days, n as u128);
-            set_settings(&store, &cmd, &meta).await.unwrap();
-        }
-        let stream = streams::settings(program);
-        store.hooks.take(&stream);
+        let (store, stream) = counted_settings(program, &[60, 30]).await;
         let (crm, programs) = (CrmCache::default(), SettingsCache::default());
         for n in 0..3u128 {
             let external_id = format!("order-{n}");
