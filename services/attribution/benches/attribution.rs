@@ -14,6 +14,10 @@
 //!    latency (p50, p99). The program's settings were changed `BENCH_SETTINGS_CHANGES` times
 //!    (default 1; the last to last click, 30 days), so each conversion reads them from the log
 //!    as a configured program's conversions do.
+//! 4. Invoices: the first `BENCH_INVOICE_CUSTOMERS` (default 5,000) of those customers each get
+//!    `BENCH_INVOICE_HISTORY` (default 24) monthly invoices decided, untimed, then one more
+//!    each, timed: a locked customer's invoice follows its sale's partners, and reads the
+//!    customer's relationship stream (every decision about the customer) to decide.
 //!
 //! `BENCH_DIR` holds the data (default a temporary directory under /var/tmp);
 //! `BENCH_SYNC_LINGER_US` sets the log's `EmbeddedOptions::sync_linger_us` (default: the
@@ -170,6 +174,50 @@ fn facts(j: u64, visitors: u64) -> ConversionFacts {
     }
 }
 
+/// Invoice `month` (0-based) of bench customer `j`, a month apart from its sale: a locked
+/// customer's invoice, which follows the sale's partners. `history` spaces the command ids.
+async fn invoice(
+    store: &dyn EventStore,
+    crm: &service::CrmCache,
+    programs: &service::SettingsCache,
+    j: u64,
+    month: u64,
+    history: u64,
+) {
+    let external_id = format!("invoice-{j}-{month}");
+    let occurred_at =
+        conversion_time() + chrono::Duration::days(30 * (i64::try_from(month).unwrap() + 1));
+    let f = ConversionFacts {
+        conversion_id: pl_attribution::streams::conversion_id(PROGRAM, &external_id),
+        external_id,
+        program_id: PROGRAM,
+        conversion_type: ConversionType::SubscriptionInvoicePaid,
+        customer_id: format!("customer-{j}"),
+        visitor_id: None,
+        customer_domain: None,
+        amount: Some(Money::from_minor_units(10_000, Currency::USD)),
+        products: vec!["pro".into()],
+        customer_country: Some("DE".into()),
+        original_external_id: None,
+        occurred_at,
+        customer_email_hash: None,
+        revenue: Default::default(),
+    };
+    let event = service::record_conversion(
+        store,
+        crm,
+        programs,
+        &f,
+        &meta(4, j * (history + 1) + month, occurred_at),
+    )
+    .await
+    .unwrap();
+    assert!(
+        event.is_attributed(),
+        "a locked customer's invoice follows its partners"
+    );
+}
+
 /// Runs `jobs` numbered jobs on `workers` tasks (task w takes w, w + workers, ...); returns the
 /// wall time and each job's latency.
 async fn run_parallel<F, Fut>(workers: u64, jobs: u64, job: F) -> (Duration, Histogram<u64>)
@@ -280,6 +328,28 @@ async fn main() {
     })
     .await;
     let conv_cpu = cpu_time().saturating_sub(cpu);
+
+    let invoice_customers = env_num("BENCH_INVOICE_CUSTOMERS", 5_000).min(conversions);
+    let history = env_num("BENCH_INVOICE_HISTORY", 24);
+    eprintln!("deciding {history} invoices for each of {invoice_customers} customers…");
+    let (s, c, p) = (store.clone(), crm.clone(), programs.clone());
+    run_parallel(workers, invoice_customers, move |j| {
+        let (s, c, p) = (s.clone(), c.clone(), p.clone());
+        async move {
+            for month in 0..history {
+                invoice(s.as_ref(), &c, &p, j, month, history).await;
+            }
+        }
+    })
+    .await;
+    let cpu = cpu_time();
+    let (s, c, p) = (store.clone(), crm.clone(), programs.clone());
+    let (invoice_wall, invoice_latency) = run_parallel(workers, invoice_customers, move |j| {
+        let (s, c, p) = (s.clone(), c.clone(), p.clone());
+        async move { invoice(s.as_ref(), &c, &p, j, history, history).await }
+    })
+    .await;
+    let invoice_cpu = cpu_time().saturating_sub(cpu);
     let head = *store.watch_head().borrow();
 
     let per_sec = |n: u64, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
@@ -308,6 +378,14 @@ async fn main() {
         us(&conv_latency, 0.5),
         us(&conv_latency, 0.99),
         conv_cpu.as_secs_f64() * 1e6 / conversions as f64,
+    );
+    println!(
+        "| invoices of locked customers, each after {history} earlier invoices of its own (the relationship read whole) | {invoice_customers} | {:.1} s | {} | {:.2} ms | {:.2} ms | {:.0} µs |",
+        invoice_wall.as_secs_f64(),
+        fmt_rate(per_sec(invoice_customers, invoice_wall)),
+        us(&invoice_latency, 0.5),
+        us(&invoice_latency, 0.99),
+        invoice_cpu.as_secs_f64() * 1e6 / invoice_customers as f64,
     );
     println!();
     println!("target (issue 5): ≥50k conversions/s with 1M touchpoints stored, on 2 cores");
