@@ -363,29 +363,37 @@ async fn main() {
     println!();
     println!("| measure | count | wall | rate | p50 | p99 | CPU per item |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| touchpoints recorded (checked against the CRM projection) | {clicks} | {:.1} s | {} | {:.2} ms | {:.2} ms | {:.0} µs |",
-        touch_wall.as_secs_f64(),
-        fmt_rate(per_sec(clicks, touch_wall)),
-        us(&touch_latency, 0.5),
-        us(&touch_latency, 0.99),
-        touch_cpu.as_secs_f64() * 1e6 / clicks as f64,
+    let row =
+        |measure: &str, count: u64, wall: Duration, latency: &Histogram<u64>, cpu: Duration| {
+            println!(
+                "| {measure} | {count} | {:.1} s | {} | {:.2} ms | {:.2} ms | {:.0} µs |",
+                wall.as_secs_f64(),
+                fmt_rate(per_sec(count, wall)),
+                us(latency, 0.5),
+                us(latency, 0.99),
+                cpu.as_secs_f64() * 1e6 / count as f64,
+            );
+        };
+    row(
+        "touchpoints recorded (checked against the CRM projection)",
+        clicks,
+        touch_wall,
+        &touch_latency,
+        touch_cpu,
     );
-    println!(
-        "| conversions attributed (last click over 5 clicks, {clicks} touchpoints stored) | {conversions} | {:.1} s | {} | {:.2} ms | {:.2} ms | {:.0} µs |",
-        conv_wall.as_secs_f64(),
-        fmt_rate(per_sec(conversions, conv_wall)),
-        us(&conv_latency, 0.5),
-        us(&conv_latency, 0.99),
-        conv_cpu.as_secs_f64() * 1e6 / conversions as f64,
+    row(
+        &format!("conversions attributed (last click over 5 clicks, {clicks} touchpoints stored)"),
+        conversions,
+        conv_wall,
+        &conv_latency,
+        conv_cpu,
     );
-    println!(
-        "| invoices of locked customers, each after {history} earlier invoices of its own (the relationship read whole) | {invoice_customers} | {:.1} s | {} | {:.2} ms | {:.2} ms | {:.0} µs |",
-        invoice_wall.as_secs_f64(),
-        fmt_rate(per_sec(invoice_customers, invoice_wall)),
-        us(&invoice_latency, 0.5),
-        us(&invoice_latency, 0.99),
-        invoice_cpu.as_secs_f64() * 1e6 / invoice_customers as f64,
+    row(
+        &format!("invoices of locked customers, each after {history} earlier invoices of its own (the relationship read whole)"),
+        invoice_customers,
+        invoice_wall,
+        &invoice_latency,
+        invoice_cpu,
     );
     println!();
     println!("target (issue 5): ≥50k conversions/s with 1M touchpoints stored, on 2 cores");
