@@ -41,8 +41,10 @@ use uuid::Uuid;
 
 use crate::codec::{self, FRAME_HEADER_BYTES};
 use crate::error::LogError;
-use crate::event::{AppendResult, EventHash, ExpectedVersion, NewEvent, RecordedEvent};
-use crate::index::{self, IdEntry, Index, Outcome, StreamState};
+use crate::event::{
+    AppendResult, EventHash, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend,
+};
+use crate::index::{self, IdEntry, Index, Outcome, Part, StreamState};
 use crate::limits::{Limits, MAX_UNSYNCED_BYTES};
 use crate::sharded::ShardedMap;
 use crate::store::EventStore;
@@ -174,8 +176,9 @@ struct Tuning {
 }
 
 enum Enqueued {
-    /// Sequenced into the pending buffer: wait on the receiver for the sync covering it.
-    Sequenced(AppendResult, watch::Receiver<CommitState>),
+    /// Sequenced into the pending buffer (each part's result): wait on the receiver for the
+    /// sync covering it.
+    Sequenced(Vec<AppendResult>, watch::Receiver<CommitState>),
     /// The pending buffer is full: wait for the next sync, then try again.
     Full(watch::Receiver<CommitState>),
     /// The expected version did not hold: report it once every position assigned so far (the
@@ -385,15 +388,11 @@ impl Shared {
         }
     }
 
-    /// Sequences the append into the pending buffer and returns what to wait for. Validation
-    /// happens before the lock; nothing is buffered when it fails.
-    fn enqueue(
-        &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-    ) -> Result<Enqueued, LogError> {
-        let validated = index::validate(stream, events, &self.limits)?;
+    /// Sequences the append (one part per stream, all or none) into the pending buffer and
+    /// returns what to wait for. Validation happens before the lock; nothing is buffered when
+    /// it fails.
+    fn enqueue(&self, parts: &[Part<'_>]) -> Result<Enqueued, LogError> {
+        let bytes: usize = parts.iter().map(|p| p.v.bytes).sum();
         let rx = self.commit.subscribe();
         let mut st = self.state.lock();
         if let Some(reason) = &st.poisoned {
@@ -405,7 +404,7 @@ impl Shared {
             return Err(LogError::Closed);
         }
         // Bound the bytes written but not yet synced (recovery relies on the bound).
-        if !st.pending.is_empty() && st.pending.len() + validated.bytes > self.max_unsynced_bytes {
+        if !st.pending.is_empty() && st.pending.len() + bytes > self.max_unsynced_bytes {
             // A full buffer is as large a group as a sync may carry: a lingering sync thread
             // goes now instead of holding this append for the rest of the linger. The flag
             // also stops a linger that has not begun yet.
@@ -426,19 +425,12 @@ impl Shared {
             ..
         } = &mut *st;
         let pending_start = pending.len();
-        let appended = index.append(
-            stream,
-            expected,
-            events,
-            &validated,
-            Self::now_ns(),
-            |_, flags, c| {
-                offsets.push(base_offset + (pending.len() - pending_start) as u64);
-                codec::encode_frame(pending, offsets.len() as u64 - 1, flags, c)
-            },
-        );
-        let outcome = match appended {
-            Ok(outcome) => outcome,
+        let appended = index.append_parts(parts, Self::now_ns(), |_, flags, c| {
+            offsets.push(base_offset + (pending.len() - pending_start) as u64);
+            codec::encode_frame(pending, offsets.len() as u64 - 1, flags, c)
+        });
+        let outcomes = match appended {
+            Ok(outcomes) => outcomes,
             Err(e) if e.is_conflict() => {
                 let assigned = offsets.len() as u64;
                 return Ok(Enqueued::Conflict(e, rx, assigned));
@@ -446,22 +438,55 @@ impl Shared {
             Err(e) => return Err(e),
         };
         *assigned_end = base_offset + (pending.len() - pending_start) as u64;
-        let result = match outcome {
-            Outcome::Duplicate(r) => r,
-            Outcome::Appended(r) => {
-                st.pending_appends += 1;
-                // Only the first append of a group wakes the sync thread (it takes everything
-                // pending when it wakes, and checks again after each sync before it waits), or
-                // the one that completes the group a lingering sync thread waits for.
-                let wake = pending_start == 0 || st.pending_appends == st.linger_target;
-                drop(st);
-                if wake {
-                    self.wake_sync.notify_one();
+        if outcomes.iter().any(|o| matches!(o, Outcome::Appended(_))) {
+            st.pending_appends += 1;
+            // Only the first append of a group wakes the sync thread (it takes everything
+            // pending when it wakes, and checks again after each sync before it waits), or
+            // the one that completes the group a lingering sync thread waits for.
+            let wake = pending_start == 0 || st.pending_appends == st.linger_target;
+            drop(st);
+            if wake {
+                self.wake_sync.notify_one();
+            }
+        }
+        let results = outcomes
+            .into_iter()
+            .map(|o| match o {
+                // A duplicate's original may still be pending: the caller waits for it too.
+                Outcome::Duplicate(r) | Outcome::Appended(r) => r,
+            })
+            .collect();
+        Ok(Enqueued::Sequenced(results, rx))
+    }
+
+    /// Sequences the parts and waits until the sync that covers them (or their originals, for
+    /// an identical retry) has committed.
+    async fn append_parts(&self, parts: &[Part<'_>]) -> Result<Vec<AppendResult>, LogError> {
+        let (results, mut rx) = loop {
+            match self.enqueue(parts)? {
+                Enqueued::Sequenced(results, rx) => break (results, rx),
+                Enqueued::Full(mut rx) => {
+                    // Wait for the sync thread to drain the pending buffer, then try again.
+                    rx.changed().await.map_err(|_| LogError::Closed)?;
                 }
-                r
+                Enqueued::Conflict(conflict, mut rx, assigned) => {
+                    rx.wait_for(|c| c.committed >= assigned || c.failed)
+                        .await
+                        .map_err(|_| LogError::Closed)?;
+                    return Err(conflict);
+                }
             }
         };
-        Ok(Enqueued::Sequenced(result, rx))
+        let last = results.iter().map(|r| r.last_position).max().unwrap_or(0);
+        let state = rx
+            .wait_for(|c| c.committed > last || c.failed)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        if state.committed > last {
+            Ok(results)
+        } else {
+            Err(self.failure())
+        }
     }
 
     /// The group-commit loop: write whatever is pending, sync once, publish.
@@ -661,32 +686,38 @@ impl EventStore for EmbeddedLog {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, LogError> {
-        let shared = &self.shared;
-        let (result, mut rx) = loop {
-            match shared.enqueue(stream, expected, &events)? {
-                Enqueued::Sequenced(result, rx) => break (result, rx),
-                Enqueued::Full(mut rx) => {
-                    // Wait for the sync thread to drain the pending buffer, then try again.
-                    rx.changed().await.map_err(|_| LogError::Closed)?;
-                }
-                Enqueued::Conflict(conflict, mut rx, assigned) => {
-                    rx.wait_for(|c| c.committed >= assigned || c.failed)
-                        .await
-                        .map_err(|_| LogError::Closed)?;
-                    return Err(conflict);
-                }
-            }
+        let v = index::validate(stream, &events, &self.shared.limits)?;
+        let part = Part {
+            stream,
+            expected,
+            events: &events,
+            v: &v,
         };
-        let last = result.last_position;
-        let state = rx
-            .wait_for(|c| c.committed > last || c.failed)
-            .await
-            .map_err(|_| LogError::Closed)?;
-        if state.committed > last {
-            Ok(result)
-        } else {
-            Err(shared.failure())
-        }
+        let mut results = self
+            .shared
+            .append_parts(std::slice::from_ref(&part))
+            .await?;
+        results
+            .pop()
+            .ok_or_else(|| LogError::Io("sequencer answered no outcome for one append".into()))
+    }
+
+    async fn append_streams(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>, LogError> {
+        let validated = index::validate_parts(&appends, &self.shared.limits)?;
+        let parts: Vec<Part<'_>> = appends
+            .iter()
+            .zip(&validated)
+            .map(|(a, v)| Part {
+                stream: &a.stream,
+                expected: a.expected,
+                events: &a.events,
+                v,
+            })
+            .collect();
+        self.shared.append_parts(&parts).await
     }
 
     async fn read_stream(
@@ -852,6 +883,13 @@ fn recover(
         file.sync_all()?;
         return Ok(());
     }
+    // Valid frames are looked for only past where the scan stopped: the whole frames between
+    // the last good append and that point belong to the append the crash cut short (its last
+    // frame, which closes it, is missing), so they are no sign of corruption.
+    let search_from = match &failure {
+        Some((offset, _)) => offset + 1,
+        None => scan.offset(),
+    };
     let (bad_offset, reason) = failure.unwrap_or_else(|| {
         let reason = if batch_start >= data_end {
             "only zeros follow the last append"
@@ -861,8 +899,7 @@ fn recover(
         (batch_start, reason.into())
     });
     // Up to the end of the file, not `data_end`: a valid frame may end in zero bytes.
-    let torn =
-        within_window && !any_valid_frame_after(file, bad_offset + 1, file_len, max_payload)?;
+    let torn = within_window && !any_valid_frame_after(file, search_from, file_len, max_payload)?;
     if !torn && !repair {
         return Err(LogError::Corrupt {
             offset: bad_offset,

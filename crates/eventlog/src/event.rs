@@ -159,6 +159,14 @@ impl RecordedEvent {
     }
 }
 
+/// One stream's part of [`crate::EventStore::append_streams`]: what one `append` call takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppend {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
 /// The outcome of an append (also returned, unchanged, for an idempotent re-append).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendResult {

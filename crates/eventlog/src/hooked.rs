@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::error::LogError;
-use crate::event::{AppendResult, ExpectedVersion, NewEvent, RecordedEvent};
+use crate::event::{AppendResult, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend};
 use crate::limits::Limits;
 use crate::store::EventStore;
 
@@ -55,6 +55,30 @@ impl<S: EventStore, H: StoreHooks> EventStore for Hooked<S, H> {
         self.hooks.before_append(&self.inner, stream).await?;
         let answer = self.inner.append(stream, expected, events).await;
         self.hooks.after_append(stream, &answer).await;
+        answer
+    }
+
+    /// The hooks run for each part's stream, in order, around the one call to `inner`; each
+    /// part's answer is its own result, or the call's error.
+    async fn append_streams(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>, LogError> {
+        let streams: Vec<String> = appends.iter().map(|a| a.stream.clone()).collect();
+        for stream in &streams {
+            self.hooks.before_append(&self.inner, stream).await?;
+        }
+        let answer = self.inner.append_streams(appends).await;
+        for (i, stream) in streams.iter().enumerate() {
+            let part = match &answer {
+                Ok(results) => results
+                    .get(i)
+                    .copied()
+                    .ok_or_else(|| LogError::Io("adapter answered fewer parts than sent".into())),
+                Err(e) => Err(e.clone()),
+            };
+            self.hooks.after_append(stream, &part).await;
+        }
         answer
     }
 

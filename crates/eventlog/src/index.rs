@@ -8,8 +8,10 @@ use uuid::Uuid;
 
 use crate::codec::{self, Canonical};
 use crate::error::LogError;
-use crate::event::{AppendResult, EventHash, ExpectedVersion, NewEvent, GENESIS_HASH};
-use crate::limits::Limits;
+use crate::event::{
+    AppendResult, EventHash, ExpectedVersion, NewEvent, StreamAppend, GENESIS_HASH,
+};
+use crate::limits::{Limits, MAX_APPEND_STREAMS};
 use crate::sharded::ShardedMap;
 
 #[derive(Debug, Default)]
@@ -43,6 +45,14 @@ pub(crate) struct Index {
     /// `recorded_at` never goes backwards, even if the wall clock does, so "known at recording
     /// time R" and "known at position P" agree.
     pub last_recorded_at_ns: i64,
+}
+
+/// One stream's share of an append, validated ([`Index::append_parts`]).
+pub(crate) struct Part<'a> {
+    pub stream: &'a str,
+    pub expected: ExpectedVersion,
+    pub events: &'a [NewEvent],
+    pub v: &'a Validated,
 }
 
 pub(crate) enum Outcome {
@@ -110,6 +120,51 @@ pub(crate) fn validate(
         return Err(LogError::LimitExceeded {
             what: "encoded append bytes",
             actual: out.bytes as u64,
+            limit: limits.max_append_bytes as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// [`validate`] for each part of a multi-stream append, plus what only the whole can break:
+/// at least one part and at most [`MAX_APPEND_STREAMS`], distinct streams, event ids unique
+/// across parts, and [`Limits::max_append_bytes`] for all parts together (the embedded log's
+/// bound on unsynced bytes rests on it).
+pub(crate) fn validate_parts(
+    appends: &[StreamAppend],
+    limits: &Limits,
+) -> Result<Vec<Validated>, LogError> {
+    if appends.is_empty() || appends.len() > MAX_APPEND_STREAMS {
+        return Err(LogError::LimitExceeded {
+            what: "streams in one append (must be at least 1)",
+            actual: appends.len() as u64,
+            limit: MAX_APPEND_STREAMS as u64,
+        });
+    }
+    let mut streams = HashSet::with_capacity(appends.len());
+    let mut ids = HashSet::new();
+    let mut bytes = 0usize;
+    let mut out = Vec::with_capacity(appends.len());
+    for a in appends {
+        let v = validate(&a.stream, &a.events, limits)?;
+        if !streams.insert(a.stream.as_str()) {
+            return Err(LogError::InvalidStreamName {
+                reason: format!("stream {} appears twice in one append", a.stream),
+            });
+        }
+        if let Some(ev) = a.events.iter().find(|e| !ids.insert(e.id)) {
+            return Err(LogError::InvalidEvent {
+                event_id: ev.id,
+                reason: "event id appears twice in one append".into(),
+            });
+        }
+        bytes += v.bytes;
+        out.push(v);
+    }
+    if bytes > limits.max_append_bytes {
+        return Err(LogError::LimitExceeded {
+            what: "encoded append bytes",
+            actual: bytes as u64,
             limit: limits.max_append_bytes as u64,
         });
     }
@@ -190,58 +245,91 @@ impl Index {
             .map(|v| v as u64)
     }
 
-    /// Decides the append and, unless it is a duplicate, assigns every event its place and
-    /// hands it to `sink` (which stores it and returns its hash) in order.
-    pub fn append(
+    /// Decides an append and assigns each event of its new parts its place, handing it to
+    /// `sink` (which stores it and returns its hash) in order. An append may write to several
+    /// distinct streams as one: every part is decided first (an identical
+    /// retry, or new events at its expected version), and only when all pass are the new
+    /// parts' events assigned their places, in order, and handed to `sink`. A conflict in any
+    /// part assigns nothing. Only the last new event carries `FLAG_LAST_IN_APPEND`, so that
+    /// recovery restores all the parts or none. The streams must be distinct and the event ids
+    /// unique across parts ([`validate_parts`]).
+    pub fn append_parts(
         &mut self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: &[NewEvent],
-        v: &Validated,
+        parts: &[Part<'_>],
         now_ns: i64,
         mut sink: impl FnMut(u64, u8, &Canonical<'_>) -> EventHash,
-    ) -> Result<Outcome, LogError> {
-        if let Some(result) = self.duplicate_of(stream, expected, events, v)? {
-            return Ok(Outcome::Duplicate(result));
+    ) -> Result<Vec<Outcome>, LogError> {
+        let mut duplicates = Vec::with_capacity(parts.len());
+        for p in parts {
+            duplicates.push(self.decide_part(p)?);
         }
-        let actual = self.stream_last_version(stream);
-        let ok = match expected {
+        let last_new = duplicates.iter().rposition(Option::is_none);
+        let mut outcomes = Vec::with_capacity(parts.len());
+        for (i, (p, duplicate)) in parts.iter().zip(duplicates).enumerate() {
+            outcomes.push(match duplicate {
+                Some(r) => Outcome::Duplicate(r),
+                None => Outcome::Appended(self.sequence(p, now_ns, last_new == Some(i), &mut sink)),
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// An identical retry of the part (its original result), or `None` when the part is new
+    /// and its expected version holds; otherwise the conflict.
+    fn decide_part(&self, p: &Part<'_>) -> Result<Option<AppendResult>, LogError> {
+        if let Some(r) = self.duplicate_of(p.stream, p.expected, p.events, p.v)? {
+            return Ok(Some(r));
+        }
+        let actual = self.stream_last_version(p.stream);
+        let ok = match p.expected {
             ExpectedVersion::Any => true,
             ExpectedVersion::NoStream => actual.is_none(),
             ExpectedVersion::Exact(n) => actual == Some(n),
         };
         if !ok {
             return Err(LogError::WrongExpectedVersion {
-                stream: stream.to_owned(),
-                expected,
+                stream: p.stream.to_owned(),
+                expected: p.expected,
                 actual,
             });
         }
+        Ok(None)
+    }
+
+    /// Assigns a decided part's events their versions, positions, `recorded_at` and hashes.
+    /// `closes_append`: its last event ends the whole append (the flag recovery reads).
+    fn sequence(
+        &mut self,
+        p: &Part<'_>,
+        now_ns: i64,
+        closes_append: bool,
+        sink: &mut impl FnMut(u64, u8, &Canonical<'_>) -> EventHash,
+    ) -> AppendResult {
         let recorded_at_ns = now_ns.max(self.last_recorded_at_ns);
         let first_position = self.next_position;
-        let state = self.streams.get_or_default(stream.to_owned());
+        let state = self.streams.get_or_default(p.stream.to_owned());
         let first_version = state.positions.len() as u64;
         let mut prev_hash = if state.positions.is_empty() {
             GENESIS_HASH
         } else {
             state.last_hash
         };
-        for (i, ev) in events.iter().enumerate() {
+        for (i, ev) in p.events.iter().enumerate() {
             let position = first_position + i as u64;
-            let flags = if i + 1 == events.len() {
+            let flags = if closes_append && i + 1 == p.events.len() {
                 codec::FLAG_LAST_IN_APPEND
             } else {
                 0
             };
             let c = Canonical {
-                stream,
+                stream: p.stream,
                 version: first_version + i as u64,
                 id: ev.id,
                 event_type: &ev.event_type,
                 schema_version: ev.schema_version,
                 recorded_at_ns,
                 metadata: &ev.metadata,
-                occurred_at_ns: v.occurred_ns[i],
+                occurred_at_ns: p.v.occurred_ns[i],
                 data: &ev.data,
                 prev_hash,
             };
@@ -251,19 +339,19 @@ impl Index {
                 ev.id,
                 IdEntry {
                     position,
-                    fingerprint: v.fingerprints[i],
+                    fingerprint: p.v.fingerprints[i],
                 },
             );
         }
         state.last_hash = prev_hash;
-        let n = events.len() as u64;
+        let n = p.events.len() as u64;
         self.next_position += n;
         self.last_recorded_at_ns = recorded_at_ns;
-        Ok(Outcome::Appended(AppendResult {
+        AppendResult {
             last_version: first_version + n - 1,
             first_position,
             last_position: first_position + n - 1,
-        }))
+        }
     }
 
     /// An append whose first event id is already stored is either an exact retry (same ids, same

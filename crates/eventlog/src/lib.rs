@@ -36,10 +36,11 @@ pub use embedded::{
 };
 pub use error::LogError;
 pub use event::{
-    AppendResult, EventHash, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, GENESIS_HASH,
+    AppendResult, EventHash, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend,
+    GENESIS_HASH,
 };
 pub use hooked::{Hooked, StoreHooks};
-pub use limits::Limits;
+pub use limits::{Limits, MAX_APPEND_STREAMS};
 pub use memory::MemoryLog;
 pub use store::{EventStore, SharedStore};
 pub use subscription::{Subscription, SubscriptionFilter};

@@ -18,6 +18,10 @@ pub struct Limits {
     pub max_read_events: usize,
 }
 
+/// Streams one [`crate::EventStore::append_streams`] call may write: a command's decision and
+/// what it publishes, not a bulk load.
+pub const MAX_APPEND_STREAMS: usize = 16;
+
 /// The embedded writer never leaves more than this many bytes written but not yet synced; the
 /// recovery scan relies on it to tell a torn tail from corruption in the middle of the file.
 pub(crate) const MAX_UNSYNCED_BYTES: usize = 32 * 1024 * 1024;

@@ -2,12 +2,13 @@
 //! nothing durable.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::error::LogError;
-use crate::event::{AppendResult, ExpectedVersion, NewEvent, RecordedEvent};
-use crate::index::{self, Index, Outcome};
+use crate::event::{AppendResult, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend};
+use crate::index::{self, Index, Outcome, Part};
 use crate::limits::Limits;
 use crate::store::EventStore;
 
@@ -45,6 +46,59 @@ impl MemoryLog {
     }
 }
 
+impl MemoryLog {
+    /// Every part decided, then stored, under one lock: all or nothing.
+    fn sequence(
+        &self,
+        appends: &[StreamAppend],
+        validated: &[index::Validated],
+    ) -> Result<Vec<AppendResult>, LogError> {
+        let parts: Vec<Part<'_>> = appends
+            .iter()
+            .zip(validated)
+            .map(|(a, v)| Part {
+                stream: &a.stream,
+                expected: a.expected,
+                events: &a.events,
+                v,
+            })
+            .collect();
+        let mut guard = self.inner.lock();
+        let Inner { index, events: log } = &mut *guard;
+        let outcomes = index.append_parts(&parts, Self::now_ns(), |position, _, c| {
+            let hash = c.hash();
+            // Every earlier event is in `log`, so an event's position is its index there.
+            debug_assert_eq!(position, log.len() as u64);
+            log.push(RecordedEvent {
+                stream: c.stream.to_owned(),
+                version: c.version,
+                position,
+                recorded_at: chrono::DateTime::from_timestamp_nanos(c.recorded_at_ns),
+                id: c.id,
+                event_type: c.event_type.to_owned(),
+                schema_version: c.schema_version,
+                data: Bytes::copy_from_slice(c.data),
+                metadata: c.metadata.clone(),
+                prev_hash: c.prev_hash,
+                hash,
+            });
+            hash
+        })?;
+        let appended = outcomes.iter().any(|o| matches!(o, Outcome::Appended(_)));
+        let head = log.len() as u64;
+        drop(guard);
+        if appended {
+            self.head.send_replace(head);
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Duplicate(r) | Outcome::Appended(r) => r,
+            })
+            .collect())
+    }
+}
+
 #[async_trait]
 impl EventStore for MemoryLog {
     async fn append(
@@ -53,46 +107,24 @@ impl EventStore for MemoryLog {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, LogError> {
-        let validated = index::validate(stream, &events, &self.limits)?;
-        let mut guard = self.inner.lock();
-        let Inner { index, events: log } = &mut *guard;
-        // Every earlier event is in `log`, so an event's position is its index there.
-        let first_position = log.len() as u64;
-        let outcome = index.append(
-            stream,
+        let appends = [StreamAppend {
+            stream: stream.to_owned(),
             expected,
-            &events,
-            &validated,
-            Self::now_ns(),
-            |position, _, c| {
-                let hash = c.hash();
-                let ev = &events[(position - first_position) as usize];
-                log.push(RecordedEvent {
-                    stream: c.stream.to_owned(),
-                    version: c.version,
-                    position,
-                    recorded_at: chrono::DateTime::from_timestamp_nanos(c.recorded_at_ns),
-                    id: ev.id,
-                    event_type: ev.event_type.clone(),
-                    schema_version: ev.schema_version,
-                    data: ev.data.clone(),
-                    metadata: ev.metadata.clone(),
-                    prev_hash: c.prev_hash,
-                    hash,
-                });
-                hash
-            },
-        )?;
-        let result = match outcome {
-            Outcome::Duplicate(r) => r,
-            Outcome::Appended(r) => {
-                let head = log.len() as u64;
-                drop(guard);
-                self.head.send_replace(head);
-                r
-            }
-        };
-        Ok(result)
+            events,
+        }];
+        let validated = [index::validate(stream, &appends[0].events, &self.limits)?];
+        let mut results = self.sequence(&appends, &validated)?;
+        results
+            .pop()
+            .ok_or_else(|| LogError::Io("sequencer answered no outcome for one append".into()))
+    }
+
+    async fn append_streams(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>, LogError> {
+        let validated = index::validate_parts(&appends, &self.limits)?;
+        self.sequence(&appends, &validated)
     }
 
     async fn read_stream(

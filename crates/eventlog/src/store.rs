@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::error::LogError;
-use crate::event::{AppendResult, ExpectedVersion, NewEvent, RecordedEvent};
+use crate::event::{AppendResult, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend};
 use crate::limits::Limits;
 
 /// A shared handle to any adapter.
@@ -30,6 +30,31 @@ pub trait EventStore: Send + Sync + std::fmt::Debug + 'static {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, LogError>;
+
+    /// Appends to several distinct streams (at most [`crate::MAX_APPEND_STREAMS`]) in order,
+    /// each part as one `append` would (expected version, idempotent retry), and answers each
+    /// part's result in the same order.
+    ///
+    /// The embedded and memory logs do it atomically: every part is checked before any is
+    /// sequenced, a conflict or bad input anywhere stores nothing, and all parts share one
+    /// sync, so a command that writes its decision and what it publishes waits for the disk
+    /// once, not once per stream. This default, which EventStoreDB uses (its client appends to
+    /// one stream per call), appends the parts one after another: a failure leaves the parts
+    /// before it stored. Callers must therefore handle that prefix, as they handle a crash
+    /// between two appends.
+    async fn append_streams(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>, LogError> {
+        // The checks the atomic adapters make on the whole, so every adapter refuses the same
+        // calls before writing anything.
+        crate::index::validate_parts(&appends, &self.limits())?;
+        let mut results = Vec::with_capacity(appends.len());
+        for a in appends {
+            results.push(self.append(&a.stream, a.expected, a.events).await?);
+        }
+        Ok(results)
+    }
 
     /// Up to `limit` events of `stream` from `from_version` on (empty if the stream does not
     /// exist). `limit` is capped by [`Limits::max_read_events`].

@@ -12,7 +12,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use conformance::{ev, Harness};
-use pl_eventlog::{verify, EmbeddedLog, EmbeddedOptions, EventStore, ExpectedVersion, LogError};
+use pl_eventlog::{
+    verify, EmbeddedLog, EmbeddedOptions, EventStore, ExpectedVersion, LogError, StreamAppend,
+};
 
 async fn embedded() -> Option<Harness> {
     let dir = tempfile::tempdir().unwrap();
@@ -153,6 +155,91 @@ async fn a_torn_tail_is_truncated_to_the_last_complete_append() {
     log.append("s-1", ExpectedVersion::NoStream, vec![ev("After", 1)])
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_multi_stream_append_torn_after_its_first_part_is_dropped_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path()).unwrap();
+    fill(&log, 1, 3).await;
+    let path = dir.path().join("events.log");
+    let before = std::fs::metadata(&path).unwrap().len();
+    log.append_streams(vec![
+        StreamAppend {
+            stream: "decisions".into(),
+            expected: ExpectedVersion::NoStream,
+            events: vec![ev("Decided", 1), ev("Decided", 2)],
+        },
+        StreamAppend {
+            stream: "outbox".into(),
+            expected: ExpectedVersion::NoStream,
+            events: vec![ev("Published", 3)],
+        },
+    ])
+    .await
+    .unwrap();
+    drop(log);
+    std::fs::remove_file(dir.path().join("index.snap")).unwrap();
+    let full = std::fs::metadata(&path).unwrap().len();
+    // Cut where the second part begins: the first part's frames stay whole, and only the
+    // frame that closes the append is missing.
+    let first_part_end = frame_start(&path, before, 2);
+    assert!(before < first_part_end && first_part_end < full);
+
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(first_part_end).unwrap();
+    drop(f);
+    let log = open(dir.path()).unwrap();
+    assert_eq!(
+        all_events(log.as_ref()).await.len(),
+        3,
+        "neither part is visible"
+    );
+    assert_eq!(log.stream_version("decisions").await.unwrap(), None);
+    assert!(verify(log.as_ref()).await.unwrap().is_intact());
+    log.append("decisions", ExpectedVersion::NoStream, vec![ev("After", 1)])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_append_torn_at_a_frame_boundary_is_dropped_whole_not_taken_for_corruption() {
+    // Before, whole frames of an unclosed append counted as valid data after the damage, so
+    // such a crash made the log refuse to open until repaired.
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path()).unwrap();
+    fill(&log, 1, 2).await;
+    let path = dir.path().join("events.log");
+    let before = std::fs::metadata(&path).unwrap().len();
+    log.append(
+        "batch",
+        ExpectedVersion::NoStream,
+        vec![ev("B", 1), ev("B", 2), ev("B", 3)],
+    )
+    .await
+    .unwrap();
+    drop(log);
+    std::fs::remove_file(dir.path().join("index.snap")).unwrap();
+    let two_frames_in = frame_start(&path, before, 2);
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(two_frames_in).unwrap();
+    drop(f);
+    let log = open(dir.path()).unwrap();
+    assert_eq!(all_events(log.as_ref()).await.len(), 2);
+    assert_eq!(log.stream_version("batch").await.unwrap(), None);
+}
+
+/// Offset of the frame `n` frames after the one at `from`. A frame is `payload_len:u32 (LE)
+/// crc32:u32 payload` (the format `codec` documents for auditors).
+fn frame_start(path: &Path, from: u64, n: usize) -> u64 {
+    const FRAME_HEADER_BYTES: usize = 8;
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = from as usize;
+    for _ in 0..n {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += FRAME_HEADER_BYTES + len;
+    }
+    at as u64
 }
 
 #[tokio::test]

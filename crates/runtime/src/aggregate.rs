@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use pl_eventlog::{EventMetadata, EventStore, ExpectedVersion, LogError, NewEvent, RecordedEvent};
+use pl_eventlog::{
+    EventMetadata, EventStore, ExpectedVersion, LogError, NewEvent, RecordedEvent, StreamAppend,
+};
 use serde::{de::DeserializeOwned, Serialize};
 use uuid::Uuid;
 
@@ -77,8 +79,9 @@ pub trait Aggregate {
 }
 
 /// The events a command decided, as the log takes them: encoded, with the ids and metadata of
-/// `meta` (the i-th event gets `meta.event_id(i)`).
-pub(crate) fn to_new_events<E: DomainEvent, Err>(
+/// `meta` (the i-th event gets `meta.event_id(i)`): for a caller that appends them itself,
+/// beside the events of [`decide_on`].
+pub fn to_new_events<E: DomainEvent, Err>(
     events: &[E],
     meta: &CommandMeta,
 ) -> Result<Vec<NewEvent>, ExecuteError<Err>> {
@@ -291,6 +294,64 @@ async fn load_noting<A: Aggregate>(
     }
 }
 
+/// What a command decided on a stream, before anything is appended ([`decide_on`]).
+#[derive(Debug)]
+pub enum Decided<S, E> {
+    /// Nothing to append: this very command was appended before (its events, and the state
+    /// as loaded), or the decider found nothing to do (no events).
+    Settled(Executed<S, E>),
+    /// Events to append: the state after them, the events, and the append that stores them
+    /// at the version they were decided on.
+    Pending {
+        state: S,
+        events: Vec<E>,
+        append: StreamAppend,
+    },
+}
+
+/// Loads the stream and decides the command on it, appending nothing: for a caller that
+/// stores the events together with others in one [`EventStore::append_streams`], and retries
+/// the whole on a conflict. [`execute`] is this followed by the append.
+pub async fn decide_on<A: Aggregate>(
+    store: &dyn EventStore,
+    stream: &str,
+    command: &A::Command,
+    meta: &CommandMeta,
+) -> Result<Decided<A::State, A::Event>, ExecuteError<A::Error>> {
+    let (loaded, applied) = load_noting::<A>(store, stream, Some(meta)).await?;
+    if !applied.is_empty() {
+        // This very command was appended before (a retry after a lost response or a
+        // redelivered message): answer with what it did, never decide it twice.
+        return Ok(Decided::Settled(Executed {
+            state: loaded.state,
+            version: loaded.version,
+            events: applied,
+        }));
+    }
+    let events = A::decide(&loaded.state, command).map_err(ExecuteError::Domain)?;
+    if events.is_empty() {
+        return Ok(Decided::Settled(Executed {
+            state: loaded.state,
+            version: loaded.version,
+            events,
+        }));
+    }
+    let new_events = to_new_events(&events, meta)?;
+    let expected = loaded
+        .version
+        .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+    let state = events.iter().fold(loaded.state, A::evolve);
+    Ok(Decided::Pending {
+        state,
+        events,
+        append: StreamAppend {
+            stream: stream.to_owned(),
+            expected,
+            events: new_events,
+        },
+    })
+}
+
 /// Load, decide, append at the decided version; on a lost race, repeat on fresh state.
 pub async fn execute<A: Aggregate>(
     store: &dyn EventStore,
@@ -299,31 +360,16 @@ pub async fn execute<A: Aggregate>(
     meta: &CommandMeta,
 ) -> Result<Executed<A::State, A::Event>, ExecuteError<A::Error>> {
     for _ in 0..=MAX_CONFLICT_RETRIES {
-        let (loaded, applied) = load_noting::<A>(store, stream, Some(meta)).await?;
-        if !applied.is_empty() {
-            // This very command was appended before (a retry after a lost response or a
-            // redelivered message): answer with what it did, never decide it twice.
-            return Ok(Executed {
-                state: loaded.state,
-                version: loaded.version,
-                events: applied,
-            });
-        }
-        let events = A::decide(&loaded.state, command).map_err(ExecuteError::Domain)?;
-        if events.is_empty() {
-            return Ok(Executed {
-                state: loaded.state,
-                version: loaded.version,
+        let (state, events, append) = match decide_on::<A>(store, stream, command, meta).await? {
+            Decided::Settled(done) => return Ok(done),
+            Decided::Pending {
+                state,
                 events,
-            });
-        }
-        let new_events = to_new_events(&events, meta)?;
-        let expected = loaded
-            .version
-            .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-        match store.append(stream, expected, new_events).await {
+                append,
+            } => (state, events, append),
+        };
+        match store.append(stream, append.expected, append.events).await {
             Ok(result) => {
-                let state = events.iter().fold(loaded.state, A::evolve);
                 return Ok(Executed {
                     state,
                     version: Some(result.last_version),

@@ -311,6 +311,7 @@ async fn main() {
     let touch_cpu = cpu_time().saturating_sub(cpu);
 
     eprintln!("attributing {conversions} conversions…");
+    let syncs = log.sync_stats().syncs;
     let cpu = cpu_time();
     // The service's settings cache, shared as the gRPC service shares it.
     let programs = Arc::new(service::SettingsCache::default());
@@ -328,6 +329,7 @@ async fn main() {
     })
     .await;
     let conv_cpu = cpu_time().saturating_sub(cpu);
+    let conv_syncs = log.sync_stats().syncs - syncs;
 
     let invoice_customers = env_num("BENCH_INVOICE_CUSTOMERS", 5_000).min(conversions);
     let history = env_num("BENCH_INVOICE_HISTORY", 24);
@@ -396,5 +398,9 @@ async fn main() {
         invoice_cpu,
     );
     println!();
+    println!(
+        "conversions: {conv_syncs} syncs of the log, {:.1} conversions per sync",
+        conversions as f64 / conv_syncs.max(1) as f64
+    );
     println!("target (issue 5): ≥50k conversions/s with 1M touchpoints stored, on 2 cores");
 }

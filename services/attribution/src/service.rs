@@ -6,8 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use pl_eventlog::{EventStore, RecordedEvent};
-use pl_runtime::aggregate::{decode_event, execute, load, ExecuteError};
+use pl_eventlog::{EventStore, ExpectedVersion, RecordedEvent, StreamAppend};
+use pl_runtime::aggregate::{
+    decide_on, decode_event, execute, load, to_new_events, Decided, ExecuteError,
+    MAX_CONFLICT_RETRIES,
+};
 use pl_runtime::{ApiError, CommandMeta, StateCache};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -528,7 +531,32 @@ fn conversion_error(e: ConversionError) -> ApiError {
     }
 }
 
+/// The answer to a conversion already published: the same facts get its event again, other
+/// facts under its external id are refused.
+async fn published_before(
+    store: &dyn EventStore,
+    facts: &ConversionFacts,
+) -> Result<Option<ConversionEvent>, ApiError> {
+    let Some(existing) = get_conversion(store, facts.conversion_id).await? else {
+        return Ok(None);
+    };
+    // The digest only for a retry: a first decision computes it once, in the decider.
+    if existing.facts_sha256() == facts.digest() {
+        return Ok(Some(existing));
+    }
+    Err(conversion_error(ConversionError::DecidedDifferently {
+        external_id: facts.external_id.clone(),
+    }))
+}
+
 /// Decides a conversion (once per program and external id) and publishes the decision.
+///
+/// A new decision and its publication are one append to two streams (the customer's
+/// relationship and the conversion's own stream, the outbox the relay reads), so the embedded
+/// log stores both or neither and the caller waits for one sync, not two. A decision stored
+/// without its publication (an adapter that appends the streams one after another, or a log
+/// written before the two were one append) is published on the next try, from the
+/// relationship's state.
 pub async fn record_conversion(
     store: &dyn EventStore,
     crm: &CrmCache,
@@ -536,14 +564,8 @@ pub async fn record_conversion(
     facts: &ConversionFacts,
     meta: &CommandMeta,
 ) -> Result<ConversionEvent, ApiError> {
-    if let Some(existing) = get_conversion(store, facts.conversion_id).await? {
-        // The digest only for a retry: a first decision computes it once, in the decider.
-        if existing.facts_sha256() == facts.digest() {
-            return Ok(existing);
-        }
-        return Err(conversion_error(ConversionError::DecidedDifferently {
-            external_id: facts.external_id.clone(),
-        }));
+    if let Some(existing) = published_before(store, facts).await? {
+        return Ok(existing);
     }
     let program = programs.get(store, facts.program_id).await?;
     let candidates = if facts.conversion_type.is_reversal()
@@ -559,38 +581,86 @@ pub async fn record_conversion(
         settings_version: program.version,
         candidates,
     };
-    let done = execute::<Relationship>(
-        store,
-        &streams::relationship(facts.program_id, &facts.customer_id),
-        &cmd,
-        meta,
-    )
-    .await
-    .map_err(|e| executed(e, conversion_error))?;
-    let decision = done
-        .state
-        .decisions
-        .get(&facts.conversion_id)
-        .ok_or_else(|| ApiError::internal("decision missing after decide"))?;
-    let event = contract::publish(decision);
+    let relationship = streams::relationship(facts.program_id, &facts.customer_id);
+    let conversion = streams::conversion(facts.conversion_id);
     let publish_meta = CommandMeta {
         id_seed: Uuid::new_v5(&facts.conversion_id, b"publish"),
         ..meta.clone()
     };
-    execute::<Published>(
-        store,
-        &streams::conversion(facts.conversion_id),
-        &event,
-        &publish_meta,
-    )
-    .await
-    .map_err(|e| {
-        executed(e, |e| ApiError::AlreadyExists {
-            what: "conversion (published differently)",
-            id: e.0.to_string(),
+    for attempt in 0..=MAX_CONFLICT_RETRIES {
+        // After a lost race the winner may have been this very conversion.
+        if attempt > 0 {
+            if let Some(existing) = published_before(store, facts).await? {
+                return Ok(existing);
+            }
+        }
+        let decided = decide_on::<Relationship>(store, &relationship, &cmd, meta)
+            .await
+            .map_err(|e| executed(e, conversion_error))?;
+        let (state, decision_append) = match decided {
+            Decided::Settled(done) => {
+                // Decided before: publish what was decided, alone.
+                let event = decision_event(&done.state, facts)?;
+                publish(store, &conversion, &event, &publish_meta).await?;
+                return Ok(event);
+            }
+            Decided::Pending { state, append, .. } => (state, append),
+        };
+        let event = decision_event(&state, facts)?;
+        let publication = StreamAppend {
+            stream: conversion.clone(),
+            expected: ExpectedVersion::NoStream,
+            events: to_new_events::<_, ConversionError>(
+                std::slice::from_ref(&event),
+                &publish_meta,
+            )
+            .map_err(|e| executed(e, conversion_error))?,
+        };
+        match store
+            .append_streams(vec![decision_append, publication])
+            .await
+        {
+            Ok(_) => return Ok(event),
+            Err(e) if e.is_conflict() => {
+                tracing::debug!(%relationship, %conversion, "decision lost a concurrency race; deciding again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Conflict {
+        stream: relationship,
+    })
+}
+
+/// The published form of the decision about `facts` in a relationship's state.
+fn decision_event(
+    state: &Relationship,
+    facts: &ConversionFacts,
+) -> Result<ConversionEvent, ApiError> {
+    state
+        .decisions
+        .get(&facts.conversion_id)
+        .map(contract::publish)
+        .ok_or_else(|| ApiError::internal("decision missing after decide"))
+}
+
+/// Publishes a decision stored before on its own (idempotent: the same event again changes
+/// nothing).
+async fn publish(
+    store: &dyn EventStore,
+    conversion: &str,
+    event: &ConversionEvent,
+    meta: &CommandMeta,
+) -> Result<(), ApiError> {
+    execute::<Published>(store, conversion, event, meta)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            executed(e, |e| ApiError::AlreadyExists {
+                what: "conversion (published differently)",
+                id: e.0.to_string(),
+            })
         })
-    })?;
-    Ok(event)
 }
 
 #[cfg(test)]
@@ -842,23 +912,7 @@ mod tests {
         let (store, stream) = counted_settings(program, &[60, 30]).await;
         let (crm, programs) = (CrmCache::default(), SettingsCache::default());
         for n in 0..3u128 {
-            let external_id = format!("order-{n}");
-            let facts = ConversionFacts {
-                conversion_id: streams::conversion_id(program, &external_id),
-                external_id,
-                program_id: program,
-                conversion_type: crate::conversions::ConversionType::Lead,
-                customer_id: format!("customer-{n}"),
-                visitor_id: None,
-                customer_domain: None,
-                amount: None,
-                products: vec![],
-                customer_country: None,
-                original_external_id: None,
-                occurred_at: click().occurred_at,
-                customer_email_hash: None,
-                revenue: Default::default(),
-            };
+            let facts = lead(program, n);
             let (_, meta) = window(program, 30, 0x100 + n);
             let event = record_conversion(&store, &crm, &programs, &facts, &meta)
                 .await
@@ -869,6 +923,210 @@ mod tests {
             store.hooks.take(&stream),
             2,
             "the settings' two changes are replayed once, for the first conversion"
+        );
+    }
+
+    /// Lead `n` of program `program`, by customer `n`, with no touchpoints.
+    fn lead(program: Uuid, n: u128) -> ConversionFacts {
+        let external_id = format!("order-{n}");
+        ConversionFacts {
+            conversion_id: streams::conversion_id(program, &external_id),
+            external_id,
+            program_id: program,
+            conversion_type: crate::conversions::ConversionType::Lead,
+            customer_id: format!("customer-{n}"),
+            visitor_id: None,
+            customer_domain: None,
+            amount: None,
+            products: vec![],
+            customer_country: None,
+            original_external_id: None,
+            occurred_at: click().occurred_at,
+            customer_email_hash: None,
+            revenue: Default::default(),
+        }
+    }
+
+    /// Before the next append to a stream starting with `prefix`: fails it (`fail`), or writes
+    /// `race` there first as another writer would; once.
+    #[derive(Debug, Default)]
+    struct Once {
+        prefix: std::sync::Mutex<Option<String>>,
+        fail: bool,
+        race: Option<pl_eventlog::NewEvent>,
+    }
+
+    #[async_trait::async_trait]
+    impl pl_eventlog::StoreHooks for Once {
+        async fn before_append(
+            &self,
+            inner: &dyn EventStore,
+            stream: &str,
+        ) -> Result<(), pl_eventlog::LogError> {
+            let armed = {
+                let mut prefix = self.prefix.lock().unwrap();
+                let hit = prefix.as_deref().is_some_and(|p| stream.starts_with(p));
+                if hit {
+                    *prefix = None;
+                }
+                hit
+            };
+            if !armed {
+                return Ok(());
+            }
+            if let Some(event) = &self.race {
+                inner
+                    .append(
+                        stream,
+                        pl_eventlog::ExpectedVersion::Any,
+                        vec![event.clone()],
+                    )
+                    .await?;
+            }
+            if self.fail {
+                return Err(pl_eventlog::LogError::Io("disk unplugged".into()));
+            }
+            Ok(())
+        }
+    }
+
+    fn once(prefix: &str, fail: bool, race: Option<pl_eventlog::NewEvent>) -> Once {
+        Once {
+            prefix: std::sync::Mutex::new(Some(prefix.to_owned())),
+            fail,
+            race,
+        }
+    }
+
+    async fn versions(
+        store: &dyn EventStore,
+        facts: &ConversionFacts,
+    ) -> (Option<u64>, Option<u64>) {
+        let relationship = streams::relationship(facts.program_id, &facts.customer_id);
+        let conversion = streams::conversion(facts.conversion_id);
+        (
+            store.stream_version(&relationship).await.unwrap(),
+            store.stream_version(&conversion).await.unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_decision_is_stored_with_its_publication_or_not_at_all() {
+        let program = Uuid::from_u128(0x75);
+        let store = pl_eventlog::Hooked {
+            inner: pl_eventlog::MemoryLog::default(),
+            hooks: once("conversion-", true, None),
+        };
+        let (crm, programs) = (CrmCache::default(), SettingsCache::default());
+        let facts = lead(program, 1);
+        let (_, meta) = window(program, 30, 0x200);
+
+        let failed = record_conversion(&store, &crm, &programs, &facts, &meta).await;
+        assert!(
+            failed.is_err(),
+            "the publication's stream refused the append"
+        );
+        assert_eq!(
+            versions(&store, &facts).await,
+            (None, None),
+            "no decision without its publication"
+        );
+
+        let event = record_conversion(&store, &crm, &programs, &facts, &meta)
+            .await
+            .unwrap();
+        assert_eq!(versions(&store, &facts).await, (Some(0), Some(0)));
+        assert_eq!(
+            get_conversion(&store, facts.conversion_id).await.unwrap(),
+            Some(event)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_decision_stored_without_its_publication_is_published_by_the_next_try() {
+        // As a log written by an adapter that appends the streams one after another, cut
+        // between the two.
+        let program = Uuid::from_u128(0x76);
+        let store = pl_eventlog::MemoryLog::default();
+        let (crm, programs) = (CrmCache::default(), SettingsCache::default());
+        let facts = lead(program, 1);
+        let (_, meta) = window(program, 30, 0x300);
+        let cmd = Decide {
+            facts: facts.clone(),
+            settings: Default::default(),
+            settings_version: 0,
+            candidates: Candidates::default(),
+        };
+        let relationship = streams::relationship(program, &facts.customer_id);
+        execute::<Relationship>(&store, &relationship, &cmd, &meta)
+            .await
+            .unwrap();
+        assert_eq!(versions(&store, &facts).await, (Some(0), None));
+
+        let event = record_conversion(&store, &crm, &programs, &facts, &meta)
+            .await
+            .unwrap();
+        assert_eq!(
+            versions(&store, &facts).await,
+            (Some(0), Some(0)),
+            "published, not decided twice"
+        );
+        assert_eq!(
+            get_conversion(&store, facts.conversion_id).await.unwrap(),
+            Some(event)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_conversion_that_loses_a_race_for_its_customer_is_decided_again_and_lands() {
+        let program = Uuid::from_u128(0x77);
+        let facts = lead(program, 1);
+        // Another conversion of the same customer, decided by another replica in between.
+        let rival = lead(program, 2);
+        let rival = ConversionFacts {
+            customer_id: facts.customer_id.clone(),
+            ..rival
+        };
+        let (_, rival_meta) = window(program, 30, 0x401);
+        let rival_decision = {
+            let scratch = pl_eventlog::MemoryLog::default();
+            let cmd = Decide {
+                facts: rival.clone(),
+                settings: Default::default(),
+                settings_version: 0,
+                candidates: Candidates::default(),
+            };
+            let relationship = streams::relationship(program, &rival.customer_id);
+            execute::<Relationship>(&scratch, &relationship, &cmd, &rival_meta)
+                .await
+                .unwrap();
+            scratch.read_stream(&relationship, 0, 1).await.unwrap()[0].clone()
+        };
+        let race = pl_eventlog::NewEvent {
+            id: rival_decision.id,
+            event_type: rival_decision.event_type,
+            schema_version: rival_decision.schema_version,
+            data: rival_decision.data,
+            metadata: rival_decision.metadata,
+        };
+        let store = pl_eventlog::Hooked {
+            inner: pl_eventlog::MemoryLog::default(),
+            hooks: once("relationship-", false, Some(race)),
+        };
+        let (crm, programs) = (CrmCache::default(), SettingsCache::default());
+        let (_, meta) = window(program, 30, 0x400);
+
+        let event = record_conversion(&store, &crm, &programs, &facts, &meta)
+            .await
+            .unwrap();
+        assert_eq!(
+            versions(&store, &facts).await,
+            (Some(1), Some(0)),
+            "the rival's decision, then this one, both kept"
+        );
+        assert_eq!(
+            get_conversion(&store, facts.conversion_id).await.unwrap(),
+            Some(event)
         );
     }
 

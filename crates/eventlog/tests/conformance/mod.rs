@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use pl_eventlog::{
     verify, verify_stream, EventMetadata, ExpectedVersion, LogError, NewEvent, SharedStore,
-    Subscription, SubscriptionFilter,
+    StreamAppend, Subscription, SubscriptionFilter, MAX_APPEND_STREAMS,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -252,6 +252,155 @@ pub async fn an_append_mixing_stored_and_new_ids_is_rejected_whole(h: Harness) {
         .unwrap_err();
     assert!(matches!(err, LogError::EventIdConflict { .. }), "{err:?}");
     assert_eq!(h.store.stream_version(&s).await.unwrap(), Some(0));
+}
+
+fn part(stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> StreamAppend {
+    StreamAppend {
+        stream: stream.to_owned(),
+        expected,
+        events,
+    }
+}
+
+pub async fn a_multi_stream_append_stores_each_part_in_order_and_a_retry_writes_nothing(
+    h: Harness,
+) {
+    let (decisions, outbox) = (stream("decisions"), stream("outbox"));
+    h.store
+        .append(
+            &decisions,
+            ExpectedVersion::NoStream,
+            vec![ev("Earlier", 0)],
+        )
+        .await
+        .unwrap();
+    let parts = vec![
+        part(
+            &decisions,
+            ExpectedVersion::Exact(0),
+            vec![ev("Decided", 1)],
+        ),
+        part(
+            &outbox,
+            ExpectedVersion::NoStream,
+            vec![ev("Published", 2), ev("Published", 3)],
+        ),
+    ];
+    let results = h.store.append_streams(parts.clone()).await.unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0].last_version, 1);
+    assert_eq!(results[1].last_version, 1);
+    assert!(
+        results[0].last_position < results[1].first_position,
+        "parts are stored in the order given"
+    );
+    let published = h.store.read_stream(&outbox, 0, 10).await.unwrap();
+    assert_eq!(published.len(), 2);
+    assert_eq!(published[0].id, parts[1].events[0].id);
+    assert_eq!(
+        h.store.stream_version(&decisions).await.unwrap(),
+        Some(1),
+        "the first part is stored too"
+    );
+
+    let before = head(&h.store).await;
+    let again = h.store.append_streams(parts).await.unwrap();
+    assert_eq!(again, results, "a retry answers the original results");
+    assert_eq!(head(&h.store).await, before, "and writes nothing");
+}
+
+pub async fn a_multi_stream_append_never_stores_a_part_after_one_that_conflicts(h: Harness) {
+    let (a, b, c) = (stream("a"), stream("b"), stream("c"));
+    h.store
+        .append(&b, ExpectedVersion::NoStream, vec![ev("Taken", 0)])
+        .await
+        .unwrap();
+    let err = h
+        .store
+        .append_streams(vec![
+            part(&a, ExpectedVersion::NoStream, vec![ev("A", 1)]),
+            part(&b, ExpectedVersion::NoStream, vec![ev("B", 2)]),
+            part(&c, ExpectedVersion::NoStream, vec![ev("C", 3)]),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LogError::WrongExpectedVersion { stream, .. } if *stream == b),
+        "{err:?}"
+    );
+    assert_eq!(h.store.stream_version(&b).await.unwrap(), Some(0));
+    assert_eq!(h.store.stream_version(&c).await.unwrap(), None);
+}
+
+/// Only for adapters that append the parts atomically (not EventStoreDB).
+pub async fn a_multi_stream_append_with_a_conflict_in_any_part_stores_nothing(h: Harness) {
+    let (a, b) = (stream("a"), stream("b"));
+    h.store
+        .append(&b, ExpectedVersion::NoStream, vec![ev("Taken", 0)])
+        .await
+        .unwrap();
+    let before = head(&h.store).await;
+    let err = h
+        .store
+        .append_streams(vec![
+            part(&a, ExpectedVersion::NoStream, vec![ev("A", 1)]),
+            part(&b, ExpectedVersion::NoStream, vec![ev("B", 2)]),
+        ])
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err:?}");
+    assert_eq!(h.store.stream_version(&a).await.unwrap(), None);
+    assert_eq!(head(&h.store).await, before);
+}
+
+pub async fn a_multi_stream_append_that_breaks_a_rule_of_the_whole_writes_nothing(h: Harness) {
+    let (a, b) = (stream("a"), stream("b"));
+    let before = head(&h.store).await;
+    let shared = ev("Shared", 1);
+    let cases: Vec<(Vec<StreamAppend>, &str)> = vec![
+        (vec![], "no parts"),
+        (
+            vec![
+                part(&a, ExpectedVersion::Any, vec![ev("A", 1)]),
+                part(&a, ExpectedVersion::Any, vec![ev("A", 2)]),
+            ],
+            "a stream named twice",
+        ),
+        (
+            vec![
+                part(&a, ExpectedVersion::Any, vec![shared.clone()]),
+                part(&b, ExpectedVersion::Any, vec![shared]),
+            ],
+            "an event id in two parts",
+        ),
+        (
+            (0..=MAX_APPEND_STREAMS)
+                .map(|i| part(&format!("{a}-{i}"), ExpectedVersion::Any, vec![ev("A", 1)]))
+                .collect(),
+            "too many streams",
+        ),
+        (
+            vec![
+                part(&a, ExpectedVersion::Any, vec![ev("A", 1)]),
+                part(&b, ExpectedVersion::Any, vec![]),
+            ],
+            "an empty part",
+        ),
+    ];
+    for (parts, case) in cases {
+        let err = h.store.append_streams(parts).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LogError::LimitExceeded { .. }
+                    | LogError::InvalidStreamName { .. }
+                    | LogError::InvalidEvent { .. }
+            ),
+            "{case}: {err:?}"
+        );
+    }
+    assert_eq!(head(&h.store).await, before, "nothing is written");
+    assert_eq!(h.store.stream_version(&a).await.unwrap(), None);
 }
 
 pub async fn read_all_returns_every_stream_in_global_order(h: Harness) {
@@ -595,6 +744,10 @@ macro_rules! conformance_suite {
             reusing_an_event_id_with_a_different_body_is_rejected,
             reusing_an_event_id_in_another_stream_is_rejected,
             an_append_mixing_stored_and_new_ids_is_rejected_whole,
+            a_multi_stream_append_stores_each_part_in_order_and_a_retry_writes_nothing,
+            a_multi_stream_append_never_stores_a_part_after_one_that_conflicts,
+            a_multi_stream_append_with_a_conflict_in_any_part_stores_nothing,
+            a_multi_stream_append_that_breaks_a_rule_of_the_whole_writes_nothing,
             read_all_returns_every_stream_in_global_order,
             reads_page_by_version_and_position,
             bad_input_is_rejected_precisely_and_nothing_is_written,
