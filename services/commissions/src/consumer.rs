@@ -111,6 +111,11 @@ pub async fn handle(
 ) -> Result<(), HandleError> {
     let event = IntegrationEvent::from_message(&message)
         .map_err(|e| HandleError::Permanent(format!("not an integration event: {e}")))?;
+    if !CONSUMED_EVENT_TYPES.contains(&event.event_type.as_str()) {
+        // A subject filter let through something this version does not act on: skip it.
+        tracing::debug!(event_type = %event.event_type, "ignoring event type");
+        return Ok(());
+    }
     let span = tracing::info_span!("consume", event_type = %event.event_type, event_id = %event.id);
     pl_telemetry::set_parent(&span, &message.headers);
     let trace_context = pl_telemetry::inject(&span);
@@ -188,11 +193,9 @@ pub async fn handle(
                 };
                 record_eligibility(store, &event, &fact, trace_context).await
             }
-            other => {
-                // A subject filter let through something this version does not know: skip it.
-                tracing::debug!(event_type = other, "ignoring event type");
-                Ok(())
-            }
+            other => Err(HandleError::Permanent(format!(
+                "{other} is listed as consumed but has no handler"
+            ))),
         }
     }
     .instrument(span)
@@ -219,16 +222,31 @@ pub async fn handle_batch(
     while at < messages.len() {
         // A lone message (what a lane hands over under light load) goes straight to `handle`,
         // which parses it once; only a possible run is parsed here.
-        let run: Vec<_> = if messages.len() - at > 1 {
-            // Sized up front: `map_while` gives no lower bound, and growing a vector of these
-            // (a few hundred bytes each) by doubling showed in a profile as a twenty-fifth of
-            // an accrual's CPU, in copies and freshly zeroed pages (2026-12-05; the bench's
-            // pairs could not tell the change from their noise).
+        // The run: attributed conversions, and between them messages this consumer skips
+        // (attribution's `TouchpointRecorded`, published for compliance, shares the
+        // conversions' subject tree and ordering key); `taken` counts both. A skipped message
+        // changes nothing, so the conversions around it are accrued together in order.
+        let (run, taken) = if messages.len() - at > 1 {
+            // Sized up front: growing a vector of these (a few hundred bytes each) by doubling
+            // showed in a profile as a twenty-fifth of an accrual's CPU, in copies and freshly
+            // zeroed pages (2026-12-05; the bench's pairs could not tell the change from their
+            // noise).
             let mut run = Vec::with_capacity((messages.len() - at).min(MAX_BATCH));
-            run.extend(messages[at..].iter().take(MAX_BATCH).map_while(conversion));
-            run
+            let mut taken = 0;
+            for message in &messages[at..] {
+                if run.len() == MAX_BATCH {
+                    break;
+                }
+                if let Some(c) = conversion(message) {
+                    run.push(c);
+                } else if !skipped(message) {
+                    break;
+                }
+                taken += 1;
+            }
+            (run, taken)
         } else {
-            Vec::new()
+            (Vec::new(), 0)
         };
         if run.len() > 1 {
             let span = tracing::info_span!("consume_batch", conversions = run.len());
@@ -237,8 +255,8 @@ pub async fn handle_batch(
                 .await
             {
                 Ok(()) => {
-                    outcomes.extend(run.iter().map(|_| Ok(())));
-                    at += run.len();
+                    outcomes.extend((0..taken).map(|_| Ok(())));
+                    at += taken;
                     continue;
                 }
                 Err(e) => {
@@ -246,7 +264,7 @@ pub async fn handle_batch(
                 }
             }
         }
-        for message in &messages[at..at + run.len().max(1)] {
+        for message in &messages[at..at + taken.max(1)] {
             let outcome = handle(store, caches, message.clone()).await;
             let retry = matches!(outcome, Err(HandleError::Retry(_)));
             outcomes.push(outcome);
@@ -260,9 +278,32 @@ pub async fn handle_batch(
                 return outcomes;
             }
         }
-        at += run.len().max(1);
+        at += taken.max(1);
     }
     outcomes
+}
+
+/// The event types [`handle`] acts on (keep in step with its `match`); any other it skips.
+pub const CONSUMED_EVENT_TYPES: &[&str] = &[
+    "PartnerApplied",
+    "ConversionAttributed",
+    "ConversionRefunded",
+    "ChargebackReceived",
+    "CampaignFeeCommitted",
+    "CampaignBonusAwarded",
+    "MdfReimbursementApproved",
+    "ConversionRejected",
+    "SubscriptionCancelled",
+    "VerificationRecorded",
+    "PayoutHoldPlaced",
+    "PayoutHoldReleased",
+];
+
+/// A well-formed integration event of a type [`handle`] skips: acked as it is, so it need not
+/// end a run of conversions.
+fn skipped(message: &Message) -> bool {
+    IntegrationEvent::from_message(message)
+        .is_ok_and(|e| !CONSUMED_EVENT_TYPES.contains(&e.event_type.as_str()))
 }
 
 /// A message that is an attributed conversion, parsed, with the trace context its events carry

@@ -1534,6 +1534,77 @@ async fn a_batch_reads_each_plan_and_assignment_once_and_accrues_as_one_at_a_tim
 }
 
 #[tokio::test]
+async fn clicks_published_between_conversions_do_not_split_their_batch() {
+    // Attribution publishes each recorded touchpoint (for compliance) on the conversions'
+    // subject tree and ordering key: a lane's batch interleaves them with the conversions.
+    let store = flaky();
+    let w = world_on(store.clone()).await;
+    let mut messages = Vec::new();
+    for i in 0..8_u128 {
+        messages.push(message(
+            100 + i,
+            "TouchpointRecorded",
+            serde_json::json!({ "touchpoint_id": Uuid::from_u128(300 + i), "program_id": PROGRAM }),
+            at(1, 9),
+        ));
+        messages.push(message(
+            10 + i,
+            "ConversionAttributed",
+            conversion(200 + i, &format!("cust-{i}"), "100.00", &[(PARTNER, "1")]),
+            at(1, 10),
+        ));
+    }
+    let plan_reads = || {
+        store
+            .hooks
+            .reads
+            .lock()
+            .unwrap()
+            .get(&pl_commissions::setup::plan_stream(PLAN))
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = plan_reads();
+    let outcomes =
+        pl_commissions::consumer::handle_batch(w.store.as_ref(), &w.api.caches(), messages).await;
+    assert_eq!(
+        outcomes,
+        vec![Ok(()); 16],
+        "every click is acked, every sale accrued"
+    );
+    assert_eq!(
+        plan_reads() - before,
+        1,
+        "the eight sales are accrued as one run"
+    );
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("80.00".into(), "0.00".into())
+    );
+}
+
+#[tokio::test]
+async fn an_event_type_listed_as_consumed_always_has_a_handler() {
+    let w = world().await;
+    for (i, event_type) in pl_commissions::consumer::CONSUMED_EVENT_TYPES
+        .iter()
+        .enumerate()
+    {
+        let m = message(
+            900 + i as u128,
+            event_type,
+            serde_json::json!({}),
+            at(1, 10),
+        );
+        let outcome = w.consume(m).await;
+        assert!(
+            !format!("{outcome:?}").contains("has no handler"),
+            "{event_type}: {outcome:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_broken_message_in_a_batch_is_refused_alone_and_the_rest_accrues() {
     let w = world().await;
     let mut messages = mixed_messages();
