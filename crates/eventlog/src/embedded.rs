@@ -693,13 +693,11 @@ impl EventStore for EmbeddedLog {
             events: &events,
             v: &v,
         };
-        let mut results = self
-            .shared
-            .append_parts(std::slice::from_ref(&part))
-            .await?;
-        results
-            .pop()
-            .ok_or_else(|| LogError::Io("sequencer answered no outcome for one append".into()))
+        index::single(
+            self.shared
+                .append_parts(std::slice::from_ref(&part))
+                .await?,
+        )
     }
 
     async fn append_streams(

@@ -47,6 +47,16 @@ pub(crate) struct Index {
     pub last_recorded_at_ns: i64,
 }
 
+/// The one result of a single-stream append made through the multi-part path.
+pub(crate) fn single(mut results: Vec<AppendResult>) -> Result<AppendResult, LogError> {
+    match (results.pop(), results.is_empty()) {
+        (Some(r), true) => Ok(r),
+        _ => Err(LogError::Io(
+            "sequencer answered other than one outcome for one append".into(),
+        )),
+    }
+}
+
 /// One stream's share of an append, validated ([`Index::append_parts`]).
 pub(crate) struct Part<'a> {
     pub stream: &'a str,

@@ -113,10 +113,7 @@ impl EventStore for MemoryLog {
             events,
         }];
         let validated = [index::validate(stream, &appends[0].events, &self.limits)?];
-        let mut results = self.sequence(&appends, &validated)?;
-        results
-            .pop()
-            .ok_or_else(|| LogError::Io("sequencer answered no outcome for one append".into()))
+        index::single(self.sequence(&appends, &validated)?)
     }
 
     async fn append_streams(

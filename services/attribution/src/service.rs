@@ -1010,6 +1010,21 @@ mod tests {
         )
     }
 
+    /// Stores the decision about `facts` (no touchpoints, default settings) in its
+    /// customer's relationship alone, unpublished.
+    async fn decide_alone(store: &dyn EventStore, facts: &ConversionFacts, meta: &CommandMeta) {
+        let cmd = Decide {
+            facts: facts.clone(),
+            settings: Default::default(),
+            settings_version: 0,
+            candidates: Candidates::default(),
+        };
+        let relationship = streams::relationship(facts.program_id, &facts.customer_id);
+        execute::<Relationship>(store, &relationship, &cmd, meta)
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn a_decision_is_stored_with_its_publication_or_not_at_all() {
         let program = Uuid::from_u128(0x75);
@@ -1051,16 +1066,7 @@ mod tests {
         let (crm, programs) = (CrmCache::default(), SettingsCache::default());
         let facts = lead(program, 1);
         let (_, meta) = window(program, 30, 0x300);
-        let cmd = Decide {
-            facts: facts.clone(),
-            settings: Default::default(),
-            settings_version: 0,
-            candidates: Candidates::default(),
-        };
-        let relationship = streams::relationship(program, &facts.customer_id);
-        execute::<Relationship>(&store, &relationship, &cmd, &meta)
-            .await
-            .unwrap();
+        decide_alone(&store, &facts, &meta).await;
         assert_eq!(versions(&store, &facts).await, (Some(0), None));
 
         let event = record_conversion(&store, &crm, &programs, &facts, &meta)
@@ -1090,16 +1096,8 @@ mod tests {
         let (_, rival_meta) = window(program, 30, 0x401);
         let rival_decision = {
             let scratch = pl_eventlog::MemoryLog::default();
-            let cmd = Decide {
-                facts: rival.clone(),
-                settings: Default::default(),
-                settings_version: 0,
-                candidates: Candidates::default(),
-            };
+            decide_alone(&scratch, &rival, &rival_meta).await;
             let relationship = streams::relationship(program, &rival.customer_id);
-            execute::<Relationship>(&scratch, &relationship, &cmd, &rival_meta)
-                .await
-                .unwrap();
             scratch.read_stream(&relationship, 0, 1).await.unwrap()[0].clone()
         };
         let race = pl_eventlog::NewEvent {
