@@ -145,8 +145,13 @@ pub(crate) fn validate_parts(
     limits: &Limits,
 ) -> Result<Vec<Validated>, LogError> {
     if appends.is_empty() || appends.len() > MAX_APPEND_STREAMS {
+        let what = if appends.is_empty() {
+            "streams in one append (must be at least 1)"
+        } else {
+            "streams in one append"
+        };
         return Err(LogError::LimitExceeded {
-            what: "streams in one append (must be at least 1)",
+            what,
             actual: appends.len() as u64,
             limit: MAX_APPEND_STREAMS as u64,
         });
@@ -255,14 +260,13 @@ impl Index {
             .map(|v| v as u64)
     }
 
-    /// Decides an append and assigns each event of its new parts its place, handing it to
-    /// `sink` (which stores it and returns its hash) in order. An append may write to several
-    /// distinct streams as one: every part is decided first (an identical
-    /// retry, or new events at its expected version), and only when all pass are the new
-    /// parts' events assigned their places, in order, and handed to `sink`. A conflict in any
-    /// part assigns nothing. Only the last new event carries `FLAG_LAST_IN_APPEND`, so that
-    /// recovery restores all the parts or none. The streams must be distinct and the event ids
-    /// unique across parts ([`validate_parts`]).
+    /// Decides an append, which may write to several distinct streams as one, and assigns
+    /// each event of its new parts its place, handing it to `sink` (which stores it and
+    /// returns its hash) in order. Every part is decided first (an identical retry, or new
+    /// events at its expected version); only when all pass are the new parts' events
+    /// assigned, so a conflict in any part assigns nothing. Only the last new event carries
+    /// `FLAG_LAST_IN_APPEND`, so that recovery restores all the parts or none. The streams must
+    /// be distinct and the event ids unique across parts ([`validate_parts`]).
     pub fn append_parts(
         &mut self,
         parts: &[Part<'_>],
