@@ -980,7 +980,7 @@ impl Scan<'_> {
 fn restore(state: &mut State, offset: u64, ev: &RecordedEvent) -> Result<(), LogError> {
     let corrupt = |reason: String| LogError::Corrupt { offset, reason };
     let fingerprint = codec::fingerprint_recorded(ev)?;
-    let stream = state.index.streams.get_or_default(ev.stream.clone());
+    let stream = state.index.streams.get_or_default(ev.stream.as_str());
     if ev.version != stream.positions.len() as u64 {
         return Err(corrupt(format!(
             "stream {} jumps to version {} after {} events",

@@ -321,7 +321,7 @@ impl Index {
     ) -> AppendResult {
         let recorded_at_ns = now_ns.max(self.last_recorded_at_ns);
         let first_position = self.next_position;
-        let state = self.streams.get_or_default(p.stream.to_owned());
+        let state = self.streams.get_or_default(p.stream);
         let first_version = state.positions.len() as u64;
         let mut prev_hash = if state.positions.is_empty() {
             GENESIS_HASH

@@ -5,34 +5,43 @@
 //! insert that crosses its capacity. Under the log's lock that insert stalls every append and
 //! read for the whole move: on the machine of 2026-12-05 (AMD EPYC, 2 cores) a map of string
 //! keys took 50 ms to grow past 131k entries and 0.4 s past 1M, and the stall doubles with
-//! each growth. Split into [`SHARDS`] maps by the key's hash, each growth moves a
-//! [`SHARDS`]th of the entries, so the longest stall is that much shorter; lookups hash the
-//! key once more to pick the shard (tens of nanoseconds). No I/O; iteration order is
-//! unspecified, as a `HashMap`'s.
+//! each growth. Split into [`SHARDS`] tables by the key's hash, each growth moves a
+//! [`SHARDS`]th of the entries, so the longest stall is that much shorter. A key is hashed
+//! once (foldhash, randomly seeded per map): the same hash picks the shard and finds the key
+//! in it. No I/O; iteration order is unspecified, as a `HashMap`'s.
 
 use std::borrow::Borrow;
-use std::collections::hash_map::{Entry, RandomState};
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
+
+use foldhash::fast::RandomState;
+use hashbrown::hash_table::{Entry, HashTable};
 
 /// Shards per map: the longest growth stall is this many times shorter than one map's. Each
 /// empty shard costs a few dozen bytes.
 pub(crate) const SHARDS: usize = 256;
 
+/// Where in a key's hash the shard is read: bits 48 to 55. A shard's table places keys by the
+/// hash's low bits and tells them apart by its top seven (hashbrown's layout), so the bits
+/// that are the same for every key of a shard must be neither: a shard of 2^48 buckets would
+/// be needed before the two meet.
+const SHARD_SHIFT: u32 = 48;
+
 #[derive(Debug)]
 pub(crate) struct ShardedMap<K, V> {
-    shards: Vec<HashMap<K, V>>,
-    /// Picks the shard; keyed per map (as `HashMap`'s own hasher is), so that keys an outsider
-    /// chooses cannot all be sent to one shard.
-    pick: RandomState,
+    shards: Vec<HashTable<(K, V)>>,
+    /// Seeded per map (as `HashMap`'s own hasher is), so that keys an outsider chooses cannot
+    /// be aimed at one shard or one chain. foldhash rather than SipHash: a lookup hashed its
+    /// key twice with SipHash (shard, then table), a twentieth of a conversion's CPU in the
+    /// attribution bench's profile of 2026-12-06.
+    hasher: RandomState,
     len: usize,
 }
 
 impl<K, V> Default for ShardedMap<K, V> {
     fn default() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| HashMap::new()).collect(),
-            pick: RandomState::new(),
+            shards: (0..SHARDS).map(|_| HashTable::new()).collect(),
+            hasher: RandomState::default(),
             len: 0,
         }
     }
@@ -45,16 +54,20 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         let per_shard = entries.div_ceil(SHARDS);
         Self {
             shards: (0..SHARDS)
-                .map(|_| HashMap::with_capacity(per_shard + per_shard / 8))
+                .map(|_| HashTable::with_capacity(per_shard + per_shard / 8))
                 .collect(),
-            pick: RandomState::new(),
+            hasher: RandomState::default(),
             len: 0,
         }
     }
 
-    fn shard_of<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
-        // SHARDS is a power of two: the low bits of the hash choose.
-        (self.pick.hash_one(key) as usize) & (SHARDS - 1)
+    fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard(hash: u64) -> usize {
+        // SHARDS is 256: eight bits of the hash choose.
+        ((hash >> SHARD_SHIFT) as usize) & (SHARDS - 1)
     }
 
     pub(crate) fn get<Q>(&self, key: &Q) -> Option<&V>
@@ -62,29 +75,48 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shards[self.shard_of(key)].get(key)
+        let hash = self.hash(key);
+        self.shards[Self::shard(hash)]
+            .find(hash, |(k, _)| k.borrow() == key)
+            .map(|(_, v)| v)
     }
 
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let shard = self.shard_of(&key);
-        let previous = self.shards[shard].insert(key, value);
-        if previous.is_none() {
-            self.len += 1;
+        let hash = self.hash(&key);
+        let hasher = &self.hasher;
+        match self.shards[Self::shard(hash)].entry(
+            hash,
+            |(k, _)| *k == key,
+            |(k, _)| hasher.hash_one(k),
+        ) {
+            Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().1, value)),
+            Entry::Vacant(e) => {
+                e.insert((key, value));
+                self.len += 1;
+                None
+            }
         }
-        previous
     }
 
-    /// The value under `key`, inserted as `V::default()` when absent.
-    pub(crate) fn get_or_default(&mut self, key: K) -> &mut V
+    /// The value under `key`, inserted as `V::default()` when absent. The key is copied into
+    /// the map only then (a stream's name is looked up on every append to it, and stored once).
+    pub(crate) fn get_or_default<Q>(&mut self, key: &Q) -> &mut V
     where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         V: Default,
     {
-        let shard = self.shard_of(&key);
-        match self.shards[shard].entry(key) {
-            Entry::Occupied(e) => e.into_mut(),
+        let hash = self.hash(key);
+        let hasher = &self.hasher;
+        match self.shards[Self::shard(hash)].entry(
+            hash,
+            |(k, _)| k.borrow() == key,
+            |(k, _)| hasher.hash_one(k),
+        ) {
+            Entry::Occupied(e) => &mut e.into_mut().1,
             Entry::Vacant(e) => {
                 self.len += 1;
-                e.insert(V::default())
+                &mut e.insert((key.to_owned(), V::default())).into_mut().1
             }
         }
     }
@@ -94,7 +126,10 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.shards.iter().flat_map(HashMap::iter)
+        self.shards
+            .iter()
+            .flat_map(HashTable::iter)
+            .map(|(k, v)| (k, v))
     }
 }
 
@@ -113,8 +148,8 @@ mod tests {
             Some(7),
             "a second insert replaces"
         );
-        *map.get_or_default("stream-8".into()) += 1;
-        *map.get_or_default("new".into()) += 2;
+        *map.get_or_default("stream-8") += 1;
+        *map.get_or_default("new") += 2;
         assert_eq!(map.len(), 5_001);
         assert_eq!(map.get("stream-7"), Some(&70), "looked up by &str");
         assert_eq!(map.get("stream-8"), Some(&9));
@@ -127,12 +162,33 @@ mod tests {
     }
 
     #[test]
+    fn keys_stay_found_while_every_shard_grows_many_times() {
+        // Each shard's table rehashes its entries as it grows, with the same hash that chose
+        // the shard: a key must be found in its shard after every growth, by `&str` too.
+        let mut map: ShardedMap<String, usize> = ShardedMap::default();
+        for i in 0..(SHARDS * 300) {
+            *map.get_or_default(format!("s-{i}").as_str()) += i;
+            if i % 997 == 0 {
+                for j in (0..=i).step_by(101) {
+                    assert_eq!(
+                        map.get(format!("s-{j}").as_str()),
+                        Some(&j),
+                        "key {j} after {i}"
+                    );
+                }
+            }
+        }
+        assert_eq!(map.len(), SHARDS * 300);
+        assert_eq!(map.iter().count(), SHARDS * 300);
+    }
+
+    #[test]
     fn keys_spread_over_every_shard() {
         let mut map: ShardedMap<u64, ()> = ShardedMap::default();
         for i in 0..(SHARDS as u64 * 64) {
             map.insert(i, ());
         }
-        let largest = map.shards.iter().map(HashMap::len).max().unwrap_or(0);
+        let largest = map.shards.iter().map(HashTable::len).max().unwrap_or(0);
         let empty = map.shards.iter().filter(|s| s.is_empty()).count();
         // 64 per shard on average; no shard holds more than a few times that.
         assert_eq!(empty, 0);
