@@ -197,12 +197,24 @@ pub(crate) fn validate_stream_name(stream: &str, limits: &Limits) -> Result<(), 
         )
     } else if stream.starts_with('$') {
         "stream names starting with '$' are reserved for the store".to_owned()
-    } else if stream.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    } else if has_control_or_whitespace(stream) {
         "stream name contains whitespace or a control character".to_owned()
     } else {
         return Ok(());
     };
     Err(LogError::InvalidStreamName { reason })
+}
+
+/// Whether `s` holds a control character or whitespace. Stream names are checked on every
+/// read and append (about a dozen per conversion), event types on every append; both are
+/// nearly always ASCII: a byte test then, the character classes only for the rest.
+fn has_control_or_whitespace(s: &str) -> bool {
+    if s.is_ascii() {
+        return s
+            .bytes()
+            .any(|b| b.is_ascii_control() || b.is_ascii_whitespace());
+    }
+    s.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
 fn validate_event(ev: &NewEvent, limits: &Limits) -> Result<(), LogError> {
@@ -220,11 +232,7 @@ fn validate_event(ev: &NewEvent, limits: &Limits) -> Result<(), LogError> {
             ev.event_type.len()
         )));
     }
-    if ev
-        .event_type
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace())
-    {
+    if has_control_or_whitespace(&ev.event_type) {
         return Err(invalid(
             "event type contains whitespace or a control character".into(),
         ));
@@ -435,5 +443,34 @@ impl Index {
             first_position: state.positions[first as usize],
             last_position: state.positions[last as usize],
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_name_with_any_control_character_or_whitespace_is_refused_whatever_its_script() {
+        let limits = Limits::default();
+        let chars = (0u32..0x80)
+            .chain([0x85, 0xA0, 0x2028, 0x3000, 0xE9, 0x4E2D])
+            .filter_map(char::from_u32);
+        for c in chars {
+            let expected = c.is_control() || c.is_whitespace();
+            let ascii = format!("visitor-{c}-x");
+            assert_eq!(
+                validate_stream_name(&ascii, &limits).is_err(),
+                expected,
+                "{c:?} (U+{:04X})",
+                u32::from(c)
+            );
+            let accented = format!("café-{c}");
+            assert_eq!(
+                validate_stream_name(&accented, &limits).is_err(),
+                expected,
+                "{accented:?}"
+            );
+        }
     }
 }
