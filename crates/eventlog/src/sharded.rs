@@ -29,10 +29,12 @@ const SHARD_SHIFT: u32 = 48;
 #[derive(Debug)]
 pub(crate) struct ShardedMap<K, V> {
     shards: Vec<HashTable<(K, V)>>,
-    /// Seeded per map (as `HashMap`'s own hasher is), so that keys an outsider chooses cannot
-    /// be aimed at one shard or one chain. foldhash rather than SipHash: a lookup hashed its
-    /// key twice with SipHash (shard, then table), a twentieth of a conversion's CPU in the
-    /// attribution bench's profile of 2026-12-06.
+    /// Seeded at random per map, so that keys an outsider chooses cannot be aimed at one shard
+    /// or one chain without first recovering the seed (foldhash is only minimally resistant to
+    /// that, where SipHash resists it: the price of the speed; std's own table, hashbrown,
+    /// makes the same choice by default). foldhash rather than SipHash: a lookup hashed its key
+    /// twice with SipHash (shard, then table), about 3% of a conversion's CPU in the attribution
+    /// bench's profile of 2026-12-06.
     hasher: RandomState,
     len: usize,
 }
