@@ -83,14 +83,27 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
             .map(|(_, v)| v)
     }
 
-    pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let hash = self.hash(&key);
-        let hasher = &self.hasher;
-        match self.shards[Self::shard(hash)].entry(
+    /// The place of `key` in its shard, found with one hash (the same hash picks the shard).
+    /// Takes the map's fields apart so that the caller may count an insert meanwhile.
+    fn slot<'a, Q>(
+        shards: &'a mut [HashTable<(K, V)>],
+        hasher: &RandomState,
+        key: &Q,
+    ) -> Entry<'a, (K, V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = hasher.hash_one(key);
+        shards[Self::shard(hash)].entry(
             hash,
-            |(k, _)| *k == key,
+            |(k, _)| k.borrow() == key,
             |(k, _)| hasher.hash_one(k),
-        ) {
+        )
+    }
+
+    pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
+        match Self::slot(&mut self.shards, &self.hasher, &key) {
             Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().1, value)),
             Entry::Vacant(e) => {
                 e.insert((key, value));
@@ -108,13 +121,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
         V: Default,
     {
-        let hash = self.hash(key);
-        let hasher = &self.hasher;
-        match self.shards[Self::shard(hash)].entry(
-            hash,
-            |(k, _)| k.borrow() == key,
-            |(k, _)| hasher.hash_one(k),
-        ) {
+        match Self::slot(&mut self.shards, &self.hasher, key) {
             Entry::Occupied(e) => &mut e.into_mut().1,
             Entry::Vacant(e) => {
                 self.len += 1;
