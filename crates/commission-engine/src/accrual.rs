@@ -163,6 +163,27 @@ pub struct Formula {
     /// For a negative net revenue line: the CPA recovery undone (added back to the CPA
     /// outstanding) instead of clawing back cash that was never paid.
     pub cpa_restored: Option<Money>,
+    /// For a line of a conversion credited to several partners: the whole conversion's amount
+    /// and this partner's part of it (see [`crate::Split`]). `rounded` is then the part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitPart>,
+}
+
+/// How one partner's part of a split conversion's line was allocated: enough to redo it by hand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitPart {
+    /// The line's amount for the whole conversion (weight 1), exact.
+    pub whole_exact: Money,
+    /// The same, rounded half-even once: what the credited partners' parts sum to.
+    pub whole: Money,
+    /// Every credited partner's weight, in the attribution's order (earliest first touch
+    /// first).
+    pub weights: Vec<Decimal>,
+    /// This partner's place in `weights`.
+    pub index: usize,
+    /// This partner's part: `whole` allocated over `weights` by largest remainder, before caps
+    /// and CPA recovery.
+    pub part: Money,
 }
 
 impl Formula {
@@ -194,6 +215,7 @@ impl Formula {
             caps: Vec::new(),
             cpa_recovered: None,
             cpa_restored: None,
+            split: None,
         }
     }
 }

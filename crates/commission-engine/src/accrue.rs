@@ -11,7 +11,7 @@ use crate::{
     CustomerState, Effects, EngineError, FactsError, Formula, LineKind, NetRevenuePolicy,
     NetRevenuePosition, NetRevenueShareCalc, NotPayable, PartnerState, Percent, Period,
     PeriodDelta, PeriodTotals, PlanError, PlanVersion, RecurringDuration, Reward, RewardKind, Rule,
-    ScheduleStep, Tier, TierMode, TierPrice, TierReached, VolumeBasis,
+    ScheduleStep, SplitPart, Tier, TierMode, TierPrice, TierReached, VolumeBasis,
 };
 
 /// Computes the commission of one conversion for the partner credited with it, under `plan`
@@ -26,6 +26,11 @@ use crate::{
 /// * Every formula is exact until one half-even rounding to the payout currency's minor unit
 ///   per line. The attribution `weight` scales the conversion (its revenue, its count, its
 ///   lots, the flat fee) before the formula applies.
+/// * A conversion credited to several partners (`facts.split`): a line linear in the weight
+///   (every reward but ladders and net revenue shares, overrides included) is computed for the
+///   whole conversion, rounded once, and the partner's part of it allocated by largest
+///   remainder over every partner's weight ([`crate::Split`]), so the parts sum to the whole.
+///   Caps and CPA recovery then apply to the partner's part.
 /// * Amounts in another currency than the payout currency are converted at `facts.fx_rate`;
 ///   without a rate that is [`EngineError::FxRateMissing`], never a fallback.
 /// * Caps: the rule's per-conversion cap limits the base line; its per-period cap limits all
@@ -106,14 +111,24 @@ struct Draft {
     formula: Formula,
 }
 
+/// The amount overrides are a percentage of.
+struct OverrideBase {
+    /// The partner's credited amount.
+    credited: Money,
+    /// The same for the whole conversion, when `credited` is it times the weight (then each
+    /// override is the partner's part of the whole conversion's override).
+    whole: Option<Money>,
+    /// Its description.
+    text: String,
+}
+
 /// What a payable rule computed.
 struct Pay {
     drafts: Vec<Draft>,
     /// Credited volume added to the rule's period totals.
     volume: Decimal,
-    /// The credited base overrides apply to, with its description; `None` to fall back to the
-    /// conversion's gross or net.
-    override_base: Option<(Money, String)>,
+    /// The base overrides apply to; `None` to fall back to the conversion's gross or net.
+    override_base: Option<OverrideBase>,
     /// The customer's net revenue position after the report (net revenue shares only).
     net_revenue: Option<NetRevenuePosition>,
 }
@@ -124,7 +139,7 @@ enum Outcome {
 }
 
 impl Pay {
-    fn single(draft: Draft, override_base: Option<(Money, String)>) -> Outcome {
+    fn single(draft: Draft, override_base: Option<OverrideBase>) -> Outcome {
         Outcome::Pay(Pay {
             drafts: vec![draft],
             volume: Decimal::ZERO,
@@ -255,18 +270,72 @@ impl<'a> Cx<'a> {
         f.credited_base = Some(r.credited);
     }
 
+    /// The override base of a revenue amount: the partner's credited share of it.
+    fn override_base(&self, r: &Revenue) -> OverrideBase {
+        OverrideBase {
+            credited: r.credited,
+            whole: Some(r.payout),
+            text: self.describe_credited(r),
+        }
+    }
+
+    /// A line linear in the attribution weight: `exact` is the partner's amount, `whole_exact`
+    /// the whole conversion's. Without a split the partner's amount is rounded on its own;
+    /// with one, the whole is rounded once and allocated over every credited partner's weight
+    /// by largest remainder, and the partner's part is the line (see [`crate::Split`]).
+    fn finish_linear(
+        &self,
+        kind: LineKind,
+        mut formula: Formula,
+        exact: Money,
+        whole_exact: Money,
+    ) -> Result<Draft, EngineError> {
+        let Some(split) = &self.facts.split else {
+            return Ok(finish(kind, formula, exact));
+        };
+        let whole = round(whole_exact);
+        let part = pl_money::allocate(whole, &split.weights)?
+            .get(split.index)
+            .copied()
+            .ok_or(FactsError::BadSplit(
+                "index does not name the partner's weight",
+            ))?;
+        let weights: Vec<String> = split
+            .weights
+            .iter()
+            .map(|w| w.normalize().to_string())
+            .collect();
+        formula.text.push_str(&format!(
+            "; {whole} for the whole conversion split by weights {} (largest remainder, earliest touch first): part {} of {} = {part}",
+            weights.join(" / "),
+            split.index + 1,
+            split.weights.len(),
+        ));
+        formula.exact = exact;
+        formula.rounded = part;
+        formula.split = Some(SplitPart {
+            whole_exact,
+            whole,
+            weights: split.weights.clone(),
+            index: split.index,
+            part,
+        });
+        Ok(Draft {
+            kind,
+            amount: part,
+            formula,
+        })
+    }
+
     /// The override base for rules without a revenue base: the conversion's gross, else net.
-    fn fallback_override_base(&self) -> Result<Option<(Money, String)>, EngineError> {
+    fn fallback_override_base(&self) -> Result<Option<OverrideBase>, EngineError> {
         let source = match (self.facts.gross, self.facts.net) {
             (Some(gross), _) => Some((Base::Gross, gross)),
             (None, Some(net)) => Some((Base::Net, net)),
             (None, None) => None,
         };
         source
-            .map(|(base, amount)| {
-                let r = self.revenue_of(base, amount)?;
-                Ok((r.credited, self.describe_credited(&r)))
-            })
+            .map(|(base, amount)| Ok(self.override_base(&self.revenue_of(base, amount)?)))
             .transpose()
     }
 }
@@ -313,7 +382,8 @@ fn compute(cx: &Cx<'_>, rule: &Rule) -> Result<Outcome, EngineError> {
             f.flat = Some(*flat);
             f.text = format!("flat {flat} per {}{}", cx.facts.kind, cx.weight_text());
             let exact = flat.checked_mul(cx.weight())?;
-            Ok(Pay::single(finish(LineKind::Base, f, exact), None))
+            let draft = cx.finish_linear(LineKind::Base, f, exact, *flat)?;
+            Ok(Pay::single(draft, None))
         }
         Reward::PercentOfGross(rate) => {
             percent_of(cx, rule, *rate, Base::Gross, RewardKind::PercentOfGross, "")
@@ -335,8 +405,9 @@ fn compute(cx: &Cx<'_>, rule: &Rule) -> Result<Outcome, EngineError> {
             let exact = flat
                 .checked_mul(cx.weight())?
                 .checked_add(percent.of(r.credited)?)?;
-            let base = (r.credited, cx.describe_credited(&r));
-            Ok(Pay::single(finish(LineKind::Base, f, exact), Some(base)))
+            let whole = flat.checked_add(percent.of(r.payout)?)?;
+            let draft = cx.finish_linear(LineKind::Base, f, exact, whole)?;
+            Ok(Pay::single(draft, Some(cx.override_base(&r))))
         }
         Reward::FirstYearPercent { percent, of } => match cx.month_index {
             None => Ok(Outcome::NotPayable(NotPayable::NoPaidInvoice)),
@@ -373,8 +444,10 @@ fn compute(cx: &Cx<'_>, rule: &Rule) -> Result<Outcome, EngineError> {
                 lots.normalize(),
                 cx.weight_text()
             );
-            let exact = per_lot.checked_mul(lots)?.checked_mul(cx.weight())?;
-            Ok(Pay::single(finish(LineKind::Base, f, exact), None))
+            let whole = per_lot.checked_mul(lots)?;
+            let exact = whole.checked_mul(cx.weight())?;
+            let draft = cx.finish_linear(LineKind::Base, f, exact, whole)?;
+            Ok(Pay::single(draft, None))
         }
         Reward::ResellerMargin => reseller_margin(cx, rule),
         Reward::NetRevenueShare(rate) => net_revenue_share(cx, rule, *rate),
@@ -395,8 +468,8 @@ fn percent_of(
     f.rate = Some(rate);
     f.text = format!("{prefix}{rate} of {}{}", cx.describe(&r), cx.weight_text());
     let exact = rate.of(r.credited)?;
-    let base = (r.credited, cx.describe_credited(&r));
-    Ok(Pay::single(finish(LineKind::Base, f, exact), Some(base)))
+    let draft = cx.finish_linear(LineKind::Base, f, exact, rate.of(r.payout)?)?;
+    Ok(Pay::single(draft, Some(cx.override_base(&r))))
 }
 
 fn recurring(
@@ -494,7 +567,8 @@ fn tiered(
     mode: TierMode,
     tiers: &[Tier],
 ) -> Result<Outcome, EngineError> {
-    let (volume, revenue, units) = match basis {
+    // The partner's credited volume, and the whole conversion's (weight 1).
+    let (volume, whole_volume, revenue, units) = match basis {
         VolumeBasis::Gross | VolumeBasis::Net => {
             let base = if basis == VolumeBasis::Gross {
                 Base::Gross
@@ -502,13 +576,13 @@ fn tiered(
                 Base::Net
             };
             let r = cx.revenue(rule, base)?;
-            (r.credited.amount(), Some(r), None)
+            (r.credited.amount(), r.payout.amount(), Some(r), None)
         }
-        VolumeBasis::Count => (cx.weight(), None, Some(Decimal::ONE)),
+        VolumeBasis::Count => (cx.weight(), Decimal::ONE, None, Some(Decimal::ONE)),
         VolumeBasis::Lots => {
             let lots = cx.facts.lots.ok_or_else(|| missing(rule, "lots"))?;
             let credited = lots.checked_mul(cx.weight()).ok_or(EngineError::Overflow)?;
-            (credited, None, Some(lots))
+            (credited, lots, None, Some(lots))
         }
     };
     let totals = cx.period_totals(rule);
@@ -560,7 +634,8 @@ fn tiered(
             );
             let top_up_formula = f.clone();
             let exact = price_of(&tier.price, volume, cx.currency)?;
-            drafts.push(finish(LineKind::Base, f, exact));
+            let whole = price_of(&tier.price, whole_volume, cx.currency)?;
+            drafts.push(cx.finish_linear(LineKind::Base, f, exact, whole)?);
             if index > previous_index && before > Decimal::ZERO {
                 let target_exact = price_of(&tier.price, before, cx.currency)?;
                 let top_up = round(target_exact).checked_sub(totals.earned)?;
@@ -624,7 +699,7 @@ fn tiered(
             drafts.push(finish(LineKind::Base, f, exact));
         }
     }
-    let override_base = revenue.map(|r| (r.credited, cx.describe_credited(&r)));
+    let override_base = revenue.map(|r| cx.override_base(&r));
     Ok(Outcome::Pay(Pay {
         drafts,
         volume,
@@ -659,7 +734,8 @@ fn reseller_margin(cx: &Cx<'_>, rule: &Rule) -> Result<Outcome, EngineError> {
         pricing.quantity,
         cx.weight_text()
     );
-    Ok(Pay::single(finish(LineKind::Base, f, credited), None))
+    let draft = cx.finish_linear(LineKind::Base, f, credited, payout)?;
+    Ok(Pay::single(draft, None))
 }
 
 fn net_revenue_share(cx: &Cx<'_>, rule: &Rule, rate: Percent) -> Result<Outcome, EngineError> {
@@ -725,10 +801,11 @@ fn net_revenue_share(cx: &Cx<'_>, rule: &Rule, rate: Percent) -> Result<Outcome,
     let line = share_after.checked_sub(share_before)?;
     draft.amount = line;
     draft.formula.rounded = line;
-    let override_base = (
-        positive_after.checked_sub(positive_before)?,
-        format!("the change in positive net revenue for {}", cx.period),
-    );
+    let override_base = OverrideBase {
+        credited: positive_after.checked_sub(positive_before)?,
+        whole: None,
+        text: format!("the change in positive net revenue for {}", cx.period),
+    };
     Ok(Outcome::Pay(Pay {
         drafts: vec![draft],
         volume: Decimal::ZERO,
@@ -887,7 +964,7 @@ fn apply_caps(rule: &Rule, draft: &mut Draft, accrued: Money) -> Result<(), Engi
 fn overrides(
     cx: &Cx<'_>,
     rule: &Rule,
-    base: Option<(Money, String)>,
+    base: Option<OverrideBase>,
     lines: &mut Vec<AccrualLine>,
 ) -> Result<(), EngineError> {
     if cx.plan.overrides.is_empty() || cx.facts.upline.is_empty() {
@@ -897,19 +974,24 @@ fn overrides(
         Some(base) => Some(base),
         None => cx.fallback_override_base()?,
     };
-    let Some((base, described)) = base else {
+    let Some(base) = base else {
         return Ok(());
     };
     for (index, (rate, parent)) in cx.plan.overrides.iter().zip(&cx.facts.upline).enumerate() {
         let level = u8::try_from(index + 1).map_err(|_| EngineError::Overflow)?;
         let mut f = cx.formula(RewardKind::Override);
         f.rate = Some(*rate);
-        f.credited_base = Some(base);
+        f.credited_base = Some(base.credited);
         f.text = format!(
-            "level {level} override: {rate} of {described} credited to partner {}",
-            cx.facts.partner_id
+            "level {level} override: {rate} of {} credited to partner {}",
+            base.text, cx.facts.partner_id
         );
-        let draft = finish(LineKind::Override { level }, f, rate.of(base)?);
+        let kind = LineKind::Override { level };
+        let exact = rate.of(base.credited)?;
+        let draft = match base.whole {
+            Some(whole) => cx.finish_linear(kind, f, exact, rate.of(whole)?)?,
+            None => finish(kind, f, exact),
+        };
         if draft.amount.is_zero() {
             continue;
         }

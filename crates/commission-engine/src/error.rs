@@ -179,6 +179,9 @@ pub enum FactsError {
         /// The limit.
         max: usize,
     },
+    /// The split across credited partners is inconsistent.
+    #[error("bad split: {0}")]
+    BadSplit(&'static str),
     /// The upline names the partner itself or one partner twice.
     #[error("upline repeats partner {0}")]
     UplineRepeats(Uuid),

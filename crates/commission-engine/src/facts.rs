@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::limits::{MAX_PRODUCTS, MAX_TEXT, MAX_UPLINE};
+use crate::limits::{MAX_PRODUCTS, MAX_SPLIT_PARTS, MAX_TEXT, MAX_UPLINE};
 use crate::FactsError;
 
 /// What happened.
@@ -61,6 +61,23 @@ pub struct ResellerPricing {
     pub quantity: u32,
 }
 
+/// A conversion credited to several partners: every credited partner's attribution weight, and
+/// which of them this partner is.
+///
+/// The engine computes a line that is linear in the weight once for the whole conversion,
+/// rounds it once, and gives each partner its part by the largest-remainder method
+/// ([`pl_money::allocate`]) over `weights`, leftover minor units to the largest remainders and
+/// ties to the lower index. So the parts of partners computed under the same rule always sum
+/// exactly to the whole commission, and every partner computes its own part alone, from the
+/// same list. The order is the attribution's: each partner's first touchpoint, earliest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// Every credited partner's weight, in the attribution's order; each in `(0, 1]`.
+    pub weights: Vec<Decimal>,
+    /// This partner's place in `weights`; `weights[index]` is the facts' `weight`.
+    pub index: usize,
+}
+
 /// One conversion attributed (in part) to one partner: everything the engine computes from.
 /// The amounts are in the conversion's currency; the engine converts them at `fx_rate`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +117,10 @@ pub struct ConversionFacts {
     pub partner_tier: Option<String>,
     /// The partner's attribution share, `0 < weight <= 1`.
     pub weight: Decimal,
+    /// The whole conversion's split across its credited partners, when it has more than one
+    /// (see [`Split`]). Without it, a partial weight's line is rounded on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
     /// Parent, grandparent, ... of the partner, for overrides.
     #[serde(default)]
     pub upline: Vec<Uuid>,
@@ -124,6 +145,9 @@ impl ConversionFacts {
     pub fn validate(&self) -> Result<(), FactsError> {
         if self.weight <= Decimal::ZERO || self.weight > Decimal::ONE {
             return Err(FactsError::BadWeight(self.weight));
+        }
+        if let Some(split) = &self.split {
+            split.validate(self.weight)?;
         }
         check_text("customer_id", &self.customer_id)?;
         for (field, value) in [
@@ -197,6 +221,40 @@ impl ConversionFacts {
             if rate <= Decimal::ZERO {
                 return Err(FactsError::BadFxRate(rate));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Split {
+    /// Checks the split: 1 to [`MAX_SPLIT_PARTS`] weights, each in `(0, 1]`, summing to 1, and
+    /// `index` naming this partner's `weight`.
+    pub fn validate(&self, weight: Decimal) -> Result<(), FactsError> {
+        if self.weights.is_empty() || self.weights.len() > MAX_SPLIT_PARTS {
+            return Err(FactsError::TooMany {
+                field: "split weights",
+                count: self.weights.len(),
+                max: MAX_SPLIT_PARTS,
+            });
+        }
+        if let Some(bad) = self
+            .weights
+            .iter()
+            .find(|w| **w <= Decimal::ZERO || **w > Decimal::ONE)
+        {
+            return Err(FactsError::BadWeight(*bad));
+        }
+        let sum = self
+            .weights
+            .iter()
+            .try_fold(Decimal::ZERO, |sum, w| sum.checked_add(*w));
+        if sum != Some(Decimal::ONE) {
+            return Err(FactsError::BadSplit("weights do not sum to 1"));
+        }
+        if self.weights.get(self.index) != Some(&weight) {
+            return Err(FactsError::BadSplit(
+                "index does not name the partner's weight",
+            ));
         }
         Ok(())
     }

@@ -71,6 +71,7 @@
 //!     partner_id: partner,
 //!     partner_tier: None,
 //!     weight: Decimal::ONE,
+//!     split: None,
 //!     upline: vec![parent, grandparent],
 //!     fx_rate: None,
 //! };
@@ -102,14 +103,14 @@ mod validate;
 
 pub use accrual::{
     Accrual, AccrualLine, BandShare, CapApplied, CapKind, Effects, Formula, LineKind,
-    NetRevenueShareCalc, NotPayable, PeriodDelta, TierReached,
+    NetRevenueShareCalc, NotPayable, PeriodDelta, SplitPart, TierReached,
 };
 pub use accrue::accrue;
 pub use error::{EngineError, FactsError, PlanError};
-pub use facts::{ConversionFacts, ConversionKind, ResellerPricing};
+pub use facts::{ConversionFacts, ConversionKind, ResellerPricing, Split};
 pub use limits::{
     MAX_HOLD_DAYS, MAX_MONTH, MAX_OVERRIDE_LEVELS, MAX_PRODUCTS, MAX_RULES, MAX_RULE_ID,
-    MAX_SCHEDULE_STEPS, MAX_TEXT, MAX_TIERS, MAX_UPLINE, MAX_VERSIONS,
+    MAX_SCHEDULE_STEPS, MAX_SPLIT_PARTS, MAX_TEXT, MAX_TIERS, MAX_UPLINE, MAX_VERSIONS,
 };
 pub use percent::Percent;
 pub use period::{Period, PeriodParseError};

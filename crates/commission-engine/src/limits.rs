@@ -22,3 +22,5 @@ pub const MAX_PRODUCTS: usize = 64;
 pub const MAX_UPLINE: usize = 16;
 /// Plan versions given to [`select_version`](crate::select_version).
 pub const MAX_VERSIONS: usize = 1_000;
+/// Credited partners of one conversion (attribution's limit too).
+pub const MAX_SPLIT_PARTS: usize = 16;

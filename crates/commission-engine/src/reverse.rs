@@ -29,6 +29,45 @@ impl Reversal {
     }
 }
 
+/// A line's reversed total once `cumulative` of it is reversed: its split part of the whole's
+/// reversal when it is an uncapped part of a split conversion (never more than the line), else
+/// the line times `cumulative`, rounded half-even.
+fn reversed_target(line: &AccrualLine, cumulative: Decimal) -> Result<Money, EngineError> {
+    let own = || {
+        Ok::<_, EngineError>(
+            line.amount
+                .checked_mul(cumulative)?
+                .round(RoundingMode::HalfEven),
+        )
+    };
+    // Caps and CPA recovery reduce the part after the split: such a line is its own.
+    let Some(split) = line
+        .formula
+        .split
+        .as_ref()
+        .filter(|s| s.part == line.amount)
+    else {
+        return own();
+    };
+    let whole = split
+        .whole
+        .checked_mul(cumulative)?
+        .round(RoundingMode::HalfEven);
+    let Some(part) = pl_money::allocate(whole, &split.weights)?
+        .get(split.index)
+        .copied()
+    else {
+        return own();
+    };
+    // Largest remainder is not monotone in the total (the Alabama paradox): never reverse more
+    // than the line, so a full refund still ends exactly at zero.
+    Ok(if part.amount().abs() > line.amount.amount().abs() {
+        line.amount
+    } else {
+        part
+    })
+}
+
 /// Reverses `fraction` (in `(0, 1]`) of an accrual that has not been reversed before: a 25 %
 /// refund reverses 25 % of every line, tier top-ups and overrides included. Same as
 /// [`reverse_remaining`] with no earlier reversals.
@@ -39,7 +78,11 @@ pub fn reverse(original: &Accrual, fraction: Decimal) -> Result<Reversal, Engine
 /// Reverses `fraction` of the original accrual after the `earlier` reversals of it.
 ///
 /// Each line's reversed total after this reversal is the line times the cumulative fraction,
-/// rounded half-even; this reversal is the difference from what was reversed before. So the
+/// rounded half-even; this reversal is the difference from what was reversed before. A line
+/// that is a partner's part of a split conversion ([`crate::SplitPart`], uncapped) is reversed
+/// the way it was split: the whole conversion's line times the cumulative fraction, rounded
+/// once, and the partner's part of that by the same weights, so the partners' reversals of one
+/// refund sum to the whole's. So the
 /// reversed total of a line never exceeds the line, never changes sign, and once the
 /// cumulative fraction reaches 1 it equals the line exactly, however the refunds were split.
 /// A cumulative fraction above 1 is [`EngineError::BadRefundFraction`].
@@ -94,10 +137,7 @@ pub fn reverse_remaining(
                     .filter_map(|r| r.lines.get(index))
                     .map(|l| -l.amount),
             )?;
-            let target = line
-                .amount
-                .checked_mul(cumulative)?
-                .round(RoundingMode::HalfEven);
+            let target = reversed_target(line, cumulative)?;
             let mut part = target.checked_sub(already)?;
             // Earlier reversals that did not come from this function could have reversed
             // more; never reverse further in the wrong direction.

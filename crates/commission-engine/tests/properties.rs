@@ -185,6 +185,7 @@ fn history(allow_ngr: bool) -> impl Strategy<Value = Vec<Step>> {
                             quantity: 3,
                         }),
                         weight: Decimal::new(weight, 2),
+                        split: None,
                         upline: (0..upline)
                             .map(|i| Uuid::from_u128(0x7_0000 + i as u128))
                             .collect(),

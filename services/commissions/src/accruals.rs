@@ -392,6 +392,7 @@ async fn accrue_command(
         partner_id: share.partner_id,
         partner_tier: assignment.partner_tier.clone(),
         weight: share.weight,
+        split: split_of(c, share),
         upline,
         fx_rate,
     };
@@ -403,6 +404,27 @@ async fn accrue_command(
         facts,
         versions,
     }))
+}
+
+/// The conversion's split across its credited partners, in the attribution's order (each
+/// partner's first touchpoint, earliest first), when it has more than one: every book then
+/// computes the whole conversion's commission and takes its part of it (see
+/// [`pl_commission_engine::Split`]), so the parts sum to the whole. Partners without a plan
+/// keep their place in the weights: their parts are simply not paid.
+fn split_of(
+    c: &ConversionAttributed,
+    share: &crate::contract::PartnerShare,
+) -> Option<pl_commission_engine::Split> {
+    if c.shares.len() < 2 {
+        return None;
+    }
+    Some(pl_commission_engine::Split {
+        weights: c.shares.iter().map(|s| s.weight).collect(),
+        index: c
+            .shares
+            .iter()
+            .position(|s| s.partner_id == share.partner_id)?,
+    })
 }
 
 /// An override to post: the upline book's stream, the command and its meta.

@@ -1276,6 +1276,7 @@ mod tests {
                 partner_id: PARTNER,
                 partner_tier: None,
                 weight: Decimal::ONE,
+                split: None,
                 upline: vec![PARENT],
                 fx_rate: None,
             },

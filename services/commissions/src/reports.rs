@@ -371,6 +371,7 @@ mod tests {
                 partner_id: PARTNER,
                 partner_tier: None,
                 weight: Decimal::ONE,
+                split: None,
                 upline: vec![],
                 fx_rate: None,
             },
@@ -846,6 +847,7 @@ mod tests_support {
             partner_id: Uuid::from_u128(1),
             partner_tier: None,
             weight: Decimal::ONE,
+            split: None,
             upline: vec![],
             fx_rate: None,
         }

@@ -81,6 +81,7 @@ pub fn conversion(n: u128, kind: ConversionKind, occurred_at: DateTime<Utc>) -> 
         partner_id: PARTNER,
         partner_tier: None,
         weight: Decimal::ONE,
+        split: None,
         upline: Vec::new(),
         fx_rate: None,
     }
