@@ -300,14 +300,10 @@ impl<'a> Cx<'a> {
             .ok_or(FactsError::BadSplit(
                 "index does not name the partner's weight",
             ))?;
-        let weights: Vec<String> = split
-            .weights
-            .iter()
-            .map(|w| w.normalize().to_string())
-            .collect();
+        // The weights themselves go with the line's inputs: sixteen of them would not fit the
+        // ledger's bound on an explanation line.
         formula.text.push_str(&format!(
-            "; {whole} for the whole conversion split by weights {} (largest remainder, earliest touch first): part {} of {} = {part}",
-            weights.join(" / "),
+            "; part {} of {} of {whole} for the whole conversion (largest remainder by weight) = {part}",
             split.index + 1,
             split.weights.len(),
         ));

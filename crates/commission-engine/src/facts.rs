@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::limits::{MAX_PRODUCTS, MAX_SPLIT_PARTS, MAX_TEXT, MAX_UPLINE};
+use crate::limits::{MAX_PRODUCTS, MAX_SPLIT_PARTS, MAX_SPLIT_WEIGHT_PLACES, MAX_TEXT, MAX_UPLINE};
 use crate::FactsError;
 
 /// What happened.
@@ -227,7 +227,8 @@ impl ConversionFacts {
 }
 
 impl Split {
-    /// Checks the split: 1 to [`MAX_SPLIT_PARTS`] weights, each in `(0, 1]`, summing to 1, and
+    /// Checks the split: 1 to [`MAX_SPLIT_PARTS`] weights, each in `(0, 1]` with at most
+    /// [`MAX_SPLIT_WEIGHT_PLACES`] decimal places, summing to 1, and
     /// `index` naming this partner's `weight`.
     pub fn validate(&self, weight: Decimal) -> Result<(), FactsError> {
         if self.weights.is_empty() || self.weights.len() > MAX_SPLIT_PARTS {
@@ -243,6 +244,16 @@ impl Split {
             .find(|w| **w <= Decimal::ZERO || **w > Decimal::ONE)
         {
             return Err(FactsError::BadWeight(*bad));
+        }
+        // Bounded so every weight fits the ledger's explanation inputs beside the others.
+        if self
+            .weights
+            .iter()
+            .any(|w| w.normalize().scale() > MAX_SPLIT_WEIGHT_PLACES)
+        {
+            return Err(FactsError::BadSplit(
+                "a weight has more than 9 decimal places",
+            ));
         }
         let sum = self
             .weights

@@ -110,7 +110,8 @@ pub use error::{EngineError, FactsError, PlanError};
 pub use facts::{ConversionFacts, ConversionKind, ResellerPricing, Split};
 pub use limits::{
     MAX_HOLD_DAYS, MAX_MONTH, MAX_OVERRIDE_LEVELS, MAX_PRODUCTS, MAX_RULES, MAX_RULE_ID,
-    MAX_SCHEDULE_STEPS, MAX_SPLIT_PARTS, MAX_TEXT, MAX_TIERS, MAX_UPLINE, MAX_VERSIONS,
+    MAX_SCHEDULE_STEPS, MAX_SPLIT_PARTS, MAX_SPLIT_WEIGHT_PLACES, MAX_TEXT, MAX_TIERS, MAX_UPLINE,
+    MAX_VERSIONS,
 };
 pub use percent::Percent;
 pub use period::{Period, PeriodParseError};

@@ -24,3 +24,5 @@ pub const MAX_UPLINE: usize = 16;
 pub const MAX_VERSIONS: usize = 1_000;
 /// Credited partners of one conversion (attribution's limit too).
 pub const MAX_SPLIT_PARTS: usize = 16;
+/// Decimal places of a split's weight (attribution writes six).
+pub const MAX_SPLIT_WEIGHT_PLACES: u32 = 9;

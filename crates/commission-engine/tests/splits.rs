@@ -81,14 +81,14 @@ fn the_explanation_shows_the_whole_commission_the_weights_and_the_part() {
     let line = &second.lines[0];
     assert_eq!(
         line.formula.text,
-        "10% of 100.00 USD sale × attribution weight 0.333333; 10.00 USD for the whole \
-         conversion split by weights 0.333334 / 0.333333 / 0.333333 (largest remainder, \
-         earliest touch first): part 2 of 3 = 3.33 USD"
+        "10% of 100.00 USD sale × attribution weight 0.333333; part 2 of 3 of 10.00 USD for \
+         the whole conversion (largest remainder by weight) = 3.33 USD"
     );
     let split = line.formula.split.as_ref().unwrap();
     assert_eq!(split.whole, usd("10.00"));
     assert_eq!(split.whole_exact, usd("10.00"));
     assert_eq!(split.index, 1);
+    assert_eq!(split.weights, thirds());
     assert_eq!(split.part, usd("3.33"));
     assert_eq!(line.formula.rounded, usd("3.33"));
     assert_eq!(line.formula.exact.to_string(), "3.3333300000 USD");

@@ -425,6 +425,21 @@ fn explanation(
         other.insert("volume_before".to_owned(), t.volume_before.to_string());
         other.insert("volume_after".to_owned(), t.volume_after.to_string());
     }
+    if let Some(split) = &f.split {
+        // Enough to redo the allocation: the whole, every partner's weight in order, the part.
+        other.insert("split_whole".to_owned(), split.whole.to_string());
+        other.insert(
+            "split_weights".to_owned(),
+            split
+                .weights
+                .iter()
+                .map(|w| w.normalize().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        other.insert("split_index".to_owned(), (split.index + 1).to_string());
+        other.insert("split_part".to_owned(), split.part.to_string());
+    }
     let inputs = FormulaInputs {
         base_amount: f.credited_base.or(f.base),
         rate_percent: f.rate.map(|r| r.value()),
@@ -593,9 +608,11 @@ impl Aggregate for Book {
                         ]),
                         ..FormulaInputs::default()
                     });
+                // The downline partner is part of the id: partners credited on one conversion
+                // may share a parent, whose book then posts one override from each.
                 let id = txn_id(
                     *source_event_id,
-                    &format!("override:{}:{level}", line.partner_id),
+                    &format!("override:{from_partner}:{}:{level}", line.partner_id),
                 );
                 let transactions = Self::post_change(
                     id,
@@ -742,7 +759,7 @@ impl Aggregate for Book {
                 .with_conversion(*conversion_id);
                 let id = txn_id(
                     *source_event_id,
-                    &format!("override-reversal:{partner}:{level}"),
+                    &format!("override-reversal:{from_partner}:{partner}:{level}"),
                 );
                 let transactions = Self::post_change(
                     id,

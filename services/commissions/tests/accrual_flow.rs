@@ -1672,3 +1672,43 @@ async fn a_message_to_retry_ends_the_batch_and_a_retry_from_there_completes_it_o
         written(reference.store.as_ref()).await
     );
 }
+
+/// Two partners credited on one sale under the same parent: the parent's book posted both
+/// overrides under one transaction id, so the second broke every balance of the parent
+/// ("transaction ... was already applied"). Each is its own transaction now, and so is each
+/// override's reversal.
+#[tokio::test]
+async fn partners_sharing_a_parent_on_one_sale_each_pay_it_an_override_and_a_refund_reverses_both()
+{
+    const SIBLING: Uuid = Uuid::from_u128(0xa3);
+    let w = world().await;
+    w.api
+        .assign_plan(Request::new(pb::AssignPlanRequest {
+            context: ctx("assign-sibling"),
+            partner_id: SIBLING.to_string(),
+            plan_id: PLAN.to_string(),
+            effective_from: Some(ts(at(1, 1))),
+            partner_tier: String::new(),
+            parent_partner_id: PARENT.to_string(),
+        }))
+        .await
+        .unwrap();
+    let split = conversion(
+        100,
+        "cust-1",
+        "100.00",
+        &[(PARTNER, "0.333334"), (SIBLING, "0.666666")],
+    );
+    w.consume(message(1, "ConversionAttributed", split, at(1, 10)))
+        .await
+        .unwrap();
+    // 10% of 100.00 split 0.333334 / 0.666666: 3.33 and 6.67 (largest remainder to the
+    // second, whose remainder is larger); the parent's 2% of 100.00 likewise: 0.67 + 1.33.
+    assert_eq!(w.balances(PARTNER, None).await.0, "3.33");
+    assert_eq!(w.balances(SIBLING, None).await.0, "6.67");
+    assert_eq!(w.balances(PARENT, None).await.0, "2.00");
+    w.consume(refund(2, 200, 100, "100.00")).await.unwrap();
+    for partner in [PARTNER, SIBLING, PARENT] {
+        assert_eq!(w.balances(partner, None).await.0, "0.00", "{partner}");
+    }
+}

@@ -26,6 +26,10 @@ use uuid::Uuid;
 
 use crate::{Clients, Endpoints};
 
+mod split;
+
+pub use split::SplitOutcome;
+
 /// How long a fact may take to travel between services before the scenario gives up.
 pub const PROPAGATION_TIMEOUT_MS: u64 = 60_000;
 const POLL_MS: u64 = 5;
@@ -536,8 +540,20 @@ impl Run {
     /// A click on a partner's link, retried while attribution has not yet learned the link
     /// from partner CRM (a refused click writes nothing).
     pub async fn click(&self, name: &str, visitor: &str, at: DateTime<Utc>) -> Result<(), String> {
+        self.click_link(&format!("{name}'s link"), link(name), visitor, at)
+            .await
+    }
+
+    /// A click on a tracking link (`what` names it in errors), retried like [`Run::click`].
+    async fn click_link(
+        &self,
+        what: &str,
+        link_id: Uuid,
+        visitor: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), String> {
         let n = self.next_key.fetch_add(1, Ordering::Relaxed);
-        eventually(&format!("click on {name}'s link"), || {
+        eventually(&format!("click on {what}"), || {
             let mut att = self.c.attribution.clone();
             let ctx = self.ctx(at);
             async move {
@@ -550,7 +566,7 @@ impl Run {
                         touch: Some(att::record_touchpoint_request::Touch::Click(
                             att::ClickTouch {
                                 click_id: Uuid::from_u128(0xc11c_0000 + u128::from(n)).to_string(),
-                                tracking_link_id: link(name).to_string(),
+                                tracking_link_id: link_id.to_string(),
                                 landing_url: "https://vendor.example/pricing".into(),
                                 // One address per click, as visitors have: clicks from a
                                 // few shared addresses would trip the click-velocity rule

@@ -107,3 +107,39 @@ async fn clicks_one_after_another_are_not_held_back_by_delayed_acks() {
     );
     system.stop().await.unwrap();
 }
+
+/// A 10% rule on a 100.00 USD sale split linearly between three partners used to accrue
+/// 3.33 + 3.33 + 3.33 = 9.99 (each third rounded on its own), and each third's 2% override
+/// 0.67, 2.01 in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_split_three_ways_pays_exactly_the_whole_commission_and_a_full_refund_undoes_every_part(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let system = InProcess::start(dir.path()).await.unwrap();
+    let run = scenario::Run::new(&system.endpoints, Box::new(|_| {})).unwrap();
+    let outcome = run.split_sale_three_ways().await;
+    system.stop().await.unwrap();
+    let o = outcome.unwrap();
+    assert_eq!(o.parts, ["3.34", "3.33", "3.33"]);
+    assert_eq!(o.parent_pending, "2.00");
+    assert!(
+        o.second_explanation
+            .ends_with("part 2 of 3 of 10.00 USD for the whole conversion (largest remainder by weight) = 3.33 USD"),
+        "{}",
+        o.second_explanation
+    );
+    for input in [
+        "split_whole=10.00 USD",
+        "split_weights=0.333334 0.333333 0.333333",
+        "split_index=2",
+        "split_part=3.33 USD",
+    ] {
+        assert!(
+            o.second_inputs.iter().any(|i| i == input),
+            "{input} not in {:?}",
+            o.second_inputs
+        );
+    }
+    assert_eq!(o.parts_after_refund, ["0.00", "0.00", "0.00"]);
+    assert_eq!(o.parent_pending_after_refund, "0.00");
+}
