@@ -39,6 +39,17 @@ fn domain<E: std::fmt::Display>(field: &'static str) -> impl Fn(ExecuteError<E>)
     }
 }
 
+/// A rate that is not a rate is bad input; a second, different rate for a day already recorded
+/// is a rule (a recorded rate is never changed), as the error model says.
+fn fx_error(e: ExecuteError<setup::FxError>) -> ApiError {
+    match e {
+        ExecuteError::Domain(e @ setup::FxError::AlreadyRecorded { .. }) => {
+            ApiError::rule(e.to_string())
+        }
+        other => domain("rate")(other),
+    }
+}
+
 fn book_error(e: ExecuteError<BookError>) -> ApiError {
     match e {
         ExecuteError::Domain(e @ (BookError::Broken(_) | BookError::Ledger(_))) => {
@@ -156,6 +167,18 @@ async fn partner_ledger(
     Ok(ledger)
 }
 
+/// The partner balance an entry moves, as the API documents it: `pending`, `payable` or `paid`
+/// (the partner and the currency are the request's). Explanations list only the partner's own
+/// accounts; any other is named in full rather than hidden.
+fn balance_name(account: &pl_ledger::Account) -> String {
+    match account {
+        pl_ledger::Account::PartnerPending { .. } => "pending".to_owned(),
+        pl_ledger::Account::PartnerPayable { .. } => "payable".to_owned(),
+        pl_ledger::Account::PartnerPaid { .. } => "paid".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 fn entry_pb(e: &pl_ledger::ExplainedEntry) -> pb::ExplainedEntry {
     let x = &e.explanation;
     let i = &x.inputs;
@@ -178,7 +201,7 @@ fn entry_pb(e: &pl_ledger::ExplainedEntry) -> pb::ExplainedEntry {
         kind: e.kind.as_str().to_owned(),
         occurred_at: Some(to_timestamp(e.occurred_at)),
         position: e.position,
-        account: e.account.to_string(),
+        account: balance_name(&e.account),
         amount: e.amount.amount().to_string(),
         explanation: x.line.clone(),
         source_event_id: x.source_event_id.to_string(),
@@ -623,7 +646,7 @@ impl CommissionsApi for CommissionsService {
                         |_| (),
                     )
                     .await
-                    .map_err(domain("rate"))?;
+                    .map_err(fx_error)?;
                 // Inside the idempotent unit: a release cut short is finished by the retry
                 // under the same key (the rate is then recorded already and changes nothing).
                 let released = accruals::release_waiting(

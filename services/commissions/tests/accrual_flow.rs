@@ -295,6 +295,20 @@ async fn maturity_after_the_hold_makes_commissions_payable_and_explain_says_why(
         .into_inner();
     let accrual = &explained.entries[0];
     assert_eq!(accrual.explanation, "10% of 100.00 USD sale");
+    // The balance each entry moves, named as documented (it was "partner <uuid> pending USD").
+    let moved: Vec<(&str, &str)> = explained
+        .entries
+        .iter()
+        .map(|e| (e.account.as_str(), e.amount.as_str()))
+        .collect();
+    assert_eq!(
+        moved,
+        [
+            ("pending", "10.00"),
+            ("pending", "-10.00"),
+            ("payable", "10.00")
+        ]
+    );
     assert_eq!(accrual.plan_id, PLAN.to_string());
     assert_eq!(
         (accrual.plan_version, accrual.rule_id.as_str()),
@@ -1711,4 +1725,33 @@ async fn partners_sharing_a_parent_on_one_sale_each_pay_it_an_override_and_a_ref
     for partner in [PARTNER, SIBLING, PARENT] {
         assert_eq!(w.balances(partner, None).await.0, "0.00", "{partner}");
     }
+}
+
+/// A second, different rate for a day already recorded broke a rule (a recorded rate is never
+/// changed) and was answered as bad input; the same rate again changes nothing.
+#[tokio::test]
+async fn a_conflicting_second_fx_rate_for_a_day_is_a_failed_precondition_and_writes_nothing() {
+    let w = world().await;
+    w.record_rate("rate-1", at(1, 10), "1.10").await;
+    w.record_rate("rate-again", at(1, 10), "1.10").await;
+    let refused = w
+        .api
+        .record_fx_rate(Request::new(pb::RecordFxRateRequest {
+            context: ctx("rate-2"),
+            from_currency: "EUR".into(),
+            to_currency: "USD".into(),
+            date: Some(ts(at(1, 10))),
+            rate: "1.20".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("already has rate 1.10"),
+        "{}",
+        refused.message()
+    );
+    let stream = pl_commissions::setup::fx_stream(Currency::EUR, Currency::USD);
+    let events = w.store.read_stream(&stream, 0, 100).await.unwrap();
+    assert_eq!(events.len(), 1);
 }
