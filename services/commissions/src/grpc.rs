@@ -167,6 +167,16 @@ async fn partner_ledger(
     Ok(ledger)
 }
 
+/// A published plan version as the API shows it: its JSON in the form publishing takes.
+fn plan_version_pb(p: &pl_commission_engine::PlanVersion) -> Result<pb::PlanVersionView, ApiError> {
+    Ok(pb::PlanVersionView {
+        plan_id: p.plan_id.to_string(),
+        version: p.version,
+        effective_from: Some(to_timestamp(p.effective_from)),
+        plan_json: serde_json::to_string(p).map_err(ApiError::internal)?,
+    })
+}
+
 /// The partner balance an entry moves, as the API documents it: `pending`, `payable` or `paid`
 /// (the partner and the currency are the request's). Explanations list only the partner's own
 /// accounts; any other is named in full rather than hidden.
@@ -394,6 +404,29 @@ impl CommissionsService {
         RequestMeta::parse(SERVICE, context, self.clock.as_ref(), trace, v)
     }
 
+    /// Every published version of a plan, oldest first (through the plans' cache: one catch-up
+    /// read). NOT_FOUND for a plan never published.
+    async fn plan_versions(
+        &self,
+        plan_id: uuid::Uuid,
+    ) -> Result<Arc<Vec<pl_commission_engine::PlanVersion>>, ApiError> {
+        let (plan, _) = self
+            .caches
+            .plans
+            .read(self.store.as_ref(), &setup::plan_stream(plan_id), |p| {
+                Arc::clone(&p.0)
+            })
+            .await
+            .map_err(domain::<setup::PlanPublishError>("plan_id"))?;
+        if plan.is_empty() {
+            return Err(ApiError::NotFound {
+                what: "plan",
+                id: plan_id.to_string(),
+            });
+        }
+        Ok(plan)
+    }
+
     /// What `GetConversionAccrual` answers now: the conversion's index and, once accrued, each
     /// credited partner's open commission and applied reversals.
     async fn conversion_accrual(
@@ -524,6 +557,70 @@ impl CommissionsApi for CommissionsService {
             })
             .await?;
         Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(plan_id = %request.get_ref().plan_id))]
+    async fn get_plan_version(
+        &self,
+        request: Request<pb::GetPlanVersionRequest>,
+    ) -> Result<Response<pb::PlanVersionView>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let plan_id = v.check(parse_uuid("plan_id", &req.plan_id));
+        if req.version == 0 {
+            v.add("version", "required: 1 or more");
+        }
+        v.finish()?;
+        let Some(plan_id) = plan_id else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let versions = self.plan_versions(plan_id).await?;
+        let version = versions
+            .iter()
+            .find(|p| p.version == req.version)
+            .ok_or_else(|| ApiError::NotFound {
+                what: "plan version",
+                id: format!("{plan_id} v{}", req.version),
+            })?;
+        Ok(Response::new(plan_version_pb(version)?))
+    }
+
+    #[tracing::instrument(skip_all, fields(plan_id = %request.get_ref().plan_id))]
+    async fn list_plan_versions(
+        &self,
+        request: Request<pb::ListPlanVersionsRequest>,
+    ) -> Result<Response<pb::ListPlanVersionsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let plan_id = v.check(parse_uuid("plan_id", &req.plan_id));
+        let (offset, limit) = pl_runtime::request::page(
+            &mut v,
+            "page",
+            req.page.as_ref(),
+            pl_runtime::request::PageBounds {
+                default_size: DEFAULT_PAGE,
+                max_size: pl_commission_engine::MAX_VERSIONS,
+            },
+        );
+        v.finish()?;
+        let Some(plan_id) = plan_id else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let versions = self.plan_versions(plan_id).await?;
+        let next = offset.saturating_add(limit);
+        Ok(Response::new(pb::ListPlanVersionsResponse {
+            versions: versions
+                .iter()
+                .skip(offset)
+                .take(limit)
+                .map(plan_version_pb)
+                .collect::<Result<_, _>>()?,
+            next_page_token: if next < versions.len() {
+                next.to_string()
+            } else {
+                String::new()
+            },
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]

@@ -1755,3 +1755,98 @@ async fn a_conflicting_second_fx_rate_for_a_day_is_a_failed_precondition_and_wri
     let events = w.store.read_stream(&stream, 0, 100).await.unwrap();
     assert_eq!(events.len(), 1);
 }
+
+/// The plan and version an explanation names read back over the API, with the rule it names.
+#[tokio::test]
+async fn the_plan_version_named_in_an_explanation_reads_back_and_versions_list_in_pages() {
+    let w = world().await;
+    w.sell(1, 100, "100.00", at(1, 10)).await;
+    let mut second = plan();
+    second.version = 2;
+    second.effective_from = at(3, 1);
+    second.rules[0].reward = Reward::PercentOfGross(Percent::new(12).unwrap());
+    w.api
+        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx("plan-2"),
+            plan_id: PLAN.to_string(),
+            plan_json: serde_json::to_string(&second).unwrap(),
+        }))
+        .await
+        .unwrap();
+    let explained = w
+        .api
+        .explain_balance(Request::new(pb::ExplainBalanceRequest {
+            partner_id: PARTNER.to_string(),
+            currency: "USD".into(),
+            as_of: None,
+            page: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let entry = &explained.entries[0];
+    let named = w
+        .api
+        .get_plan_version(Request::new(pb::GetPlanVersionRequest {
+            plan_id: entry.plan_id.clone(),
+            version: entry.plan_version,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let read: PlanVersion = serde_json::from_str(&named.plan_json).unwrap();
+    assert_eq!(read, plan());
+    assert!(read.rules.iter().any(|r| r.id == entry.rule_id));
+    assert_eq!(named.effective_from, Some(ts(at(1, 1))));
+
+    let list = |page_size: u32, page_token: &str| pb::ListPlanVersionsRequest {
+        plan_id: PLAN.to_string(),
+        page: Some(pl_proto::common::v1::PageRequest {
+            page_size,
+            page_token: page_token.into(),
+        }),
+    };
+    let first = w
+        .api
+        .list_plan_versions(Request::new(list(1, "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.versions.len(), 1);
+    assert_eq!(first.versions[0].version, 1);
+    let rest = w
+        .api
+        .list_plan_versions(Request::new(list(1, &first.next_page_token)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.versions[0].version, 2);
+    assert_eq!(
+        serde_json::from_str::<PlanVersion>(&rest.versions[0].plan_json).unwrap(),
+        second
+    );
+    assert!(rest.next_page_token.is_empty());
+
+    let missing = |plan_id: Uuid, version: u32| {
+        w.api
+            .get_plan_version(Request::new(pb::GetPlanVersionRequest {
+                plan_id: plan_id.to_string(),
+                version,
+            }))
+    };
+    assert_eq!(
+        missing(PLAN, 3).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        missing(Uuid::from_u128(0xdead), 1)
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+    assert_eq!(
+        missing(PLAN, 0).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+}
