@@ -1,7 +1,7 @@
 //! What every service shares at run time: the error model and its single mapping to gRPC codes,
 //! the command executor (load, decide, append with optimistic concurrency) and its cached form,
-//! idempotency keys, request validation helpers, the clock, and the gRPC server (health,
-//! reflection, limits, graceful shutdown).
+//! idempotency keys, request validation helpers, the clock, the gRPC server (health,
+//! reflection, limits, graceful shutdown), and the dead letters of a service's consumers.
 //!
 //! No domain rules live here, and nothing here reads the clock except [`SystemClock`].
 
@@ -10,6 +10,7 @@
 pub mod aggregate;
 pub mod cache;
 pub mod clock;
+pub mod dead_letters;
 pub mod error;
 pub mod idempotency;
 pub mod request;

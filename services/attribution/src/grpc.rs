@@ -475,6 +475,33 @@ macro_rules! all {
 
 #[tonic::async_trait]
 impl AttributionApi for AttributionService {
+    async fn list_dead_letters(
+        &self,
+        request: Request<common::ListDeadLettersRequest>,
+    ) -> Result<Response<common::ListDeadLettersResponse>, Status> {
+        let listed =
+            pl_runtime::dead_letters::list(self.store.as_ref(), SERVICE, request.get_ref()).await?;
+        Ok(Response::new(listed))
+    }
+
+    #[tracing::instrument(skip_all, fields(letter_id = %request.get_ref().letter_id))]
+    async fn retry_dead_letter(
+        &self,
+        request: Request<common::RetryDeadLetterRequest>,
+    ) -> Result<Response<common::RetryDeadLetterResponse>, Status> {
+        let store = self.store.as_ref();
+        let retried = pl_runtime::dead_letters::retry_request(
+            store,
+            SERVICE,
+            self.clock.as_ref(),
+            pl_telemetry::inject(&tracing::Span::current()),
+            request.get_ref(),
+            |message| crate::consumer::handle(store, message),
+        )
+        .await?;
+        Ok(Response::new(retried))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn record_touchpoint(
         &self,

@@ -162,6 +162,39 @@ pub async fn on_conversion(
     apply_pending_reversals(store, caches, c.conversion_id, trace).await
 }
 
+/// Records that a conversion was refused, with the reason, and wakes the callers waiting for
+/// its accrual: `GetConversionAccrual` then answers with the refusal instead of waiting. Its
+/// message is kept as a dead letter by the consumer's runner.
+pub async fn on_refused(
+    store: &dyn EventStore,
+    caches: &Caches,
+    event: &IntegrationEvent,
+    c: &ConversionAttributed,
+    reason: &str,
+    trace: &BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    let refusal = setup::Refusal {
+        conversion_id: c.conversion_id,
+        reason: reason
+            .chars()
+            .take(pl_runtime::dead_letters::MAX_REASON_CHARS)
+            .collect(),
+    };
+    execute::<setup::ConversionRefusal>(
+        store,
+        &setup::refused_stream(c.conversion_id),
+        &refusal,
+        &meta(event, "refused", trace),
+    )
+    .await
+    .map_err(|e| match outcome(e) {
+        // The refusal must be told: a failure to record it is retried, whatever its cause.
+        HandleError::Permanent(reason) | HandleError::Retry(reason) => HandleError::Retry(reason),
+    })?;
+    caches.visible.accrued(c.conversion_id);
+    Ok(())
+}
+
 /// A run of attributed conversions (consecutive messages of one ordering key) accrued as
 /// [`on_conversion`] would one after another, with the same events under the same ids, but
 /// one append per book instead of one per accrual: every book's accruals of the run are

@@ -125,7 +125,14 @@ pub async fn handle(
             "ConversionAttributed" => {
                 let c = ConversionAttributed::parse(event.data.get())
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
-                accruals::on_conversion(store, caches, &event, &c, &trace_context).await
+                match accruals::on_conversion(store, caches, &event, &c, &trace_context).await {
+                    Err(HandleError::Permanent(reason)) => {
+                        accruals::on_refused(store, caches, &event, &c, &reason, &trace_context)
+                            .await?;
+                        Err(HandleError::Permanent(reason))
+                    }
+                    other => other,
+                }
             }
             "ConversionRefunded" | "ChargebackReceived" => {
                 let r = Reversal::parse(&event.event_type, event.data.get())

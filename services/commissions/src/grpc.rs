@@ -439,10 +439,18 @@ impl CommissionsService {
             .map_err(domain("conversion_id"))?
             .state;
         let Some(accrued) = index.0 else {
+            let refusal =
+                load::<setup::ConversionRefusal>(store, &setup::refused_stream(conversion_id))
+                    .await
+                    .map_err(domain("conversion_id"))?
+                    .state
+                    .0;
             return Ok(pb::ConversionAccrual {
                 conversion_id: conversion_id.to_string(),
                 accrued: false,
                 partners: vec![],
+                refused: refusal.is_some(),
+                refusal_reason: refusal.map(|r| r.reason).unwrap_or_default(),
             });
         };
         let mut partners = Vec::with_capacity(accrued.partners.len());
@@ -478,6 +486,8 @@ impl CommissionsService {
             conversion_id: conversion_id.to_string(),
             accrued: true,
             partners,
+            refused: false,
+            refusal_reason: String::new(),
         })
     }
 
@@ -557,6 +567,33 @@ impl CommissionsApi for CommissionsService {
             })
             .await?;
         Ok(Response::new(response))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pl_proto::common::v1::ListDeadLettersRequest>,
+    ) -> Result<Response<pl_proto::common::v1::ListDeadLettersResponse>, Status> {
+        let listed =
+            pl_runtime::dead_letters::list(self.store.as_ref(), SERVICE, request.get_ref()).await?;
+        Ok(Response::new(listed))
+    }
+
+    #[tracing::instrument(skip_all, fields(letter_id = %request.get_ref().letter_id))]
+    async fn retry_dead_letter(
+        &self,
+        request: Request<pl_proto::common::v1::RetryDeadLetterRequest>,
+    ) -> Result<Response<pl_proto::common::v1::RetryDeadLetterResponse>, Status> {
+        let (store, caches) = (self.store.as_ref(), &self.caches);
+        let retried = pl_runtime::dead_letters::retry_request(
+            store,
+            SERVICE,
+            self.clock.as_ref(),
+            pl_telemetry::inject(&tracing::Span::current()),
+            request.get_ref(),
+            |message| crate::consumer::handle(store, caches, message),
+        )
+        .await?;
+        Ok(Response::new(retried))
     }
 
     #[tracing::instrument(skip_all, fields(plan_id = %request.get_ref().plan_id))]
@@ -1190,7 +1227,7 @@ impl CommissionsApi for CommissionsService {
         loop {
             let answer = self.conversion_accrual(conversion_id).await?;
             let now = tokio::time::Instant::now();
-            if answer.accrued || now >= deadline {
+            if answer.accrued || answer.refused || now >= deadline {
                 return Ok(Response::new(answer));
             }
             // The signal covers this process's consumer; the periodic read covers another

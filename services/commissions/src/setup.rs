@@ -306,6 +306,52 @@ pub fn accrued_stream(conversion_id: Uuid) -> String {
     format!("accrued-{conversion_id}")
 }
 
+// ----- refused conversions ------------------------------------------------------------------
+
+/// A conversion commissions refused to accrue, and why: what `GetConversionAccrual` answers
+/// instead of waiting. The message itself is kept as a dead letter; a retry that accrues it
+/// makes the accrual the answer again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub conversion_id: Uuid,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum RefusalEvent {
+    ConversionRefused(Refusal),
+}
+impl DomainEvent for RefusalEvent {}
+
+/// The first refusal of a conversion (a retry refused again is told by its dead letter).
+#[derive(Debug, Clone, Default)]
+pub struct ConversionRefusal(pub Option<Refusal>);
+
+impl Aggregate for ConversionRefusal {
+    type State = ConversionRefusal;
+    type Command = Refusal;
+    type Event = RefusalEvent;
+    type Error = IndexError;
+
+    fn decide(state: &ConversionRefusal, r: &Refusal) -> Result<Vec<RefusalEvent>, IndexError> {
+        Ok(match state.0 {
+            Some(_) => vec![],
+            None => vec![RefusalEvent::ConversionRefused(r.clone())],
+        })
+    }
+
+    fn evolve(_state: ConversionRefusal, event: &RefusalEvent) -> ConversionRefusal {
+        match event {
+            RefusalEvent::ConversionRefused(r) => ConversionRefusal(Some(r.clone())),
+        }
+    }
+}
+
+pub fn refused_stream(conversion_id: Uuid) -> String {
+    format!("refused-{conversion_id}")
+}
+
 // ----- customer index -----------------------------------------------------------------------
 
 /// Partners (and the plan their book keeps the customer's state under) credited a program

@@ -1850,3 +1850,135 @@ async fn the_plan_version_named_in_an_explanation_reads_back_and_versions_list_i
         tonic::Code::InvalidArgument
     );
 }
+
+/// A conversion commissions cannot accrue (its partner's plan pays per lot and the sale has
+/// none) was refused in silence: dead-lettered on the bus, never accrued, and a caller waiting
+/// for its accrual waited out its whole wait. Now the refusal is kept in the log and listed,
+/// the waiting caller hears it, and once the cause is gone (the partner moved to a plan that
+/// pays on revenue) a retry accrues it exactly once; a second retry runs nothing.
+#[tokio::test]
+async fn a_refused_conversion_is_listed_answered_and_accrued_once_by_a_retry_after_the_fix() {
+    const LOTS_PLAN: Uuid = Uuid::from_u128(0xb7);
+    const TRADER: Uuid = Uuid::from_u128(0xa7);
+    let w = world().await;
+    let mut per_lot = plan();
+    per_lot.plan_id = LOTS_PLAN;
+    per_lot.overrides = vec![];
+    per_lot.rules[0].reward = Reward::PerLot(Money::from_minor_units(500, Currency::USD));
+    w.api
+        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx("plan-lots"),
+            plan_id: LOTS_PLAN.to_string(),
+            plan_json: serde_json::to_string(&per_lot).unwrap(),
+        }))
+        .await
+        .unwrap();
+    let assign = |key: &str, plan_id: Uuid, from: DateTime<Utc>| pb::AssignPlanRequest {
+        context: ctx(key),
+        partner_id: TRADER.to_string(),
+        plan_id: plan_id.to_string(),
+        effective_from: Some(ts(from)),
+        partner_tier: String::new(),
+        parent_partner_id: String::new(),
+    };
+    w.api
+        .assign_plan(Request::new(assign("assign-t1", LOTS_PLAN, at(1, 1))))
+        .await
+        .unwrap();
+    let sale = message(
+        7,
+        "ConversionAttributed",
+        conversion(700, "cust-7", "100.00", &[(TRADER, "1")]),
+        at(1, 10),
+    );
+    let recorder = pl_runtime::dead_letters::Recorder::new(
+        pl_commissions::SERVICE,
+        "commissions-conversions",
+        Arc::new(FixedClock::at(at(1, 11))),
+    );
+    let outcome = w.consume(sale.clone()).await;
+    let settled = recorder.settle(w.store.as_ref(), &sale, outcome).await;
+    assert!(
+        matches!(&settled, Err(HandleError::Permanent(r)) if r.contains("lots")),
+        "{settled:?}"
+    );
+    assert_eq!(recorder.refused(), 1);
+
+    // The waiting caller hears the refusal at once.
+    let answer = w
+        .api
+        .get_conversion_accrual(accrual_request(700, 5_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.accrued && answer.refused, "{answer:?}");
+    assert!(answer.refusal_reason.contains("lots"), "{answer:?}");
+
+    let listed = w
+        .api
+        .list_dead_letters(Request::new(pl_proto::common::v1::ListDeadLettersRequest {
+            page: None,
+            waiting_only: true,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let [letter] = listed.letters.as_slice() else {
+        panic!("{listed:?}");
+    };
+    assert_eq!(letter.message_id, Uuid::from_u128(7).to_string());
+    assert_eq!(letter.event_type, "ConversionAttributed");
+    assert_eq!(letter.consumer, "commissions-conversions");
+    assert_eq!(letter.status, "waiting");
+    assert!(letter.reason.contains("lots"), "{letter:?}");
+    assert_eq!(letter.refused_at, Some(ts(at(1, 11))));
+
+    let retry = |key: &str| {
+        w.api
+            .retry_dead_letter(Request::new(pl_proto::common::v1::RetryDeadLetterRequest {
+                context: ctx(key),
+                letter_id: letter.letter_id.clone(),
+            }))
+    };
+    // Retried before the fix: refused again, and said so.
+    let again = retry("retry-1").await.unwrap().into_inner();
+    let view = again.letter.unwrap();
+    assert!(again.ran);
+    assert_eq!((view.status.as_str(), view.retries), ("failed", 1));
+    assert!(view.last_retry_reason.contains("lots"), "{view:?}");
+
+    // The fix: the partner is paid on revenue from the 5th on.
+    w.api
+        .assign_plan(Request::new(assign("assign-t2", PLAN, at(1, 5))))
+        .await
+        .unwrap();
+    let applied = retry("retry-2").await.unwrap().into_inner();
+    let view = applied.letter.clone().unwrap();
+    assert!(applied.ran);
+    assert_eq!((view.status.as_str(), view.retries), ("applied", 2));
+    assert_eq!(w.balances(TRADER, None).await.0, "10.00");
+    let answer = w
+        .api
+        .get_conversion_accrual(accrual_request(700, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.accrued, "{answer:?}");
+
+    // Once applied, a retry runs nothing; the same key answers as before.
+    let third = retry("retry-3").await.unwrap().into_inner();
+    assert!(!third.ran);
+    assert_eq!(third.letter.unwrap().retries, 2);
+    assert_eq!(retry("retry-2").await.unwrap().into_inner(), applied);
+    assert_eq!(w.balances(TRADER, None).await.0, "10.00");
+    let waiting = w
+        .api
+        .list_dead_letters(Request::new(pl_proto::common::v1::ListDeadLettersRequest {
+            page: None,
+            waiting_only: true,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(waiting.letters.is_empty(), "{waiting:?}");
+}

@@ -558,6 +558,33 @@ fn per_partner(meta: &CommandMeta, partner_id: Uuid) -> CommandMeta {
 
 #[tonic::async_trait]
 impl ComplianceApi for ComplianceService {
+    async fn list_dead_letters(
+        &self,
+        request: Request<common::ListDeadLettersRequest>,
+    ) -> Result<Response<common::ListDeadLettersResponse>, Status> {
+        let store = self.compliance.store.as_ref();
+        let listed = pl_runtime::dead_letters::list(store, SERVICE, request.get_ref()).await?;
+        Ok(Response::new(listed))
+    }
+
+    #[tracing::instrument(skip_all, fields(letter_id = %request.get_ref().letter_id))]
+    async fn retry_dead_letter(
+        &self,
+        request: Request<common::RetryDeadLetterRequest>,
+    ) -> Result<Response<common::RetryDeadLetterResponse>, Status> {
+        let compliance = &self.compliance;
+        let retried = pl_runtime::dead_letters::retry_request(
+            compliance.store.as_ref(),
+            SERVICE,
+            self.clock.as_ref(),
+            pl_telemetry::inject(&tracing::Span::current()),
+            request.get_ref(),
+            |message| crate::consumer::handle(compliance, message),
+        )
+        .await?;
+        Ok(Response::new(retried))
+    }
+
     #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
     async fn record_verification(
         &self,

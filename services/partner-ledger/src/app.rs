@@ -10,6 +10,7 @@ use pl_bus::{
     SharedBus,
 };
 use pl_eventlog::{EmbeddedLog, EmbeddedOptions, SharedStore};
+use pl_runtime::dead_letters::Recorder;
 use pl_runtime::server::{self, ServerConfig};
 use pl_runtime::{Clock, SystemClock};
 use tokio::task::JoinHandle;
@@ -410,11 +411,12 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
         {
             let consumer = plan
                 .bus
-                .consumer(ConsumerSpec::new(durable, vec![filter]))
+                .consumer(ConsumerSpec::new(durable.clone(), vec![filter]))
                 .await?;
             let store = plan.store.clone();
             let caches: Arc<pl_commissions::accruals::Caches> = Arc::clone(&commission_caches);
             let token = background.clone();
+            let refusals = Recorder::new(pl_commissions::SERVICE, &durable, clock.clone());
             tasks.push(tokio::spawn(async move {
                 // One key's events in order, different keys concurrently (accruals wait on
                 // durable appends, so one at a time left the cores idle), and what queued up
@@ -423,15 +425,19 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
                 pl_bus::run_consumer_batched(
                     consumer,
                     pl_commissions::consumer::ordering_key,
-                    move |messages| {
+                    move |messages: Vec<pl_bus::Message>| {
                         let (store, caches) = (store.clone(), caches.clone());
+                        let refusals = refusals.clone();
                         async move {
-                            pl_commissions::consumer::handle_batch(
+                            let outcomes = pl_commissions::consumer::handle_batch(
                                 store.as_ref(),
                                 &caches,
-                                messages,
+                                messages.clone(),
                             )
-                            .await
+                            .await;
+                            refusals
+                                .settle_all(store.as_ref(), &messages, outcomes)
+                                .await
                         }
                     },
                     token,
@@ -451,16 +457,22 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
         {
             let consumer = plan
                 .bus
-                .consumer(ConsumerSpec::new(durable, vec![filter]))
+                .consumer(ConsumerSpec::new(durable.clone(), vec![filter]))
                 .await?;
             let store = plan.store.clone();
             let token = background.clone();
+            let refusals = Recorder::new(pl_partner_crm::SERVICE, &durable, clock.clone());
             tasks.push(tokio::spawn(async move {
                 pl_bus::run_consumer(
                     consumer,
-                    move |message| {
-                        let store = store.clone();
-                        async move { pl_partner_crm::consumer::handle(store.as_ref(), message).await }
+                    move |message: pl_bus::Message| {
+                        let (store, refusals) = (store.clone(), refusals.clone());
+                        async move {
+                            let outcome =
+                                pl_partner_crm::consumer::handle(store.as_ref(), message.clone())
+                                    .await;
+                            refusals.settle(store.as_ref(), &message, outcome).await
+                        }
                     },
                     token,
                 )
@@ -476,16 +488,22 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
         {
             let consumer = plan
                 .bus
-                .consumer(ConsumerSpec::new(durable, vec![filter]))
+                .consumer(ConsumerSpec::new(durable.clone(), vec![filter]))
                 .await?;
             let store = plan.store.clone();
             let token = background.clone();
+            let refusals = Recorder::new(pl_attribution::SERVICE, &durable, clock.clone());
             tasks.push(tokio::spawn(async move {
                 pl_bus::run_consumer(
                     consumer,
-                    move |message| {
-                        let store = store.clone();
-                        async move { pl_attribution::consumer::handle(store.as_ref(), message).await }
+                    move |message: pl_bus::Message| {
+                        let (store, refusals) = (store.clone(), refusals.clone());
+                        async move {
+                            let outcome =
+                                pl_attribution::consumer::handle(store.as_ref(), message.clone())
+                                    .await;
+                            refusals.settle(store.as_ref(), &message, outcome).await
+                        }
                     },
                     token,
                 )
@@ -510,12 +528,13 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
             let consumer = plan
                 .bus
                 .consumer(ConsumerSpec::new(
-                    sub.durable_name,
+                    sub.durable_name.clone(),
                     vec![sub.filter_subject],
                 ))
                 .await?;
             let compliance = compliance.clone();
             let token = background.clone();
+            let refusals = Recorder::new(pl_compliance::SERVICE, &sub.durable_name, clock.clone());
             tasks.push(tokio::spawn(async move {
                 // One program's events in order, programs concurrently, and what queued up
                 // under one program screened as a run: one append per stream instead of one
@@ -524,10 +543,17 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
                 pl_bus::run_consumer_batched(
                     consumer,
                     pl_compliance::consumer::ordering_key,
-                    move |messages| {
-                        let compliance = compliance.clone();
+                    move |messages: Vec<pl_bus::Message>| {
+                        let (compliance, refusals) = (compliance.clone(), refusals.clone());
                         async move {
-                            pl_compliance::consumer::handle_batch(&compliance, messages).await
+                            let outcomes = pl_compliance::consumer::handle_batch(
+                                &compliance,
+                                messages.clone(),
+                            )
+                            .await;
+                            refusals
+                                .settle_all(compliance.store.as_ref(), &messages, outcomes)
+                                .await
                         }
                     },
                     token,

@@ -31,6 +31,7 @@ use crate::{streams, SERVICE};
 
 mod assets;
 mod campaigns;
+mod dead_letters;
 mod deals;
 mod marketing;
 mod mdf;
@@ -295,6 +296,9 @@ service! {
     award_campaign_bonus(pb::AwardCampaignBonusRequest) -> pb::Campaign = campaigns::award_bonus;
     get_campaign(pb::GetCampaignRequest) -> pb::Campaign = campaigns::get;
     list_campaigns(pb::ListCampaignsRequest) -> pb::ListCampaignsResponse = campaigns::list;
+
+    list_dead_letters(common::ListDeadLettersRequest) -> common::ListDeadLettersResponse = dead_letters::list;
+    retry_dead_letter(common::RetryDeadLetterRequest) -> common::RetryDeadLetterResponse = dead_letters::retry;
 
     add_marketing_asset(pb::AddMarketingAssetRequest) -> pb::MarketingAsset = marketing::add;
     retire_marketing_asset(pb::RetireMarketingAssetRequest) -> pb::MarketingAsset = marketing::retire;
