@@ -39,7 +39,8 @@ pub use nats::{NatsBus, NatsConfig, NatsUser};
 pub use port::{
     Bus, Consumer, ConsumerSpec, Delivery, SharedBus, DLQ_CONSUMER_HEADER,
     DLQ_DELIVERED_COUNT_HEADER, DLQ_ORIGINAL_ID_HEADER, DLQ_ORIGINAL_SUBJECT_HEADER,
-    DLQ_REASON_HEADER, MAX_ACK_PENDING, MAX_ACK_WAIT_MS, MAX_DELIVER, MAX_NAK_DELAY_MS,
+    DLQ_REASON_HEADER, FINAL_DELIVERY_HEADER, MAX_ACK_PENDING, MAX_ACK_WAIT_MS, MAX_DELIVER,
+    MAX_NAK_DELAY_MS,
 };
 pub use relay::{
     integration_message, IntegrationEvent, Relay, RelayConfig, Route, CHECKPOINT_EVENT_TYPE,

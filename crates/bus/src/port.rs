@@ -32,6 +32,10 @@ pub const DLQ_ORIGINAL_ID_HEADER: &str = "pl-dlq-original-id";
 pub const DLQ_REASON_HEADER: &str = "pl-dlq-reason";
 pub const DLQ_DELIVERED_COUNT_HEADER: &str = "pl-dlq-delivered-count";
 pub const DLQ_CONSUMER_HEADER: &str = "pl-dlq-consumer";
+/// Set on a delivery that is the message's last allowed one (its value: the delivery count), so
+/// a handler that keeps its own record of refusals can record a failure here as one: the bus
+/// dead-letters a message that fails on its last delivery.
+pub const FINAL_DELIVERY_HEADER: &str = "pl-final-delivery";
 
 /// Publish integration events and consume them through durable consumers.
 ///
@@ -178,12 +182,18 @@ impl std::fmt::Debug for Delivery {
 
 impl Delivery {
     pub(crate) fn new(
-        message: Message,
+        mut message: Message,
         delivered_count: u32,
         spec: &ConsumerSpec,
         dead_letter_subject: String,
         acker: Box<dyn Acker>,
     ) -> Self {
+        if delivered_count >= spec.max_deliver {
+            message.headers.insert(
+                FINAL_DELIVERY_HEADER.to_owned(),
+                delivered_count.to_string(),
+            );
+        }
         Self {
             message,
             delivered_count,

@@ -263,6 +263,8 @@ pub async fn record(
         headers: message
             .headers
             .iter()
+            // Says how this delivery came; a retry is not that delivery.
+            .filter(|(k, _)| k.as_str() != pl_bus::FINAL_DELIVERY_HEADER)
             .take(MAX_HEADERS)
             .map(|(k, v)| (k.clone(), bounded(v, MAX_HEADER_CHARS)))
             .collect(),
@@ -279,7 +281,8 @@ pub async fn record(
 }
 
 /// Records the refusals among a handler's outcomes before the bus hears of them, for one
-/// consumer, and counts them. A refusal that cannot be recorded (the store is down) is turned
+/// consumer, and counts them: a `Permanent` outcome, and a `Retry` on the message's last allowed
+/// delivery (the bus dead-letters that one too; see `pl_bus::FINAL_DELIVERY_HEADER`). A refusal that cannot be recorded (the store is down) is turned
 /// into a retry: the message comes back and is refused again, never dropped unrecorded.
 #[derive(Clone)]
 pub struct Recorder {
@@ -320,8 +323,17 @@ impl Recorder {
         message: &Message,
         outcome: Result<(), HandleError>,
     ) -> Result<(), HandleError> {
-        let Err(HandleError::Permanent(reason)) = outcome else {
-            return outcome;
+        let reason = match outcome {
+            Err(HandleError::Permanent(reason)) => reason,
+            // The bus dead-letters a message that fails on its last allowed delivery: that is
+            // a refusal too, and is kept like one.
+            Err(HandleError::Retry(reason)) => {
+                match message.headers.get(pl_bus::FINAL_DELIVERY_HEADER) {
+                    Some(count) => format!("handling failed {count} times; the last: {reason}"),
+                    None => return Err(HandleError::Retry(reason)),
+                }
+            }
+            Ok(()) => return Ok(()),
         };
         let at = self.clock.now();
         if let Err(e) = record(store, self.service, &self.consumer, message, &reason, at).await {
@@ -551,4 +563,128 @@ where
         retry(store, service, letter_id, meta.occurred_at, handler)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
+
+    use chrono::TimeZone;
+    use pl_eventlog::MemoryLog;
+
+    use super::*;
+    use crate::FixedClock;
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
+    }
+
+    fn message(id: u128, headers: &[(&str, &str)], payload: Vec<u8>) -> Message {
+        Message {
+            id: Uuid::from_u128(id),
+            subject: "pl.attribution.ConversionAttributed".into(),
+            payload: bytes::Bytes::from(payload),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn recorder() -> Recorder {
+        Recorder::new("svc", "svc-consumer", Arc::new(FixedClock::at(at())))
+    }
+
+    async fn letters(store: &MemoryLog) -> Vec<pb::DeadLetter> {
+        let request = pb::ListDeadLettersRequest::default();
+        list(store, "svc", &request).await.unwrap().letters
+    }
+
+    #[tokio::test]
+    async fn a_failure_on_the_last_allowed_delivery_is_kept_as_a_refusal_and_an_earlier_one_is_not()
+    {
+        let store = MemoryLog::default();
+        let r = recorder();
+        let early = message(1, &[], b"{}".to_vec());
+        let outcome = r
+            .settle(&store, &early, Err(HandleError::Retry("store down".into())))
+            .await;
+        assert_eq!(outcome, Err(HandleError::Retry("store down".into())));
+        assert!(letters(&store).await.is_empty());
+
+        let last = message(1, &[(pl_bus::FINAL_DELIVERY_HEADER, "5")], b"{}".to_vec());
+        let outcome = r
+            .settle(&store, &last, Err(HandleError::Retry("store down".into())))
+            .await;
+        let reason = "handling failed 5 times; the last: store down";
+        assert_eq!(outcome, Err(HandleError::Permanent(reason.into())));
+        let [letter] = letters(&store).await.try_into().unwrap();
+        assert_eq!(letter.reason, reason);
+        assert_eq!(r.refused(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_refused_again_on_redelivery_is_the_same_letter() {
+        let store = MemoryLog::default();
+        let r = recorder();
+        let m = message(2, &[], b"not json".to_vec());
+        for _ in 0..2 {
+            r.settle(&store, &m, Err(HandleError::Permanent("broken".into())))
+                .await
+                .unwrap_err();
+        }
+        let [letter] = letters(&store).await.try_into().unwrap();
+        assert_eq!(
+            letter.letter_id,
+            letter_id("svc-consumer", m.id).to_string()
+        );
+        assert_eq!(letter.status, "waiting");
+    }
+
+    #[tokio::test]
+    async fn a_letter_too_large_to_keep_is_listed_and_its_retry_refused_without_running() {
+        let store = MemoryLog::default();
+        let m = message(3, &[], vec![b'x'; MAX_KEPT_PAYLOAD_BYTES + 1]);
+        recorder()
+            .settle(&store, &m, Err(HandleError::Permanent("too big".into())))
+            .await
+            .unwrap_err();
+        let [letter] = letters(&store).await.try_into().unwrap();
+        let refused = retry(
+            &store,
+            "svc",
+            letter.letter_id.parse().unwrap(),
+            at(),
+            |_| async { panic!("a letter without its payload must not run") },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_letter_is_not_found_and_a_transient_failure_records_nothing() {
+        let store = MemoryLog::default();
+        let unknown = retry(&store, "svc", Uuid::from_u128(9), at(), |_| async {
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+        let m = message(4, &[], b"{}".to_vec());
+        recorder()
+            .settle(&store, &m, Err(HandleError::Permanent("bad".into())))
+            .await
+            .unwrap_err();
+        let id = letter_id("svc-consumer", m.id);
+        let busy = retry(&store, "svc", id, at(), |_| async {
+            Err(HandleError::Retry("store down".into()))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(busy.code(), tonic::Code::Unavailable);
+        let [letter] = letters(&store).await.try_into().unwrap();
+        assert_eq!((letter.status.as_str(), letter.retries), ("waiting", 0));
+    }
 }

@@ -1132,3 +1132,123 @@ async fn lots_net_revenue_and_reseller_pricing_pass_through_to_what_commissions_
         err.message()
     );
 }
+
+/// Appends to one stream refused as over the log's limits (invalid input, so the consumer
+/// refuses the message for good) while `on`: a refusal whose cause an operator can remove.
+#[derive(Debug)]
+struct RefuseStream {
+    stream: String,
+    on: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl pl_eventlog::StoreHooks for RefuseStream {
+    async fn before_append(
+        &self,
+        _: &dyn pl_eventlog::EventStore,
+        stream: &str,
+    ) -> Result<(), pl_eventlog::LogError> {
+        if stream == self.stream && self.on.load(Ordering::SeqCst) {
+            return Err(pl_eventlog::LogError::LimitExceeded {
+                what: "stream events",
+                actual: 1,
+                limit: 0,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_partners_approval_the_consumer_refused_is_retried_after_the_fix_and_its_clicks_then_count(
+) {
+    const DAVE: Uuid = Uuid::from_u128(0xa4);
+    let log = Arc::new(pl_eventlog::Hooked {
+        inner: MemoryLog::default(),
+        hooks: RefuseStream {
+            stream: pl_attribution::streams::crm_partner(DAVE),
+            on: std::sync::atomic::AtomicBool::new(true),
+        },
+    });
+    let store: SharedStore = log.clone();
+    let clock = Arc::new(FixedClock::at(at()));
+    let w = World {
+        store: store.clone(),
+        api: AttributionService::new(store, clock.clone(), "test-salt"),
+        next: AtomicU64::new(1),
+    };
+    let since = at() - Duration::days(1);
+    w.crm(
+        "TrackingLinkIssued",
+        serde_json::json!({ "tracking_link_id": link_of(DAVE), "partner_id": DAVE,
+                            "program_id": PROGRAM, "occurred_at": since }),
+    )
+    .await;
+    // When CRM's approval of Dave arrives while his stream refuses writes.
+    let id = Uuid::from_u128(0xe0ff);
+    let envelope = serde_json::json!({
+        "id": id, "type": "PartnerStatusChanged", "schema_version": 1,
+        "stream": "partner-x", "version": 0, "position": 0,
+        "occurred_at": since, "recorded_at": since, "correlation_id": null, "causation_id": null,
+        "data": { "partner_id": DAVE, "status": "PARTNER_STATUS_APPROVED", "occurred_at": since },
+    });
+    let approved = Message {
+        id,
+        subject: "pl.crm.PartnerStatusChanged".into(),
+        payload: serde_json::to_vec(&envelope).unwrap().into(),
+        headers: BTreeMap::new(),
+    };
+    let recorder =
+        pl_runtime::dead_letters::Recorder::new(pl_attribution::SERVICE, "attribution-crm", clock);
+    let outcome = pl_attribution::consumer::handle(w.store.as_ref(), approved.clone()).await;
+    let settled = recorder.settle(w.store.as_ref(), &approved, outcome).await;
+    assert!(
+        matches!(&settled, Err(pl_bus::HandleError::Permanent(r)) if r.contains("limit exceeded")),
+        "{settled:?}"
+    );
+    // Then it is listed, and Dave's clicks are refused as from an unknown partner.
+    let listed = w
+        .api
+        .list_dead_letters(Request::new(pl_proto::common::v1::ListDeadLettersRequest {
+            page: None,
+            waiting_only: true,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let [letter] = listed.letters.as_slice() else {
+        panic!("{listed:?}")
+    };
+    assert_eq!(
+        (letter.event_type.as_str(), letter.status.as_str()),
+        ("PartnerStatusChanged", "waiting")
+    );
+    let refused = w.try_click("v-1", link_of(DAVE), at()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("is unknown"), "{refused:?}");
+    let retry = || {
+        w.api
+            .retry_dead_letter(Request::new(pl_proto::common::v1::RetryDeadLetterRequest {
+                context: w.key(),
+                letter_id: letter.letter_id.clone(),
+            }))
+    };
+    // The cause removed, the retry applies, and a click now counts for Dave.
+    log.hooks.on.store(false, Ordering::SeqCst);
+    let applied = retry().await.unwrap().into_inner();
+    assert!(applied.ran);
+    assert_eq!(applied.letter.unwrap().status, "applied");
+    assert_eq!(
+        w.click_at("v-2", DAVE, at()).await.partner_id,
+        DAVE.to_string()
+    );
+    // A second retry runs nothing; Dave's stream keeps its one approval.
+    let again = retry().await.unwrap().into_inner();
+    assert!(!again.ran);
+    let facts = w
+        .store
+        .read_stream(&pl_attribution::streams::crm_partner(DAVE), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(facts.len(), 1);
+}

@@ -1458,3 +1458,93 @@ async fn a_click_redelivered_after_its_conversion_in_a_batch_is_counted_after_it
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     assert_eq!(w.streams().await, single.streams().await);
 }
+
+#[tokio::test]
+async fn a_conversion_whose_flag_the_log_refused_is_listed_and_flagged_once_by_a_retry_after_the_fix(
+) {
+    let log = flaky_log(Flaky {
+        stream: pl_compliance::streams::partner(ALICE),
+        refuse: true,
+        ..Flaky::default()
+    });
+    let w = World::on(log.clone(), None);
+    // Given a sale nine seconds after its click (a click_to_conversion flag), kept unhandled.
+    let click_at = day(2, 1);
+    w.record();
+    w.sale(
+        1,
+        ALICE,
+        click_at + Duration::seconds(9),
+        Some((1, click_at, "ip-a")),
+        serde_json::json!({}),
+    )
+    .await;
+    let [sale]: [Message; 1] = w.recorded().try_into().unwrap();
+    // When it is handled while Alice's file refuses writes.
+    log.hooks.failures.store(u64::MAX, Ordering::SeqCst);
+    let recorder = pl_runtime::dead_letters::Recorder::new(
+        pl_compliance::SERVICE,
+        "compliance-attribution",
+        Arc::new(FixedClock::at(day(2, 2))),
+    );
+    let outcome = pl_compliance::consumer::handle(&w.api.compliance(), sale.clone()).await;
+    let settled = recorder.settle(w.store.as_ref(), &sale, outcome).await;
+    assert!(
+        matches!(&settled, Err(pl_bus::HandleError::Permanent(r)) if r.contains("limit exceeded")),
+        "{settled:?}"
+    );
+    // Then it is listed with its reason, and nothing is flagged yet.
+    let listed = w
+        .api
+        .list_dead_letters(Request::new(pl_proto::common::v1::ListDeadLettersRequest {
+            page: None,
+            waiting_only: true,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let [letter] = listed.letters.as_slice() else {
+        panic!("{listed:?}")
+    };
+    assert_eq!(
+        (
+            letter.event_type.as_str(),
+            letter.consumer.as_str(),
+            letter.status.as_str()
+        ),
+        ("ConversionAttributed", "compliance-attribution", "waiting")
+    );
+    assert!(letter.reason.contains("limit exceeded"), "{letter:?}");
+    assert!(w.flags(ALICE).await.is_empty());
+    let retry = || {
+        w.api
+            .retry_dead_letter(Request::new(pl_proto::common::v1::RetryDeadLetterRequest {
+                context: w.ctx_at(day(2, 3)),
+                letter_id: letter.letter_id.clone(),
+            }))
+    };
+    // Before the fix a retry is refused again, and says so.
+    let failed = retry().await.unwrap().into_inner();
+    let view = failed.letter.unwrap();
+    assert!(failed.ran);
+    assert_eq!((view.status.as_str(), view.retries), ("failed", 1));
+    // The cause removed, the retry applies: the flag is there exactly once.
+    log.hooks.failures.store(0, Ordering::SeqCst);
+    let applied = retry().await.unwrap().into_inner();
+    assert!(applied.ran);
+    assert_eq!(
+        applied
+            .letter
+            .as_ref()
+            .map(|l| (l.status.as_str(), l.retries)),
+        Some(("applied", 2))
+    );
+    let flags = w.flags(ALICE).await;
+    assert_eq!(flags.len(), 1);
+    assert_eq!(flags[0].rule, "click_to_conversion");
+    // A second retry under another key runs nothing and raises nothing.
+    let again = retry().await.unwrap().into_inner();
+    assert!(!again.ran);
+    assert_eq!(again.letter.unwrap().retries, 2);
+    assert_eq!(w.flags(ALICE).await.len(), 1);
+}

@@ -1710,3 +1710,133 @@ async fn everything_crm_publishes_for_attribution_is_read_by_attribution_per_the
     // And attribution's consumer takes all of them.
     w.relay_to_attribution().await;
 }
+
+/// Appends to one stream refused as over the log's limits (invalid input, so the consumer
+/// refuses the message for good) while `on`: a refusal whose cause an operator can remove.
+#[derive(Debug)]
+struct RefuseStream {
+    stream: String,
+    on: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl StoreHooks for RefuseStream {
+    async fn before_append(&self, _: &dyn EventStore, stream: &str) -> Result<(), LogError> {
+        if stream == self.stream && self.on.load(Ordering::SeqCst) {
+            return Err(LogError::LimitExceeded {
+                what: "stream events",
+                actual: 1,
+                limit: 0,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_grant_the_consumer_refused_is_listed_and_a_retry_after_the_fix_activates_the_partner_once(
+) {
+    let log = Arc::new(Hooked {
+        inner: MemoryLog::default(),
+        hooks: RefuseStream {
+            stream: pl_partner_crm::streams::partner(ALICE),
+            on: std::sync::atomic::AtomicBool::new(false),
+        },
+    });
+    let store: SharedStore = log.clone();
+    let clock = Arc::new(FixedClock::at(t0()));
+    let attribution_store: SharedStore = Arc::new(MemoryLog::default());
+    let w = World {
+        racy: Arc::new(RacyLog::default()),
+        store: store.clone(),
+        clock: clock.clone(),
+        crm: CrmService::new(store, clock.clone()),
+        attribution: AttributionService::new(attribution_store.clone(), clock.clone(), "test-salt"),
+        attribution_store,
+        next: AtomicU64::new(1),
+        relayed: AtomicU64::new(0),
+    };
+    // Given a partner of a regulated program, approved and awaiting compliance.
+    w.program(REGULATED, &["GB", "MT"], false, vec![]).await;
+    w.apply(ALICE, REGULATED).await.unwrap();
+    assert_eq!(
+        w.approve(ALICE, "").await.unwrap().stage(),
+        pb::PartnerStage::AwaitingCompliance
+    );
+    // When compliance's grant arrives while the partner's stream refuses writes.
+    log.hooks.on.store(true, Ordering::SeqCst);
+    let id = Uuid::from_u128(0xc0_0001);
+    let envelope = serde_json::json!({
+        "id": id, "type": "ComplianceApprovalGranted", "schema_version": 1,
+        "stream": "compliance-x", "version": 0, "position": 1,
+        "occurred_at": t0(), "recorded_at": t0(), "correlation_id": null, "causation_id": null,
+        "data": { "partner_id": ALICE, "program_id": REGULATED, "jurisdictions": ["GB", "MT"],
+                  "reference": "LIC-77", "occurred_at": t0() + Duration::hours(1) },
+    });
+    let grant = Message {
+        id,
+        subject: "pl.compliance.ComplianceApprovalGranted".into(),
+        payload: serde_json::to_vec(&envelope).unwrap().into(),
+        headers: BTreeMap::new(),
+    };
+    let recorder =
+        pl_runtime::dead_letters::Recorder::new(pl_partner_crm::SERVICE, "crm-compliance", clock);
+    let outcome = pl_partner_crm::consumer::handle(w.store.as_ref(), grant.clone()).await;
+    let settled = recorder.settle(w.store.as_ref(), &grant, outcome).await;
+    assert!(
+        matches!(&settled, Err(pl_bus::HandleError::Permanent(r)) if r.contains("limit exceeded")),
+        "{settled:?}"
+    );
+    // Then it is listed with its reason, and the partner still waits.
+    let listed = w
+        .crm
+        .list_dead_letters(Request::new(pl_proto::common::v1::ListDeadLettersRequest {
+            page: None,
+            waiting_only: true,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let [letter] = listed.letters.as_slice() else {
+        panic!("{listed:?}")
+    };
+    assert_eq!(
+        (
+            letter.event_type.as_str(),
+            letter.consumer.as_str(),
+            letter.status.as_str()
+        ),
+        ("ComplianceApprovalGranted", "crm-compliance", "waiting")
+    );
+    assert!(letter.reason.contains("limit exceeded"), "{letter:?}");
+    assert_eq!(
+        w.get(ALICE).await.stage(),
+        pb::PartnerStage::AwaitingCompliance
+    );
+    let retry = || {
+        w.crm
+            .retry_dead_letter(Request::new(pl_proto::common::v1::RetryDeadLetterRequest {
+                context: w.ctx(),
+                letter_id: letter.letter_id.clone(),
+            }))
+    };
+    // The cause removed, a retry applies it and activates the partner.
+    log.hooks.on.store(false, Ordering::SeqCst);
+    let applied = retry().await.unwrap().into_inner();
+    assert!(applied.ran);
+    assert_eq!(applied.letter.as_ref().unwrap().status, "applied");
+    assert_eq!(w.get(ALICE).await.status(), pb::PartnerStatus::Approved);
+    // Once applied, a retry under another key runs nothing and writes nothing to the partner.
+    let partner_events = || async {
+        w.store
+            .read_stream(&pl_partner_crm::streams::partner(ALICE), 0, 100)
+            .await
+            .unwrap()
+            .len()
+    };
+    let before = partner_events().await;
+    let again = retry().await.unwrap().into_inner();
+    assert!(!again.ran);
+    assert_eq!(again.letter.unwrap().retries, 1);
+    assert_eq!(partner_events().await, before);
+}
