@@ -304,6 +304,9 @@ pub struct Effects {
     pub period: Option<PeriodDelta>,
     /// The customer's net revenue position after the report.
     pub net_revenue: Option<NetRevenuePosition>,
+    /// Under a ringfenced plan, the brand that position is of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_revenue_brand: Option<String>,
     /// The customer's CPA outstanding after the accrual, when it changed.
     pub cpa_outstanding: Option<Money>,
 }

@@ -131,6 +131,8 @@ struct Pay {
     override_base: Option<OverrideBase>,
     /// The customer's net revenue position after the report (net revenue shares only).
     net_revenue: Option<NetRevenuePosition>,
+    /// Under a ringfenced plan, the brand the position is of.
+    net_revenue_brand: Option<String>,
 }
 
 enum Outcome {
@@ -145,6 +147,7 @@ impl Pay {
             volume: Decimal::ZERO,
             override_base,
             net_revenue: None,
+            net_revenue_brand: None,
         })
     }
 }
@@ -701,6 +704,7 @@ fn tiered(
         volume,
         override_base,
         net_revenue: None,
+        net_revenue_brand: None,
     }))
 }
 
@@ -744,12 +748,19 @@ fn net_revenue_share(cx: &Cx<'_>, rule: &Rule, rate: Percent) -> Result<Outcome,
         paid: zero,
         recovered: zero,
     };
-    let position = match cx.customer.and_then(|c| c.net_revenue.as_ref()) {
+    // A ringfenced plan keeps each brand's position apart.
+    let brand = (cx.plan.net_revenue_policy == NetRevenuePolicy::Ringfenced)
+        .then(|| cx.facts.brand.clone().unwrap_or_default());
+    let stored = match &brand {
+        Some(brand) => cx.customer.and_then(|c| c.net_revenue_by_brand.get(brand)),
+        None => cx.customer.and_then(|c| c.net_revenue.as_ref()),
+    };
+    let position = match stored {
         None => fresh,
         Some(p) if p.period == cx.period => p.clone(),
         Some(p) if p.period < cx.period => {
             let carry_in = match cx.plan.net_revenue_policy {
-                NetRevenuePolicy::CarryForwardNegative => {
+                NetRevenuePolicy::CarryForwardNegative | NetRevenuePolicy::Ringfenced => {
                     min_money(p.carry_in.checked_add(p.net)?, zero)?
                 }
                 NetRevenuePolicy::ResetEachPeriod => zero,
@@ -771,8 +782,12 @@ fn net_revenue_share(cx: &Cx<'_>, rule: &Rule, rate: Percent) -> Result<Outcome,
     let mut f = cx.formula(RewardKind::NetRevenueShare);
     cx.with_revenue(&mut f, &r);
     f.rate = Some(rate);
+    let of_brand = match &brand {
+        Some(b) if !b.is_empty() => format!(" of brand {b}"),
+        _ => String::new(),
+    };
     f.text = format!(
-        "{rate} of positive net revenue for {}: carried {} + period {} → {} after {}{}; share {} − {} already accrued",
+        "{rate} of positive net revenue{of_brand} for {}: carried {} + period {} → {} after {}{}; share {} − {} already accrued",
         cx.period,
         position.carry_in,
         position.net,
@@ -810,6 +825,7 @@ fn net_revenue_share(cx: &Cx<'_>, rule: &Rule, rate: Percent) -> Result<Outcome,
             net: net_after,
             ..position
         }),
+        net_revenue_brand: brand,
     }))
 }
 
@@ -916,6 +932,7 @@ fn settle(
         accrued: accrued_delta,
     });
     effects.net_revenue = pay.net_revenue;
+    effects.net_revenue_brand = pay.net_revenue_brand;
     if outstanding != outstanding_before.unwrap_or(zero) {
         effects.cpa_outstanding = Some(outstanding);
     }

@@ -187,6 +187,21 @@ pub enum FactsError {
     UplineRepeats(Uuid),
 }
 
+impl FactsError {
+    /// The field of the conversion at fault, as a request names it.
+    pub fn field(&self) -> &'static str {
+        match self {
+            FactsError::BadWeight(_) | FactsError::BadSplit(_) => "weight",
+            FactsError::BadFxRate(_) | FactsError::UnexpectedFxRate { .. } => "fx_rate",
+            FactsError::MixedCurrencies(..) => "net",
+            FactsError::Negative(field) => field,
+            FactsError::NegativeMargin { .. } => "partner_price",
+            FactsError::BadText { field, .. } | FactsError::TooMany { field, .. } => field,
+            FactsError::UplineRepeats(_) => "upline",
+        }
+    }
+}
+
 /// Everything that can go wrong computing a commission. No function of the engine panics; each
 /// returns this instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

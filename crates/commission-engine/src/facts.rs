@@ -110,6 +110,11 @@ pub struct ConversionFacts {
     /// Reseller pricing, for margin rewards.
     #[serde(default)]
     pub reseller: Option<ResellerPricing>,
+    /// The brand or product line a net revenue report is for: under a ringfenced plan
+    /// ([`crate::NetRevenuePolicy::Ringfenced`]) a negative result offsets only later results of
+    /// the same brand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
     /// The partner credited.
     pub partner_id: Uuid,
     /// The partner's tier at the conversion.
@@ -153,6 +158,7 @@ impl ConversionFacts {
         for (field, value) in [
             ("customer_country", &self.customer_country),
             ("partner_tier", &self.partner_tier),
+            ("brand", &self.brand),
         ] {
             if let Some(value) = value {
                 check_text(field, value)?;
@@ -185,38 +191,13 @@ impl ConversionFacts {
     }
 
     fn validate_amounts(&self) -> Result<(), FactsError> {
-        let mut amounts: Vec<(&'static str, Money)> = Vec::new();
-        amounts.extend(self.gross.map(|m| ("gross", m)));
-        amounts.extend(self.net.map(|m| ("net", m)));
-        if let Some(r) = &self.reseller {
-            amounts.push(("list_price", r.list_price));
-            amounts.push(("partner_price", r.partner_price));
-            if r.partner_price.amount() > r.list_price.amount() {
-                return Err(FactsError::NegativeMargin {
-                    list_price: r.list_price.to_string(),
-                    partner_price: r.partner_price.to_string(),
-                });
-            }
-        }
-        if let Some(first) = amounts.first() {
-            for (_, other) in &amounts {
-                if other.currency() != first.1.currency() {
-                    return Err(FactsError::MixedCurrencies(
-                        first.1.currency(),
-                        other.currency(),
-                    ));
-                }
-            }
-        }
-        for (field, amount) in &amounts {
-            let may_be_negative = *field == "net" && self.kind == ConversionKind::NetRevenueReport;
-            if amount.is_negative() && !may_be_negative {
-                return Err(FactsError::Negative(field));
-            }
-        }
-        if self.lots.is_some_and(|l| l < Decimal::ZERO) {
-            return Err(FactsError::Negative("lots"));
-        }
+        check_amounts(&ConversionAmounts {
+            kind: self.kind,
+            gross: self.gross,
+            net: self.net,
+            lots: self.lots,
+            reseller: self.reseller.as_ref(),
+        })?;
         if let Some(rate) = self.fx_rate {
             if rate <= Decimal::ZERO {
                 return Err(FactsError::BadFxRate(rate));
@@ -224,6 +205,61 @@ impl ConversionFacts {
         }
         Ok(())
     }
+}
+
+/// The amounts of a conversion, as the engine computes from them. Attribution checks what it is
+/// sent with [`check_amounts`] too, so a conversion the engine would refuse is refused at the
+/// API where it is sent, with nothing written, instead of inside commissions.
+#[derive(Debug, Clone, Copy)]
+pub struct ConversionAmounts<'a> {
+    /// What happened.
+    pub kind: ConversionKind,
+    /// Gross amount.
+    pub gross: Option<Money>,
+    /// Net amount.
+    pub net: Option<Money>,
+    /// Lots traded.
+    pub lots: Option<Decimal>,
+    /// Reseller pricing.
+    pub reseller: Option<&'a ResellerPricing>,
+}
+
+/// Checks a conversion's amounts: one currency for all of them, nothing negative except a net
+/// revenue report's net, a partner price not above the list price. The error names the field.
+pub fn check_amounts(a: &ConversionAmounts<'_>) -> Result<(), FactsError> {
+    let mut amounts: Vec<(&'static str, Money)> = Vec::new();
+    amounts.extend(a.gross.map(|m| ("gross", m)));
+    amounts.extend(a.net.map(|m| ("net", m)));
+    if let Some(r) = a.reseller {
+        amounts.push(("list_price", r.list_price));
+        amounts.push(("partner_price", r.partner_price));
+        if r.partner_price.amount() > r.list_price.amount() {
+            return Err(FactsError::NegativeMargin {
+                list_price: r.list_price.to_string(),
+                partner_price: r.partner_price.to_string(),
+            });
+        }
+    }
+    if let Some(first) = amounts.first() {
+        for (_, other) in &amounts {
+            if other.currency() != first.1.currency() {
+                return Err(FactsError::MixedCurrencies(
+                    first.1.currency(),
+                    other.currency(),
+                ));
+            }
+        }
+    }
+    for (field, amount) in &amounts {
+        let may_be_negative = *field == "net" && a.kind == ConversionKind::NetRevenueReport;
+        if amount.is_negative() && !may_be_negative {
+            return Err(FactsError::Negative(field));
+        }
+    }
+    if a.lots.is_some_and(|l| l < Decimal::ZERO) {
+        return Err(FactsError::Negative("lots"));
+    }
+    Ok(())
 }
 
 impl Split {

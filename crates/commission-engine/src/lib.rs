@@ -72,6 +72,7 @@
 //!     partner_tier: None,
 //!     weight: Decimal::ONE,
 //!     split: None,
+//!     brand: None,
 //!     upline: vec![parent, grandparent],
 //!     fx_rate: None,
 //! };
@@ -107,7 +108,9 @@ pub use accrual::{
 };
 pub use accrue::accrue;
 pub use error::{EngineError, FactsError, PlanError};
-pub use facts::{ConversionFacts, ConversionKind, ResellerPricing, Split};
+pub use facts::{
+    check_amounts, ConversionAmounts, ConversionFacts, ConversionKind, ResellerPricing, Split,
+};
 pub use limits::{
     MAX_HOLD_DAYS, MAX_MONTH, MAX_OVERRIDE_LEVELS, MAX_PRODUCTS, MAX_RULES, MAX_RULE_ID,
     MAX_SCHEDULE_STEPS, MAX_SPLIT_PARTS, MAX_SPLIT_WEIGHT_PLACES, MAX_TEXT, MAX_TIERS, MAX_UPLINE,

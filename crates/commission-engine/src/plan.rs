@@ -95,6 +95,10 @@ pub enum NetRevenuePolicy {
     CarryForwardNegative,
     /// Each period starts from zero; a negative period is absorbed by the operator.
     ResetEachPeriod,
+    /// Carried forward like [`NetRevenuePolicy::CarryForwardNegative`], but per brand (product
+    /// line, [`crate::ConversionFacts::brand`]): a negative result of one brand offsets only
+    /// later results of the same brand, never another's.
+    Ringfenced,
 }
 
 /// A rule: conditions a conversion must meet, the reward, and optional caps.

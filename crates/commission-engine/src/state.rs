@@ -57,6 +57,10 @@ pub struct CustomerState {
     pub churned_at: Option<DateTime<Utc>>,
     /// Net revenue position of the latest reported period.
     pub net_revenue: Option<NetRevenuePosition>,
+    /// Under a ringfenced plan, the position of each brand on its own (the brand of reports
+    /// without one is the empty string).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub net_revenue_by_brand: BTreeMap<String, NetRevenuePosition>,
     /// Upfront CPA not yet recovered from revenue share.
     pub cpa_outstanding: Option<Money>,
 }
@@ -154,8 +158,14 @@ impl PartnerState {
             if let Some(version) = effects.lock_version {
                 customer.locked_version = Some(version);
             }
-            if let Some(position) = &effects.net_revenue {
-                customer.net_revenue = Some(position.clone());
+            match (&effects.net_revenue, &effects.net_revenue_brand) {
+                (Some(position), Some(brand)) => {
+                    customer
+                        .net_revenue_by_brand
+                        .insert(brand.clone(), position.clone());
+                }
+                (Some(position), None) => customer.net_revenue = Some(position.clone()),
+                (None, _) => {}
             }
             if let Some(outstanding) = effects.cpa_outstanding {
                 customer.cpa_outstanding = Some(outstanding);

@@ -197,3 +197,56 @@ fn a_negative_ngr_report_undoes_cpa_recovery_before_clawing_back_cash_it_never_p
         Some(usd("20.00"))
     );
 }
+
+fn brand_report(
+    n: u128,
+    brand: &str,
+    net: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> ConversionFacts {
+    ConversionFacts {
+        brand: Some(brand.to_owned()),
+        ..ngr_report(n, usd(net), at)
+    }
+}
+
+#[test]
+fn a_ringfenced_brands_loss_offsets_only_its_own_later_results() {
+    // Given 25% of NGR, ringfenced per brand
+    let mut h = History::new(ngr_plan(NetRevenuePolicy::Ringfenced));
+
+    // When in March the casino loses $400 and sports makes $1000, and in April the casino
+    // makes $300 and sports $100
+    let casino_march = h.accrue(&brand_report(1, "casino", "-400.00", at(2025, 3, 31)));
+    let sports_march = h.accrue(&brand_report(2, "sports", "1000.00", at(2025, 3, 31)));
+    let casino_april = h.accrue(&brand_report(3, "casino", "300.00", at(2025, 4, 30)));
+    let sports_april = h.accrue(&brand_report(4, "sports", "100.00", at(2025, 4, 30)));
+
+    // Then the casino's loss never touches sports: sports pays 25% of its own $1000 and $100;
+    // the casino's $300 only reduces its own carried loss to $100
+    assert_eq!(amounts(&casino_march.lines), ["0.00 USD"]);
+    assert_eq!(amounts(&sports_march.lines), ["250.00 USD"]);
+    assert_eq!(amounts(&casino_april.lines), ["0.00 USD"]);
+    assert_eq!(amounts(&sports_april.lines), ["25.00 USD"]);
+    let calc = casino_april.lines[0].formula.net_revenue.as_ref().unwrap();
+    assert_eq!(calc.carry_in, usd("-400.00"));
+    assert!(
+        casino_april.lines[0]
+            .formula
+            .text
+            .starts_with("25% of positive net revenue of brand casino for 2025-04"),
+        "{}",
+        casino_april.lines[0].formula.text
+    );
+}
+
+#[test]
+fn without_a_ringfence_one_brands_loss_offsets_another_brands_result() {
+    // Given the same reports under carry-forward (one position per customer)
+    let mut h = History::new(ngr_plan(NetRevenuePolicy::CarryForwardNegative));
+    h.accrue(&brand_report(1, "casino", "-400.00", at(2025, 3, 31)));
+    let sports = h.accrue(&brand_report(2, "sports", "1000.00", at(2025, 3, 31)));
+
+    // Then the casino's loss nets against sports in the same month: 25% of $600
+    assert_eq!(amounts(&sports.lines), ["150.00 USD"]);
+}

@@ -186,6 +186,7 @@ fn history(allow_ngr: bool) -> impl Strategy<Value = Vec<Step>> {
                         }),
                         weight: Decimal::new(weight, 2),
                         split: None,
+                        brand: None,
                         upline: (0..upline)
                             .map(|i| Uuid::from_u128(0x7_0000 + i as u128))
                             .collect(),

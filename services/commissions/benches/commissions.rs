@@ -476,6 +476,7 @@ fn group_round(plan: &PlanVersion, group: u64, round: u64) -> Vec<(String, Vec<N
                 partner_tier: None,
                 weight: Decimal::ONE,
                 split: None,
+                brand: None,
                 upline: vec![parent],
                 fx_rate: None,
             };

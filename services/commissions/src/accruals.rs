@@ -426,6 +426,7 @@ async fn accrue_command(
         partner_tier: assignment.partner_tier.clone(),
         weight: share.weight,
         split: split_of(c, share),
+        brand: c.brand.clone(),
         upline,
         fx_rate,
     };

@@ -1294,6 +1294,7 @@ mod tests {
                 partner_tier: None,
                 weight: Decimal::ONE,
                 split: None,
+                brand: None,
                 upline: vec![PARENT],
                 fx_rate: None,
             },

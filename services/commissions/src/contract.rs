@@ -64,6 +64,10 @@ pub struct ConversionAttributed {
     pub partner_price: Option<Money>,
     #[serde(default)]
     pub quantity: u32,
+    /// A net revenue report's brand or product line (ringfenced plans keep a negative result
+    /// per brand); empty or absent means none.
+    #[serde(default, deserialize_with = "opt_text")]
+    pub brand: Option<String>,
     pub occurred_at: DateTime<Utc>,
     pub shares: Vec<PartnerShare>,
     #[serde(default)]
@@ -185,6 +189,11 @@ fn opt_uuid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Uuid>, D::E
             .map(Some)
             .map_err(|e| serde::de::Error::custom(format!("campaign_id: {e}"))),
     }
+}
+
+fn opt_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    Ok(s.filter(|s| !s.is_empty()))
 }
 
 fn opt_decimal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {

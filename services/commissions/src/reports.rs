@@ -372,6 +372,7 @@ mod tests {
                 partner_tier: None,
                 weight: Decimal::ONE,
                 split: None,
+                brand: None,
                 upline: vec![],
                 fx_rate: None,
             },
@@ -848,6 +849,7 @@ mod tests_support {
             partner_tier: None,
             weight: Decimal::ONE,
             split: None,
+            brand: None,
             upline: vec![],
             fx_rate: None,
         }

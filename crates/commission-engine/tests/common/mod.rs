@@ -82,6 +82,7 @@ pub fn conversion(n: u128, kind: ConversionKind, occurred_at: DateTime<Utc>) -> 
         partner_tier: None,
         weight: Decimal::ONE,
         split: None,
+        brand: None,
         upline: Vec::new(),
         fx_rate: None,
     }
