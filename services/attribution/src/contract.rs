@@ -37,6 +37,8 @@ pub enum ContractKind {
     Chargeback,
     #[serde(rename = "CONVERSION_KIND_SUBSCRIPTION_CANCELLED")]
     SubscriptionCancelled,
+    #[serde(rename = "CONVERSION_KIND_NET_REVENUE_REPORT")]
+    NetRevenueReport,
 }
 
 impl From<ConversionType> for ContractKind {
@@ -50,6 +52,7 @@ impl From<ConversionType> for ContractKind {
             ConversionType::Refund => ContractKind::Refund,
             ConversionType::Chargeback => ContractKind::Chargeback,
             ConversionType::SubscriptionCancelled => ContractKind::SubscriptionCancelled,
+            ConversionType::NetRevenueReport => ContractKind::NetRevenueReport,
         }
     }
 }
@@ -185,6 +188,17 @@ pub struct ConversionAttributed {
     pub partner_price: Option<Money>,
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub quantity: u32,
+    /// Net revenue reports: the month, the brand, and the breakdown of `net`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gross_gaming_revenue: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bonuses: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fees: Option<Money>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,6 +388,15 @@ pub fn publish(d: &Decision) -> ConversionEvent {
             list_price: f.revenue.list_price,
             partner_price: f.revenue.partner_price,
             quantity: f.revenue.quantity,
+            period: f.revenue.report.as_ref().map(|r| r.period.clone()),
+            brand: f.revenue.report.as_ref().and_then(|r| r.brand.clone()),
+            gross_gaming_revenue: f
+                .revenue
+                .report
+                .as_ref()
+                .and_then(|r| r.gross_gaming_revenue),
+            bonuses: f.revenue.report.as_ref().and_then(|r| r.bonuses),
+            fees: f.revenue.report.as_ref().and_then(|r| r.fees),
             locked_by_conversion_id: *locked_by,
             facts_sha256: d.facts_sha256.clone(),
             settings_version: d.settings_version,

@@ -51,6 +51,8 @@ pub enum ConversionType {
     Refund,
     Chargeback,
     SubscriptionCancelled,
+    /// A customer's (player's) net revenue for a month; follows the lock like an invoice.
+    NetRevenueReport,
 }
 
 impl ConversionType {
@@ -66,6 +68,7 @@ impl ConversionType {
             ConversionType::Sale
                 | ConversionType::SubscriptionStarted
                 | ConversionType::SubscriptionInvoicePaid
+                | ConversionType::NetRevenueReport
         )
     }
 
@@ -77,8 +80,10 @@ impl ConversionType {
         )
     }
 
+    /// Those that carry their amount in `amount` (a net revenue report carries its figures in
+    /// its own fields).
     pub fn needs_amount(self) -> bool {
-        self.locks() || self.is_reversal()
+        (self.locks() && self != ConversionType::NetRevenueReport) || self.is_reversal()
     }
 }
 
@@ -118,6 +123,24 @@ pub struct Revenue {
     pub partner_price: Option<Money>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub quantity: u32,
+    /// A net revenue report's figures besides `net`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportDetails>,
+}
+
+/// The period, brand and breakdown of a net revenue report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportDetails {
+    /// "YYYY-MM".
+    pub period: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gross_gaming_revenue: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bonuses: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fees: Option<Money>,
 }
 
 fn is_zero(v: &u32) -> bool {

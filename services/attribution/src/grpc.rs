@@ -27,6 +27,9 @@ use crate::settings::{Model, SetSettings, Settings, DEFAULT_HALF_LIFE_HOURS, DEF
 use crate::streams;
 use crate::touchpoints::{Detail, Touchpoint, TouchpointKind};
 use crate::SERVICE;
+use pl_commission_engine::{
+    check_amounts, ConversionAmounts, ConversionKind as EngineKind, ResellerPricing,
+};
 
 const MAX_URL_CHARS: usize = 2048;
 const MAX_ID_CHARS: usize = 128;
@@ -160,6 +163,162 @@ fn time_or(
     }
 }
 
+/// A net revenue report as parsed: its figures, and its month as [first, next).
+struct ParsedReport {
+    net: Money,
+    details: crate::conversions::ReportDetails,
+    first: DateTime<Utc>,
+    next: DateTime<Utc>,
+}
+
+/// `RecordConversionRequest.net_revenue_report`: required for a net revenue report, refused on
+/// any other type. `None` when the type is unknown or the report is bad (violations added);
+/// `Some(None)` for another type without one.
+fn net_revenue_report(
+    v: &mut Violations,
+    req: &pb::RecordConversionRequest,
+    kind: Option<ConversionType>,
+) -> Option<Option<ParsedReport>> {
+    let kind = kind?;
+    let report = match (kind, &req.net_revenue_report) {
+        (ConversionType::NetRevenueReport, Some(r)) => r,
+        (ConversionType::NetRevenueReport, None) => {
+            v.add("net_revenue_report", "required for a net revenue report");
+            return None;
+        }
+        (_, Some(_)) => {
+            v.add(
+                "net_revenue_report",
+                "only a CONVERSION_TYPE_NET_REVENUE_REPORT carries one",
+            );
+            return None;
+        }
+        (_, None) => return Some(None),
+    };
+    if req.amount.is_some() {
+        v.add(
+            "amount",
+            "a net revenue report carries its figures in net_revenue_report",
+        );
+    }
+    if req.net.is_some() {
+        v.add(
+            "net",
+            "a net revenue report carries its net in net_revenue_report.net",
+        );
+    }
+    let money = |v: &mut Violations, field: &str, m: Option<&common::Money>| match m {
+        None => Some(None),
+        Some(m) => v
+            .check(parse_money(&format!("net_revenue_report.{field}"), m))
+            .map(Some),
+    };
+    let net = match &report.net {
+        None => {
+            v.add("net_revenue_report.net", "required");
+            None
+        }
+        Some(m) => v.check(parse_money("net_revenue_report.net", m)),
+    };
+    let ggr = money(
+        v,
+        "gross_gaming_revenue",
+        report.gross_gaming_revenue.as_ref(),
+    );
+    let bonuses = money(v, "bonuses", report.bonuses.as_ref());
+    let fees = money(v, "fees", report.fees.as_ref());
+    let brand = opt_text(v, "net_revenue_report.brand", &report.brand, MAX_ID_CHARS);
+    let month = v.check(month_of(&report.period));
+    let (net, ggr, bonuses, fees, brand, (first, next)) =
+        (net?, ggr?, bonuses?, fees?, brand?, month?);
+    for (field, m) in [
+        ("gross_gaming_revenue", ggr),
+        ("bonuses", bonuses),
+        ("fees", fees),
+    ] {
+        let Some(m) = m else { continue };
+        if m.currency() != net.currency() {
+            v.add(
+                format!("net_revenue_report.{field}"),
+                format!("in {}, the currency of net", net.currency().code()),
+            );
+            return None;
+        }
+        if field != "gross_gaming_revenue" && m.is_negative() {
+            v.add(
+                format!("net_revenue_report.{field}"),
+                "must not be negative",
+            );
+            return None;
+        }
+    }
+    if let (Some(ggr), Some(bonuses), Some(fees)) = (ggr, bonuses, fees) {
+        let expected = ggr
+            .checked_sub(bonuses)
+            .and_then(|m| m.checked_sub(fees))
+            .ok();
+        if expected != Some(net) {
+            v.add(
+                "net_revenue_report.net",
+                format!(
+                    "must equal gross_gaming_revenue − bonuses − fees ({})",
+                    expected.map_or_else(|| "out of range".to_owned(), |m| m.to_string())
+                ),
+            );
+            return None;
+        }
+    }
+    Some(Some(ParsedReport {
+        net,
+        details: crate::conversions::ReportDetails {
+            period: report.period.clone(),
+            brand,
+            gross_gaming_revenue: ggr,
+            bonuses,
+            fees,
+        },
+        first,
+        next,
+    }))
+}
+
+/// "YYYY-MM" as the month's first instant and the next month's.
+fn month_of(period: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), FieldViolation> {
+    let bad = || {
+        FieldViolation::new(
+            "net_revenue_report.period",
+            "a month as YYYY-MM, e.g. 2026-03",
+        )
+    };
+    let (year, month) = period.split_once('-').ok_or_else(bad)?;
+    if year.len() != 4 || month.len() != 2 {
+        return Err(bad());
+    }
+    let year: i32 = year.parse().map_err(|_| bad())?;
+    let month: u32 = month.parse().map_err(|_| bad())?;
+    let first = chrono::NaiveDate::from_ymd_opt(year, month, 1).ok_or_else(bad)?;
+    let next = first
+        .checked_add_months(chrono::Months::new(1))
+        .ok_or_else(bad)?;
+    let at = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    Ok((at(first).ok_or_else(bad)?, at(next).ok_or_else(bad)?))
+}
+
+/// The engine's kind of a conversion type, for the engine's checks of its amounts.
+fn engine_kind(kind: ConversionType) -> EngineKind {
+    match kind {
+        ConversionType::Lead => EngineKind::Lead,
+        ConversionType::Signup => EngineKind::Signup,
+        ConversionType::Sale | ConversionType::SubscriptionStarted => EngineKind::Sale,
+        ConversionType::SubscriptionInvoicePaid => EngineKind::SubscriptionInvoice,
+        ConversionType::NetRevenueReport => EngineKind::NetRevenueReport,
+        // Reversals and cancellations carry no revenue of their own to compute on.
+        ConversionType::Refund
+        | ConversionType::Chargeback
+        | ConversionType::SubscriptionCancelled => EngineKind::Sale,
+    }
+}
+
 /// The subject of a touchpoint: a visitor and/or a customer, at least one.
 fn subject(
     v: &mut Violations,
@@ -231,6 +390,7 @@ fn contract_kind_pb(k: ContractKind) -> i32 {
         ContractKind::Refund => pb::ConversionKind::Refund,
         ContractKind::Chargeback => pb::ConversionKind::Chargeback,
         ContractKind::SubscriptionCancelled => pb::ConversionKind::SubscriptionCancelled,
+        ContractKind::NetRevenueReport => pb::ConversionKind::NetRevenueReport,
     }) as i32
 }
 
@@ -244,6 +404,7 @@ fn conversion_type_pb(k: ContractKind) -> i32 {
         ContractKind::Refund => pb::ConversionType::Refund,
         ContractKind::Chargeback => pb::ConversionType::Chargeback,
         ContractKind::SubscriptionCancelled => pb::ConversionType::SubscriptionCancelled,
+        ContractKind::NetRevenueReport => pb::ConversionType::NetRevenueReport,
     }) as i32
 }
 
@@ -346,6 +507,12 @@ fn attribution_pb(e: &ConversionEvent) -> pb::Attribution {
                 locked_by_conversion_id: opt_str(c.locked_by_conversion_id),
                 facts_sha256: c.facts_sha256.clone(),
                 settings_version: c.settings_version,
+                net: c.net.map(money_pb),
+                period: c.period.clone().unwrap_or_default(),
+                brand: c.brand.clone().unwrap_or_default(),
+                gross_gaming_revenue: c.gross_gaming_revenue.map(money_pb),
+                bonuses: c.bonuses.map(money_pb),
+                fees: c.fees.map(money_pb),
                 ..Default::default()
             });
         }
@@ -443,6 +610,7 @@ fn conversion_type(v: &mut Violations, value: i32) -> Option<ConversionType> {
         Ok(pb::ConversionType::Refund) => ConversionType::Refund,
         Ok(pb::ConversionType::Chargeback) => ConversionType::Chargeback,
         Ok(pb::ConversionType::SubscriptionCancelled) => ConversionType::SubscriptionCancelled,
+        Ok(pb::ConversionType::NetRevenueReport) => ConversionType::NetRevenueReport,
         Ok(pb::ConversionType::Unspecified) | Err(_) => {
             v.add("type", "required: one of the CONVERSION_TYPE_ values");
             return None;
@@ -802,12 +970,59 @@ impl AttributionApi for AttributionService {
                 );
             }
         }
-        let occurred_at = time_or(
-            &mut v,
-            "occurred_at",
-            req.occurred_at.as_ref(),
-            meta.as_ref().map(|m| m.occurred_at),
-        );
+        let report = net_revenue_report(&mut v, &req, kind);
+        let occurred_at = match &report {
+            // A report's business time is in its month: the given one, checked, or the month's
+            // last second (so the month's own touchpoints come before it).
+            Some(Some(r)) => match &req.occurred_at {
+                None => Some(r.next - chrono::Duration::seconds(1)),
+                Some(_) => {
+                    time_or(&mut v, "occurred_at", req.occurred_at.as_ref(), None).filter(|at| {
+                        let inside = r.first <= *at && *at < r.next;
+                        if !inside {
+                            v.add("occurred_at", "must fall in net_revenue_report.period");
+                        }
+                        inside
+                    })
+                }
+            },
+            _ => time_or(
+                &mut v,
+                "occurred_at",
+                req.occurred_at.as_ref(),
+                meta.as_ref().map(|m| m.occurred_at),
+            ),
+        };
+        let report_net = report.as_ref().and_then(Option::as_ref).map(|r| r.net);
+        // What commissions would refuse is refused here, with the field, and nothing written:
+        // the engine's own check of a conversion's amounts.
+        if let (Some(kind), Some(amount), Some(net), Some(lots), Some(list), Some(partner)) =
+            (kind, amount, net, lots, list_price, partner_price)
+        {
+            let reseller = match (list, partner) {
+                (Some(list_price), Some(partner_price)) => Some(ResellerPricing {
+                    list_price,
+                    partner_price,
+                    quantity: req.quantity.max(1),
+                }),
+                _ => None,
+            };
+            let checked = check_amounts(&ConversionAmounts {
+                kind: engine_kind(kind),
+                gross: if kind.is_reversal() { None } else { amount },
+                net: report_net.or(net),
+                lots,
+                reseller: reseller.as_ref(),
+            });
+            if let Err(e) = checked {
+                let field = match (e.field(), report_net.is_some()) {
+                    ("gross", _) => "amount",
+                    ("net", true) => "net_revenue_report.net",
+                    (field, _) => field,
+                };
+                v.add(field, e.to_string());
+            }
+        }
         v.finish()?;
         let (
             meta,
@@ -849,7 +1064,8 @@ impl AttributionApi for AttributionService {
             occurred_at,
             customer_email_hash: email_hash,
             revenue: crate::conversions::Revenue {
-                net: net.flatten(),
+                net: report_net.or(net.flatten()),
+                report: report.flatten().map(|r| r.details),
                 lots: lots.flatten(),
                 list_price: list_price.flatten(),
                 partner_price: partner_price.flatten(),

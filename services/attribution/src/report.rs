@@ -84,6 +84,7 @@ pub fn kind_key(k: ContractKind) -> ContractKindKey {
         ContractKind::Refund => 6,
         ContractKind::Chargeback => 7,
         ContractKind::SubscriptionCancelled => 8,
+        ContractKind::NetRevenueReport => 9,
     }
 }
 

@@ -1252,3 +1252,184 @@ async fn a_partners_approval_the_consumer_refused_is_retried_after_the_fix_and_i
         .unwrap();
     assert_eq!(facts.len(), 1);
 }
+
+// ----- net revenue reports ------------------------------------------------------------------
+
+fn usd_money(amount: &str) -> Option<Money> {
+    Some(Money {
+        amount: amount.into(),
+        currency: "USD".into(),
+    })
+}
+
+fn ngr_report(external_id: &'static str, net: &str) -> pb::RecordConversionRequest {
+    pb::RecordConversionRequest {
+        program_id: PROGRAM.to_string(),
+        r#type: pb::ConversionType::NetRevenueReport as i32,
+        external_id: external_id.into(),
+        customer_id: "player-1".into(),
+        visitor_id: "v-1".into(),
+        net_revenue_report: Some(pb::NetRevenueReport {
+            period: "2026-02".into(),
+            net: usd_money(net),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An invoice with a negative net was accepted and attributed, then refused inside commissions
+/// ("net must not be negative") and never accrued, with nothing telling the caller. The engine's
+/// own check of the amounts now runs at the API.
+#[tokio::test]
+async fn an_invoice_with_a_negative_net_is_refused_at_the_api_with_the_field_and_appends_nothing() {
+    let w = world().await;
+    w.click_at("v-1", ALICE, at() - Duration::days(1)).await;
+    let head = w.head().await;
+    let mut req = sale("inv-1", "v-1")
+        .kind(pb::ConversionType::SubscriptionInvoicePaid)
+        .request(w.key());
+    req.net = usd_money("-5.00");
+    let err = w
+        .api
+        .record_conversion(Request::new(req))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("net: net must not be negative"),
+        "{}",
+        err.message()
+    );
+    let mut mixed = sale("inv-2", "v-1").request(w.key());
+    mixed.net = Some(Money {
+        amount: "5.00".into(),
+        currency: "EUR".into(),
+    });
+    let err = w
+        .api
+        .record_conversion(Request::new(mixed))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("mix USD and EUR"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(w.head().await, head);
+}
+
+#[tokio::test]
+async fn a_net_revenue_report_is_attributed_locks_the_player_and_the_next_follows_the_lock() {
+    let w = world().await;
+    w.click_at("v-1", ALICE, at() - Duration::days(20)).await;
+    let mut first = ngr_report("ngr-2026-02", "-400.00");
+    first.context = w.key();
+    let a = w
+        .api
+        .record_conversion(Request::new(first))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(a.attributed, "{}", a.explanation);
+    let c = a.conversion.clone().unwrap();
+    assert_eq!(c.kind, pb::ConversionKind::NetRevenueReport as i32);
+    assert_eq!(c.net.unwrap().amount, "-400.00");
+    assert_eq!(c.period, "2026-02");
+    assert_eq!(c.gross, None);
+    // Without occurred_at, the report is dated at its month's last second.
+    assert_eq!(c.occurred_at.unwrap().seconds, 1_772_323_199);
+    assert_eq!(shares(&a), one(ALICE));
+
+    // The next month's report, without touchpoints of its own, follows the player's lock.
+    let mut second = ngr_report("ngr-2026-03", "300.00");
+    second.context = w.key();
+    second.visitor_id = String::new();
+    let report = second.net_revenue_report.as_mut().unwrap();
+    report.period = "2026-03".into();
+    report.gross_gaming_revenue = usd_money("450.00");
+    report.bonuses = usd_money("100.00");
+    report.fees = usd_money("50.00");
+    report.brand = "casino".into();
+    let b = w
+        .api
+        .record_conversion(Request::new(second))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shares(&b), one(ALICE));
+    let c = b.conversion.unwrap();
+    assert_eq!(c.locked_by_conversion_id, a.conversion_id);
+    assert_eq!(c.brand, "casino");
+    assert_eq!(c.gross_gaming_revenue.unwrap().amount, "450.00");
+}
+
+#[tokio::test]
+async fn a_bad_net_revenue_report_names_every_field_and_appends_nothing() {
+    let w = world().await;
+    let head = w.head().await;
+    let refused = |req: pb::RecordConversionRequest| async {
+        w.api
+            .record_conversion(Request::new(req))
+            .await
+            .unwrap_err()
+    };
+    let mut missing = ngr_report("r-1", "1.00");
+    missing.context = w.key();
+    missing.net_revenue_report = None;
+    let err = refused(missing).await;
+    assert!(
+        err.message().contains("net_revenue_report: required"),
+        "{}",
+        err.message()
+    );
+
+    let mut bad = ngr_report("r-2", "1.00");
+    bad.context = w.key();
+    bad.amount = usd_money("1.00");
+    let report = bad.net_revenue_report.as_mut().unwrap();
+    report.period = "2026-13".into();
+    report.fees = usd_money("-1.00");
+    let err = refused(bad).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    for field in ["amount: a net revenue report", "net_revenue_report.period"] {
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+
+    let mut inconsistent = ngr_report("r-3", "300.00");
+    inconsistent.context = w.key();
+    let report = inconsistent.net_revenue_report.as_mut().unwrap();
+    report.gross_gaming_revenue = usd_money("450.00");
+    report.bonuses = usd_money("100.00");
+    report.fees = usd_money("60.00");
+    let err = refused(inconsistent).await;
+    assert!(
+        err.message().contains(
+            "net_revenue_report.net: must equal gross_gaming_revenue − bonuses − fees (290.00 USD)"
+        ),
+        "{}",
+        err.message()
+    );
+
+    let mut outside = ngr_report("r-4", "1.00");
+    outside.context = w.key();
+    outside.occurred_at = Some(ts(at()));
+    let err = refused(outside).await;
+    assert!(
+        err.message()
+            .contains("occurred_at: must fall in net_revenue_report.period"),
+        "{}",
+        err.message()
+    );
+
+    let mut on_a_sale = sale("r-5", "v-1").request(w.key());
+    on_a_sale.net_revenue_report = ngr_report("x", "1.00").net_revenue_report;
+    let err = refused(on_a_sale).await;
+    assert!(
+        err.message()
+            .contains("only a CONVERSION_TYPE_NET_REVENUE_REPORT"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(w.head().await, head);
+}
