@@ -26,8 +26,10 @@ use uuid::Uuid;
 
 use crate::{Clients, Endpoints};
 
+mod ngr;
 mod split;
 
+pub use ngr::{expected_lines, NgrOutcome, CASES as NGR_CASES};
 pub use split::SplitOutcome;
 
 /// How long a fact may take to travel between services before the scenario gives up.
@@ -61,7 +63,12 @@ pub fn partner(name: &str) -> Uuid {
 }
 
 fn link(name: &str) -> Uuid {
-    Uuid::from_u128(0x11c0_0000 + partner(name).as_u128())
+    link_of(partner(name))
+}
+
+/// A partner's tracking link in the scenarios.
+fn link_of(partner: Uuid) -> Uuid {
+    Uuid::from_u128(0x11c0_0000 + partner.as_u128())
 }
 
 /// Noon UTC on a day of 2026.

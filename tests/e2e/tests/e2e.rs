@@ -143,3 +143,29 @@ async fn a_sale_split_three_ways_pays_exactly_the_whole_commission_and_a_full_re
     assert_eq!(o.parts_after_refund, ["0.00", "0.00", "0.00"]);
     assert_eq!(o.parent_pending_after_refund, "0.00");
 }
+
+/// Net revenue could not be sent over gRPC at all. Months of +1000, −400 and +300 under each
+/// policy, and a CPA recovered from later net revenue, give what the plan terms say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn net_revenue_months_pay_what_each_negative_carryover_policy_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let system = InProcess::start(dir.path()).await.unwrap();
+    let run = scenario::Run::new(&system.endpoints, Box::new(|_| {})).unwrap();
+    let outcome = run.net_revenue_months().await;
+    system.stop().await.unwrap();
+    let o = outcome.unwrap();
+    for case in &scenario::NGR_CASES {
+        let want: Vec<String> = scenario::expected_lines(case)
+            .iter()
+            .map(|d| format!("{d:.2}"))
+            .collect();
+        assert_eq!(o.lines[case.name], want, "{}", case.name);
+        let total: pl_money::Decimal = scenario::expected_lines(case).iter().sum();
+        assert_eq!(o.pending[case.name], format!("{total:.2}"), "{}", case.name);
+    }
+    // The policies differ where the terms say they do.
+    assert_eq!(o.lines["carry"], ["250.00", "0.00", "0.00"]);
+    assert_eq!(o.lines["reset"], ["250.00", "0.00", "75.00"]);
+    assert_eq!(o.lines["ringfence"], ["250.00", "0.00", "75.00", "25.00"]);
+    assert_eq!(o.lines["hybrid"], ["50.00", "200.00", "0.00", "0.00"]);
+}

@@ -12,7 +12,7 @@ use pl_proto::commissions::v1 as com;
 use pl_proto::crm::v1 as crm;
 use uuid::Uuid;
 
-use super::{m, pc, status, t, ts, usd, Run, ACCRUAL_WAIT_MS};
+use super::{link_of, m, pc, status, t, ts, usd, Run, ACCRUAL_WAIT_MS};
 
 const PROGRAM: Uuid = Uuid::from_u128(0x5000_0003);
 const PLAN: Uuid = Uuid::from_u128(0xb000_0010);
@@ -21,10 +21,6 @@ const PARENT: Uuid = Uuid::from_u128(0xa000_0100);
 /// The three credited partners, in the order of their clicks.
 fn credited(i: u128) -> Uuid {
     Uuid::from_u128(0xa000_0101 + i)
-}
-
-fn link_of(partner: Uuid) -> Uuid {
-    Uuid::from_u128(0x11c0_0000 + partner.as_u128())
 }
 
 /// What the split sale and its refund left, as read back over gRPC.
