@@ -26,6 +26,7 @@ const CPA_DOLLARS: i64 = 50;
 
 /// One partner of the scenario: its plan's policy, whether its plan pays a recovered CPA, and
 /// the reports of its player, one per month from January: (brand, net).
+#[derive(Debug)]
 pub struct Case {
     pub name: &'static str,
     pub policy: NetRevenuePolicy,
