@@ -167,6 +167,19 @@ async fn partner_ledger(
     Ok(ledger)
 }
 
+/// The paths of the keys of a plan document that the plan schema ignores (at most 20).
+fn unknown_keys(plan_json: &str) -> Vec<String> {
+    let mut unknown = Vec::new();
+    let de = &mut serde_json::Deserializer::from_str(plan_json);
+    let _ = serde_ignored::deserialize(de, |path| {
+        if unknown.len() < 20 {
+            unknown.push(path.to_string());
+        }
+    })
+    .map(|_: pl_commission_engine::PlanVersion| ());
+    unknown
+}
+
 /// A published plan version as the API shows it: its JSON in the form publishing takes.
 fn plan_version_pb(p: &pl_commission_engine::PlanVersion) -> Result<pb::PlanVersionView, ApiError> {
     Ok(pb::PlanVersionView {
@@ -535,7 +548,19 @@ impl CommissionsApi for CommissionsService {
         } else {
             let de = &mut serde_json::Deserializer::from_str(&req.plan_json);
             match serde_path_to_error::deserialize::<_, pl_commission_engine::PlanVersion>(de) {
-                Ok(p) => Some(p),
+                Ok(p) => {
+                    // A key the plan schema does not know is refused, not dropped: a misspelt
+                    // condition would make a rule match more conversions, a misspelt cap
+                    // leave it uncapped. (Stored plans are read leniently, as written.)
+                    let unknown = unknown_keys(&req.plan_json);
+                    for path in &unknown {
+                        v.add(
+                            format!("plan_json.{path}"),
+                            "not a field of the plan schema (docs/plan-reference.md)",
+                        );
+                    }
+                    unknown.is_empty().then_some(p)
+                }
                 Err(e) => {
                     v.add(format!("plan_json.{}", e.path()), e.inner().to_string());
                     None

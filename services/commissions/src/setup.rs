@@ -12,8 +12,9 @@ use pl_runtime::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Upline depth followed for multi-level overrides (the engine's own limit).
-pub const MAX_UPLINE: usize = 5;
+/// Upline depth followed for multi-level overrides: the engine pays at most
+/// [`pl_commission_engine::MAX_OVERRIDE_LEVELS`] levels, so deeper parents would earn nothing.
+pub const MAX_UPLINE: usize = pl_commission_engine::MAX_OVERRIDE_LEVELS;
 
 // ----- plans --------------------------------------------------------------------------------
 

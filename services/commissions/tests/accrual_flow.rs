@@ -1982,3 +1982,40 @@ async fn a_refused_conversion_is_listed_answered_and_accrued_once_by_a_retry_aft
         .into_inner();
     assert!(waiting.letters.is_empty(), "{waiting:?}");
 }
+
+/// Keys the plan schema does not know were dropped without a word: a misspelt condition made
+/// its rule match every conversion, a misspelt cap left it uncapped. They are refused by path.
+#[tokio::test]
+async fn a_plan_with_a_misspelt_key_is_refused_by_its_path_and_nothing_is_written() {
+    let w = world().await;
+    let mut doc = serde_json::to_value(plan()).unwrap();
+    doc["plan_id"] = serde_json::json!(Uuid::from_u128(0xbad).to_string());
+    doc["rules"][0]["conditons"] = serde_json::json!({ "conversion_kind": "lead" });
+    doc["rules"][0]["cap_per_conversoin"] =
+        serde_json::json!({"amount": "5.00", "currency": "USD"});
+    let err = w
+        .api
+        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx("plan-misspelt"),
+            plan_id: Uuid::from_u128(0xbad).to_string(),
+            plan_json: doc.to_string(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    for path in [
+        "plan_json.rules.0.conditons: not a field of the plan schema",
+        "plan_json.rules.0.cap_per_conversoin: not a field of the plan schema",
+    ] {
+        assert!(err.message().contains(path), "{path}: {}", err.message());
+    }
+    let read = w
+        .api
+        .list_plan_versions(Request::new(pb::ListPlanVersionsRequest {
+            plan_id: Uuid::from_u128(0xbad).to_string(),
+            page: None,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(read.code(), tonic::Code::NotFound);
+}
