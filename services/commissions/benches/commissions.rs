@@ -354,7 +354,7 @@ async fn accruals(
                     let batch: Vec<Message> = queue.by_ref().take(batch).collect();
                     let t = Instant::now();
                     let outcomes =
-                        pl_commissions::consumer::handle_batch(store.as_ref(), &caches, batch)
+                        pl_commissions::consumer::handle_batch(store.as_ref(), &caches, &batch)
                             .await;
                     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
                     // Each message of a batch is done when its batch is.

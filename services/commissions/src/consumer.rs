@@ -222,7 +222,7 @@ pub const MAX_BATCH: usize = 256;
 pub async fn handle_batch(
     store: &dyn EventStore,
     caches: &Caches,
-    messages: Vec<Message>,
+    messages: &[Message],
 ) -> Vec<Result<(), HandleError>> {
     let mut outcomes: Vec<Result<(), HandleError>> = Vec::with_capacity(messages.len());
     let mut at = 0;

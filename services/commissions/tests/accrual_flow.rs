@@ -1436,7 +1436,7 @@ async fn a_batch_of_messages_writes_exactly_what_they_write_one_at_a_time_in_few
     let outcomes = pl_commissions::consumer::handle_batch(
         batch.store.as_ref(),
         &batch.api.caches(),
-        mixed_messages(),
+        &mixed_messages(),
     )
     .await;
     assert_eq!(outcomes, vec![Ok(()); 12]);
@@ -1525,7 +1525,7 @@ async fn a_batch_reads_each_plan_and_assignment_once_and_accrues_as_one_at_a_tim
         single.consume(m).await.unwrap();
     }
     let outcomes =
-        pl_commissions::consumer::handle_batch(batched.as_ref(), &batch.api.caches(), sales())
+        pl_commissions::consumer::handle_batch(batched.as_ref(), &batch.api.caches(), &sales())
             .await;
     assert_eq!(outcomes, vec![Ok(()); 8]);
     let read = |now: [usize; 3], then: [usize; 3]| [0, 1, 2].map(|i| now[i] - then[i]);
@@ -1580,7 +1580,7 @@ async fn clicks_published_between_conversions_do_not_split_their_batch() {
     };
     let before = plan_reads();
     let outcomes =
-        pl_commissions::consumer::handle_batch(w.store.as_ref(), &w.api.caches(), messages).await;
+        pl_commissions::consumer::handle_batch(w.store.as_ref(), &w.api.caches(), &messages).await;
     assert_eq!(
         outcomes,
         vec![Ok(()); 16],
@@ -1629,7 +1629,7 @@ async fn a_broken_message_in_a_batch_is_refused_alone_and_the_rest_accrues() {
         at(1, 10),
     );
     let outcomes =
-        pl_commissions::consumer::handle_batch(w.store.as_ref(), &w.api.caches(), messages).await;
+        pl_commissions::consumer::handle_batch(w.store.as_ref(), &w.api.caches(), &messages).await;
     assert!(
         matches!(outcomes[1], Err(HandleError::Permanent(_))),
         "{outcomes:?}"
@@ -1653,9 +1653,12 @@ async fn a_message_to_retry_ends_the_batch_and_a_retry_from_there_completes_it_o
     let w = world_on(store.clone()).await;
     // The store refuses writes to the index of the third conversion: the batch cannot finish.
     *store.hooks.failing.lock().unwrap() = Some(format!("accrued-{}", Uuid::from_u128(102)));
-    let outcomes =
-        pl_commissions::consumer::handle_batch(w.store.as_ref(), &w.api.caches(), mixed_messages())
-            .await;
+    let outcomes = pl_commissions::consumer::handle_batch(
+        w.store.as_ref(),
+        &w.api.caches(),
+        &mixed_messages(),
+    )
+    .await;
     assert_eq!(outcomes[..2], [Ok(()), Ok(())]);
     assert!(
         outcomes[2..]
@@ -1667,7 +1670,7 @@ async fn a_message_to_retry_ends_the_batch_and_a_retry_from_there_completes_it_o
     let rest = pl_commissions::consumer::handle_batch(
         w.store.as_ref(),
         &w.api.caches(),
-        mixed_messages().split_off(2),
+        &mixed_messages().split_off(2),
     )
     .await;
     assert_eq!(rest, vec![Ok(()); 10]);

@@ -184,7 +184,7 @@ fn run_from(messages: &[Message]) -> Vec<(Screened, CommandMeta)> {
 /// (those were not attempted), so a runner retrying from there keeps the key's order.
 pub async fn handle_batch(
     compliance: &Compliance,
-    messages: Vec<Message>,
+    messages: &[Message],
 ) -> Vec<Result<(), HandleError>> {
     let mut outcomes: Vec<Result<(), HandleError>> = Vec::with_capacity(messages.len());
     let mut at = 0;

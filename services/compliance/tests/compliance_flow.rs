@@ -1261,7 +1261,7 @@ async fn attributions_events_screened_in_batches_write_what_screening_them_one_a
         let messages = w.recorded();
         let compliance = w.api.compliance();
         for chunk in messages.chunks(batch.min(messages.len())) {
-            let outcomes = pl_compliance::consumer::handle_batch(&compliance, chunk.to_vec()).await;
+            let outcomes = pl_compliance::consumer::handle_batch(&compliance, chunk).await;
             assert_eq!(outcomes.len(), chunk.len());
             assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
         }
@@ -1309,7 +1309,7 @@ async fn a_broken_event_in_a_batch_is_dead_lettered_alone_and_the_rest_is_screen
     let w = busy_day_world().await;
     w.record();
     around_a_broken_conversion(&w, true).await;
-    let outcomes = pl_compliance::consumer::handle_batch(&w.api.compliance(), w.recorded()).await;
+    let outcomes = pl_compliance::consumer::handle_batch(&w.api.compliance(), &w.recorded()).await;
     // The runs before and after it are screened; the broken one alone is dead-lettered.
     assert_eq!(outcomes.len(), 5);
     assert!(
@@ -1350,7 +1350,7 @@ async fn a_run_that_fails_part_way_is_handled_again_from_the_failed_event_and_en
         while !messages.is_empty() {
             assert!(retries <= failures, "{failures} failures never got through");
             let outcomes =
-                pl_compliance::consumer::handle_batch(&w.api.compliance(), messages.clone()).await;
+                pl_compliance::consumer::handle_batch(&w.api.compliance(), &messages).await;
             assert_eq!(outcomes.len(), messages.len());
             let Some(first) = outcomes.iter().position(Result::is_err) else {
                 break;
@@ -1405,7 +1405,7 @@ async fn with_one_partners_file_refusing_writes_a_batch_dead_letters_what_one_at
         one_at_a_time.push(pl_compliance::consumer::handle(&single.api.compliance(), m).await);
     }
     let outcomes =
-        pl_compliance::consumer::handle_batch(&batched.api.compliance(), batched.recorded()).await;
+        pl_compliance::consumer::handle_batch(&batched.api.compliance(), &batched.recorded()).await;
     let dead = |o: &[Result<(), pl_bus::HandleError>]| -> Vec<bool> {
         o.iter()
             .map(|o| matches!(o, Err(pl_bus::HandleError::Permanent(_))))
@@ -1454,7 +1454,7 @@ async fn a_click_redelivered_after_its_conversion_in_a_batch_is_counted_after_it
     twenty_bot_clicks(&w).await;
     w.record();
     a_sale_before_its_click(&w).await;
-    let outcomes = pl_compliance::consumer::handle_batch(&w.api.compliance(), w.recorded()).await;
+    let outcomes = pl_compliance::consumer::handle_batch(&w.api.compliance(), &w.recorded()).await;
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     assert_eq!(w.streams().await, single.streams().await);
 }

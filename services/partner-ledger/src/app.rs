@@ -432,7 +432,7 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
                             let outcomes = pl_commissions::consumer::handle_batch(
                                 store.as_ref(),
                                 &caches,
-                                messages.clone(),
+                                &messages,
                             )
                             .await;
                             refusals
@@ -546,11 +546,8 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
                     move |messages: Vec<pl_bus::Message>| {
                         let (compliance, refusals) = (compliance.clone(), refusals.clone());
                         async move {
-                            let outcomes = pl_compliance::consumer::handle_batch(
-                                &compliance,
-                                messages.clone(),
-                            )
-                            .await;
+                            let outcomes =
+                                pl_compliance::consumer::handle_batch(&compliance, &messages).await;
                             refusals
                                 .settle_all(compliance.store.as_ref(), &messages, outcomes)
                                 .await
