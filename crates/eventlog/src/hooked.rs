@@ -175,3 +175,41 @@ mod tests {
         assert_eq!(store.read_all(0, 10).await.unwrap().len(), 1);
     }
 }
+
+/// A hook that refuses every append to one stream while switched on, as a stream over the
+/// log's limits is refused (invalid input: never accepted, so a consumer refuses the message for
+/// good): a refusal whose cause a test can remove by switching it off.
+#[derive(Debug)]
+pub struct RefuseAppends {
+    stream: String,
+    on: std::sync::atomic::AtomicBool,
+}
+
+impl RefuseAppends {
+    /// Refusing appends to `stream` from the start when `on`.
+    pub fn new(stream: impl Into<String>, on: bool) -> Self {
+        Self {
+            stream: stream.into(),
+            on: std::sync::atomic::AtomicBool::new(on),
+        }
+    }
+
+    /// Switches the refusal on or off.
+    pub fn set(&self, on: bool) {
+        self.on.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl StoreHooks for RefuseAppends {
+    async fn before_append(&self, _: &dyn EventStore, stream: &str) -> Result<(), LogError> {
+        if stream == self.stream && self.on.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(LogError::LimitExceeded {
+                what: "stream events",
+                actual: 1,
+                limit: 0,
+            });
+        }
+        Ok(())
+    }
+}

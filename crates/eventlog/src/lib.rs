@@ -39,7 +39,7 @@ pub use event::{
     AppendResult, EventHash, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend,
     GENESIS_HASH,
 };
-pub use hooked::{Hooked, StoreHooks};
+pub use hooked::{Hooked, RefuseAppends, StoreHooks};
 pub use limits::{Limits, MAX_APPEND_STREAMS};
 pub use memory::MemoryLog;
 pub use store::{EventStore, SharedStore};

@@ -1133,42 +1133,13 @@ async fn lots_net_revenue_and_reseller_pricing_pass_through_to_what_commissions_
     );
 }
 
-/// Appends to one stream refused as over the log's limits (invalid input, so the consumer
-/// refuses the message for good) while `on`: a refusal whose cause an operator can remove.
-#[derive(Debug)]
-struct RefuseStream {
-    stream: String,
-    on: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl pl_eventlog::StoreHooks for RefuseStream {
-    async fn before_append(
-        &self,
-        _: &dyn pl_eventlog::EventStore,
-        stream: &str,
-    ) -> Result<(), pl_eventlog::LogError> {
-        if stream == self.stream && self.on.load(Ordering::SeqCst) {
-            return Err(pl_eventlog::LogError::LimitExceeded {
-                what: "stream events",
-                actual: 1,
-                limit: 0,
-            });
-        }
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_partners_approval_the_consumer_refused_is_retried_after_the_fix_and_its_clicks_then_count(
 ) {
     const DAVE: Uuid = Uuid::from_u128(0xa4);
     let log = Arc::new(pl_eventlog::Hooked {
         inner: MemoryLog::default(),
-        hooks: RefuseStream {
-            stream: pl_attribution::streams::crm_partner(DAVE),
-            on: std::sync::atomic::AtomicBool::new(true),
-        },
+        hooks: pl_eventlog::RefuseAppends::new(pl_attribution::streams::crm_partner(DAVE), true),
     });
     let store: SharedStore = log.clone();
     let clock = Arc::new(FixedClock::at(at()));
@@ -1234,7 +1205,7 @@ async fn a_partners_approval_the_consumer_refused_is_retried_after_the_fix_and_i
             }))
     };
     // The cause removed, the retry applies, and a click now counts for Dave.
-    log.hooks.on.store(false, Ordering::SeqCst);
+    log.hooks.set(false);
     let applied = retry().await.unwrap().into_inner();
     assert!(applied.ran);
     assert_eq!(applied.letter.unwrap().status, "applied");

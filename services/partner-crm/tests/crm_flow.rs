@@ -1711,37 +1711,12 @@ async fn everything_crm_publishes_for_attribution_is_read_by_attribution_per_the
     w.relay_to_attribution().await;
 }
 
-/// Appends to one stream refused as over the log's limits (invalid input, so the consumer
-/// refuses the message for good) while `on`: a refusal whose cause an operator can remove.
-#[derive(Debug)]
-struct RefuseStream {
-    stream: String,
-    on: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl StoreHooks for RefuseStream {
-    async fn before_append(&self, _: &dyn EventStore, stream: &str) -> Result<(), LogError> {
-        if stream == self.stream && self.on.load(Ordering::SeqCst) {
-            return Err(LogError::LimitExceeded {
-                what: "stream events",
-                actual: 1,
-                limit: 0,
-            });
-        }
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_grant_the_consumer_refused_is_listed_and_a_retry_after_the_fix_activates_the_partner_once(
 ) {
     let log = Arc::new(Hooked {
         inner: MemoryLog::default(),
-        hooks: RefuseStream {
-            stream: pl_partner_crm::streams::partner(ALICE),
-            on: std::sync::atomic::AtomicBool::new(false),
-        },
+        hooks: pl_eventlog::RefuseAppends::new(pl_partner_crm::streams::partner(ALICE), false),
     });
     let store: SharedStore = log.clone();
     let clock = Arc::new(FixedClock::at(t0()));
@@ -1764,7 +1739,7 @@ async fn a_grant_the_consumer_refused_is_listed_and_a_retry_after_the_fix_activa
         pb::PartnerStage::AwaitingCompliance
     );
     // When compliance's grant arrives while the partner's stream refuses writes.
-    log.hooks.on.store(true, Ordering::SeqCst);
+    log.hooks.set(true);
     let id = Uuid::from_u128(0xc0_0001);
     let envelope = serde_json::json!({
         "id": id, "type": "ComplianceApprovalGranted", "schema_version": 1,
@@ -1821,7 +1796,7 @@ async fn a_grant_the_consumer_refused_is_listed_and_a_retry_after_the_fix_activa
             }))
     };
     // The cause removed, a retry applies it and activates the partner.
-    log.hooks.on.store(false, Ordering::SeqCst);
+    log.hooks.set(false);
     let applied = retry().await.unwrap().into_inner();
     assert!(applied.ran);
     assert_eq!(applied.letter.as_ref().unwrap().status, "applied");

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::{Clients, Endpoints};
 
+mod enrol;
 mod ngr;
 mod split;
 

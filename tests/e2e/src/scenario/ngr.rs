@@ -11,11 +11,10 @@ use pl_commission_engine::{
 };
 use pl_money::{Currency, Decimal};
 use pl_proto::attribution::v1 as att;
-use pl_proto::commissions::v1 as com;
-use pl_proto::crm::v1 as crm;
 use uuid::Uuid;
 
-use super::{link_of, m, pc, status, t, ts, usd, Run, ACCRUAL_WAIT_MS};
+use super::enrol::Enrolment;
+use super::{link_of, m, pc, t, ts, usd, Run};
 
 const PROGRAM: Uuid = Uuid::from_u128(0x5000_0004);
 
@@ -209,122 +208,29 @@ impl Run {
                 lines.push(self.open_of(&id, partner).await?);
             }
             outcome.lines.insert(case.name, lines);
-            let balances = self
-                .c
-                .commissions
-                .clone()
-                .get_balances(com::GetBalancesRequest {
-                    partner_id: partner.to_string(),
-                    as_of: None,
-                })
-                .await
-                .map_err(status("get balances"))?
-                .into_inner();
-            let pending = balances
-                .currencies
-                .iter()
-                .find(|c| c.currency == "USD")
-                .map_or_else(|| "0.00".into(), |c| c.pending.clone());
-            outcome.pending.insert(case.name, pending);
+            outcome
+                .pending
+                .insert(case.name, self.pending_of(partner).await?);
         }
         Ok(outcome)
     }
 
     async fn ngr_setup(&self) -> Result<(), String> {
-        let mut crm = self.c.crm.clone();
-        crm.create_program(crm::CreateProgramRequest {
-            context: self.ctx(t(1, 1)),
-            program_id: PROGRAM.to_string(),
-            name: "Casino and sportsbook affiliates".into(),
-            vertical: "igaming".into(),
-            regulated: false,
-            jurisdictions: vec![],
-            settings: Some(crm::ProgramSettings {
-                auto_approve: false,
-                max_levels: 1,
-                deal_registration_days: 90,
-            }),
-            tiers: vec![],
-        })
-        .await
-        .map_err(status("create program"))?;
-        let mut com = self.c.commissions.clone();
+        self.open_program(PROGRAM, "Casino and sportsbook affiliates", "igaming")
+            .await?;
         for case in &CASES {
-            let partner = partner_of(case);
             let plan = plan_of(case);
-            com.publish_plan_version(com::PublishPlanVersionRequest {
-                context: self.ctx(t(1, 1)),
-                plan_id: plan.plan_id.to_string(),
-                plan_json: serde_json::to_string(&plan).map_err(|e| e.to_string())?,
+            self.publish(&plan).await?;
+            self.enrol(Enrolment {
+                program: PROGRAM,
+                partner: partner_of(case),
+                name: case.name,
+                plan: plan.plan_id,
+                parent: None,
+                link: true,
             })
-            .await
-            .map_err(status("publish plan"))?;
-            crm.apply_partner(crm::ApplyPartnerRequest {
-                context: self.ctx(t(1, 1)),
-                partner_id: partner.to_string(),
-                program_id: PROGRAM.to_string(),
-                display_name: format!("{} affiliate", case.name),
-                partner_type: crm::PartnerType::Affiliate as i32,
-                email: format!("{}@affiliates.example", case.name),
-                country: "MT".into(),
-            })
-            .await
-            .map_err(status("apply"))?;
-            crm.approve_partner(crm::ApprovePartnerRequest {
-                context: self.ctx(t(1, 1)),
-                partner_id: partner.to_string(),
-                tier: String::new(),
-                note: String::new(),
-            })
-            .await
-            .map_err(status("approve"))?;
-            com.assign_plan(com::AssignPlanRequest {
-                context: self.ctx(t(1, 1)),
-                partner_id: partner.to_string(),
-                plan_id: plan.plan_id.to_string(),
-                effective_from: ts(t(1, 1)),
-                partner_tier: String::new(),
-                parent_partner_id: String::new(),
-            })
-            .await
-            .map_err(status("assign plan"))?;
-            crm.issue_tracking_link(crm::IssueTrackingLinkRequest {
-                context: self.ctx(t(1, 1)),
-                tracking_link_id: link_of(partner).to_string(),
-                partner_id: partner.to_string(),
-                campaign_id: String::new(),
-                destination_url: "https://casino.example/".into(),
-                expires_at: None,
-            })
-            .await
-            .map_err(status("issue link"))?;
+            .await?;
         }
         Ok(())
-    }
-
-    /// The partner's own commission on a conversion, net of reversals.
-    async fn open_of(&self, conversion: &str, partner: Uuid) -> Result<String, String> {
-        let accrual = self
-            .c
-            .commissions
-            .clone()
-            .get_conversion_accrual(com::GetConversionAccrualRequest {
-                conversion_id: conversion.into(),
-                wait_ms: ACCRUAL_WAIT_MS,
-            })
-            .await
-            .map_err(status("get accrual"))?
-            .into_inner();
-        let id = partner.to_string();
-        accrual
-            .partners
-            .iter()
-            .find(|p| p.partner_id == id)
-            .map(|p| {
-                p.open
-                    .as_ref()
-                    .map_or_else(|| "0.00".to_owned(), |m| m.amount.clone())
-            })
-            .ok_or_else(|| format!("partner {id} was not credited: {accrual:?}"))
     }
 }

@@ -9,10 +9,10 @@ use pl_commission_engine::{
 use pl_money::Currency;
 use pl_proto::attribution::v1 as att;
 use pl_proto::commissions::v1 as com;
-use pl_proto::crm::v1 as crm;
 use uuid::Uuid;
 
-use super::{link_of, m, pc, status, t, ts, usd, Run, ACCRUAL_WAIT_MS};
+use super::enrol::Enrolment;
+use super::{link_of, m, pc, status, t, ts, usd, Run};
 
 const PROGRAM: Uuid = Uuid::from_u128(0x5000_0003);
 const PLAN: Uuid = Uuid::from_u128(0xb000_0010);
@@ -78,23 +78,8 @@ impl Run {
     }
 
     async fn split_setup(&self) -> Result<(), String> {
-        let mut crm = self.c.crm.clone();
-        crm.create_program(crm::CreateProgramRequest {
-            context: self.ctx(t(1, 1)),
-            program_id: PROGRAM.to_string(),
-            name: "Multi-touch partners".into(),
-            vertical: "saas".into(),
-            regulated: false,
-            jurisdictions: vec![],
-            settings: Some(crm::ProgramSettings {
-                auto_approve: false,
-                max_levels: 2,
-                deal_registration_days: 90,
-            }),
-            tiers: vec![],
-        })
-        .await
-        .map_err(status("create program"))?;
+        self.open_program(PROGRAM, "Multi-touch partners", "saas")
+            .await?;
         self.c
             .attribution
             .clone()
@@ -107,7 +92,7 @@ impl Run {
             })
             .await
             .map_err(status("set attribution settings"))?;
-        let plan = PlanVersion {
+        self.publish(&PlanVersion {
             plan_id: PLAN,
             version: 1,
             effective_from: t(1, 1),
@@ -125,62 +110,20 @@ impl Run {
                 cap_per_conversion: None,
                 cap_per_period: None,
             }],
-        };
-        let mut com = self.c.commissions.clone();
-        com.publish_plan_version(com::PublishPlanVersionRequest {
-            context: self.ctx(t(1, 1)),
-            plan_id: PLAN.to_string(),
-            plan_json: serde_json::to_string(&plan).map_err(|e| e.to_string())?,
         })
-        .await
-        .map_err(status("publish plan"))?;
+        .await?;
         let partners = [PARENT, credited(0), credited(1), credited(2)];
-        for (n, id) in partners.into_iter().enumerate() {
-            crm.apply_partner(crm::ApplyPartnerRequest {
-                context: self.ctx(t(1, 1)),
-                partner_id: id.to_string(),
-                program_id: PROGRAM.to_string(),
-                display_name: format!("split partner {n}"),
-                partner_type: crm::PartnerType::Affiliate as i32,
-                email: format!("split-{n}@partners.example"),
-                country: "DE".into(),
+        for (n, partner) in partners.into_iter().enumerate() {
+            let is_parent = partner == PARENT;
+            self.enrol(Enrolment {
+                program: PROGRAM,
+                partner,
+                name: &format!("split-{n}"),
+                plan: PLAN,
+                parent: (!is_parent).then_some(PARENT),
+                link: !is_parent,
             })
-            .await
-            .map_err(status("apply"))?;
-            crm.approve_partner(crm::ApprovePartnerRequest {
-                context: self.ctx(t(1, 1)),
-                partner_id: id.to_string(),
-                tier: String::new(),
-                note: String::new(),
-            })
-            .await
-            .map_err(status("approve"))?;
-            com.assign_plan(com::AssignPlanRequest {
-                context: self.ctx(t(1, 1)),
-                partner_id: id.to_string(),
-                plan_id: PLAN.to_string(),
-                effective_from: ts(t(1, 1)),
-                partner_tier: String::new(),
-                parent_partner_id: if id == PARENT {
-                    String::new()
-                } else {
-                    PARENT.to_string()
-                },
-            })
-            .await
-            .map_err(status("assign plan"))?;
-            if id != PARENT {
-                crm.issue_tracking_link(crm::IssueTrackingLinkRequest {
-                    context: self.ctx(t(1, 2)),
-                    tracking_link_id: link_of(id).to_string(),
-                    partner_id: id.to_string(),
-                    campaign_id: String::new(),
-                    destination_url: "https://vendor.example/".into(),
-                    expires_at: None,
-                })
-                .await
-                .map_err(status("issue link"))?;
-            }
+            .await?;
         }
         Ok(())
     }
@@ -206,50 +149,11 @@ impl Run {
 
     /// Each credited partner's open commission on `conversion`, in click order.
     async fn open_parts(&self, conversion: &str) -> Result<Vec<String>, String> {
-        let accrual = self
-            .c
-            .commissions
-            .clone()
-            .get_conversion_accrual(com::GetConversionAccrualRequest {
-                conversion_id: conversion.into(),
-                wait_ms: ACCRUAL_WAIT_MS,
-            })
-            .await
-            .map_err(status("get accrual"))?
-            .into_inner();
-        (0..3)
-            .map(|i| {
-                let id = credited(i).to_string();
-                accrual
-                    .partners
-                    .iter()
-                    .find(|p| p.partner_id == id)
-                    .map(|p| {
-                        p.open
-                            .as_ref()
-                            .map_or_else(String::new, |m| m.amount.clone())
-                    })
-                    .ok_or_else(|| format!("partner {id} was not credited: {accrual:?}"))
-            })
-            .collect()
-    }
-
-    async fn pending_of(&self, partner: Uuid) -> Result<String, String> {
-        let b = self
-            .c
-            .commissions
-            .clone()
-            .get_balances(com::GetBalancesRequest {
-                partner_id: partner.to_string(),
-                as_of: None,
-            })
-            .await
-            .map_err(status("get balances"))?
-            .into_inner();
-        Ok(b.currencies
-            .iter()
-            .find(|c| c.currency == "USD")
-            .map_or_else(|| "0.00".into(), |c| c.pending.clone()))
+        let mut parts = Vec::with_capacity(3);
+        for i in 0..3 {
+            parts.push(self.open_of(conversion, credited(i)).await?);
+        }
+        Ok(parts)
     }
 
     /// The explanation and inputs of a partner's first entry for `conversion`.
