@@ -178,6 +178,20 @@ impl World {
         .unwrap();
     }
 
+    /// The partner's USD entries with their explanations (first page).
+    async fn explain(&self, partner: Uuid) -> pb::ExplainBalanceResponse {
+        self.api
+            .explain_balance(Request::new(pb::ExplainBalanceRequest {
+                partner_id: partner.to_string(),
+                currency: "USD".into(),
+                as_of: None,
+                page: None,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     async fn balances(&self, partner: Uuid, as_of: Option<pb::AsOf>) -> (String, String) {
         let b = self
             .api
@@ -282,17 +296,7 @@ async fn maturity_after_the_hold_makes_commissions_payable_and_explain_says_why(
         ("10.00".into(), "0.00".into())
     );
     // As known at the recording point of the accrual, nothing had matured.
-    let explained = w
-        .api
-        .explain_balance(Request::new(pb::ExplainBalanceRequest {
-            partner_id: PARTNER.to_string(),
-            currency: "USD".into(),
-            as_of: None,
-            page: None,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let explained = w.explain(PARTNER).await;
     let accrual = &explained.entries[0];
     assert_eq!(accrual.explanation, "10% of 100.00 USD sale");
     // The balance each entry moves, named as documented (it was "partner <uuid> pending USD").
@@ -1776,17 +1780,7 @@ async fn the_plan_version_named_in_an_explanation_reads_back_and_versions_list_i
         }))
         .await
         .unwrap();
-    let explained = w
-        .api
-        .explain_balance(Request::new(pb::ExplainBalanceRequest {
-            partner_id: PARTNER.to_string(),
-            currency: "USD".into(),
-            as_of: None,
-            page: None,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let explained = w.explain(PARTNER).await;
     let entry = &explained.entries[0];
     let named = w
         .api
