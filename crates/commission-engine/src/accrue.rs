@@ -283,19 +283,21 @@ impl<'a> Cx<'a> {
     }
 
     /// A line linear in the attribution weight: `exact` is the partner's amount, `whole_exact`
-    /// the whole conversion's. Without a split the partner's amount is rounded on its own;
-    /// with one, the whole is rounded once and allocated over every credited partner's weight
-    /// by largest remainder, and the partner's part is the line (see [`crate::Split`]).
+    /// computes the whole conversion's. Without a split the partner's amount is rounded on its
+    /// own (and the whole is never computed); with one, the whole is rounded once and allocated
+    /// over every credited partner's weight by largest remainder, and the partner's part is the
+    /// line (see [`crate::Split`]).
     fn finish_linear(
         &self,
         kind: LineKind,
         mut formula: Formula,
         exact: Money,
-        whole_exact: Money,
+        whole_exact: impl FnOnce() -> Result<Money, EngineError>,
     ) -> Result<Draft, EngineError> {
         let Some(split) = &self.facts.split else {
             return Ok(finish(kind, formula, exact));
         };
+        let whole_exact = whole_exact()?;
         let whole = round(whole_exact);
         let part = pl_money::allocate(whole, &split.weights)?
             .get(split.index)
@@ -381,7 +383,7 @@ fn compute(cx: &Cx<'_>, rule: &Rule) -> Result<Outcome, EngineError> {
             f.flat = Some(*flat);
             f.text = format!("flat {flat} per {}{}", cx.facts.kind, cx.weight_text());
             let exact = flat.checked_mul(cx.weight())?;
-            let draft = cx.finish_linear(LineKind::Base, f, exact, *flat)?;
+            let draft = cx.finish_linear(LineKind::Base, f, exact, || Ok(*flat))?;
             Ok(Pay::single(draft, None))
         }
         Reward::PercentOfGross(rate) => {
@@ -404,7 +406,7 @@ fn compute(cx: &Cx<'_>, rule: &Rule) -> Result<Outcome, EngineError> {
             let exact = flat
                 .checked_mul(cx.weight())?
                 .checked_add(percent.of(r.credited)?)?;
-            let whole = flat.checked_add(percent.of(r.payout)?)?;
+            let whole = || Ok(flat.checked_add(percent.of(r.payout)?)?);
             let draft = cx.finish_linear(LineKind::Base, f, exact, whole)?;
             Ok(Pay::single(draft, Some(cx.override_base(&r))))
         }
@@ -445,7 +447,7 @@ fn compute(cx: &Cx<'_>, rule: &Rule) -> Result<Outcome, EngineError> {
             );
             let whole = per_lot.checked_mul(lots)?;
             let exact = whole.checked_mul(cx.weight())?;
-            let draft = cx.finish_linear(LineKind::Base, f, exact, whole)?;
+            let draft = cx.finish_linear(LineKind::Base, f, exact, || Ok(whole))?;
             Ok(Pay::single(draft, None))
         }
         Reward::ResellerMargin => reseller_margin(cx, rule),
@@ -467,7 +469,7 @@ fn percent_of(
     f.rate = Some(rate);
     f.text = format!("{prefix}{rate} of {}{}", cx.describe(&r), cx.weight_text());
     let exact = rate.of(r.credited)?;
-    let draft = cx.finish_linear(LineKind::Base, f, exact, rate.of(r.payout)?)?;
+    let draft = cx.finish_linear(LineKind::Base, f, exact, || Ok(rate.of(r.payout)?))?;
     Ok(Pay::single(draft, Some(cx.override_base(&r))))
 }
 
@@ -633,7 +635,7 @@ fn tiered(
             );
             let top_up_formula = f.clone();
             let exact = price_of(&tier.price, volume, cx.currency)?;
-            let whole = price_of(&tier.price, whole_volume, cx.currency)?;
+            let whole = || price_of(&tier.price, whole_volume, cx.currency);
             drafts.push(cx.finish_linear(LineKind::Base, f, exact, whole)?);
             if index > previous_index && before > Decimal::ZERO {
                 let target_exact = price_of(&tier.price, before, cx.currency)?;
@@ -734,7 +736,7 @@ fn reseller_margin(cx: &Cx<'_>, rule: &Rule) -> Result<Outcome, EngineError> {
         pricing.quantity,
         cx.weight_text()
     );
-    let draft = cx.finish_linear(LineKind::Base, f, credited, payout)?;
+    let draft = cx.finish_linear(LineKind::Base, f, credited, || Ok(payout))?;
     Ok(Pay::single(draft, None))
 }
 
@@ -1002,7 +1004,7 @@ fn overrides(
         let kind = LineKind::Override { level };
         let exact = rate.of(base.credited)?;
         let draft = match base.whole {
-            Some(whole) => cx.finish_linear(kind, f, exact, rate.of(whole)?)?,
+            Some(whole) => cx.finish_linear(kind, f, exact, || Ok(rate.of(whole)?))?,
             None => finish(kind, f, exact),
         };
         if draft.amount.is_zero() {
