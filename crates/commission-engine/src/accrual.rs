@@ -164,9 +164,11 @@ pub struct Formula {
     /// outstanding) instead of clawing back cash that was never paid.
     pub cpa_restored: Option<Money>,
     /// For a line of a conversion credited to several partners: the whole conversion's amount
-    /// and this partner's part of it (see [`crate::Split`]). `rounded` is then the part.
+    /// and this partner's part of it (see [`crate::Split`]). `rounded` is then the part. Boxed:
+    /// every line of every accrual a book holds in memory carries the field, and most are not
+    /// split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub split: Option<SplitPart>,
+    pub split: Option<Box<SplitPart>>,
 }
 
 /// How one partner's part of a split conversion's line was allocated: enough to redo it by hand.

@@ -314,13 +314,13 @@ impl<'a> Cx<'a> {
         ));
         formula.exact = exact;
         formula.rounded = part;
-        formula.split = Some(SplitPart {
+        formula.split = Some(Box::new(SplitPart {
             whole_exact,
             whole,
             weights: split.weights.clone(),
             index: split.index,
             part,
-        });
+        }));
         Ok(Draft {
             kind,
             amount: part,
