@@ -24,7 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("descriptor.bin"), fds.encode_to_vec())?;
     let mut builder = tonic_prost_build::configure()
         .build_client(true)
-        .build_server(true);
+        .build_server(true)
+        // Requests that do not decode are the caller's error, not ours (see src/codec.rs).
+        .codec_path("crate::codec::ApiCodec");
     // The stored book events' byte fields as `Bytes`: prost copies a `Vec<u8>` field twice on
     // decode (through a `Bytes`), a tenth of an audit replay.
     for message in [

@@ -179,6 +179,14 @@ pub enum FactsError {
         /// The limit.
         max: usize,
     },
+    /// An amount or quantity beyond its documented maximum.
+    #[error("{field} must be at most {max} in magnitude")]
+    TooLarge {
+        /// Which field.
+        field: &'static str,
+        /// The limit.
+        max: Decimal,
+    },
     /// The split across credited partners is inconsistent.
     #[error("bad split: {0}")]
     BadSplit(&'static str),
@@ -196,7 +204,9 @@ impl FactsError {
             FactsError::MixedCurrencies(..) => "net",
             FactsError::Negative(field) => field,
             FactsError::NegativeMargin { .. } => "partner_price",
-            FactsError::BadText { field, .. } | FactsError::TooMany { field, .. } => field,
+            FactsError::BadText { field, .. }
+            | FactsError::TooMany { field, .. }
+            | FactsError::TooLarge { field, .. } => field,
             FactsError::UplineRepeats(_) => "upline",
         }
     }

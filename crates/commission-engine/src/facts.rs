@@ -9,7 +9,10 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::limits::{MAX_PRODUCTS, MAX_SPLIT_PARTS, MAX_SPLIT_WEIGHT_PLACES, MAX_TEXT, MAX_UPLINE};
+use crate::limits::{
+    MAX_AMOUNT, MAX_LOTS, MAX_PRODUCTS, MAX_SPLIT_PARTS, MAX_SPLIT_WEIGHT_PLACES, MAX_TEXT,
+    MAX_UPLINE,
+};
 use crate::FactsError;
 
 /// What happened.
@@ -224,8 +227,9 @@ pub struct ConversionAmounts<'a> {
     pub reseller: Option<&'a ResellerPricing>,
 }
 
-/// Checks a conversion's amounts: one currency for all of them, nothing negative except a net
-/// revenue report's net, a partner price not above the list price. The error names the field.
+/// Checks a conversion's amounts: one currency for all of them, none beyond [`MAX_AMOUNT`] in
+/// magnitude (lots: [`MAX_LOTS`]), nothing negative except a net revenue report's net, a partner
+/// price not above the list price. The error names the field.
 pub fn check_amounts(a: &ConversionAmounts<'_>) -> Result<(), FactsError> {
     let mut amounts: Vec<(&'static str, Money)> = Vec::new();
     amounts.extend(a.gross.map(|m| ("gross", m)));
@@ -251,6 +255,12 @@ pub fn check_amounts(a: &ConversionAmounts<'_>) -> Result<(), FactsError> {
         }
     }
     for (field, amount) in &amounts {
+        if amount.amount().abs() > MAX_AMOUNT {
+            return Err(FactsError::TooLarge {
+                field,
+                max: MAX_AMOUNT,
+            });
+        }
         let may_be_negative = *field == "net" && a.kind == ConversionKind::NetRevenueReport;
         if amount.is_negative() && !may_be_negative {
             return Err(FactsError::Negative(field));
@@ -258,6 +268,12 @@ pub fn check_amounts(a: &ConversionAmounts<'_>) -> Result<(), FactsError> {
     }
     if a.lots.is_some_and(|l| l < Decimal::ZERO) {
         return Err(FactsError::Negative("lots"));
+    }
+    if a.lots.is_some_and(|l| l > MAX_LOTS) {
+        return Err(FactsError::TooLarge {
+            field: "lots",
+            max: MAX_LOTS,
+        });
     }
     Ok(())
 }

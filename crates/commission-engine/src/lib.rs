@@ -112,9 +112,9 @@ pub use facts::{
     check_amounts, ConversionAmounts, ConversionFacts, ConversionKind, ResellerPricing, Split,
 };
 pub use limits::{
-    MAX_HOLD_DAYS, MAX_MONTH, MAX_OVERRIDE_LEVELS, MAX_PRODUCTS, MAX_RULES, MAX_RULE_ID,
-    MAX_SCHEDULE_STEPS, MAX_SPLIT_PARTS, MAX_SPLIT_WEIGHT_PLACES, MAX_TEXT, MAX_TIERS, MAX_UPLINE,
-    MAX_VERSIONS,
+    MAX_AMOUNT, MAX_HOLD_DAYS, MAX_LOTS, MAX_MONTH, MAX_OVERRIDE_LEVELS, MAX_PRODUCTS, MAX_RULES,
+    MAX_RULE_ID, MAX_SCHEDULE_STEPS, MAX_SPLIT_PARTS, MAX_SPLIT_WEIGHT_PLACES, MAX_TEXT, MAX_TIERS,
+    MAX_UPLINE, MAX_VERSIONS,
 };
 pub use percent::Percent;
 pub use period::{Period, PeriodParseError};

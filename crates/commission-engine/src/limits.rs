@@ -26,3 +26,10 @@ pub const MAX_VERSIONS: usize = 1_000;
 pub const MAX_SPLIT_PARTS: usize = 16;
 /// Decimal places of a split's weight (attribution writes six).
 pub const MAX_SPLIT_WEIGHT_PLACES: u32 = 9;
+/// The largest magnitude of any amount of a conversion, in major units (a trillion): far above
+/// any real sale, and low enough that sums of them never leave a decimal's range.
+pub const MAX_AMOUNT: rust_decimal::Decimal =
+    rust_decimal::Decimal::from_parts(3_567_587_328, 232, 0, false, 0);
+/// The most lots one conversion may carry.
+pub const MAX_LOTS: rust_decimal::Decimal =
+    rust_decimal::Decimal::from_parts(1_000_000_000, 0, 0, false, 0);

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use pl_commission_engine::*;
-use pl_money::{Currency, Money};
+use pl_money::{Currency, Decimal, Money};
 
 #[test]
 fn overrides_of_ten_two_and_one_percent_on_a_100_dollar_sale_pay_10_2_and_1() {
@@ -383,4 +383,25 @@ fn maturity_and_minimum_payout_follow_the_plan() {
     assert!(p.meets_minimum_payout(usd("50.00")));
     assert!(!p.meets_minimum_payout(usd("49.99")));
     assert!(!p.meets_minimum_payout(Money::from_minor_units(9999, Currency::EUR)));
+}
+
+#[test]
+fn amounts_beyond_a_trillion_and_lots_beyond_a_billion_are_refused_by_field() {
+    assert_eq!(MAX_AMOUNT, Decimal::from(1_000_000_000_000_i64));
+    assert_eq!(MAX_LOTS, Decimal::from(1_000_000_000_i64));
+    let p = plan(vec![rule("sales", Reward::PercentOfGross(pct("10")))]);
+    let state = PartnerState::new(PARTNER, PLAN);
+    let huge = sale(1, usd("79228162514264337593543950335"), at(2025, 3, 9));
+    let err = accrue(&p, &state, &huge).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid conversion facts: gross must be at most 1000000000000 in magnitude"
+    );
+    let at_the_limit = sale(2, usd("1000000000000"), at(2025, 3, 9));
+    assert!(accrue(&p, &state, &at_the_limit).is_ok());
+    let lots = trade(3, "1000000000.01", at(2025, 3, 9));
+    assert!(matches!(
+        lots.validate(),
+        Err(FactsError::TooLarge { field: "lots", .. })
+    ));
 }

@@ -1,8 +1,11 @@
 //! Generated gRPC bindings for every Partner Ledger API (one protobuf package per service, from
-//! `proto/`), and the encoded descriptor set that server reflection serves. Generated code only:
-//! no hand-written logic lives here.
+//! `proto/`), the encoded descriptor set that server reflection serves, and the one codec the
+//! bindings use ([`codec`]). Besides that codec, generated code only: no hand-written logic
+//! lives here.
 
 #![allow(clippy::all, clippy::pedantic, missing_debug_implementations)] // generated code
+
+pub mod codec;
 
 /// The encoded `FileDescriptorSet` of every API, for `grpc.reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

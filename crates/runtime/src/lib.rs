@@ -9,6 +9,7 @@
 
 pub mod aggregate;
 pub mod cache;
+pub mod catch_panic;
 pub mod clock;
 pub mod dead_letters;
 pub mod error;

@@ -113,7 +113,7 @@ pub async fn serve<L>(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError>
 where
-    L: tower::Layer<Routes> + Clone + Send + Sync + 'static,
+    L: tower::Layer<crate::catch_panic::CatchPanic<Routes>> + Clone + Send + Sync + 'static,
     L::Service: tower::Service<
             http::Request<tonic::body::Body>,
             Response = http::Response<tonic::body::Body>,
@@ -160,6 +160,8 @@ where
         .concurrency_limit_per_connection(config.max_concurrent_requests_per_connection)
         .max_concurrent_streams(config.max_concurrent_streams)
         .layer(layer)
+        // Inside the caller's layer (tracing), so a panic is logged in the request's span.
+        .layer(crate::catch_panic::CatchPanicLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, on_shutdown);
     tokio::pin!(server);

@@ -28,7 +28,7 @@ use crate::streams;
 use crate::touchpoints::{Detail, Touchpoint, TouchpointKind};
 use crate::SERVICE;
 use pl_commission_engine::{
-    check_amounts, ConversionAmounts, ConversionKind as EngineKind, ResellerPricing,
+    check_amounts, ConversionAmounts, ConversionKind as EngineKind, FactsError, ResellerPricing,
 };
 
 const MAX_URL_CHARS: usize = 2048;
@@ -1009,7 +1009,7 @@ impl AttributionApi for AttributionService {
             };
             let checked = check_amounts(&ConversionAmounts {
                 kind: engine_kind(kind),
-                gross: if kind.is_reversal() { None } else { amount },
+                gross: amount,
                 net: report_net.or(net),
                 lots,
                 reseller: reseller.as_ref(),
@@ -1020,7 +1020,14 @@ impl AttributionApi for AttributionService {
                     ("net", true) => "net_revenue_report.net",
                     (field, _) => field,
                 };
-                v.add(field, e.to_string());
+                // The engine names its own field in its message; the violation names the
+                // request's, so say only what is wrong with it.
+                let description = match &e {
+                    FactsError::TooLarge { max, .. } => format!("at most {max} in magnitude"),
+                    FactsError::Negative(_) => "must not be negative".to_owned(),
+                    other => other.to_string(),
+                };
+                v.add(field, description);
             }
         }
         v.finish()?;
@@ -1258,7 +1265,9 @@ impl AttributionApi for AttributionService {
         let (program_id, from, to, partner, campaign) =
             all!(program_id, from, to, partner, campaign);
         let model = self.reports.caught_up(self.store.as_ref()).await?;
-        let rows = model.performance(program_id, from, to, partner, campaign);
+        let rows = model
+            .performance(program_id, from, to, partner, campaign)
+            .map_err(|e| ApiError::rule(e.to_string()))?;
         drop(model);
         if rows.len() > MAX_REPORT_ROWS {
             return Err(ApiError::Exhausted {

@@ -219,7 +219,7 @@ impl ReadModel {
         to: DateTime<Utc>,
         partner: Option<Uuid>,
         campaign: Option<Uuid>,
-    ) -> BTreeMap<(Uuid, Option<Uuid>), Row> {
+    ) -> Result<BTreeMap<(Uuid, Option<Uuid>), Row>, RevenueOverflow> {
         let mut rows: BTreeMap<(Uuid, Option<Uuid>), Row> = BTreeMap::new();
         for c in self.counted.get(&program_id).map_or(&[][..], Vec::as_slice) {
             if c.occurred_at < from
@@ -235,11 +235,24 @@ impl ReadModel {
                 Some(k) => *row.conversions.entry(kind_key(k)).or_default() += 1,
             }
             if let Some(m) = c.revenue {
-                *row.revenue.entry(m.currency()).or_default() += m.amount();
+                let sum = row.revenue.entry(m.currency()).or_default();
+                *sum = sum.checked_add(m.amount()).ok_or(RevenueOverflow {
+                    partner_id: c.partner_id,
+                    currency: m.currency(),
+                })?;
             }
         }
-        rows
+        Ok(rows)
     }
+}
+
+/// A partner's revenue in the report's window is beyond what a decimal holds: only amounts
+/// recorded before the API bounded them ([`pl_commission_engine::MAX_AMOUNT`]) can add up to it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("partner {partner_id}'s revenue in {currency} over the window is too large to sum; ask for a shorter window")]
+pub struct RevenueOverflow {
+    pub partner_id: Uuid,
+    pub currency: Currency,
 }
 
 /// The shared read model and its catch-up.

@@ -328,3 +328,49 @@ async fn integration_events_that_died_with_the_process_are_delivered_after_resta
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// `GetPartnerRequest` as a caller with a broken encoder sends it: field 1 (`partner_id`, a
+/// string) carrying bytes that are not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct BrokenGetPartner {
+    #[prost(bytes = "vec", tag = "1")]
+    partner_id: Vec<u8>,
+}
+
+/// A request that is not valid protobuf was answered INTERNAL ("failed to decode Protobuf
+/// message"), the code this API keeps for its own faults; it is the caller's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_is_not_valid_protobuf_is_invalid_argument_and_the_connection_lives_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, channel) = start(dir.path()).await;
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path =
+        http::uri::PathAndQuery::from_static("/partnerledger.crm.v1.PartnerCrmService/GetPartner");
+    let refused = grpc
+        .unary::<_, pl_proto::crm::v1::Partner, _>(
+            tonic::Request::new(BrokenGetPartner {
+                partner_id: vec![0xff, 0xfe, 0x80],
+            }),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("not a valid protobuf encoding"),
+        "{refused:?}"
+    );
+    // The same connection still answers.
+    let mut crm = PartnerCrmServiceClient::new(channel);
+    let missing = crm
+        .get_partner(GetPartnerRequest {
+            partner_id: Uuid::from_u128(404).to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    running.shutdown();
+    running.wait().await.unwrap();
+}
