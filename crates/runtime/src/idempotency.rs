@@ -8,8 +8,15 @@
 //! The command's event ids derive from the key (see `CommandMeta::id_seed`), so a request
 //! retried after a crash between the command's append and the record cannot apply twice: the
 //! executor finds its own events in the stream and answers with them.
+//!
+//! Requests under one key take turns within a process ([`Turn`]): a twin sent while the first
+//! is in progress waits for it and answers what it recorded. Without the turn both decided at
+//! once, and the second failed on events the first had just stored with another trace context
+//! or receipt time ("stored with a different body"), or read the record before it was visible.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use pl_eventlog::{EventMetadata, EventStore, ExpectedVersion, NewEvent};
 use serde::{Deserialize, Serialize};
@@ -98,6 +105,57 @@ struct Record {
     response_hex: String,
 }
 
+/// Keys in progress in this process, each with the lock its requests take turns on. An entry
+/// lives while a request holds or waits for it; past [`MAX_TURN_KEYS`] keys in progress at once,
+/// a request goes without a turn (the log's own conflict checks still apply it once).
+static TURNS: LazyLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(Mutex::default);
+
+/// Keys in progress at once that get a turn.
+pub const MAX_TURN_KEYS: usize = 100_000;
+
+/// One request's turn on its key (see the module docs); released on drop.
+struct Turn {
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Turn {
+    async fn take(key: &str) -> Option<Turn> {
+        let lock = {
+            let mut turns = TURNS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match turns.get(key) {
+                Some(lock) => Arc::clone(lock),
+                None if turns.len() >= MAX_TURN_KEYS => return None,
+                None => Arc::clone(turns.entry(key.to_owned()).or_default()),
+            }
+        };
+        let guard = Arc::clone(&lock).lock_owned().await;
+        Some(Turn {
+            key: key.to_owned(),
+            lock,
+            guard: Some(guard),
+        })
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut turns = TURNS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Only the map's reference and ours: nobody waits, so the key leaves the map. Others
+        // clone the lock only under the map's lock, so none can appear meanwhile.
+        if Arc::strong_count(&self.lock) == 2 {
+            turns.remove(&self.key);
+        }
+    }
+}
+
 /// Runs `handle` once per key: a repeat with the same fingerprint returns the recorded response.
 pub async fn run_once<R, F, Fut>(
     store: &dyn EventStore,
@@ -112,6 +170,7 @@ where
     Fut: Future<Output = Result<R, ApiError>>,
 {
     let stream = key.stream();
+    let _turn = Turn::take(&stream).await;
     if let Some(response) = recorded::<R>(store, &stream, &request_fingerprint).await? {
         return Ok(response);
     }
@@ -234,6 +293,33 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(ok, "now");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fifty_twins_at_once_run_once_and_all_get_the_first_answer() {
+        let store = std::sync::Arc::new(MemoryLog::default());
+        let key = IdempotencyKey::parse("crm", "twins").unwrap();
+        let runs = std::sync::Arc::new(AtomicU32::new(0));
+        let twins: Vec<_> = (0..50)
+            .map(|n| {
+                let (store, key, runs) = (store.clone(), key.clone(), runs.clone());
+                tokio::spawn(async move {
+                    run_once(store.as_ref(), &key, [7; 32], at(), || async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::task::yield_now().await;
+                        Ok::<_, ApiError>(format!("answer of twin {n}"))
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut answers = std::collections::BTreeSet::new();
+        for twin in twins {
+            answers.insert(twin.await.unwrap().unwrap());
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert!(TURNS.lock().unwrap().get("idempotency-crm-twins").is_none());
     }
 
     #[test]

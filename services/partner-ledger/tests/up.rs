@@ -374,3 +374,49 @@ async fn a_request_that_is_not_valid_protobuf_is_invalid_argument_and_the_connec
     running.shutdown();
     running.wait().await.unwrap();
 }
+
+/// Fifty identical `RecordFxRate` calls at once over gRPC, one key and one body and no
+/// business time (so the server fills in its receipt time): the twins decided side by side and
+/// many failed, INTERNAL ("idempotency record vanished") or FAILED_PRECONDITION (their events
+/// "stored with a different body": another receipt time). Every one now gets the original
+/// answer, and the rate is recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_identical_calls_at_once_all_get_the_original_answer() {
+    use pl_proto::commissions::v1::RecordFxRateRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let (running, channel) = start(dir.path()).await;
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let mut commissions = CommissionsServiceClient::new(channel.clone());
+            tokio::spawn(async move {
+                commissions
+                    .record_fx_rate(RecordFxRateRequest {
+                        context: Some(RequestContext {
+                            idempotency_key: "rate-twins".into(),
+                            occurred_at: None,
+                            correlation_id: String::new(),
+                        }),
+                        from_currency: "EUR".into(),
+                        to_currency: "USD".into(),
+                        date: Some(prost_types::Timestamp {
+                            seconds: 1_767_225_600,
+                            nanos: 0,
+                        }),
+                        rate: "1.10".into(),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    let first = answers[0].clone().unwrap();
+    for answer in &answers {
+        assert_eq!(answer.as_ref().ok(), Some(&first), "{answer:?}");
+    }
+    running.shutdown();
+    running.wait().await.unwrap();
+}
