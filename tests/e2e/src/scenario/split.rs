@@ -12,7 +12,7 @@ use pl_proto::commissions::v1 as com;
 use uuid::Uuid;
 
 use super::enrol::Enrolment;
-use super::{link_of, m, pc, status, t, ts, usd, Run};
+use super::{eventually, link_of, m, pc, status, t, ts, usd, Run};
 
 const PROGRAM: Uuid = Uuid::from_u128(0x5000_0003);
 const PLAN: Uuid = Uuid::from_u128(0xb000_0010);
@@ -67,6 +67,38 @@ impl Run {
             self.split_conversion(att::ConversionType::Refund, "split-refund", t(2, 20));
         refund.original_external_id = "split-sale".into();
         self.reverse(refund, &conversion).await?;
+        // The refund reaches each partner's book in its own append: wait until every one has
+        // it (what is read then is checked by the caller, not waited for).
+        eventually("the refund in every credited partner's book", || async {
+            let accrual = self
+                .c
+                .commissions
+                .clone()
+                .get_conversion_accrual(com::GetConversionAccrualRequest {
+                    conversion_id: conversion.clone(),
+                    wait_ms: 0,
+                })
+                .await
+                .map_err(status("get accrual"))?
+                .into_inner();
+            let reached = accrual
+                .partners
+                .iter()
+                .filter(|p| !p.reversal_ids.is_empty())
+                .count();
+            Ok((reached == accrual.partners.len()).then_some(()))
+        })
+        .await?;
+        // Each partner's override is reversed in the parent's book after its own reversal:
+        // wait for the parent's three override reversals too.
+        eventually(
+            "the refund's override reversals in the parent's book",
+            || async {
+                let entries = self.entries_of(PARENT, &conversion).await?;
+                Ok((entries == 6).then_some(()))
+            },
+        )
+        .await?;
         Ok(SplitOutcome {
             parts,
             parent_pending,
@@ -154,6 +186,27 @@ impl Run {
             parts.push(self.open_of(conversion, credited(i)).await?);
         }
         Ok(parts)
+    }
+
+    /// How many of a partner's ledger entries are for `conversion`.
+    async fn entries_of(&self, partner: Uuid, conversion: &str) -> Result<usize, String> {
+        let explained = self
+            .c
+            .commissions
+            .clone()
+            .explain_balance(com::ExplainBalanceRequest {
+                partner_id: partner.to_string(),
+                currency: "USD".into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(status("explain balance"))?
+            .into_inner();
+        Ok(explained
+            .entries
+            .iter()
+            .filter(|e| e.conversion_id == conversion)
+            .count())
     }
 
     /// The explanation and inputs of a partner's first entry for `conversion`.
