@@ -82,6 +82,7 @@ async fn every_service_reports_serving_and_is_listed_by_reflection() {
             .into_inner();
         assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
     }
+    let channel_alpha = channel.clone();
     let mut reflection =
         tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
     let request = tonic_reflection::pb::v1::ServerReflectionRequest {
@@ -107,6 +108,26 @@ async fn every_service_reports_serving_and_is_listed_by_reflection() {
     ] {
         assert!(listed.contains(name), "{name} missing from {listed}");
     }
+    // Clients that still speak v1alpha (grpcio-reflection, older grpcurl) get the same list.
+    let mut alpha =
+        tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(
+            channel_alpha,
+        );
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut responses = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = format!("{:?}", responses.message().await.unwrap().unwrap());
+    assert!(listed.contains("CommissionsService"), "{listed}");
     running.shutdown();
     running.wait().await.unwrap();
 }
