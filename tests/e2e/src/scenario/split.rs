@@ -70,23 +70,7 @@ impl Run {
         // The refund reaches each partner's book in its own append: wait until every one has
         // it (what is read then is checked by the caller, not waited for).
         eventually("the refund in every credited partner's book", || async {
-            let accrual = self
-                .c
-                .commissions
-                .clone()
-                .get_conversion_accrual(com::GetConversionAccrualRequest {
-                    conversion_id: conversion.clone(),
-                    wait_ms: 0,
-                })
-                .await
-                .map_err(status("get accrual"))?
-                .into_inner();
-            let reached = accrual
-                .partners
-                .iter()
-                .filter(|p| !p.reversal_ids.is_empty())
-                .count();
-            Ok((reached == accrual.partners.len()).then_some(()))
+            Ok((self.reversals(&conversion).await? == 3).then_some(()))
         })
         .await?;
         // Each partner's override is reversed in the parent's book after its own reversal:
