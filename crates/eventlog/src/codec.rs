@@ -23,7 +23,7 @@ use crate::event::{EventHash, EventMetadata, NewEvent, RecordedEvent};
 const HASH_DOMAIN: &[u8] = b"partner-ledger/event/v1\n";
 const FINGERPRINT_DOMAIN: &[u8] = b"partner-ledger/fingerprint/v1\n";
 pub(crate) const FRAME_HEADER_BYTES: usize = 8;
-const FORMAT_V1: u8 = 1;
+pub(crate) const FORMAT_V1: u8 = 1;
 pub(crate) const FLAG_LAST_IN_APPEND: u8 = 1;
 /// Envelope bytes of a frame beyond the variable-length fields.
 const FIXED_PAYLOAD_BYTES: usize =

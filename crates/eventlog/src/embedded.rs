@@ -1,8 +1,9 @@
 //! The embedded adapter: a durable, append-only file log in a data directory.
 //!
-//! Layout of the directory: `events.log` (frames, see `codec`), `index.snap` (the in-memory
-//! index as of the last clean close, so reopening does not rescan), and `LOCK` (held while open,
-//! so two processes never write one log).
+//! Layout of the directory: `events.log` (frames, see `codec`), `CHECKPOINT` (how far the log
+//! has durably been, see `checkpoint`), `index.snap` (the in-memory index as of the last clean
+//! close, so reopening does not rescan), and `LOCK` (held while open, so two processes never
+//! write one log).
 //!
 //! Writes: appenders validate, sequence and encode under a short lock into a pending buffer; one
 //! sync thread writes the buffer and `fdatasync`s it, so concurrent appends share one sync (group
@@ -16,9 +17,15 @@
 //!
 //! Recovery on open: frames are checked (length, CRC-32, position, version) from the end of the
 //! snapshot on, up to the last non-zero byte (zeros after it are space grown ahead, dropped).
-//! A bad frame within the last unsynced window (`MAX_UNSYNCED_BYTES`) with nothing
-//! valid after it is a torn write: the log is truncated to the last complete append. Anything else
-//! is corruption and the open fails, so no event after it is ever served.
+//! What follows the last complete append is a torn write only when it lies within the last
+//! unsynced window (`MAX_UNSYNCED_BYTES`), starts like the frame the writer would have put
+//! there, has nothing valid after it, and the checkpoint was not left clean: it is cut, and the
+//! cut logged with its offset and size. Then the log is held to its checkpoint and snapshot: it
+//! must hold at least the events they record, ending in the hash they record. Anything else
+//! (a log cut short, rewritten, or followed by garbage) refuses the open, so no history is
+//! served as whole that is not; only [`EmbeddedLog::accept_loss`], an operator's command,
+//! opens it anyway and records the loss as an event. [`EmbeddedLog::open_read_only`] writes
+//! nothing and reports the same findings.
 //!
 //! Limits: the index lives in memory, about 70 bytes per event plus the stream names (1M events
 //! ≈ 70 MB); a single log file; reads verify each frame's CRC, `verify` checks the hash chains.
@@ -39,11 +46,13 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::checkpoint;
 use crate::codec::{self, FRAME_HEADER_BYTES};
 use crate::error::LogError;
 use crate::event::{
     AppendResult, EventHash, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend,
 };
+use crate::finding::LogFinding;
 use crate::index::{self, IdEntry, Index, Outcome, Part, StreamState};
 use crate::limits::{Limits, MAX_UNSYNCED_BYTES};
 use crate::sharded::ShardedMap;
@@ -86,9 +95,6 @@ static PREALLOC_ZEROS: [u8; MAX_PREALLOC_BYTES as usize] = [0; MAX_PREALLOC_BYTE
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
     pub limits: Limits,
-    /// Open even when recovery finds corruption: move everything from the last good append on
-    /// into `quarantine/` and truncate. For operators repairing a damaged disk, never a default.
-    pub repair: bool,
     /// Grow the file ahead of the appends in zeros, so that most syncs write no inode. Faster
     /// for small events on an otherwise idle machine (the `pl-eventlog` bench's 300-byte
     /// appends: about a fifth more per second and a fifth less latency), slower for the
@@ -117,7 +123,6 @@ impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
             limits: Limits::default(),
-            repair: false,
             grow_ahead: false,
             sync_linger_us: DEFAULT_SYNC_LINGER_US,
         }
@@ -163,7 +168,11 @@ struct Shared {
     /// [`SyncStats`].
     syncs: AtomicU64,
     lingering_syncs: AtomicU64,
-    _lock: File,
+    /// Written by the sync thread after each group commit and by close; `None` read-only.
+    checkpoint: Mutex<Option<checkpoint::Writer>>,
+    /// Held while open: exclusive for a writer, shared for a reader (absent in a read-only
+    /// copy of a data directory that has no lock file).
+    _lock: Option<File>,
 }
 
 /// The write path's bounds: what [`EmbeddedLog::open`] derives from its options, and what
@@ -175,6 +184,46 @@ struct Tuning {
     max_unsynced_bytes: usize,
 }
 
+impl Tuning {
+    fn of(options: &EmbeddedOptions) -> Result<Self, LogError> {
+        if options.sync_linger_us > MAX_SYNC_LINGER_US {
+            return Err(LogError::LimitExceeded {
+                what: "configured sync_linger_us",
+                actual: options.sync_linger_us,
+                limit: MAX_SYNC_LINGER_US,
+            });
+        }
+        Ok(Self {
+            sync_linger: Duration::from_micros(options.sync_linger_us),
+            max_unsynced_bytes: MAX_UNSYNCED_BYTES,
+        })
+    }
+}
+
+/// What an open may do with what it finds (see [`EmbeddedLog::open`],
+/// [`EmbeddedLog::open_read_only`], [`EmbeddedLog::accept_loss`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Write,
+    ReadOnly,
+    AcceptLoss,
+}
+
+/// The stream where the log records what happened to the log itself (an accepted loss).
+pub const LOG_INCIDENTS_STREAM: &str = "log-incidents";
+/// The event type of an accepted loss in [`LOG_INCIDENTS_STREAM`] (schema version 1, JSON:
+/// `reason`, `findings`, `found_events`, `found_hash`).
+pub const LOSS_EVENT_TYPE: &str = "LogLossAccepted";
+/// An accepted loss's reason is a sentence or a ticket, not a document.
+const MAX_LOSS_REASON_BYTES: usize = 2_000;
+
+#[derive(serde::Serialize)]
+struct LossRecord<'a> {
+    reason: &'a str,
+    findings: Vec<String>,
+    found_events: u64,
+    found_hash: String,
+}
 enum Enqueued {
     /// Sequenced into the pending buffer (each part's result): wait on the receiver for the
     /// sync covering it.
@@ -238,23 +287,105 @@ impl State {
 }
 
 impl EmbeddedLog {
-    /// Opens (creating if needed) the log in `dir`, recovering from any crash.
+    /// Opens (creating if needed) the log in `dir`, recovering from any crash: a torn tail
+    /// past the last durable commit is cut (and logged with its offset and size). A log cut
+    /// short of its checkpoint, rewritten, or followed by bytes no crash leaves is refused
+    /// with [`LogError::Damaged`]; [`EmbeddedLog::accept_loss`] opens it anyway.
     pub fn open(dir: impl AsRef<Path>, options: EmbeddedOptions) -> Result<Self, LogError> {
-        if options.sync_linger_us > MAX_SYNC_LINGER_US {
-            return Err(LogError::LimitExceeded {
-                what: "configured sync_linger_us",
-                actual: options.sync_linger_us,
-                limit: MAX_SYNC_LINGER_US,
-            });
-        }
-        let tuning = Tuning {
-            sync_linger: Duration::from_micros(options.sync_linger_us),
-            max_unsynced_bytes: MAX_UNSYNCED_BYTES,
-        };
+        let tuning = Tuning::of(&options)?;
         Self::open_tuned(dir.as_ref(), options, tuning)
     }
 
     fn open_tuned(dir: &Path, options: EmbeddedOptions, tuning: Tuning) -> Result<Self, LogError> {
+        Self::open_as(dir, options, tuning, Mode::Write).map(|(log, _)| log)
+    }
+
+    /// Opens the log for reading only: no file is created, written, cut or locked for
+    /// writing (a read-only copy of a data directory will do), and what is wrong is returned
+    /// as findings instead of refused or repaired. Reads serve the complete appends found;
+    /// appends fail with [`LogError::Closed`]. For `audit verify` and the other audit reads.
+    pub fn open_read_only(
+        dir: impl AsRef<Path>,
+        limits: Limits,
+    ) -> Result<(Self, Vec<LogFinding>), LogError> {
+        let options = EmbeddedOptions {
+            limits,
+            ..EmbeddedOptions::default()
+        };
+        let tuning = Tuning::of(&options)?;
+        Self::open_as(dir.as_ref(), options, tuning, Mode::ReadOnly)
+    }
+
+    /// The operator's way past [`LogError::Damaged`]: opens the log as it is found, moves
+    /// bytes that are not a torn write to `quarantine/`, cuts them, starts a new checkpoint
+    /// at what is left, and records the accepted loss, with `reason`, as a `LogLossAccepted`
+    /// event in the stream [`LOG_INCIDENTS_STREAM`]. Returns what was accepted; empty when
+    /// the log needed no acceptance (then nothing is recorded).
+    pub async fn accept_loss(
+        dir: impl AsRef<Path>,
+        options: EmbeddedOptions,
+        reason: &str,
+    ) -> Result<Vec<LogFinding>, LogError> {
+        let reason = reason.trim();
+        if reason.is_empty() || reason.len() > MAX_LOSS_REASON_BYTES {
+            return Err(LogError::LimitExceeded {
+                what: "accepted loss reason bytes (must be 1 or more)",
+                actual: reason.len() as u64,
+                limit: MAX_LOSS_REASON_BYTES as u64,
+            });
+        }
+        let tuning = Tuning::of(&options)?;
+        let (log, findings) = Self::open_as(dir.as_ref(), options, tuning, Mode::AcceptLoss)?;
+        let accepted: Vec<LogFinding> = findings
+            .into_iter()
+            .filter(|f| !f.repaired_at_open())
+            .collect();
+        if !accepted.is_empty() {
+            let (events, hash) = {
+                let st = log.shared.state.lock();
+                (st.committed, last_hash(&log.shared.file, &st)?)
+            };
+            let record = LossRecord {
+                reason,
+                findings: accepted.iter().map(ToString::to_string).collect(),
+                found_events: events,
+                found_hash: hash.to_hex(),
+            };
+            let id = Uuid::new_v5(
+                &Uuid::NAMESPACE_OID,
+                format!("partner-ledger/log-loss/{events}/{hash}/{reason}").as_bytes(),
+            );
+            let at = chrono::DateTime::from_timestamp_nanos(Shared::now_ns());
+            let event = NewEvent::json(
+                id,
+                LOSS_EVENT_TYPE,
+                1,
+                &record,
+                crate::event::EventMetadata::at(at),
+            )?;
+            log.append(LOG_INCIDENTS_STREAM, ExpectedVersion::Any, vec![event])
+                .await?;
+            tracing::warn!(
+                events,
+                hash = %hash,
+                reason,
+                findings = accepted.len(),
+                "operator accepted a loss in the event log"
+            );
+        }
+        let closing = tokio::task::spawn_blocking(move || log.close());
+        closing
+            .await
+            .map_err(|e| LogError::Io(format!("close task failed: {e}")))??;
+        Ok(accepted)
+    }
+
+    fn open_as(
+        dir: &Path,
+        options: EmbeddedOptions,
+        tuning: Tuning,
+        mode: Mode,
+    ) -> Result<(Self, Vec<LogFinding>), LogError> {
         let limits = options.limits;
         if limits.max_append_bytes > MAX_UNSYNCED_BYTES
             || limits.max_event_bytes > limits.max_append_bytes
@@ -266,36 +397,65 @@ impl EmbeddedLog {
             });
         }
         let dir = dir.to_path_buf();
-        std::fs::create_dir_all(&dir)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))?;
-        if lock.try_lock().is_err() {
-            return Err(LogError::Locked {
-                path: dir.display().to_string(),
-            });
+        let (lock, file, created) = match mode {
+            Mode::ReadOnly => open_files_read_only(&dir)?,
+            Mode::Write | Mode::AcceptLoss => open_files(&dir)?,
+        };
+        let found_checkpoint = checkpoint::read(&dir)?;
+        if mode == Mode::AcceptLoss {
+            // The snapshot may describe the events being given up: the log is rescanned.
+            match std::fs::remove_file(dir.join(SNAPSHOT_FILE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
         }
-        let log_path = dir.join(LOG_FILE);
-        let created = !log_path.exists();
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&log_path)?;
+        let (snapshot, claim) = load_snapshot(&dir, &file);
+        let mut state = snapshot.unwrap_or_default();
+        let tail = recover(&file, &mut state, &limits)?;
+        let findings = assess(&file, &state, found_checkpoint, claim, &tail)?;
+        match mode {
+            Mode::ReadOnly => {
+                // Nothing is ever written: appends fail as on a closed log.
+                state.closing = true;
+            }
+            Mode::Write => {
+                let refused: Vec<String> = findings
+                    .iter()
+                    .filter(|f| !f.repaired_at_open())
+                    .map(ToString::to_string)
+                    .collect();
+                if !refused.is_empty() {
+                    return Err(LogError::Damaged {
+                        findings: refused.join("; "),
+                    });
+                }
+                cut_tail(&dir, &file, &findings, false)?;
+            }
+            Mode::AcceptLoss => cut_tail(&dir, &file, &findings, true)?,
+        }
+        let checkpoint = match mode {
+            Mode::ReadOnly => None,
+            Mode::Write | Mode::AcceptLoss => {
+                let after = match found_checkpoint {
+                    checkpoint::Found::Mark { sequence, .. } => sequence,
+                    _ => 0,
+                };
+                let mut writer = checkpoint::Writer::open(&dir, after)?;
+                // Open, not clean: a crash from here on must not pass for a clean close.
+                writer.write_durably(&mark_of(&file, &state, false)?)?;
+                Some(writer)
+            }
+        };
         if created {
             sync_dir(&dir)?;
         }
-        let mut state = load_snapshot(&dir, &file).unwrap_or_default();
-        recover(&dir, &file, &mut state, &limits, options.repair)?;
         let committed = state.committed;
         tracing::info!(
             dir = %dir.display(),
             events = committed,
             streams = state.index.streams.len(),
             bytes = state.committed_offset,
+            read_only = mode == Mode::ReadOnly,
             "event log opened"
         );
         let shared = Arc::new(Shared {
@@ -314,20 +474,31 @@ impl EmbeddedLog {
             max_unsynced_bytes: tuning.max_unsynced_bytes,
             syncs: AtomicU64::new(0),
             lingering_syncs: AtomicU64::new(0),
+            checkpoint: Mutex::new(checkpoint),
             _lock: lock,
         });
-        let worker = Arc::clone(&shared);
-        let handle = std::thread::Builder::new()
-            .name("eventlog-sync".into())
-            .spawn(move || worker.sync_loop())?;
-        Ok(Self {
-            shared,
-            sync_thread: Mutex::new(Some(handle)),
-        })
+        let sync_thread = if mode == Mode::ReadOnly {
+            None
+        } else {
+            let worker = Arc::clone(&shared);
+            Some(
+                std::thread::Builder::new()
+                    .name("eventlog-sync".into())
+                    .spawn(move || worker.sync_loop())?,
+            )
+        };
+        Ok((
+            Self {
+                shared,
+                sync_thread: Mutex::new(sync_thread),
+            },
+            findings,
+        ))
     }
 
-    /// Flushes pending appends, stops the sync thread and writes the index snapshot, so the
-    /// next open is fast. Appends after this fail with [`LogError::Closed`]. Idempotent.
+    /// Flushes pending appends, stops the sync thread, writes the index snapshot (so the next
+    /// open is fast) and marks the checkpoint clean. Appends after this fail with
+    /// [`LogError::Closed`]. Idempotent; a read-only log writes nothing.
     pub fn close(&self) -> Result<(), LogError> {
         let Some(handle) = self.sync_thread.lock().take() else {
             return Ok(());
@@ -348,7 +519,12 @@ impl EmbeddedLog {
             file.set_len(state.committed_offset)?;
             file.sync_all()?;
         }
-        write_snapshot(&self.shared.dir, file, &state)
+        write_snapshot(&self.shared.dir, file, &state)?;
+        let mark = mark_of(file, &state, true)?;
+        if let Some(checkpoint) = self.shared.checkpoint.lock().as_mut() {
+            checkpoint.write_durably(&mark)?;
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -494,6 +670,7 @@ impl Shared {
         // Where the file's zeroed space ends; only this thread grows the file.
         // Recovery left the file ending at its last append.
         let mut allocated_end = self.state.lock().committed_offset;
+        let mut checkpoint_synced = std::time::Instant::now();
         loop {
             let (mut buf, end_position, write_offset) = {
                 let mut st = self.state.lock();
@@ -533,7 +710,19 @@ impl Shared {
             let written = self
                 .file
                 .write_all_at(&buf, write_offset)
-                .and_then(|()| self.file.sync_data());
+                .and_then(|()| self.file.sync_data())
+                .map_err(LogError::from)
+                .and_then(|()| {
+                    // The data is durable: the checkpoint may say so (never before, so it
+                    // never records more than a crash keeps). A frame ends with its hash.
+                    let mark = checkpoint::Mark {
+                        events: end_position,
+                        end_offset: write_end,
+                        last_hash: frame_tail_hash(&buf),
+                        clean: false,
+                    };
+                    self.advance_checkpoint(&mark, &mut checkpoint_synced)
+                });
             let mut st = self.state.lock();
             if let Err(e) = written {
                 tracing::error!(error = %e, offset = write_offset, "event log write failed; log poisoned");
@@ -544,7 +733,7 @@ impl Shared {
             }
             self.syncs.fetch_add(1, Ordering::Relaxed);
             st.committed = end_position;
-            st.committed_offset = write_offset + buf.len() as u64;
+            st.committed_offset = write_end;
             buf.clear();
             if buf.capacity() <= 2 * MAX_UNSYNCED_BYTES {
                 st.spare = buf;
@@ -553,6 +742,25 @@ impl Shared {
             self.commit.send_modify(|c| c.committed = end_position);
             self.head.send_replace(end_position);
         }
+    }
+
+    /// Writes the checkpoint after a group commit (to the page cache), and syncs it when
+    /// [`checkpoint::SYNC_INTERVAL_MS`] has passed since it last was.
+    fn advance_checkpoint(
+        &self,
+        mark: &checkpoint::Mark,
+        synced: &mut std::time::Instant,
+    ) -> Result<(), LogError> {
+        let mut guard = self.checkpoint.lock();
+        let Some(checkpoint) = guard.as_mut() else {
+            return Ok(());
+        };
+        checkpoint.write(mark)?;
+        if synced.elapsed() >= Duration::from_millis(checkpoint::SYNC_INTERVAL_MS) {
+            checkpoint.sync()?;
+            *synced = std::time::Instant::now();
+        }
+        Ok(())
     }
 
     /// Grows the file with zeros so that it reaches past `needed_end` (see
@@ -789,15 +997,232 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Replays frames from `state.committed_offset` to the end of the file into `state`,
-/// truncating a torn tail and refusing corruption (see the module docs).
-fn recover(
+/// Creates the directory if needed, takes the writer's lock, opens the log for writing.
+/// Returns whether the log file was created (the directory then needs a sync).
+fn open_files(dir: &Path) -> Result<(Option<File>, File, bool), LogError> {
+    std::fs::create_dir_all(dir)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    if lock.try_lock().is_err() {
+        return Err(LogError::Locked {
+            path: dir.display().to_string(),
+        });
+    }
+    let log_path = dir.join(LOG_FILE);
+    let created = !log_path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&log_path)?;
+    Ok((Some(lock), file, created))
+}
+
+/// Opens the log for reading without creating or writing anything; a shared lock keeps a
+/// writer out while it is read (none is taken in a copy that has no lock file).
+fn open_files_read_only(dir: &Path) -> Result<(Option<File>, File, bool), LogError> {
+    let lock = match File::open(dir.join(LOCK_FILE)) {
+        Ok(lock) => {
+            if lock.try_lock_shared().is_err() {
+                return Err(LogError::Locked {
+                    path: dir.display().to_string(),
+                });
+            }
+            Some(lock)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    let file = File::open(dir.join(LOG_FILE))
+        .map_err(|e| LogError::Io(format!("{}: {e}", dir.join(LOG_FILE).display())))?;
+    Ok((lock, file, false))
+}
+
+/// The hash a frame ends with (the last 32 bytes of a buffer of whole frames).
+fn frame_tail_hash(frames: &[u8]) -> EventHash {
+    let mut h = [0u8; 32];
+    if let Some(tail) = frames.len().checked_sub(32).and_then(|at| frames.get(at..)) {
+        h.copy_from_slice(tail);
+    }
+    EventHash(h)
+}
+
+/// Hash of the event at `position` (which must be committed).
+fn hash_at(file: &File, st: &State, position: u64) -> Result<EventHash, LogError> {
+    let start = st.offsets[position as usize];
+    let end = if position + 1 == st.committed {
+        st.committed_offset
+    } else {
+        st.frame_end(position)
+    };
+    read_frame_hash(file, start, end)
+}
+
+/// Hash of the last committed event; zeros when the log is empty.
+fn last_hash(file: &File, st: &State) -> Result<EventHash, LogError> {
+    match st.committed.checked_sub(1) {
+        Some(p) => hash_at(file, st, p),
+        None => Ok(EventHash([0; 32])),
+    }
+}
+
+fn mark_of(file: &File, st: &State, clean: bool) -> Result<checkpoint::Mark, LogError> {
+    Ok(checkpoint::Mark {
+        events: st.committed,
+        end_offset: st.committed_offset,
+        last_hash: last_hash(file, st)?,
+        clean,
+    })
+}
+
+/// Compares what recovery found with what the checkpoint and the index snapshot recorded,
+/// and names what follows the last append.
+fn assess(
+    file: &File,
+    st: &State,
+    found: checkpoint::Found,
+    snapshot_claim: Option<checkpoint::Mark>,
+    tail: &Tail,
+) -> Result<Vec<LogFinding>, LogError> {
+    let mut findings = Vec::new();
+    let mut records = Vec::with_capacity(2);
+    match found {
+        checkpoint::Found::Mark { mark, .. } => records.push(("checkpoint", mark)),
+        checkpoint::Found::Missing if st.committed > 0 => {
+            findings.push(LogFinding::CheckpointMissing {
+                events: st.committed,
+            });
+        }
+        checkpoint::Found::Missing => {}
+        // An empty log's checkpoint may be torn by a crash during its very first write.
+        checkpoint::Found::Unreadable if st.committed > 0 => {
+            findings.push(LogFinding::CheckpointUnreadable);
+        }
+        checkpoint::Found::Unreadable => {}
+    }
+    if let Some(claim) = snapshot_claim {
+        // The snapshot is written at a clean close, as is a clean checkpoint: it adds
+        // something only when it knows of more events than the checkpoint.
+        if records.first().is_none_or(|(_, m)| claim.events > m.events) {
+            records.push(("index snapshot", claim));
+        }
+    }
+    let found_hash = last_hash(file, st)?;
+    for (recorded_by, mark) in &records {
+        if mark.events > st.committed {
+            findings.push(LogFinding::Truncated {
+                recorded_by,
+                expected_events: mark.events,
+                expected_hash: mark.last_hash,
+                found_events: st.committed,
+                found_hash,
+            });
+        } else if let Some(position) = mark.events.checked_sub(1) {
+            let at = hash_at(file, st, position)?;
+            if at != mark.last_hash {
+                findings.push(LogFinding::Diverged {
+                    recorded_by,
+                    position,
+                    expected_hash: mark.last_hash,
+                    found_hash: at,
+                });
+            }
+        }
+    }
+    // After a clean close no torn append can follow the log, as no writer was running (a
+    // writer marks the checkpoint open before its first append).
+    let clean = matches!(found, checkpoint::Found::Mark { mark, .. } if mark.clean);
+    match tail.clone() {
+        Tail::None => {}
+        Tail::Zeros { offset, bytes } => findings.push(LogFinding::ZeroTail { offset, bytes }),
+        Tail::Torn {
+            offset,
+            bytes,
+            reason,
+        } if clean => findings.push(LogFinding::TrailingBytes {
+            offset,
+            bytes,
+            reason: format!("after a clean close: {reason}"),
+        }),
+        Tail::Torn {
+            offset,
+            bytes,
+            reason,
+        } => findings.push(LogFinding::TornTail {
+            offset,
+            bytes,
+            reason,
+        }),
+        Tail::Damaged {
+            offset,
+            bytes,
+            reason,
+        } => findings.push(LogFinding::TrailingBytes {
+            offset,
+            bytes,
+            reason,
+        }),
+    }
+    Ok(findings)
+}
+
+/// Cuts what follows the last complete append: a torn tail or zeros always (logged with the
+/// offset and the bytes dropped); other trailing bytes only when an operator accepts the
+/// loss, after moving them to `quarantine/`.
+fn cut_tail(
     dir: &Path,
     file: &File,
-    state: &mut State,
-    limits: &Limits,
-    repair: bool,
+    findings: &[LogFinding],
+    accepting: bool,
 ) -> Result<(), LogError> {
+    for finding in findings {
+        let (offset, bytes) = match finding {
+            LogFinding::TornTail { offset, bytes, .. } | LogFinding::ZeroTail { offset, bytes } => {
+                (*offset, *bytes)
+            }
+            LogFinding::TrailingBytes { offset, bytes, .. } if accepting => {
+                quarantine(dir, file, *offset, offset + bytes)?;
+                (*offset, *bytes)
+            }
+            _ => continue,
+        };
+        tracing::warn!(offset, bytes, finding = %finding, "cutting the event log's tail");
+        file.set_len(offset)?;
+        file.sync_all()?;
+    }
+    Ok(())
+}
+
+/// What follows the last complete append, as recovery found it. Recovery only reads: the
+/// caller decides what to do with it ([`EmbeddedLog::open`] cuts a torn tail, refuses
+/// damage; a read-only open reports both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tail {
+    /// The file ends with its last complete append.
+    None,
+    /// Only zeros follow: space grown ahead of the appends, or never written.
+    Zeros { offset: u64, bytes: u64 },
+    /// What a crash leaves: the start of an append that was never acknowledged.
+    Torn {
+        offset: u64,
+        bytes: u64,
+        reason: String,
+    },
+    /// Anything else that does not decode: not something a crash leaves.
+    Damaged {
+        offset: u64,
+        bytes: u64,
+        reason: String,
+    },
+}
+
+/// Replays frames from `state.committed_offset` to the end of the file into `state`, and
+/// classifies what follows the last complete append (see the module docs). Writes nothing.
+fn recover(file: &File, state: &mut State, limits: &Limits) -> Result<Tail, LogError> {
     let file_len = file.metadata()?.len();
     // Zeros after the last written byte are space grown ahead of the appends (or never
     // written): no frame starts there, and a torn write is judged by what was written.
@@ -843,13 +1268,13 @@ fn recover(
         };
         let expected_position = state.index.next_position + batch.len() as u64;
         if decoded.event.position != expected_position {
-            return Err(LogError::Corrupt {
-                offset: frame_offset,
-                reason: format!(
+            break Some((
+                frame_offset,
+                format!(
                     "frame holds position {}, expected {expected_position}",
                     decoded.event.position
                 ),
-            });
+            ));
         }
         let last_in_append = decoded.flags & codec::FLAG_LAST_IN_APPEND != 0;
         batch.push((frame_offset, decoded.event));
@@ -865,21 +1290,17 @@ fn recover(
     };
     debug_assert_eq!(state.committed_offset, batch_start);
     if batch_start == file_len {
-        return Ok(());
+        return Ok(Tail::None);
     }
     // What the writer can leave after its last synced append: one unsynced buffer and the
     // space grown ahead of it. A longer tail, even of zeros, is damage, not a crash.
     let tail_bytes = file_len - batch_start;
     let within_window = tail_bytes <= MAX_UNSYNCED_BYTES as u64 + MAX_PREALLOC_BYTES;
     if batch_start >= data_end && within_window {
-        tracing::info!(
-            offset = batch_start,
-            bytes = tail_bytes,
-            "dropping the zeroed space after the last append"
-        );
-        file.set_len(batch_start)?;
-        file.sync_all()?;
-        return Ok(());
+        return Ok(Tail::Zeros {
+            offset: batch_start,
+            bytes: tail_bytes,
+        });
     }
     // Valid frames are looked for only past where the scan stopped: the whole frames between
     // the last good append and that point belong to the append the crash cut short (its last
@@ -896,30 +1317,63 @@ fn recover(
         };
         (batch_start, reason.into())
     });
-    // Up to the end of the file, not `data_end`: a valid frame may end in zero bytes.
-    let torn = within_window && !any_valid_frame_after(file, search_from, file_len, max_payload)?;
-    if !torn && !repair {
-        return Err(LogError::Corrupt {
-            offset: bad_offset,
-            reason: format!(
-                "{reason}; {tail_bytes} bytes follow the last good append at offset {batch_start} \
-                 and cannot be a torn write (open with repair to quarantine them)"
-            ),
-        });
+    let next_position = state.index.next_position;
+    let torn = within_window
+        && starts_like_a_frame(file, batch_start, file_len, next_position, max_payload)?
+        // Up to the end of the file, not `data_end`: a valid frame may end in zero bytes.
+        && !any_valid_frame_after(file, search_from, file_len, max_payload)?;
+    let reason = format!("{reason} (at byte offset {bad_offset})");
+    Ok(if torn {
+        Tail::Torn {
+            offset: batch_start,
+            bytes: tail_bytes,
+            reason,
+        }
+    } else {
+        Tail::Damaged {
+            offset: batch_start,
+            bytes: tail_bytes,
+            reason,
+        }
+    })
+}
+
+/// Whether the bytes at `offset` can be the start of the frame the writer would have put
+/// there (the append at `position` that a crash cut short): a plausible length, format 1,
+/// known flags and the expected position, as far as the bytes reach; or a hole of zeros (a
+/// power loss may persist later pages before the first). Random bytes fail this at once, so
+/// garbage after the log is refused instead of cut as if a crash had left it.
+fn starts_like_a_frame(
+    file: &File,
+    offset: u64,
+    file_len: u64,
+    position: u64,
+    max_payload: usize,
+) -> Result<bool, LogError> {
+    const PREFIX_BYTES: usize = FRAME_HEADER_BYTES + 2 + 8;
+    let available = usize::try_from(file_len - offset).unwrap_or(usize::MAX);
+    let mut head = vec![0u8; available.min(PREFIX_BYTES)];
+    file.read_exact_at(&mut head, offset)?;
+    if head.iter().all(|&b| b == 0) {
+        return Ok(true);
     }
-    if !torn {
-        quarantine(dir, file, batch_start, file_len)?;
+    let mut ok = true;
+    if head.len() >= 4 {
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        ok &= len > 0 && len <= max_payload;
     }
-    tracing::warn!(
-        offset = batch_start,
-        bytes = tail_bytes,
-        reason = %reason,
-        repaired = !torn,
-        "truncating the event log tail"
-    );
-    file.set_len(batch_start)?;
-    file.sync_all()?;
-    Ok(())
+    if head.len() > FRAME_HEADER_BYTES {
+        ok &= head[FRAME_HEADER_BYTES] == codec::FORMAT_V1;
+    }
+    if head.len() > FRAME_HEADER_BYTES + 1 {
+        ok &= head[FRAME_HEADER_BYTES + 1] & !codec::FLAG_LAST_IN_APPEND == 0;
+    }
+    if head.len() == PREFIX_BYTES {
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&head[FRAME_HEADER_BYTES + 2..]);
+        ok &= u64::from_le_bytes(p) == position;
+    }
+    Ok(ok)
 }
 
 /// The end of the last non-zero byte of the file at or after `from` (`from` when there is none).
@@ -1112,9 +1566,33 @@ fn read_frame_hash(file: &File, start: u64, end: u64) -> Result<EventHash, LogEr
     Ok(EventHash(h))
 }
 
-/// Loads the snapshot if it is intact and matches the log; `None` means "scan from the start",
-/// which is always correct, only slower.
-fn load_snapshot(dir: &Path, file: &File) -> Option<State> {
+/// Loads the snapshot: the index to start from when it is intact and matches the log (`None`
+/// means "scan from the start", always correct, only slower), and, whenever it is intact,
+/// what it records of the log (events and the last hash), for [`assess`] to hold the log to.
+fn load_snapshot(dir: &Path, file: &File) -> (Option<State>, Option<checkpoint::Mark>) {
+    let Some((claim, state)) = read_snapshot(dir) else {
+        return (None, None);
+    };
+    // The snapshot must describe a prefix of this file: same length covered, same last event.
+    let Ok(meta) = file.metadata() else {
+        return (None, Some(claim));
+    };
+    if claim.end_offset > meta.len() {
+        return (None, Some(claim));
+    }
+    if let Some(p) = claim.events.checked_sub(1) {
+        match read_frame_hash(file, state.offsets[p as usize], claim.end_offset) {
+            Ok(found) if found == claim.last_hash => {}
+            _ => {
+                tracing::warn!("index snapshot does not match the log; rescanning");
+                return (None, Some(claim));
+            }
+        }
+    }
+    (Some(state), Some(claim))
+}
+
+fn read_snapshot(dir: &Path) -> Option<(checkpoint::Mark, State)> {
     let bytes = std::fs::read(dir.join(SNAPSHOT_FILE)).ok()?;
     let (body, digest) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
     let computed: [u8; 32] = Sha256::digest(body).into();
@@ -1178,11 +1656,6 @@ fn load_snapshot(dir: &Path, file: &File) -> Option<State> {
     if r.at != body.len() {
         return None;
     }
-    // The snapshot must describe a prefix of this file: same length covered, same last event.
-    let file_len = file.metadata().ok()?.len();
-    if committed_offset > file_len {
-        return None;
-    }
     let state = State {
         index: Index {
             streams,
@@ -1196,14 +1669,13 @@ fn load_snapshot(dir: &Path, file: &File) -> Option<State> {
         assigned_end: committed_offset,
         ..State::default()
     };
-    if let Some(p) = committed.checked_sub(1) {
-        let found = read_frame_hash(file, state.offsets[p as usize], committed_offset).ok()?;
-        if found != last_hash {
-            tracing::warn!("index snapshot does not match the log; rescanning");
-            return None;
-        }
-    }
-    Some(state)
+    let claim = checkpoint::Mark {
+        events: committed,
+        end_offset: committed_offset,
+        last_hash,
+        clean: true,
+    };
+    Some((claim, state))
 }
 
 struct SnapReader<'a> {

@@ -28,6 +28,14 @@ pub enum LogError {
     },
     #[error("corrupt log at byte offset {offset}: {reason}")]
     Corrupt { offset: u64, reason: String },
+    /// The embedded log's files are not what was written (cut short, rewritten, or followed
+    /// by bytes no crash leaves): refused at open, never served or cut.
+    #[error(
+        "event log refused at open: {findings}; `partner-ledger audit verify` lists the \
+         findings, and `partner-ledger audit accept-loss --reason <why>` opens the log anyway, \
+         recording the loss as an event"
+    )]
+    Damaged { findings: String },
     #[error("log is read-only after a failed write; reopen it: {reason}")]
     Poisoned { reason: String },
     #[error("log is closed")]

@@ -15,10 +15,12 @@
 
 #![forbid(unsafe_code)]
 
+mod checkpoint;
 mod codec;
 mod embedded;
 mod error;
 mod event;
+mod finding;
 mod hooked;
 mod index;
 mod limits;
@@ -32,13 +34,15 @@ mod verify;
 pub mod eventstoredb;
 
 pub use embedded::{
-    EmbeddedLog, EmbeddedOptions, SyncStats, DEFAULT_SYNC_LINGER_US, MAX_SYNC_LINGER_US,
+    EmbeddedLog, EmbeddedOptions, SyncStats, DEFAULT_SYNC_LINGER_US, LOG_INCIDENTS_STREAM,
+    LOSS_EVENT_TYPE, MAX_SYNC_LINGER_US,
 };
 pub use error::LogError;
 pub use event::{
     AppendResult, EventHash, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StreamAppend,
     GENESIS_HASH,
 };
+pub use finding::LogFinding;
 pub use hooked::{Hooked, RefuseAppends, StoreHooks};
 pub use limits::{Limits, MAX_APPEND_STREAMS};
 pub use memory::MemoryLog;

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use conformance::{ev, Harness};
 use pl_eventlog::{
-    verify, EmbeddedLog, EmbeddedOptions, EventStore, ExpectedVersion, LogError, StreamAppend,
+    verify, EmbeddedLog, EmbeddedOptions, EventStore, ExpectedVersion, Limits, LogError,
+    LogFinding, StreamAppend, LOG_INCIDENTS_STREAM, LOSS_EVENT_TYPE,
 };
 
 async fn embedded() -> Option<Harness> {
@@ -40,16 +41,27 @@ fn open_growing(dir: &Path) -> Arc<EmbeddedLog> {
     Arc::new(EmbeddedLog::open(dir, options).unwrap())
 }
 
-/// Opens with repair: a damaged tail is moved to `quarantine/` and the good prefix kept.
-fn open_repairing(dir: &Path) -> EmbeddedLog {
-    EmbeddedLog::open(
-        dir,
-        EmbeddedOptions {
-            repair: true,
-            ..EmbeddedOptions::default()
-        },
-    )
-    .unwrap()
+/// The operator's command: accepts what is wrong (bytes that are not a torn write go to
+/// `quarantine/`), records it, and opens the log.
+async fn accept_loss_and_open(dir: &Path) -> Arc<EmbeddedLog> {
+    let accepted = EmbeddedLog::accept_loss(dir, EmbeddedOptions::default(), "disk replaced")
+        .await
+        .unwrap();
+    assert!(!accepted.is_empty(), "there was a loss to accept");
+    open(dir).unwrap()
+}
+
+/// The checkpoint as it is now: taken while the log is open, before an append that a test
+/// then tears, it is what a crash during that append leaves beside the log.
+fn checkpoint_now(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("CHECKPOINT")).unwrap()
+}
+
+/// Turns a closed log into the image a crash leaves: the checkpoint from before the appends
+/// that were never acknowledged, and no index snapshot (it is written only at a clean close).
+fn crash_image(dir: &Path, checkpoint: &[u8]) {
+    std::fs::write(dir.join("CHECKPOINT"), checkpoint).unwrap();
+    std::fs::remove_file(dir.join("index.snap")).unwrap();
 }
 
 async fn fill(log: &EmbeddedLog, streams: usize, per_stream: u64) {
@@ -130,6 +142,7 @@ async fn a_torn_tail_is_truncated_to_the_last_complete_append() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path()).unwrap();
     fill(&log, 1, 5).await;
+    let before = checkpoint_now(dir.path());
     log.append(
         "s-1",
         ExpectedVersion::Any,
@@ -138,7 +151,7 @@ async fn a_torn_tail_is_truncated_to_the_last_complete_append() {
     .await
     .unwrap();
     drop(log);
-    std::fs::remove_file(dir.path().join("index.snap")).unwrap();
+    crash_image(dir.path(), &before);
     let path = dir.path().join("events.log");
     let full = std::fs::metadata(&path).unwrap().len();
 
@@ -164,6 +177,7 @@ async fn a_multi_stream_append_torn_after_its_first_part_is_dropped_whole() {
     fill(&log, 1, 3).await;
     let path = dir.path().join("events.log");
     let before = std::fs::metadata(&path).unwrap().len();
+    let checkpoint = checkpoint_now(dir.path());
     log.append_streams(vec![
         StreamAppend {
             stream: "decisions".into(),
@@ -179,7 +193,7 @@ async fn a_multi_stream_append_torn_after_its_first_part_is_dropped_whole() {
     .await
     .unwrap();
     drop(log);
-    std::fs::remove_file(dir.path().join("index.snap")).unwrap();
+    crash_image(dir.path(), &checkpoint);
     let full = std::fs::metadata(&path).unwrap().len();
     // Cut where the second part begins: the first part's frames stay whole, and only the
     // frame that closes the append is missing.
@@ -211,6 +225,7 @@ async fn an_append_torn_at_a_frame_boundary_is_dropped_whole_not_taken_for_corru
     fill(&log, 1, 2).await;
     let path = dir.path().join("events.log");
     let before = std::fs::metadata(&path).unwrap().len();
+    let checkpoint = checkpoint_now(dir.path());
     log.append(
         "batch",
         ExpectedVersion::NoStream,
@@ -219,7 +234,7 @@ async fn an_append_torn_at_a_frame_boundary_is_dropped_whole_not_taken_for_corru
     .await
     .unwrap();
     drop(log);
-    std::fs::remove_file(dir.path().join("index.snap")).unwrap();
+    crash_image(dir.path(), &checkpoint);
     let two_frames_in = frame_start(&path, before, 2);
     let f = OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(two_frames_in).unwrap();
@@ -243,24 +258,59 @@ fn frame_start(path: &Path, from: u64, n: usize) -> u64 {
 }
 
 #[tokio::test]
-async fn zeroed_or_garbage_bytes_at_the_tail_are_discarded() {
-    for garbage in [
-        vec![0u8; 4096],
-        b"\x55\x01\x00\x00garbage-after-crash".to_vec(),
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path()).unwrap();
-        fill(&log, 2, 5).await;
-        drop(log);
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(dir.path().join("events.log"))
-            .unwrap();
-        f.write_all(&garbage).unwrap();
-        drop(f);
-        let log = open(dir.path()).unwrap();
-        assert_eq!(all_events(log.as_ref()).await.len(), 10);
+async fn zeros_after_a_clean_close_are_dropped_but_garbage_is_refused_never_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path()).unwrap();
+    fill(&log, 2, 5).await;
+    drop(log);
+    let path = dir.path().join("events.log");
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&[0u8; 4096]).unwrap();
+    drop(f);
+    let log = open(dir.path()).unwrap();
+    assert_eq!(all_events(log.as_ref()).await.len(), 10);
+    drop(log);
+
+    // 16 MiB of garbage: within what one unsynced buffer could span, so only the checkpoint's
+    // clean close and the garbage's shape tell it from a torn write.
+    let events_end = std::fs::metadata(&path).unwrap().len();
+    let mut garbage = vec![0u8; 16 * 1024 * 1024];
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    for b in &mut garbage {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
     }
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(&garbage).unwrap();
+    drop(f);
+    let image = std::fs::read(&path).unwrap();
+    let err = open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "trailing bytes: 16777216 bytes from byte offset {events_end}"
+        )),
+        "{err}"
+    );
+    assert!(std::fs::read(&path).unwrap() == image, "refused, not cut");
+}
+
+#[tokio::test]
+async fn after_a_crash_bytes_that_cannot_start_the_next_frame_are_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path()).unwrap();
+    fill(&log, 2, 5).await;
+    let checkpoint = checkpoint_now(dir.path());
+    drop(log);
+    crash_image(dir.path(), &checkpoint);
+    let path = dir.path().join("events.log");
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(b"\x55\x01\x00\x00garbage-after-crash").unwrap();
+    drop(f);
+    let err = open(dir.path()).unwrap_err();
+    assert!(matches!(err, LogError::Damaged { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a torn write"), "{err}");
 }
 
 /// Writes 10 events with or without growing ahead and returns the file's length while open and
@@ -309,23 +359,32 @@ async fn grown_ahead_the_file_outruns_its_appends_and_a_close_trims_it_to_its_ev
 
 #[tokio::test]
 async fn a_crash_inside_space_grown_ahead_recovers_to_the_last_complete_append() {
-    // A crash image: the file as it is while the log is open (grown ahead, no snapshot),
-    // maybe with a torn append where the next one would have started.
-    for torn in [Vec::new(), b"\x55\x01\x00\x00torn-append".to_vec()] {
+    // A crash image: the files as they are while the log is open (grown ahead, no snapshot),
+    // maybe with the first bytes of the next append, which the crash cut short.
+    for torn_bytes in [0, 30] {
         let dir = tempfile::tempdir().unwrap();
         let image = tempfile::tempdir().unwrap();
         let path = image.path().join("events.log");
         let log = open_growing(dir.path());
         fill(&log, 2, 5).await;
         std::fs::copy(dir.path().join("events.log"), &path).unwrap();
+        std::fs::copy(
+            dir.path().join("CHECKPOINT"),
+            image.path().join("CHECKPOINT"),
+        )
+        .unwrap();
+        // The append the crash interrupts: its frame is what the image's tail starts with.
+        log.append("s-9", ExpectedVersion::NoStream, vec![ev("Lost", 1)])
+            .await
+            .unwrap();
         drop(log);
-        let events_end = std::fs::metadata(dir.path().join("events.log"))
-            .unwrap()
-            .len();
+        let full = std::fs::read(dir.path().join("events.log")).unwrap();
+        let events_end = frame_start(&dir.path().join("events.log"), 0, 10);
         let grown = std::fs::metadata(&path).unwrap().len();
         assert!(grown > events_end, "the image holds space grown ahead");
+        let torn = &full[events_end as usize..events_end as usize + torn_bytes];
         let f = OpenOptions::new().write(true).open(&path).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&f, &torn, events_end).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, torn, events_end).unwrap();
         drop(f);
 
         let log = open(image.path()).unwrap();
@@ -344,7 +403,7 @@ async fn a_crash_inside_space_grown_ahead_recovers_to_the_last_complete_append()
 #[tokio::test]
 async fn more_zeros_after_the_last_append_than_a_crash_can_leave_refuse_to_open() {
     // 40 MiB of zeros: more than one unsynced buffer and the space grown ahead of it, so
-    // something that was written has been lost; repair keeps the good prefix.
+    // something that was written has been lost; accepting the loss keeps the good prefix.
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path()).unwrap();
     fill(&log, 2, 5).await;
@@ -356,9 +415,13 @@ async fn more_zeros_after_the_last_append_than_a_crash_can_leave_refuse_to_open(
     drop(f);
 
     let err = open(dir.path()).unwrap_err();
-    assert!(matches!(err, LogError::Corrupt { .. }), "{err:?}");
-    let repaired = open_repairing(dir.path());
-    assert_eq!(all_events(&repaired).await.len(), 10);
+    assert!(matches!(err, LogError::Damaged { .. }), "{err:?}");
+    let repaired = accept_loss_and_open(dir.path()).await;
+    assert_eq!(
+        all_events(repaired.as_ref()).await.len(),
+        11,
+        "and the loss"
+    );
 }
 
 #[tokio::test]
@@ -375,13 +438,15 @@ async fn corruption_followed_by_valid_events_refuses_to_open_instead_of_serving_
     std::fs::write(&path, &bytes).unwrap();
 
     let err = open(dir.path()).unwrap_err();
-    assert!(matches!(err, LogError::Corrupt { .. }), "{err:?}");
+    assert!(matches!(err, LogError::Damaged { .. }), "{err:?}");
 
-    // An operator can repair: the damaged tail is quarantined, the good prefix served.
-    let repaired = open_repairing(dir.path());
-    let events = all_events(&repaired).await;
-    assert!(!events.is_empty() && events.len() < 40);
-    assert!(verify(&repaired).await.unwrap().is_intact());
+    // An operator can accept the loss: the damaged tail is quarantined, the good prefix
+    // served, and the loss recorded as the last event.
+    let repaired = accept_loss_and_open(dir.path()).await;
+    let events = all_events(repaired.as_ref()).await;
+    assert!(events.len() > 1 && events.len() < 41);
+    assert_eq!(events.last().unwrap().event_type, "LogLossAccepted");
+    assert!(verify(repaired.as_ref()).await.unwrap().is_intact());
     assert_eq!(
         std::fs::read_dir(dir.path().join("quarantine"))
             .unwrap()
@@ -774,4 +839,217 @@ async fn after_a_burst_at_most_one_sync_waits_out_the_linger() {
         rest < plain + slack,
         "{LONE_APPENDS} lone appends took {rest:?} after a burst, {plain:?} on a fresh log"
     );
+}
+
+/// Every file of the data directory, by name, with its bytes.
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn a_log_cut_short_anywhere_is_refused_at_open_naming_the_expected_and_found_events_and_hashes(
+) {
+    // 40 events, one per append; cut at a frame boundary 8 events from the end, at a frame
+    // boundary in the middle, and inside the last event.
+    for (place, kept_frames, into_next) in [
+        ("the last 8 events", 32, 0),
+        ("the middle", 20, 0),
+        ("inside the last event", 39, 10),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path()).unwrap();
+        fill(&log, 2, 20).await;
+        let events = all_events(log.as_ref()).await;
+        drop(log);
+        let path = dir.path().join("events.log");
+        let cut = frame_start(&path, 0, kept_frames) + into_next;
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let before = files_of(dir.path());
+
+        let err = open(dir.path()).unwrap_err();
+        assert!(matches!(err, LogError::Damaged { .. }), "{place}: {err:?}");
+        let expected = format!(
+            "log cut short: the checkpoint records 40 events ending in hash {}, the log holds \
+             {kept} ending in hash {}",
+            events[39].hash,
+            events[kept_frames - 1].hash,
+            kept = if into_next > 0 { 39 } else { kept_frames }
+        );
+        assert!(err.to_string().contains(&expected), "{place}: {err}");
+        assert!(
+            files_of(dir.path()) == before,
+            "{place}: the refusal wrote nothing"
+        );
+
+        // A read-only look reports the same, and writes nothing either.
+        let (reader, findings) =
+            EmbeddedLog::open_read_only(dir.path(), Limits::default()).unwrap();
+        assert!(
+            findings.iter().any(|f| matches!(
+                f,
+                LogFinding::Truncated {
+                    expected_events: 40,
+                    ..
+                }
+            )),
+            "{place}: {findings:?}"
+        );
+        if into_next > 0 {
+            assert!(
+                findings
+                    .iter()
+                    .any(|f| matches!(f, LogFinding::TrailingBytes { bytes: 10, .. })),
+                "{place}: a partial frame after a clean close is no torn write: {findings:?}"
+            );
+        }
+        drop(reader);
+        assert!(
+            files_of(dir.path()) == before,
+            "{place}: read-only wrote nothing"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_log_rewritten_under_its_checkpoint_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    for d in [dir.path(), other.path()] {
+        let log = open(d).unwrap();
+        fill(&log, 1, 5).await;
+    }
+    // Another log's events, as many, in place of these: same length, other history.
+    let log = open(other.path()).unwrap();
+    log.append("s-0", ExpectedVersion::Any, vec![ev("Other", 9)])
+        .await
+        .unwrap();
+    drop(log);
+    std::fs::copy(
+        other.path().join("events.log"),
+        dir.path().join("events.log"),
+    )
+    .unwrap();
+    std::fs::remove_file(dir.path().join("index.snap")).unwrap();
+    let err = open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("log rewritten: the checkpoint records hash"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn accepting_a_loss_records_it_with_its_reason_and_the_log_opens_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path()).unwrap();
+    fill(&log, 1, 10).await;
+    drop(log);
+    let path = dir.path().join("events.log");
+    let cut = frame_start(&path, 0, 6);
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    assert!(open(dir.path()).is_err());
+
+    let accepted = EmbeddedLog::accept_loss(
+        dir.path(),
+        EmbeddedOptions::default(),
+        "INC-42: restored from the 02:00 backup",
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        accepted.as_slice(),
+        [LogFinding::Truncated {
+            expected_events: 10,
+            found_events: 6,
+            ..
+        }]
+    ));
+    let log = open(dir.path()).unwrap();
+    let incidents = log.read_stream(LOG_INCIDENTS_STREAM, 0, 10).await.unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert_eq!(incidents[0].event_type, LOSS_EVENT_TYPE);
+    assert_eq!(
+        incidents[0].position, 6,
+        "recorded right after what is left"
+    );
+    let record: serde_json::Value = serde_json::from_slice(&incidents[0].data).unwrap();
+    assert_eq!(record["reason"], "INC-42: restored from the 02:00 backup");
+    assert_eq!(record["found_events"], 6);
+    assert!(record["findings"][0]
+        .as_str()
+        .unwrap()
+        .contains("records 10 events"));
+    assert!(verify(log.as_ref()).await.unwrap().is_intact());
+    drop(log);
+
+    // Nothing left to accept: nothing is recorded twice.
+    let again = EmbeddedLog::accept_loss(dir.path(), EmbeddedOptions::default(), "again")
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    assert!(
+        EmbeddedLog::accept_loss(dir.path(), EmbeddedOptions::default(), " ")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_open_serves_a_torn_log_without_cutting_it_and_reports_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path()).unwrap();
+    fill(&log, 1, 5).await;
+    let checkpoint = checkpoint_now(dir.path());
+    log.append("s-0", ExpectedVersion::Any, vec![ev("Torn", 9)])
+        .await
+        .unwrap();
+    drop(log);
+    crash_image(dir.path(), &checkpoint);
+    let path = dir.path().join("events.log");
+    let len = std::fs::metadata(&path).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
+    let before = files_of(dir.path());
+
+    let (reader, findings) = EmbeddedLog::open_read_only(dir.path(), Limits::default()).unwrap();
+    assert_eq!(all_events(&reader).await.len(), 5);
+    let torn_at = frame_start(&path, 0, 5);
+    assert!(
+        matches!(findings.as_slice(), [LogFinding::TornTail { offset, .. }] if *offset == torn_at),
+        "{findings:?}"
+    );
+    let refused = reader
+        .append("s-0", ExpectedVersion::Any, vec![ev("New", 10)])
+        .await;
+    assert!(refused.is_err(), "a read-only log takes no appends");
+    drop(reader);
+    assert!(files_of(dir.path()) == before);
+
+    // The writer's open cuts the torn tail, as a crash recovery.
+    let log = open(dir.path()).unwrap();
+    assert_eq!(all_events(log.as_ref()).await.len(), 5);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), torn_at);
 }

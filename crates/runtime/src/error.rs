@@ -153,6 +153,7 @@ impl From<LogError> for ApiError {
                 what: "event store".into(),
             },
             LogError::Corrupt { .. }
+            | LogError::Damaged { .. }
             | LogError::Poisoned { .. }
             | LogError::Locked { .. }
             | LogError::Io(_) => ApiError::internal(e),
