@@ -1,6 +1,7 @@
 //! `partner-ledger audit …`: the audit commands run against a data directory or an
 //! EventStoreDB connection, without a running service. Output goes to standard output (or
-//! `--out`); `verify` exits 1 at the first break.
+//! `--out`); `verify` exits 1 at the first break or finding. Every command but `seal` and
+//! `accept-loss` opens the embedded log read-only: an audit never cuts or rewrites a file.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use pl_audit::{export, replay, seal, statement, AuditError};
-use pl_eventlog::{EmbeddedLog, EmbeddedOptions, SharedStore};
+use pl_eventlog::{EmbeddedLog, EmbeddedOptions, LogFinding, SharedStore};
 use pl_ledger::{AsOf, RecordingPoint};
 use pl_runtime::{Clock, SystemClock};
 use uuid::Uuid;
@@ -53,7 +54,15 @@ fn read(path: &Path) -> Result<String, AuditCliError> {
     })
 }
 
-async fn open(args: &AuditArgs) -> Result<(SharedStore, Option<Arc<EmbeddedLog>>), AuditCliError> {
+/// The store an audit command reads, and what a look at the embedded log's files found
+/// wrong (always empty for EventStoreDB, whose server keeps its own files).
+struct Opened {
+    store: SharedStore,
+    embedded: Option<Arc<EmbeddedLog>>,
+    findings: Vec<LogFinding>,
+}
+
+async fn open(args: &AuditArgs) -> Result<Opened, AuditCliError> {
     match args.store {
         StoreKind::Embedded => {
             if !args.data_dir.is_dir() {
@@ -62,13 +71,28 @@ async fn open(args: &AuditArgs) -> Result<(SharedStore, Option<Arc<EmbeddedLog>>
                     args.data_dir.display()
                 )));
             }
-            let log = Arc::new(EmbeddedLog::open(
-                &args.data_dir,
-                EmbeddedOptions::default(),
-            )?);
-            Ok((log.clone(), Some(log)))
+            // Only `seal` writes; every other command reads the files as they are (a
+            // read-only copy will do), and never cuts or rewrites them.
+            let (log, findings) = if matches!(args.command, AuditCommand::Seal { .. }) {
+                (
+                    EmbeddedLog::open(&args.data_dir, EmbeddedOptions::default())?,
+                    Vec::new(),
+                )
+            } else {
+                EmbeddedLog::open_read_only(&args.data_dir, pl_eventlog::Limits::default())?
+            };
+            let log = Arc::new(log);
+            Ok(Opened {
+                store: log.clone(),
+                embedded: Some(log),
+                findings,
+            })
         }
-        StoreKind::Eventstoredb => Ok((open_eventstoredb(args).await?, None)),
+        StoreKind::Eventstoredb => Ok(Opened {
+            store: open_eventstoredb(args).await?,
+            embedded: None,
+            findings: Vec::new(),
+        }),
     }
 }
 
@@ -113,15 +137,99 @@ fn write_all(out: &mut dyn Write, text: &str) -> Result<(), AuditCliError> {
 
 /// Runs one audit command.
 pub async fn run(args: &AuditArgs) -> Result<(), AuditCliError> {
-    let (store, embedded) = open(args).await?;
-    let outcome = command(args, &store).await;
+    if let AuditCommand::AcceptLoss { reason } = &args.command {
+        return accept_loss(args, reason).await;
+    }
+    let Opened {
+        store,
+        embedded,
+        findings,
+    } = open(args).await?;
+    let outcome = if matches!(args.command, AuditCommand::Verify { .. }) {
+        verify(args, &store, &findings).await
+    } else if let Some(refused) = findings.iter().find(|f| !f.repaired_at_open()) {
+        // What the services would refuse to serve, an audit does not report on either.
+        Err(AuditCliError::Store(pl_eventlog::LogError::Damaged {
+            findings: refused.to_string(),
+        }))
+    } else {
+        for f in &findings {
+            eprintln!("partner-ledger audit: note: {f}; read up to the last complete append");
+        }
+        command(args, &store).await
+    };
+    drop(store);
     if let Some(log) = embedded {
-        drop(store);
         if let Ok(log) = Arc::try_unwrap(log) {
             let _closed = tokio::task::spawn_blocking(move || log.close()).await;
         }
     }
     outcome
+}
+
+/// `verify`: every finding about the files (with offsets), then every hash chain and seal of
+/// what can be read; exit 1 when anything is wrong. Reads only.
+async fn verify(
+    args: &AuditArgs,
+    store: &SharedStore,
+    findings: &[LogFinding],
+) -> Result<(), AuditCliError> {
+    let AuditCommand::Verify { public_key } = &args.command else {
+        return Err(AuditCliError::Usage("not a verify command".into()));
+    };
+    let key = public_key
+        .as_deref()
+        .map(|p| read(p).and_then(|k| Ok(seal::verifying_key_from(&k)?)))
+        .transpose()?;
+    let out = seal::verify(store.as_ref(), key.as_ref()).await?;
+    let summary = format!(
+        "checked {} events in {} streams, {} seals ({} signatures)\n",
+        out.events_checked, out.streams_checked, out.seals_checked, out.signatures_checked
+    );
+    for f in findings {
+        eprintln!("partner-ledger audit verify: FINDING: {f}");
+    }
+    if let Some(b) = &out.first_break {
+        eprintln!("partner-ledger audit verify: BROKEN: {b}");
+    }
+    if out.first_break.is_none() && findings.is_empty() {
+        return write_all(&mut *output(None)?, &format!("intact: {summary}"));
+    }
+    eprint!("{summary}");
+    Err(AuditCliError::Broken)
+}
+
+/// `accept-loss`: the operator's way to open a log refused at open (see
+/// [`EmbeddedLog::accept_loss`]).
+async fn accept_loss(args: &AuditArgs, reason: &str) -> Result<(), AuditCliError> {
+    if args.store != StoreKind::Embedded {
+        return Err(AuditCliError::Usage(
+            "accept-loss applies to the embedded log (--store embedded)".into(),
+        ));
+    }
+    if !args.data_dir.is_dir() {
+        return Err(AuditCliError::Usage(format!(
+            "--data-dir {}: no such directory",
+            args.data_dir.display()
+        )));
+    }
+    let accepted =
+        EmbeddedLog::accept_loss(&args.data_dir, EmbeddedOptions::default(), reason).await?;
+    let mut text = String::new();
+    if accepted.is_empty() {
+        text.push_str("nothing to accept: the log opens as it is\n");
+    }
+    for f in &accepted {
+        text.push_str(&format!("accepted: {f}\n"));
+    }
+    if !accepted.is_empty() {
+        text.push_str(&format!(
+            "recorded as {} in stream {}\n",
+            pl_eventlog::LOSS_EVENT_TYPE,
+            pl_eventlog::LOG_INCIDENTS_STREAM
+        ));
+    }
+    write_all(&mut *output(None)?, &text)
 }
 
 async fn command(args: &AuditArgs, store: &SharedStore) -> Result<(), AuditCliError> {
@@ -158,25 +266,9 @@ async fn command(args: &AuditArgs, store: &SharedStore) -> Result<(), AuditCliEr
             };
             write_all(&mut *output(None)?, &text)
         }
-        AuditCommand::Verify { public_key } => {
-            let key = public_key
-                .as_deref()
-                .map(|p| read(p).and_then(|k| Ok(seal::verifying_key_from(&k)?)))
-                .transpose()?;
-            let out = seal::verify(store.as_ref(), key.as_ref()).await?;
-            let summary = format!(
-                "checked {} events in {} streams, {} seals ({} signatures)\n",
-                out.events_checked, out.streams_checked, out.seals_checked, out.signatures_checked
-            );
-            match &out.first_break {
-                None => write_all(&mut *output(None)?, &format!("intact: {summary}")),
-                Some(b) => {
-                    eprintln!("partner-ledger audit verify: BROKEN: {b}");
-                    eprint!("{summary}");
-                    Err(AuditCliError::Broken)
-                }
-            }
-        }
+        AuditCommand::Verify { .. } | AuditCommand::AcceptLoss { .. } => Err(AuditCliError::Usage(
+            "verify and accept-loss are run on their own".into(),
+        )),
         AuditCommand::Seal { key_file } => {
             let key = seal::signing_key_from_pem(&read(key_file)?)?;
             // The edge of the system: the seal's time is the wall clock's.

@@ -121,11 +121,21 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: ReplayFormat,
     },
-    /// Walk every hash chain and every seal; exit 1 at the first break.
+    /// Walk every hash chain and every seal, and check the log's files against their
+    /// checkpoint (cut short, torn tail, trailing garbage); exit 1 at the first break or any
+    /// finding. Read-only: a read-only copy of the data directory will do.
     Verify {
         /// The seal-signing public key (SPKI PEM file, or a file with 64 hex characters).
         #[arg(long)]
         public_key: Option<PathBuf>,
+    },
+    /// Open a log that was refused at open (cut short, rewritten, or followed by bytes no
+    /// crash leaves) as it is: bytes that are not a torn write go to `quarantine/`, and the
+    /// loss is recorded, with the reason, as a `LogLossAccepted` event in `log-incidents`.
+    AcceptLoss {
+        /// Why the loss is accepted (an incident or ticket reference): kept in the log.
+        #[arg(long)]
+        reason: String,
     },
     /// Append a signed checkpoint committing to every stream head.
     Seal {

@@ -115,3 +115,120 @@ async fn replay_prints_json_and_bad_arguments_exit_2_with_the_reason() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no such directory"));
 }
+
+/// Every file of a directory, by name, with its bytes and permissions.
+fn files_of(dir: &std::path::Path) -> Vec<(String, Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            let bytes = if p.is_file() {
+                std::fs::read(&p).unwrap()
+            } else {
+                Vec::new()
+            };
+            (name, bytes, mode)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn make_read_only(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+}
+
+#[tokio::test]
+async fn verify_reports_a_log_cut_short_on_a_read_only_copy_exits_1_and_changes_no_byte() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    given(&dir).await;
+    // Cut inside the last event: the seal of a clean close records 3 events.
+    let log_file = dir.join("events.log");
+    let len = std::fs::metadata(&log_file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log_file)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    make_read_only(&dir);
+    let before = files_of(&dir);
+
+    let out = audit(&dir, &["verify"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FINDING: log cut short: the checkpoint records 3 events"),
+        "{err}"
+    );
+    assert!(
+        err.contains("FINDING: trailing bytes:") && err.contains("from byte offset"),
+        "{err}"
+    );
+    assert!(files_of(&dir) == before, "verify changed the directory");
+
+    // The other reads refuse to report on a log the services would refuse to serve.
+    let replay = audit(&dir, &["replay", "--format", "json"]);
+    assert_eq!(replay.status.code(), Some(2), "{replay:?}");
+    assert!(String::from_utf8_lossy(&replay.stderr).contains("log cut short"));
+    assert!(files_of(&dir) == before, "replay changed the directory");
+}
+
+#[tokio::test]
+async fn accept_loss_records_the_reason_and_verify_then_passes() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    given(&dir).await;
+    let log_file = dir.join("events.log");
+    let len = std::fs::metadata(&log_file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log_file)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    assert_eq!(audit(&dir, &["verify"]).status.code(), Some(1));
+
+    let accepted = audit(&dir, &["accept-loss", "--reason", "INC-7 disk swap"]);
+    assert!(accepted.status.success(), "{accepted:?}");
+    let text = String::from_utf8_lossy(&accepted.stdout);
+    assert!(text.contains("accepted: log cut short"), "{text}");
+    assert!(
+        text.contains("recorded as LogLossAccepted in stream log-incidents"),
+        "{text}"
+    );
+
+    let ok = audit(&dir, &["verify"]);
+    assert!(ok.status.success(), "{ok:?}");
+    let export = audit(
+        &dir,
+        &[
+            "export",
+            "--what",
+            "events",
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2100-01-01T00:00:00Z",
+        ],
+    );
+    assert!(export.status.success(), "{export:?}");
+    let lines = String::from_utf8_lossy(&export.stdout);
+    assert!(
+        lines.contains("LogLossAccepted") && lines.contains("INC-7 disk swap"),
+        "{lines}"
+    );
+    let nothing = audit(&dir, &["accept-loss", "--reason", "again"]);
+    assert!(String::from_utf8_lossy(&nothing.stdout).contains("nothing to accept"));
+}
