@@ -171,6 +171,7 @@ fn facts(j: u64, visitors: u64) -> ConversionFacts {
         occurred_at: conversion_time(),
         customer_email_hash: None,
         revenue: Default::default(),
+        occurred_at_is_receipt_time: false,
     }
 }
 
@@ -202,6 +203,7 @@ async fn invoice(
         occurred_at,
         customer_email_hash: None,
         revenue: Default::default(),
+        occurred_at_is_receipt_time: false,
     };
     let event = service::record_conversion(
         store,

@@ -292,6 +292,17 @@ impl ConversionEvent {
         }
     }
 
+    /// When the conversion (or the refund, chargeback or cancellation) occurred.
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        match self {
+            ConversionEvent::ConversionAttributed(e) => e.occurred_at,
+            ConversionEvent::ConversionUnattributed(e) => e.occurred_at,
+            ConversionEvent::ConversionRefunded(e) => e.occurred_at,
+            ConversionEvent::ChargebackReceived(e) => e.occurred_at,
+            ConversionEvent::SubscriptionCancelled(e) => e.occurred_at,
+        }
+    }
+
     pub fn facts_sha256(&self) -> &str {
         match self {
             ConversionEvent::ConversionAttributed(e) => &e.facts_sha256,

@@ -108,6 +108,11 @@ pub struct ConversionFacts {
     /// Revenue details passed through to commissions (net revenue, lots, reseller pricing).
     #[serde(default, skip_serializing_if = "Revenue::is_empty")]
     pub revenue: Revenue,
+    /// The caller gave no business time, so `occurred_at` is the server's receipt time: a
+    /// retry's differs, and must not make the same conversion look like another. Not a fact:
+    /// never stored, never in the digest.
+    #[serde(skip)]
+    pub occurred_at_is_receipt_time: bool,
 }
 
 /// What a commission plan may compute on besides the gross amount.

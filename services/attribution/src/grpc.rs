@@ -971,6 +971,10 @@ impl AttributionApi for AttributionService {
             }
         }
         let report = net_revenue_report(&mut v, &req, kind);
+        // No business time given: the receipt time stands in (a report's month gives its own).
+        let occurred_at_is_receipt_time = req.occurred_at.is_none()
+            && req.context.as_ref().is_none_or(|c| c.occurred_at.is_none())
+            && !matches!(report, Some(Some(_)));
         let occurred_at = match &report {
             // A report's business time is in its month: the given one, checked, or the month's
             // last second (so the month's own touchpoints come before it).
@@ -1070,6 +1074,7 @@ impl AttributionApi for AttributionService {
             original_external_id: original,
             occurred_at,
             customer_email_hash: email_hash,
+            occurred_at_is_receipt_time,
             revenue: crate::conversions::Revenue {
                 net: report_net.or(net.flatten()),
                 report: report.flatten().map(|r| r.details),

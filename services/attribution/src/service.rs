@@ -544,6 +544,17 @@ async fn published_before(
     if existing.facts_sha256() == facts.digest() {
         return Ok(Some(existing));
     }
+    // Without a business time of its own, a retry (or the same conversion under a new key)
+    // carries another receipt time: the same facts at the first one's time are the same.
+    if facts.occurred_at_is_receipt_time {
+        let at_first = ConversionFacts {
+            occurred_at: existing.occurred_at(),
+            ..facts.clone()
+        };
+        if existing.facts_sha256() == at_first.digest() {
+            return Ok(Some(existing));
+        }
+    }
     Err(conversion_error(ConversionError::DecidedDifferently {
         external_id: facts.external_id.clone(),
     }))
@@ -944,6 +955,7 @@ mod tests {
             occurred_at: click().occurred_at,
             customer_email_hash: None,
             revenue: Default::default(),
+            occurred_at_is_receipt_time: false,
         }
     }
 
@@ -1023,6 +1035,55 @@ mod tests {
         execute::<Relationship>(store, &relationship, &cmd, meta)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_conversion_without_a_business_time_retried_later_gets_the_original_not_already_exists(
+    ) {
+        let program = Uuid::from_u128(0x74);
+        let store = pl_eventlog::MemoryLog::default();
+        let (crm, programs) = (CrmCache::default(), SettingsCache::default());
+        let facts = ConversionFacts {
+            occurred_at_is_receipt_time: true,
+            ..lead(program, 1)
+        };
+        let (_, meta) = window(program, 30, 0x100);
+        let first = record_conversion(&store, &crm, &programs, &facts, &meta)
+            .await
+            .unwrap();
+
+        // The retry (or a new key for the same external id) arrives a minute later: its
+        // receipt time, and its request's ids, differ.
+        let later = ConversionFacts {
+            occurred_at: facts.occurred_at + chrono::Duration::minutes(1),
+            ..facts.clone()
+        };
+        let (_, other_meta) = window(program, 30, 0x101);
+        let again = record_conversion(&store, &crm, &programs, &later, &other_meta)
+            .await
+            .unwrap();
+        assert_eq!(again, first);
+
+        // A business time the caller gave is a fact: another one is another conversion.
+        let given = ConversionFacts {
+            occurred_at_is_receipt_time: false,
+            ..later.clone()
+        };
+        let refused = record_conversion(&store, &crm, &programs, &given, &other_meta).await;
+        assert!(
+            matches!(refused, Err(ApiError::AlreadyExists { .. })),
+            "{refused:?}"
+        );
+        // And so are other details, whatever the time.
+        let other_amount = ConversionFacts {
+            products: vec!["another-product".into()],
+            ..later
+        };
+        let refused = record_conversion(&store, &crm, &programs, &other_amount, &other_meta).await;
+        assert!(
+            matches!(refused, Err(ApiError::AlreadyExists { .. })),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]
