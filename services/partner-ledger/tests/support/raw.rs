@@ -1,6 +1,9 @@
 //! Calling any RPC by path with bytes as the request and the response: a codec that passes
 //! bytes through, so a test can send what no generated client would (any RPC, any body).
 
+// Shared by several test binaries, each using a part.
+#![allow(dead_code)]
+
 use bytes::{Buf, BufMut};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
@@ -60,6 +63,28 @@ pub async fn call(channel: Channel, path: String, body: Vec<u8>) -> Answer {
         .await
         .map(tonic::Response::into_inner)
         .map_err(|s| (s.code(), s.message().to_owned()))
+}
+
+/// Calls the server-streaming RPC `path` with `body` and reads the whole stream: the
+/// messages, concatenated, or the first error.
+pub async fn call_streaming(channel: Channel, path: String, body: Vec<u8>) -> Answer {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| (Code::Unavailable, e.to_string()))?;
+    let path = http::uri::PathAndQuery::try_from(path.as_str())
+        .map_err(|e| (Code::Internal, e.to_string()))?;
+    let status = |s: Status| (s.code(), s.message().to_owned());
+    let mut stream = grpc
+        .server_streaming(tonic::Request::new(body), path, Raw)
+        .await
+        .map_err(status)?
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(message) = stream.message().await.map_err(status)? {
+        all.extend(message);
+    }
+    Ok(all)
 }
 
 /// Codes this API never answers for a caller's input: its own faults, or a lost connection.

@@ -3,6 +3,9 @@
 //! `RequestContext`), a plausible body for each (ids, currencies, amounts and times filled in
 //! by field name and type), and random bodies for the fuzz pass.
 
+// Shared by several test binaries, each using a part.
+#![allow(dead_code)]
+
 use std::collections::HashMap;
 
 use prost::encoding::{encode_key, encode_varint, WireType};
@@ -29,6 +32,8 @@ pub struct Rpc {
     pub input: String,
     /// Whether the request carries a `RequestContext` (an idempotency key): a mutating RPC.
     pub mutating: bool,
+    /// Whether the server answers with a stream of messages.
+    pub streaming: bool,
 }
 
 /// The API's messages and RPCs, from `pl_proto::FILE_DESCRIPTOR_SET`.
@@ -62,6 +67,7 @@ impl Api {
                     path: format!("/{package}.{}/{}", service.name(), method.name()),
                     input,
                     mutating,
+                    streaming: method.server_streaming(),
                 });
             }
         }
