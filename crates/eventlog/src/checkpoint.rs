@@ -182,7 +182,7 @@ mod tests {
             events,
             end_offset: events * 100,
             last_hash: EventHash([events as u8; 32]),
-            clean: events % 2 == 0,
+            clean: events.is_multiple_of(2),
         }
     }
 
