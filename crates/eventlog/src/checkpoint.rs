@@ -7,11 +7,12 @@
 //! last_hash:[32] clean:u8 sha256(all before):[32]`, integers little-endian. Writers alternate
 //! slots by sequence; the reader takes the valid slot with the highest sequence.
 //!
-//! The sync thread writes a slot after every group commit's `fdatasync` (a page-cache write, a
-//! few microseconds), so a slot never records more than is durable; it syncs the checkpoint
-//! file at most every [`SYNC_INTERVAL_MS`], and at open and at every clean close. After a
-//! process crash the checkpoint is exact; after a power loss it lags by at most that interval,
-//! and a lagging checkpoint is only a lower bound, never a false alarm.
+//! The sync thread writes a slot after every group commit's `fdatasync` and after releasing its
+//! appenders (a page-cache write, a few microseconds), so a slot never records more than is
+//! durable; it syncs the checkpoint file at most every [`SYNC_INTERVAL_MS`], and at open and at
+//! every clean close. After a process crash the checkpoint lags by one group at most; after a
+//! power loss by at most that interval; a lagging checkpoint is only a lower bound, never a
+//! false alarm.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
