@@ -841,6 +841,16 @@ async fn after_a_burst_at_most_one_sync_waits_out_the_linger() {
     );
 }
 
+/// Cuts (or extends with zeros) the file to `len` bytes, as `truncate` would.
+fn set_len(path: &Path, len: u64) {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
 /// Every file of the data directory, by name, with its bytes.
 fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -873,12 +883,7 @@ async fn a_log_cut_short_anywhere_is_refused_at_open_naming_the_expected_and_fou
         drop(log);
         let path = dir.path().join("events.log");
         let cut = frame_start(&path, 0, kept_frames) + into_next;
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        set_len(&path, cut);
         let before = files_of(dir.path());
 
         let err = open(dir.path()).unwrap_err();
@@ -960,12 +965,7 @@ async fn accepting_a_loss_records_it_with_its_reason_and_the_log_opens_again() {
     drop(log);
     let path = dir.path().join("events.log");
     let cut = frame_start(&path, 0, 6);
-    OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(cut)
-        .unwrap();
+    set_len(&path, cut);
     assert!(open(dir.path()).is_err());
 
     let accepted = EmbeddedLog::accept_loss(
@@ -1026,12 +1026,7 @@ async fn a_read_only_open_serves_a_torn_log_without_cutting_it_and_reports_the_t
     crash_image(dir.path(), &checkpoint);
     let path = dir.path().join("events.log");
     let len = std::fs::metadata(&path).unwrap().len();
-    OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(len - 7)
-        .unwrap();
+    set_len(&path, len - 7);
     let before = files_of(dir.path());
 
     let (reader, findings) = EmbeddedLog::open_read_only(dir.path(), Limits::default()).unwrap();

@@ -116,6 +116,17 @@ async fn replay_prints_json_and_bad_arguments_exit_2_with_the_reason() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no such directory"));
 }
 
+/// Cuts the last `n` bytes off a file, as `truncate` would.
+fn cut_last_bytes(path: &std::path::Path, n: u64) {
+    let len = std::fs::metadata(path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len - n)
+        .unwrap();
+}
+
 /// Every file of a directory, by name, with its bytes and permissions.
 fn files_of(dir: &std::path::Path) -> Vec<(String, Vec<u8>, u32)> {
     use std::os::unix::fs::PermissionsExt;
@@ -148,40 +159,77 @@ fn make_read_only(dir: &std::path::Path) {
 
 #[tokio::test]
 async fn verify_reports_a_log_cut_short_on_a_read_only_copy_exits_1_and_changes_no_byte() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("data");
-    std::fs::create_dir(&dir).unwrap();
-    given(&dir).await;
-    // Cut inside the last event: the seal of a clean close records 3 events.
-    let log_file = dir.join("events.log");
-    let len = std::fs::metadata(&log_file).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log_file)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
-    make_read_only(&dir);
-    let before = files_of(&dir);
+    // The log holds 3 events, one per append; the checkpoint of its clean close records them.
+    // Cut at the last frame's start, at the second's (the middle), and inside the last one.
+    for (place, kept, into_next) in [
+        ("the last event", 2, 0),
+        ("the middle", 1, 0),
+        ("inside the last event", 2, 5),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        given(&dir).await;
+        let log_file = dir.join("events.log");
+        let cut = frames_end(&log_file, kept) + into_next;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log_file)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        make_read_only(&dir);
+        let before = files_of(&dir);
 
-    let out = audit(&dir, &["verify"]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("FINDING: log cut short: the checkpoint records 3 events"),
-        "{err}"
-    );
-    assert!(
-        err.contains("FINDING: trailing bytes:") && err.contains("from byte offset"),
-        "{err}"
-    );
-    assert!(files_of(&dir) == before, "verify changed the directory");
+        let out = audit(&dir, &["verify"]);
+        assert_eq!(out.status.code(), Some(1), "{place}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("FINDING: log cut short: the checkpoint records 3 events")
+                && err.contains(&format!("the log holds {kept} ending in hash")),
+            "{place}: {err}"
+        );
+        if into_next > 0 {
+            assert!(
+                err.contains(&format!(
+                    "FINDING: trailing bytes: {into_next} bytes from byte offset"
+                )),
+                "{place}: {err}"
+            );
+        }
+        assert!(
+            files_of(&dir) == before,
+            "{place}: verify changed the directory"
+        );
 
-    // The other reads refuse to report on a log the services would refuse to serve.
-    let replay = audit(&dir, &["replay", "--format", "json"]);
-    assert_eq!(replay.status.code(), Some(2), "{replay:?}");
-    assert!(String::from_utf8_lossy(&replay.stderr).contains("log cut short"));
-    assert!(files_of(&dir) == before, "replay changed the directory");
+        // The other reads refuse to report on a log the services would refuse to serve.
+        let replay = audit(&dir, &["replay", "--format", "json"]);
+        assert_eq!(replay.status.code(), Some(2), "{place}: {replay:?}");
+        assert!(String::from_utf8_lossy(&replay.stderr).contains("log cut short"));
+        assert!(
+            files_of(&dir) == before,
+            "{place}: replay changed the directory"
+        );
+        // A read-only directory stays readable for the temporary directory's cleanup.
+        make_writable(&dir);
+    }
+}
+
+/// End offset of the first `n` frames of a log file (a frame is `payload_len:u32 (LE)
+/// crc32:u32 payload`, as `pl-eventlog`'s codec documents for auditors).
+fn frames_end(path: &std::path::Path, n: usize) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = 0usize;
+    for _ in 0..n {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += 8 + len;
+    }
+    at as u64
+}
+
+fn make_writable(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 #[tokio::test]
@@ -190,14 +238,7 @@ async fn accept_loss_records_the_reason_and_verify_then_passes() {
     let dir = root.path().join("data");
     std::fs::create_dir(&dir).unwrap();
     given(&dir).await;
-    let log_file = dir.join("events.log");
-    let len = std::fs::metadata(&log_file).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log_file)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
+    cut_last_bytes(&dir.join("events.log"), 5);
     assert_eq!(audit(&dir, &["verify"]).status.code(), Some(1));
 
     let accepted = audit(&dir, &["accept-loss", "--reason", "INC-7 disk swap"]);

@@ -12,9 +12,9 @@
 mod raw;
 #[path = "support/requests.rs"]
 mod requests;
+#[path = "support/up.rs"]
+mod up;
 
-use partner_ledger::app;
-use partner_ledger::config::{Cli, Command};
 use pl_proto::audit::v1::audit_service_client::AuditServiceClient;
 use pl_proto::audit::v1::VerifyRequest;
 use raw::{call, call_streaming, is_fault};
@@ -47,24 +47,7 @@ async fn every_rpc_given_mangled_bodies_answers_a_documented_code_and_a_refusal_
     let seed = env_u64("PL_FUZZ_SEED", DEFAULT_SEED);
     eprintln!("fuzz: {rounds} rounds per RPC, seed {seed}");
     let dir = tempfile::tempdir().unwrap();
-    let cli = <Cli as clap::Parser>::try_parse_from([
-        "partner-ledger",
-        "up",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ])
-    .unwrap();
-    let Command::Up(args) = cli.command else {
-        unreachable!()
-    };
-    let running = app::start_up(&args).await.unwrap();
-    let channel = Channel::from_shared(format!("http://{}", running.local_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (running, channel) = up::start(dir.path()).await;
     let api = Api::load();
     let mut rng = XorShift(seed | 1);
     let mut calls = 0u64;

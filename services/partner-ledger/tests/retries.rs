@@ -10,13 +10,13 @@
 mod raw;
 #[path = "support/requests.rs"]
 mod requests;
+#[path = "support/up.rs"]
+mod up;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use partner_ledger::app;
-use partner_ledger::config::{Cli, Command};
 use raw::{call, is_fault, Answer};
 use requests::{Api, Rpc};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -77,20 +77,7 @@ fn mutating(api: &Api) -> Vec<Rpc> {
 /// process: the reference answers.
 async fn reference(api: &Api, rpcs: &[Rpc]) -> BTreeMap<String, Answer> {
     let dir = tempfile::tempdir().unwrap();
-    let cli = <Cli as clap::Parser>::try_parse_from([
-        "partner-ledger",
-        "up",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-    ])
-    .unwrap();
-    let Command::Up(args) = cli.command else {
-        unreachable!()
-    };
-    let running = app::start_up(&args).await.unwrap();
-    let channel = connect(&running.local_addr.to_string()).await;
+    let (running, channel) = up::start(dir.path()).await;
     let mut out = BTreeMap::new();
     for rpc in rpcs {
         let body = api.plausible(rpc, &key_of(rpc));

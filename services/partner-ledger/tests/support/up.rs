@@ -1,0 +1,27 @@
+//! `partner-ledger up` inside the test's process, on a data directory, and a channel to it.
+
+use partner_ledger::app::{self, Running};
+use partner_ledger::config::{Cli, Command};
+use tonic::transport::Channel;
+
+pub async fn start(dir: &std::path::Path) -> (Running, Channel) {
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "partner-ledger",
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ])
+    .unwrap();
+    let Command::Up(args) = cli.command else {
+        unreachable!()
+    };
+    let running = app::start_up(&args).await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", running.local_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (running, channel)
+}
