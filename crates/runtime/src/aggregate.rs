@@ -352,6 +352,14 @@ pub async fn decide_on<A: Aggregate>(
     })
 }
 
+/// Whether an append of `events` failed because a twin of the same command (the same request,
+/// so the same derived event ids) stored them first, with another receipt time or trace
+/// context: the caller loads again, finds its own events and answers with them. Within a
+/// process twins take turns (`idempotency`); this is for twins in two processes.
+pub fn lost_to_twin(e: &LogError, ids: &[Uuid]) -> bool {
+    matches!(e, LogError::EventIdConflict { event_id, .. } if ids.contains(event_id))
+}
+
 /// Load, decide, append at the decided version; on a lost race, repeat on fresh state.
 pub async fn execute<A: Aggregate>(
     store: &dyn EventStore,
@@ -359,6 +367,8 @@ pub async fn execute<A: Aggregate>(
     command: &A::Command,
     meta: &CommandMeta,
 ) -> Result<Executed<A::State, A::Event>, ExecuteError<A::Error>> {
+    // Once only: a second id conflict is no twin's doing, and is the caller's answer.
+    let mut twin_seen = false;
     for _ in 0..=MAX_CONFLICT_RETRIES {
         let (state, events, append) = match decide_on::<A>(store, stream, command, meta).await? {
             Decided::Settled(done) => return Ok(done),
@@ -368,6 +378,7 @@ pub async fn execute<A: Aggregate>(
                 append,
             } => (state, events, append),
         };
+        let ids: Vec<Uuid> = append.events.iter().map(|e| e.id).collect();
         match store.append(stream, append.expected, append.events).await {
             Ok(result) => {
                 return Ok(Executed {
@@ -378,6 +389,10 @@ pub async fn execute<A: Aggregate>(
             }
             Err(e) if e.is_conflict() => {
                 tracing::debug!(stream, "append lost a concurrency race; re-deciding");
+            }
+            Err(e) if !twin_seen && lost_to_twin(&e, &ids) => {
+                twin_seen = true;
+                tracing::debug!(stream, "a twin of this command stored it first; loading it");
             }
             Err(e) => return Err(ExecuteError::Store(e)),
         }
@@ -583,5 +598,43 @@ mod tests {
         assert_eq!(retry.events, first.events);
         assert_eq!((retry.state, retry.version), (2, Some(0)));
         assert_eq!(store.stream_version("c").await.unwrap(), Some(0));
+    }
+
+    /// A twin of the command in another process (same key, so the same event ids, but its own
+    /// receipt time) stores it between this one's load and its append.
+    #[derive(Debug, Default)]
+    struct TwinFirst(std::sync::Mutex<bool>);
+
+    #[async_trait::async_trait]
+    impl pl_eventlog::StoreHooks for TwinFirst {
+        async fn before_append(
+            &self,
+            inner: &dyn EventStore,
+            stream: &str,
+        ) -> Result<(), LogError> {
+            let first = std::mem::take(&mut *self.0.lock().unwrap());
+            if first {
+                let twin = CommandMeta {
+                    occurred_at: meta(7).occurred_at + chrono::Duration::milliseconds(3),
+                    ..meta(7)
+                };
+                execute::<Counter>(inner, stream, &2, &twin).await.unwrap();
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_twin_in_another_process_that_stored_the_command_first_is_answered_with_its_events() {
+        let store = pl_eventlog::Hooked {
+            inner: MemoryLog::default(),
+            hooks: TwinFirst(std::sync::Mutex::new(true)),
+        };
+        // Before, the append's ids matched the twin's events with another body:
+        // EventIdConflict, a FAILED_PRECONDITION answer to a retry of the same request.
+        let done = execute::<Counter>(&store, "c", &2, &meta(7)).await.unwrap();
+        assert_eq!((done.state, done.version), (2, Some(0)));
+        assert_eq!(done.events.len(), 1);
+        assert_eq!(store.stream_version("c").await.unwrap(), Some(0), "once");
     }
 }

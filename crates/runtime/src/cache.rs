@@ -23,7 +23,8 @@ use foldhash::fast::RandomState;
 use pl_eventlog::{EventStore, ExpectedVersion};
 
 use crate::aggregate::{
-    decode_event, to_new_events, Aggregate, CommandMeta, ExecuteError, MAX_CONFLICT_RETRIES,
+    decode_event, lost_to_twin, to_new_events, Aggregate, CommandMeta, ExecuteError,
+    MAX_CONFLICT_RETRIES,
 };
 
 /// Events read per page while catching a cached state up.
@@ -335,6 +336,8 @@ async fn execute_on<A: Aggregate, R>(
     meta: &CommandMeta,
     view: impl FnOnce(&A::State) -> R,
 ) -> Result<CachedExecuted<R, A::Event>, ExecuteError<A::Error>> {
+    // Once only: a second id conflict is no twin's doing, and is the caller's answer.
+    let mut twin_seen = false;
     for _ in 0..=MAX_CONFLICT_RETRIES {
         let ours = catch_up::<A>(store, stream, slot, Some(meta)).await?;
         if !ours.is_empty() {
@@ -358,6 +361,7 @@ async fn execute_on<A: Aggregate, R>(
         let expected = slot
             .version
             .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+        let ids: Vec<uuid::Uuid> = new_events.iter().map(|e| e.id).collect();
         match store.append(stream, expected, new_events).await {
             Ok(result) => {
                 let state = std::mem::take(&mut slot.state);
@@ -371,6 +375,13 @@ async fn execute_on<A: Aggregate, R>(
             }
             Err(e) if e.is_conflict() => {
                 tracing::debug!(stream, "append lost a concurrency race; catching up");
+            }
+            Err(e) if !twin_seen && lost_to_twin(&e, &ids) => {
+                twin_seen = true;
+                tracing::debug!(
+                    stream,
+                    "a twin of this command stored it first; catching up"
+                );
             }
             Err(e) => return Err(ExecuteError::Store(e)),
         }

@@ -13,6 +13,9 @@
 //! is in progress waits for it and answers what it recorded. Without the turn both decided at
 //! once, and the second failed on events the first had just stored with another trace context
 //! or receipt time ("stored with a different body"), or read the record before it was visible.
+//! Twins in two processes (replicas over one EventStoreDB) cannot take turns: the executors
+//! treat that id conflict as the twin's win (`aggregate::lost_to_twin`), load its events and
+//! answer with them, and the second record append reads the first's record.
 
 use std::collections::HashMap;
 use std::future::Future;

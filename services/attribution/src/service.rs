@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use pl_eventlog::{EventStore, ExpectedVersion, RecordedEvent, StreamAppend};
 use pl_runtime::aggregate::{
-    decide_on, decode_event, execute, load, to_new_events, Decided, ExecuteError,
+    decide_on, decode_event, execute, load, lost_to_twin, to_new_events, Decided, ExecuteError,
     MAX_CONFLICT_RETRIES,
 };
 use pl_runtime::{ApiError, CommandMeta, StateCache};
@@ -598,6 +598,8 @@ pub async fn record_conversion(
         id_seed: Uuid::new_v5(&facts.conversion_id, b"publish"),
         ..meta.clone()
     };
+    // Once only: a second id conflict is no twin's doing, and is the caller's answer.
+    let mut twin_seen = false;
     for attempt in 0..=MAX_CONFLICT_RETRIES {
         // After a lost race the winner may have been this very conversion.
         if attempt > 0 {
@@ -627,6 +629,12 @@ pub async fn record_conversion(
             )
             .map_err(|e| executed(e, conversion_error))?,
         };
+        let ids: Vec<Uuid> = decision_append
+            .events
+            .iter()
+            .chain(&publication.events)
+            .map(|e| e.id)
+            .collect();
         match store
             .append_streams(vec![decision_append, publication])
             .await
@@ -634,6 +642,12 @@ pub async fn record_conversion(
             Ok(_) => return Ok(event),
             Err(e) if e.is_conflict() => {
                 tracing::debug!(%relationship, %conversion, "decision lost a concurrency race; deciding again");
+            }
+            // A twin in another process stored this very decision first: the next attempt
+            // finds it published and answers with it.
+            Err(e) if !twin_seen && lost_to_twin(&e, &ids) => {
+                twin_seen = true;
+                tracing::debug!(%relationship, %conversion, "a twin stored the decision first");
             }
             Err(e) => return Err(e.into()),
         }
