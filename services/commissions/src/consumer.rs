@@ -16,7 +16,7 @@ use crate::accruals::{self, Caches};
 use crate::book::CreditKind;
 use crate::contract::{
     ConversionAttributed, ConversionRejected, PartnerCredit, PayoutHold, Reversal,
-    SubscriptionCancelled, VerificationRecorded,
+    SanctionsStatusChanged, SubscriptionCancelled, VerificationRecorded,
 };
 use crate::domain::{self, Account, Opening};
 use crate::eligibility::{self, Eligibility, EligibilityEvent};
@@ -200,6 +200,18 @@ pub async fn handle(
                 };
                 record_eligibility(store, &event, &fact, trace_context).await
             }
+            "SanctionsStatusChanged" => {
+                let c = SanctionsStatusChanged::parse(event.data.get())
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                let fact = EligibilityEvent::SanctionsStatusChanged {
+                    source_event_id: event.id,
+                    partner_id: c.partner_id,
+                    screening_id: c.screening_id,
+                    status: c.status,
+                    occurred_at: c.occurred_at,
+                };
+                record_eligibility(store, &event, &fact, trace_context).await
+            }
             other => Err(HandleError::Permanent(format!(
                 "{other} is listed as consumed but has no handler"
             ))),
@@ -304,6 +316,7 @@ pub const CONSUMED_EVENT_TYPES: &[&str] = &[
     "VerificationRecorded",
     "PayoutHoldPlaced",
     "PayoutHoldReleased",
+    "SanctionsStatusChanged",
 ];
 
 /// A well-formed integration event of a type [`handle`] skips: acked as it is, so it need not
@@ -375,11 +388,7 @@ async fn record_eligibility(
     fact: &EligibilityEvent,
     trace_context: BTreeMap<String, String>,
 ) -> Result<(), HandleError> {
-    let partner_id = match fact {
-        EligibilityEvent::VerificationRecorded { partner_id, .. }
-        | EligibilityEvent::PayoutHoldPlaced { partner_id, .. }
-        | EligibilityEvent::PayoutHoldReleased { partner_id, .. } => *partner_id,
-    };
+    let partner_id = fact.partner();
     let meta = meta_for(event, "eligibility", event.occurred_at, trace_context);
     match execute::<Eligibility>(store, &eligibility::stream(partner_id), fact, &meta).await {
         Ok(_) => Ok(()),

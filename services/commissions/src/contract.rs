@@ -119,6 +119,15 @@ pub struct PayoutHold {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// Compliance's `SanctionsStatusChanged`: where a sanctions screening of a partner stands.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SanctionsStatusChanged {
+    pub partner_id: Uuid,
+    pub screening_id: Uuid,
+    pub status: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
 /// Partner CRM's `CampaignFeeCommitted` (a creator campaign's flat fee to one partner),
 /// `CampaignBonusAwarded` (its performance bonus) or `MdfReimbursementApproved` (an approved
 /// MDF claim): money owed outside commission plans.
@@ -323,6 +332,22 @@ impl VerificationRecorded {
             return Err(err(format!("unknown status {:?}", v.status)));
         }
         Ok(v)
+    }
+}
+
+impl SanctionsStatusChanged {
+    /// The status is a closed list in compliance's contract: anything else is refused, not
+    /// guessed at (a payout rule must never read an unknown state as "cleared").
+    pub fn parse(data: &str) -> Result<Self, ContractError> {
+        const T: &str = "SanctionsStatusChanged";
+        let s: Self = from_json(T, data)?;
+        if !crate::eligibility::SANCTIONS_STATUSES.contains(&s.status.as_str()) {
+            return Err(ContractError {
+                event_type: T.into(),
+                reason: format!("unknown status {:?}", s.status),
+            });
+        }
+        Ok(s)
     }
 }
 

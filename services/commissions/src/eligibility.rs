@@ -1,10 +1,12 @@
 //! Payout eligibility: commissions' own projection of compliance's integration events
-//! (`VerificationRecorded`, `PayoutHoldPlaced`, `PayoutHoldReleased`), one stream per partner
+//! (`VerificationRecorded`, `PayoutHoldPlaced`, `PayoutHoldReleased`,
+//! `SanctionsStatusChanged`), one stream per partner
 //! (`eligibility-<partner id>`). Commissions never reads compliance's streams or calls it at
 //! payout time: what it knows arrived over the bus and is kept here, so a payout run decides on
 //! facts in its own log and can be replayed. Pure decide/evolve: no I/O, no clock.
 //!
-//! A partner is eligible at a date D when no payout hold is in place, a tax form is valid at D
+//! A partner is eligible at a date D when no payout hold is in place, no sanctions screening
+//! stands at a match (pending review or confirmed), a tax form is valid at D
 //! (a verified W-9, or a verified W-8BEN whose `valid_until` is after D) and their identity is
 //! verified (KYC, or KYB for a business). Every expiry is judged at D, the run's date, never at
 //! the clock, so the answer for a run is the same whenever it is computed.
@@ -31,6 +33,8 @@ pub const KINDS: &[&str] = &[
     "disclosure_acknowledgement",
 ];
 pub const STATUSES: &[&str] = &["verified", "rejected", "pending"];
+/// Where a sanctions screening can stand (compliance's contract lists them all).
+pub const SANCTIONS_STATUSES: &[&str] = &["match_pending_review", "cleared", "confirmed"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
@@ -57,6 +61,14 @@ pub enum EligibilityEvent {
         reason: String,
         occurred_at: DateTime<Utc>,
     },
+    SanctionsStatusChanged {
+        source_event_id: Uuid,
+        partner_id: Uuid,
+        screening_id: Uuid,
+        /// One of [`SANCTIONS_STATUSES`].
+        status: String,
+        occurred_at: DateTime<Utc>,
+    },
 }
 impl DomainEvent for EligibilityEvent {}
 
@@ -71,15 +83,19 @@ impl EligibilityEvent {
             }
             | EligibilityEvent::PayoutHoldReleased {
                 source_event_id, ..
+            }
+            | EligibilityEvent::SanctionsStatusChanged {
+                source_event_id, ..
             } => *source_event_id,
         }
     }
 
-    fn partner(&self) -> Uuid {
+    pub fn partner(&self) -> Uuid {
         match self {
             EligibilityEvent::VerificationRecorded { partner_id, .. }
             | EligibilityEvent::PayoutHoldPlaced { partner_id, .. }
-            | EligibilityEvent::PayoutHoldReleased { partner_id, .. } => *partner_id,
+            | EligibilityEvent::PayoutHoldReleased { partner_id, .. }
+            | EligibilityEvent::SanctionsStatusChanged { partner_id, .. } => *partner_id,
         }
     }
 }
@@ -116,6 +132,8 @@ pub struct Eligibility {
     pub verifications: BTreeMap<String, Vec<Verification>>,
     /// Every placement and release by hold id, in log order.
     pub holds: BTreeMap<String, Vec<HoldFact>>,
+    /// Every state of each sanctions screening, in log order, with when it was reached.
+    pub sanctions: BTreeMap<Uuid, Vec<(String, DateTime<Utc>)>>,
 }
 
 /// Why a partner may not be paid at a date.
@@ -131,6 +149,10 @@ pub enum Blocker {
     /// Neither KYC nor KYB is verified and valid at the run's date; `status` is the latest
     /// known one of either (pending, rejected, expired) or "missing".
     IdentityNotVerified { status: String },
+    /// A sanctions screening found a match that compliance has not reviewed yet.
+    SanctionsReview { screening_id: Uuid },
+    /// Compliance confirmed a sanctions match.
+    SanctionsConfirmed { screening_id: Uuid },
 }
 
 impl Blocker {
@@ -140,6 +162,8 @@ impl Blocker {
             Blocker::NoValidTaxForm => "no_valid_tax_form",
             Blocker::TaxFormExpired { .. } => "tax_form_expired",
             Blocker::IdentityNotVerified { .. } => "identity_not_verified",
+            Blocker::SanctionsReview { .. } => "sanctions_review",
+            Blocker::SanctionsConfirmed { .. } => "sanctions_confirmed",
         }
     }
 
@@ -154,6 +178,12 @@ impl Blocker {
             }
             Blocker::IdentityNotVerified { status } => {
                 format!("KYC/KYB not verified (latest: {status})")
+            }
+            Blocker::SanctionsReview { screening_id } => {
+                format!("sanctions screening {screening_id} found a match pending review")
+            }
+            Blocker::SanctionsConfirmed { screening_id } => {
+                format!("sanctions screening {screening_id}: match confirmed")
             }
         }
     }
@@ -180,10 +210,23 @@ impl Eligibility {
 
     /// Every reason the partner may not be paid at `at`; empty when eligible.
     ///
-    /// Holds are judged on everything known, whatever their date: a hold is a stop instruction,
-    /// and money must never leave against one, even for a run dated before it was placed.
+    /// Holds and sanctions matches are judged on everything known, whatever their date: each
+    /// is a stop instruction, and money must never leave against one, even for a run dated
+    /// before it was placed.
     pub fn blockers(&self, at: DateTime<Utc>) -> Vec<Blocker> {
         let mut out = Vec::new();
+        for (screening_id, states) in &self.sanctions {
+            // The last state reached: a review ends a pending match whatever the times say.
+            match states.last().map(|(s, _)| s.as_str()) {
+                Some("match_pending_review") => out.push(Blocker::SanctionsReview {
+                    screening_id: *screening_id,
+                }),
+                Some("confirmed") => out.push(Blocker::SanctionsConfirmed {
+                    screening_id: *screening_id,
+                }),
+                _ => {}
+            }
+        }
         for (hold_id, facts) in &self.holds {
             if let Some(last) = facts.iter().max_by_key(|f| f.occurred_at) {
                 if last.placed {
@@ -231,6 +274,7 @@ impl Eligibility {
     fn facts(&self) -> usize {
         self.verifications.values().map(Vec::len).sum::<usize>()
             + self.holds.values().map(Vec::len).sum::<usize>()
+            + self.sanctions.values().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -298,6 +342,16 @@ impl Aggregate for Eligibility {
                     reason: reason.clone(),
                     occurred_at: *occurred_at,
                 }),
+            EligibilityEvent::SanctionsStatusChanged {
+                screening_id,
+                status,
+                occurred_at,
+                ..
+            } => state
+                .sanctions
+                .entry(*screening_id)
+                .or_default()
+                .push((status.clone(), *occurred_at)),
         }
         state
     }
@@ -396,6 +450,52 @@ mod tests {
             },
         ]);
         assert!(s.blockers(day(3, 1)).is_empty());
+    }
+
+    fn sanctions(id: u128, screening: u128, status: &str, at: DateTime<Utc>) -> Record {
+        EligibilityEvent::SanctionsStatusChanged {
+            source_event_id: Uuid::from_u128(id),
+            partner_id: P,
+            screening_id: Uuid::from_u128(screening),
+            status: status.into(),
+            occurred_at: at,
+        }
+    }
+
+    #[test]
+    fn a_sanctions_match_blocks_payouts_until_cleared_and_a_confirmed_one_for_good() {
+        let on_file = [
+            verified(1, "kyc", day(1, 1), None),
+            verified(2, "tax_form_w9", day(1, 1), None),
+        ];
+        let pending = sanctions(3, 77, "match_pending_review", day(2, 1));
+        let s = given(&[on_file[0].clone(), on_file[1].clone(), pending.clone()]);
+        // A stop instruction: it blocks even a run dated before the match was found.
+        for at in [day(1, 15), day(3, 1)] {
+            let b = s.blockers(at);
+            assert_eq!(b.len(), 1);
+            assert_eq!(b[0].code(), "sanctions_review");
+        }
+        let cleared = given(&[
+            on_file[0].clone(),
+            on_file[1].clone(),
+            pending.clone(),
+            sanctions(4, 77, "cleared", day(2, 3)),
+        ]);
+        assert!(cleared.blockers(day(3, 1)).is_empty());
+        let confirmed = given(&[
+            on_file[0].clone(),
+            on_file[1].clone(),
+            pending,
+            sanctions(4, 77, "confirmed", day(2, 3)),
+        ]);
+        assert_eq!(
+            confirmed.blockers(day(3, 1))[0].code(),
+            "sanctions_confirmed"
+        );
+        assert!(confirmed.blockers(day(3, 1))[0]
+            .detail()
+            .contains("match confirmed"));
     }
 
     #[test]

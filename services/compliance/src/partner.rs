@@ -40,6 +40,7 @@ pub const INTEGRATION_EVENTS: &[&str] = &[
     "PartnerFlagged",
     "FlagCleared",
     "ConversionRejected",
+    "SanctionsStatusChanged",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +218,37 @@ pub struct ScreeningReviewed {
     pub occurred_at: DateTime<Utc>,
 }
 
+/// Where a partner's sanctions screening stands, as other services act on it: a match pending
+/// review and a confirmed match both stop payouts; a cleared one (a false positive) does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SanctionsState {
+    MatchPendingReview,
+    Cleared,
+    Confirmed,
+}
+
+impl SanctionsState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SanctionsState::MatchPendingReview => "match_pending_review",
+            SanctionsState::Cleared => "cleared",
+            SanctionsState::Confirmed => "confirmed",
+        }
+    }
+}
+
+/// The integration event of a screening's outcome: ids, the state and the list's checksum,
+/// never the names screened or listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SanctionsStatus {
+    pub partner_id: Uuid,
+    pub screening_id: Uuid,
+    pub status: SanctionsState,
+    pub list_sha256: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum PartnerEvent {
@@ -234,6 +266,7 @@ pub enum PartnerEvent {
     PartnerStatusRecorded(StatusRecorded),
     SanctionsScreened(Screening),
     SanctionsScreeningReviewed(ScreeningReviewed),
+    SanctionsStatusChanged(SanctionsStatus),
 }
 
 impl DomainEvent for PartnerEvent {}
@@ -606,7 +639,9 @@ impl Standing {
             | PartnerEvent::FlagCleared(_)
             | PartnerEvent::ConversionRejected(_)
             | PartnerEvent::PartnerProfileRecorded(_)
-            | PartnerEvent::PartnerStatusRecorded(_) => {}
+            | PartnerEvent::PartnerStatusRecorded(_)
+            // The screening's own events carry what standing needs; this one is for others.
+            | PartnerEvent::SanctionsStatusChanged(_) => {}
         }
     }
 }
@@ -826,7 +861,8 @@ impl Aggregate for PartnerFile {
             }
             PartnerEvent::PayoutHoldReleased(_)
             | PartnerEvent::ComplianceApprovalRevoked(_)
-            | PartnerEvent::SanctionsScreeningReviewed(_) => {}
+            | PartnerEvent::SanctionsScreeningReviewed(_)
+            | PartnerEvent::SanctionsStatusChanged(_) => {}
         }
         state
     }
@@ -980,7 +1016,17 @@ fn decide_action(
             if standing.screenings.len() >= MAX_SCREENINGS {
                 return Err(PartnerError::Full { what: "screenings" });
             }
-            Ok(vec![PartnerEvent::SanctionsScreened(s.clone())])
+            let mut events = vec![PartnerEvent::SanctionsScreened(s.clone())];
+            if !s.matches.is_empty() {
+                events.push(PartnerEvent::SanctionsStatusChanged(SanctionsStatus {
+                    partner_id: p,
+                    screening_id: s.screening_id,
+                    status: SanctionsState::MatchPendingReview,
+                    list_sha256: s.list_sha256.clone(),
+                    occurred_at: s.occurred_at,
+                }));
+            }
+            Ok(events)
         }
         Action::Review {
             screening_id,
@@ -999,16 +1045,27 @@ fn decide_action(
             if s.review.is_some() {
                 return Err(PartnerError::AlreadyReviewed(*screening_id));
             }
-            Ok(vec![PartnerEvent::SanctionsScreeningReviewed(
-                ScreeningReviewed {
+            let status = match outcome {
+                ReviewOutcome::FalsePositive => SanctionsState::Cleared,
+                ReviewOutcome::ConfirmedMatch => SanctionsState::Confirmed,
+            };
+            Ok(vec![
+                PartnerEvent::SanctionsScreeningReviewed(ScreeningReviewed {
                     screening_id: *screening_id,
                     partner_id: p,
                     outcome: *outcome,
                     reviewer: reviewer.clone(),
                     reason: reason.clone(),
                     occurred_at: at,
-                },
-            )])
+                }),
+                PartnerEvent::SanctionsStatusChanged(SanctionsStatus {
+                    partner_id: p,
+                    screening_id: *screening_id,
+                    status,
+                    list_sha256: s.screening.list_sha256.clone(),
+                    occurred_at: at,
+                }),
+            ])
         }
         Action::Raise(drafts) => raise(state, p, at, drafts),
         Action::Clear {
@@ -1210,6 +1267,7 @@ mod tests {
                 PartnerEvent::PartnerStatusRecorded(_) => "PartnerStatusRecorded",
                 PartnerEvent::SanctionsScreened(_) => "SanctionsScreened",
                 PartnerEvent::SanctionsScreeningReviewed(_) => "SanctionsScreeningReviewed",
+                PartnerEvent::SanctionsStatusChanged(_) => "SanctionsStatusChanged",
             })
             .collect()
     }

@@ -1058,6 +1058,12 @@ async fn given_a_listed_name_when_the_partner_applies_then_payouts_wait_for_revi
     w.applied(ALICE, "ivan@acme.io", "Petrov Ivan").await;
     let e = w.eligibility(ALICE, day(2, 1)).await;
     assert_eq!(codes(&e), vec!["sanctions_match"]);
+    // Commissions, fed what compliance publishes, skips the partner's payouts with the reason.
+    let theirs = commissions_eligibility(&w, ALICE).await.blockers(day(2, 1));
+    assert_eq!(
+        theirs.iter().map(|b| b.code()).collect::<Vec<_>>(),
+        vec!["sanctions_review"]
+    );
     let listed = w
         .api
         .list_sanctions_screenings(Request::new(pb::ListSanctionsScreeningsRequest {
@@ -1089,6 +1095,17 @@ async fn given_a_listed_name_when_the_partner_applies_then_payouts_wait_for_revi
         .into_inner();
     assert_eq!(reviewed.status, "false_positive");
     assert!(w.eligibility(ALICE, day(2, 3)).await.eligible);
+    assert!(commissions_eligibility(&w, ALICE)
+        .await
+        .blockers(day(2, 3))
+        .is_empty());
+    // What went out names no one: ids, the state and the list's checksum.
+    for e in w.events(ALICE).await {
+        if e.event_type == "SanctionsStatusChanged" {
+            let text = String::from_utf8_lossy(&e.data);
+            assert!(!text.contains("Petrov") && !text.contains("Ivan"), "{text}");
+        }
+    }
 }
 
 #[tokio::test]

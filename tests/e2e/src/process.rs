@@ -21,7 +21,11 @@ mod clap_free {
     use partner_ledger::config::{Cli, Command, UpArgs};
 
     /// `up` settings as the command line would give them (clap fills every default).
-    pub fn parse_up(data_dir: &std::path::Path, listen: &str) -> Result<UpArgs, String> {
+    pub fn parse_up(
+        data_dir: &std::path::Path,
+        listen: &str,
+        sanctions_list: &std::path::Path,
+    ) -> Result<UpArgs, String> {
         use clap::Parser;
         let cli = Cli::try_parse_from([
             "partner-ledger",
@@ -32,6 +36,8 @@ mod clap_free {
             "2000",
             "--data-dir",
             &data_dir.to_string_lossy(),
+            "--sanctions-list",
+            &sanctions_list.to_string_lossy(),
         ])
         .map_err(|e| e.to_string())?;
         match cli.command {
@@ -50,7 +56,8 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(data_dir: &Path) -> Result<Self, String> {
-        let args = parse_up(data_dir, "127.0.0.1:0")?;
+        let list = sanctions_list(data_dir)?;
+        let args = parse_up(data_dir, "127.0.0.1:0", &list)?;
         let running = partner_ledger::app::start_up(&args)
             .await
             .map_err(|e| e.to_string())?;
@@ -62,6 +69,15 @@ impl InProcess {
         self.running.shutdown();
         self.running.wait().await.map_err(|e| e.to_string())
     }
+}
+
+/// Writes the scenarios' sanctions list ([`crate::scenario::SANCTIONS_LIST`]) into `dir` and
+/// returns its path: compliance screens against it.
+fn sanctions_list(dir: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let path = dir.join("sanctions-list.txt");
+    std::fs::write(&path, crate::scenario::SANCTIONS_LIST).map_err(|e| e.to_string())?;
+    Ok(path)
 }
 
 /// The `partner-ledger` binary next to the running executable (`target/<profile>/`).
@@ -106,6 +122,8 @@ async fn spawn_serve(
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .arg("--sanctions-list")
+        .arg(sanctions_list(data_dir)?)
         .env("PL_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

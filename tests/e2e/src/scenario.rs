@@ -28,9 +28,11 @@ use crate::{Clients, Endpoints};
 
 mod enrol;
 mod ngr;
+mod sanctions;
 mod split;
 
 pub use ngr::{expected_lines, NgrOutcome, CASES as NGR_CASES};
+pub use sanctions::{SanctionsOutcome, SANCTIONS_LIST};
 pub use split::SplitOutcome;
 
 /// How long a fact may take to travel between services before the scenario gives up.

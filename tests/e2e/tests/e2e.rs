@@ -169,3 +169,27 @@ async fn net_revenue_months_pay_what_each_negative_carryover_policy_says() {
     assert_eq!(o.lines["ringfence"], ["250.00", "0.00", "75.00", "25.00"]);
     assert_eq!(o.lines["hybrid"], ["50.00", "200.00", "0.00", "0.00"]);
 }
+
+/// Compliance's sanctions match never reached commissions, so a payout run paid a partner
+/// whom compliance's own eligibility refused. In one process and in four over NATS: skipped
+/// with the reason while the match awaits review, paid by the run after it is cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sanctions_match_stops_the_payout_until_cleared_in_one_process_and_over_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let system = InProcess::start(dir.path()).await.unwrap();
+    let run = scenario::Run::new(&system.endpoints, Box::new(|_| {})).unwrap();
+    let one = run.sanctions_stop_a_payout().await;
+    system.stop().await.unwrap();
+
+    let nats = NatsServer::start().await.unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(&nats.url(), base.path()).await.unwrap();
+    let run = scenario::Run::new(&cluster.endpoints, Box::new(|_| {})).unwrap();
+    let four = run.sanctions_stop_a_payout().await;
+    cluster.stop().await.unwrap();
+
+    for outcome in [one.unwrap(), four.unwrap()] {
+        assert_eq!(outcome.skipped_for, ["sanctions_review"]);
+        assert_eq!(outcome.paid_after_review, "10.00");
+    }
+}

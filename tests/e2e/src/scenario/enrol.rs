@@ -72,7 +72,7 @@ impl Run {
             program_id: e.program.to_string(),
             display_name: format!("{} partner", e.name),
             partner_type: crm::PartnerType::Affiliate as i32,
-            email: format!("{}@partners.example", e.name),
+            email: format!("{}@partners.example", e.name.replace(' ', ".")),
             country: "MT".into(),
         })
         .await
