@@ -1456,25 +1456,34 @@ impl CommissionsApi for CommissionsService {
         let rows = report
             .finish(|p| types.get(&p).cloned().flatten(), only_type)
             .into_iter()
-            .map(|r| pb::ProgramReportRow {
-                partner_id: r.partner_id.to_string(),
-                partner_type: r.partner_type.clone().unwrap_or_default(),
-                campaign_id: r.campaign_id.map(|c| c.to_string()).unwrap_or_default(),
-                period_start: Some(to_timestamp(r.period_start)),
-                currency: r.currency.code().to_owned(),
-                conversions: r.conversions.to_string(),
-                attributed_revenue: r.attributed_revenue.amount().to_string(),
-                commission_cost: r.commission_cost.amount().to_string(),
-                effective_cpa: r
-                    .effective_cpa()
-                    .map(|d| d.round_dp(4).to_string())
-                    .unwrap_or_default(),
-                revenue_per_commission: r
-                    .revenue_per_commission()
-                    .map(|d| d.round_dp(4).to_string())
-                    .unwrap_or_default(),
+            .map(|r| {
+                let total_cost = r
+                    .total_cost()
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                Ok(pb::ProgramReportRow {
+                    partner_id: r.partner_id.to_string(),
+                    partner_type: r.partner_type.clone().unwrap_or_default(),
+                    campaign_id: r.campaign_id.map(|c| c.to_string()).unwrap_or_default(),
+                    period_start: Some(to_timestamp(r.period_start)),
+                    currency: r.currency.code().to_owned(),
+                    conversions: r.conversions.to_string(),
+                    attributed_revenue: r.attributed_revenue.amount().to_string(),
+                    commission_cost: r.commission_cost.amount().to_string(),
+                    effective_cpa: r
+                        .effective_cpa()
+                        .map(|d| d.round_dp(4).to_string())
+                        .unwrap_or_default(),
+                    revenue_per_commission: r
+                        .revenue_per_commission()
+                        .map(|d| d.round_dp(4).to_string())
+                        .unwrap_or_default(),
+                    campaign_fees: r.campaign_fees.amount().to_string(),
+                    campaign_bonuses: r.campaign_bonuses.amount().to_string(),
+                    mdf_reimbursements: r.mdf_reimbursements.amount().to_string(),
+                    total_cost: total_cost.amount().to_string(),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, ApiError>>()?;
         Ok(Response::new(pb::ProgramReport {
             program_id: program_id.to_string(),
             rows,

@@ -15,7 +15,7 @@ use pl_money::{Currency, Money};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::book::Book;
+use crate::book::{Book, CreditKind};
 use crate::setup::Plan;
 
 /// A statement lists at most this many entries; a longer period must be split.
@@ -555,24 +555,56 @@ pub struct ProgramRow {
     pub attributed_revenue: Money,
     /// Commission the partner's conversions cost, overrides included, net of reversals.
     pub commission_cost: Money,
+    /// Paid outside the plans in the period, by kind: campaigns' flat fees, their performance
+    /// bonuses, and MDF reimbursements (credited when they occurred).
+    pub campaign_fees: Money,
+    pub campaign_bonuses: Money,
+    pub mdf_reimbursements: Money,
 }
 
 impl ProgramRow {
-    /// Commission cost per (weighted) conversion; `None` with no conversions.
+    fn empty(key: RowKey, partner_id: Uuid) -> Self {
+        let currency = key.3;
+        ProgramRow {
+            partner_id,
+            partner_type: None,
+            campaign_id: key.2,
+            period_start: key.0,
+            currency,
+            conversions: pl_money::Decimal::ZERO,
+            attributed_revenue: Money::zero(currency),
+            commission_cost: Money::zero(currency),
+            campaign_fees: Money::zero(currency),
+            campaign_bonuses: Money::zero(currency),
+            mdf_reimbursements: Money::zero(currency),
+        }
+    }
+
+    /// Everything the partner cost in the row: commission, fees, bonuses and MDF.
+    pub fn total_cost(&self) -> Result<Money, ReportError> {
+        [
+            self.campaign_fees,
+            self.campaign_bonuses,
+            self.mdf_reimbursements,
+        ]
+        .into_iter()
+        .try_fold(self.commission_cost, Money::checked_add)
+        .map_err(ledger_money)
+    }
+
+    /// Total cost per (weighted) conversion; `None` with no conversions.
     pub fn effective_cpa(&self) -> Option<pl_money::Decimal> {
+        let cost = self.total_cost().ok()?;
         (!self.conversions.is_zero())
-            .then(|| self.commission_cost.amount().checked_div(self.conversions))
+            .then(|| cost.amount().checked_div(self.conversions))
             .flatten()
     }
 
-    /// Revenue per unit of commission; `None` when nothing was paid.
+    /// Revenue per unit of total cost (return on ad spend); `None` when nothing was paid.
     pub fn revenue_per_commission(&self) -> Option<pl_money::Decimal> {
-        (!self.commission_cost.is_zero())
-            .then(|| {
-                self.attributed_revenue
-                    .amount()
-                    .checked_div(self.commission_cost.amount())
-            })
+        let cost = self.total_cost().ok()?;
+        (!cost.is_zero())
+            .then(|| self.attributed_revenue.amount().checked_div(cost.amount()))
             .flatten()
     }
 }
@@ -666,16 +698,10 @@ impl ProgramReport {
                     return Err(ReportError::TooManyEntries);
                 }
                 let key = (period_start, accrual.partner_id, *campaign_id, currency);
-                let row = self.rows.entry(key).or_insert_with(|| ProgramRow {
-                    partner_id: accrual.partner_id,
-                    partner_type: None,
-                    campaign_id: *campaign_id,
-                    period_start,
-                    currency,
-                    conversions: pl_money::Decimal::ZERO,
-                    attributed_revenue: Money::zero(currency),
-                    commission_cost: Money::zero(currency),
-                });
+                let row = self
+                    .rows
+                    .entry(key)
+                    .or_insert_with(|| ProgramRow::empty(key, accrual.partner_id));
                 row.conversions += base.formula.weight;
                 row.attributed_revenue = row
                     .attributed_revenue
@@ -715,6 +741,59 @@ impl ProgramReport {
                         .attributed_revenue
                         .checked_sub(lost)
                         .map_err(ledger_money)?;
+                }
+            }
+            E::PartnerCredited {
+                program_id,
+                credit,
+                transactions,
+            } if *program_id == self.program_id => {
+                let (Some(from), Some(to)) = (self.from, self.to) else {
+                    return Ok(());
+                };
+                let campaign = match credit {
+                    CreditKind::CampaignFee { campaign_id }
+                    | CreditKind::CampaignBonus { campaign_id } => Some(*campaign_id),
+                    CreditKind::MdfReimbursement { .. } => None,
+                };
+                if self.campaign.is_some_and(|c| Some(c) != campaign) {
+                    return Ok(());
+                }
+                for t in transactions {
+                    let at = t.occurred_at();
+                    if at < from || at >= to {
+                        continue;
+                    }
+                    let period_start = if self.monthly {
+                        month_start(at).max(from)
+                    } else {
+                        from
+                    };
+                    for transfer in t.transfers() {
+                        let pl_ledger::Account::PartnerPayable { partner_id, .. } = transfer.credit
+                        else {
+                            continue;
+                        };
+                        if self.rows.len() >= MAX_REPORT_ROWS {
+                            return Err(ReportError::TooManyEntries);
+                        }
+                        let key = (
+                            period_start,
+                            partner_id,
+                            campaign,
+                            transfer.amount.currency(),
+                        );
+                        let row = self
+                            .rows
+                            .entry(key)
+                            .or_insert_with(|| ProgramRow::empty(key, partner_id));
+                        let cost = match credit {
+                            CreditKind::CampaignFee { .. } => &mut row.campaign_fees,
+                            CreditKind::CampaignBonus { .. } => &mut row.campaign_bonuses,
+                            CreditKind::MdfReimbursement { .. } => &mut row.mdf_reimbursements,
+                        };
+                        *cost = cost.checked_add(transfer.amount).map_err(ledger_money)?;
+                    }
                 }
             }
             _ => {}
@@ -797,6 +876,74 @@ mod program_tests {
         assert_eq!(r.commission_cost.to_string(), "15.00 USD");
         assert_eq!(r.effective_cpa(), Some(Decimal::new(75, 1)));
         assert_eq!(r.revenue_per_commission(), Some(Decimal::from(10)));
+    }
+
+    /// The report's costs left out campaign fees, bonuses and MDF: a partner whose two sales
+    /// cost 20.00 in commission but 50.00 in all looked four times cheaper than it was.
+    #[test]
+    fn the_program_report_counts_fees_bonuses_and_mdf_by_kind_in_cpa_and_return_on_spend() {
+        let at = |m, d| Utc.with_ymd_and_hms(2026, m, d, 12, 0, 0).unwrap();
+        let plan = super::tests_support::plan_10_percent(at(1, 1));
+        let program = Uuid::from_u128(9);
+        let partner = Uuid::from_u128(1);
+        let sale = |n: u128, when| BookCommand::Accrue {
+            program_id: program,
+            campaign_id: None,
+            versions: vec![plan.clone()].into(),
+            facts: super::tests_support::sale(n, when, "100.00"),
+        };
+        let credit = |n: u128, credit, amount: &str, when| BookCommand::Credit {
+            credit,
+            program_id: program,
+            partner_id: partner,
+            amount: format!("{amount} USD").parse().unwrap(),
+            occurred_at: when,
+            source_event_id: Uuid::from_u128(200 + n),
+            id_seed: Uuid::from_u128(300 + n),
+        };
+        let mdf = CreditKind::MdfReimbursement {
+            claim_id: Uuid::from_u128(70),
+        };
+        let bonus = CreditKind::CampaignBonus {
+            campaign_id: Uuid::from_u128(71),
+        };
+        let mut book = Book::default();
+        let mut report = ProgramReport::new(program, at(1, 1), at(2, 1));
+        let commands = [
+            sale(1, at(1, 5)),
+            sale(2, at(1, 6)),
+            credit(1, mdf, "25.00", at(1, 10)),
+            credit(2, bonus, "5.00", at(1, 11)),
+            // Outside the period: not this report's cost.
+            credit(
+                3,
+                CreditKind::CampaignFee {
+                    campaign_id: Uuid::from_u128(72),
+                },
+                "500.00",
+                at(2, 2),
+            ),
+        ];
+        for c in &commands {
+            let events = Book::decide(&book, c).unwrap();
+            for e in &events {
+                report.apply(e).unwrap();
+            }
+            book = events.iter().fold(book, Book::evolve);
+        }
+        let rows = report.finish(|_| None, None);
+        let sales = rows.iter().find(|r| r.campaign_id.is_none()).unwrap();
+        assert_eq!(sales.commission_cost.to_string(), "20.00 USD");
+        assert_eq!(sales.mdf_reimbursements.to_string(), "25.00 USD");
+        assert_eq!(sales.total_cost().unwrap().to_string(), "45.00 USD");
+        assert_eq!(sales.effective_cpa(), Some(Decimal::new(225, 1)));
+        let campaign = rows
+            .iter()
+            .find(|r| r.campaign_id == Some(Uuid::from_u128(71)))
+            .unwrap();
+        assert_eq!(campaign.campaign_bonuses.to_string(), "5.00 USD");
+        assert_eq!(campaign.campaign_fees.to_string(), "0.00 USD");
+        assert_eq!(rows.len(), 2, "{rows:?}");
     }
 }
 

@@ -808,6 +808,53 @@ async fn a_campaign_fee_and_an_mdf_reimbursement_are_payable_at_once_and_credite
         w.balances(PARTNER, None).await,
         ("0.00".into(), "700.00".into())
     );
+    // The program report counts them as costs, by kind: the fee and the bonus under their
+    // campaign, the MDF reimbursement under none.
+    let report = w
+        .api
+        .get_program_report(Request::new(pb::GetProgramReportRequest {
+            program_id: PROGRAM.to_string(),
+            from: Some(ts(at(1, 1))),
+            to: Some(ts(at(2, 1))),
+            campaign_id: String::new(),
+            partner_type: String::new(),
+            monthly: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let costs: Vec<(String, String, String, String, String)> = report
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r.campaign_id.clone(),
+                r.campaign_fees.clone(),
+                r.campaign_bonuses.clone(),
+                r.mdf_reimbursements.clone(),
+                r.total_cost.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        costs,
+        vec![
+            (
+                String::new(),
+                "0.00".into(),
+                "0.00".into(),
+                "120.00".into(),
+                "120.00".into()
+            ),
+            (
+                Uuid::from_u128(0xca).to_string(),
+                "500.00".into(),
+                "80.00".into(),
+                "0.00".into(),
+                "580.00".into()
+            ),
+        ]
+    );
     // A credit of a fraction of a cent is refused with the reason; nothing is written.
     let odd = serde_json::json!({
         "claim_id": Uuid::from_u128(0xc1a2), "partner_id": PARTNER, "program_id": PROGRAM,
