@@ -132,6 +132,13 @@ pub enum BookEvent {
         credit: CreditKind,
         transactions: Vec<Transaction>,
     },
+    /// A manager's manual adjustment of the partner's payable (a correction, or a bonus
+    /// outside any plan), approved and referenced; undone only by a counter adjustment.
+    Adjusted {
+        program_id: Uuid,
+        adjustment: Adjustment,
+        transactions: Vec<Transaction>,
+    },
 }
 
 impl DomainEvent for BookEvent {
@@ -147,6 +154,40 @@ impl DomainEvent for BookEvent {
     fn decode(recorded: &pl_eventlog::RecordedEvent) -> Result<Self, String> {
         crate::book_codec::decode(recorded)
     }
+}
+
+/// Why a manual adjustment was made: the program report counts each kind apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustmentKind {
+    /// Money owed outside any plan (a one-off campaign bonus, a goodwill payment).
+    Bonus,
+    /// A correction (after a dispute, a mistake found in a statement).
+    Correction,
+}
+
+impl AdjustmentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdjustmentKind::Bonus => "bonus",
+            AdjustmentKind::Correction => "correction",
+        }
+    }
+}
+
+/// A manual adjustment as decided: what, how much (signed: positive credits the partner's
+/// payable), why, on whose approval, and the adjustment it counters, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adjustment {
+    pub adjustment_id: Uuid,
+    pub kind: AdjustmentKind,
+    pub amount: Money,
+    pub reason: String,
+    pub reference: String,
+    pub approved_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Uuid>,
+    pub occurred_at: DateTime<Utc>,
 }
 
 /// What a credit outside commission plans is for; each is credited once per partner.
@@ -176,6 +217,7 @@ impl BookEvent {
             BookEvent::PayoutSettled { .. } => "PayoutSettled",
             BookEvent::PayoutFailed { .. } => "PayoutFailed",
             BookEvent::PartnerCredited { .. } => "PartnerCredited",
+            BookEvent::Adjusted { .. } => "Adjusted",
         }
     }
 
@@ -183,6 +225,7 @@ impl BookEvent {
         match self {
             BookEvent::ConversionAccrued { transactions, .. }
             | BookEvent::PartnerCredited { transactions, .. }
+            | BookEvent::Adjusted { transactions, .. }
             | BookEvent::OverrideAccrued { transactions, .. }
             | BookEvent::ConversionReversed { transactions, .. }
             | BookEvent::OverrideReversed { transactions, .. }
@@ -199,6 +242,7 @@ impl BookEvent {
         match self {
             BookEvent::ConversionAccrued { transactions, .. }
             | BookEvent::PartnerCredited { transactions, .. }
+            | BookEvent::Adjusted { transactions, .. }
             | BookEvent::OverrideAccrued { transactions, .. }
             | BookEvent::ConversionReversed { transactions, .. }
             | BookEvent::OverrideReversed { transactions, .. }
@@ -236,6 +280,8 @@ pub struct Book {
     pub payouts: BTreeMap<(Uuid, Currency), Payout>,
     /// Credits outside plans already posted: the same one twice changes nothing.
     pub credits: BTreeSet<CreditKind>,
+    /// Manual adjustments by id, and whether a counter adjustment has undone each.
+    pub adjustments: BTreeMap<Uuid, (Adjustment, bool)>,
     /// Set when a stored event could not be applied (never expected; reported on the next
     /// command instead of being ignored).
     pub broken: Option<String>,
@@ -351,6 +397,13 @@ pub enum BookCommand {
         at: DateTime<Utc>,
         id_seed: Uuid,
     },
+    /// Adjusts the partner's payable by hand (see [`Adjustment`]).
+    Adjust {
+        program_id: Uuid,
+        partner_id: Uuid,
+        adjustment: Adjustment,
+        id_seed: Uuid,
+    },
     /// Credits a campaign fee or an MDF reimbursement to the partner's payable.
     Credit {
         credit: CreditKind,
@@ -390,6 +443,12 @@ pub enum BookError {
     },
     #[error("a credit must be a positive amount in the currency's minor unit, not {0}")]
     BadCredit(Money),
+    #[error("an adjustment is a non-zero amount in the currency's minor unit, not {0}")]
+    BadAdjustment(Money),
+    #[error("adjustment {0} was recorded with other details; a new adjustment needs a new id")]
+    AdjustmentTaken(Uuid),
+    #[error("adjustment {adjustment_id} cannot be countered: {reason}")]
+    BadCounter { adjustment_id: Uuid, reason: String },
     #[error("a payout cannot settle or fail at {at}, before it was sent at {created_at}")]
     BeforeSent {
         at: DateTime<Utc>,
@@ -400,6 +459,70 @@ pub enum BookError {
 /// The shape of the ledger's single-transfer posting builders.
 type PostingFn =
     fn(Uuid, DateTime<Utc>, Uuid, Uuid, Money, Explanation) -> Result<Transaction, LedgerError>;
+
+/// Decides a manual adjustment: once per id (the same details again change nothing), a
+/// counter adjustment only of an adjustment in this book not countered yet, for exactly its
+/// opposite amount.
+fn adjust(
+    book: &Book,
+    program_id: Uuid,
+    partner_id: Uuid,
+    a: &Adjustment,
+    id_seed: Uuid,
+) -> Result<Vec<BookEvent>, BookError> {
+    if let Some((stored, _)) = book.adjustments.get(&a.adjustment_id) {
+        return if stored == a {
+            Ok(vec![])
+        } else {
+            Err(BookError::AdjustmentTaken(a.adjustment_id))
+        };
+    }
+    if a.amount.is_zero() || a.amount.amount().scale() > a.amount.currency().minor_unit() {
+        return Err(BookError::BadAdjustment(a.amount));
+    }
+    let mut line = format!(
+        "manual {} approved by {} (reference {}): {}: {}",
+        a.kind.as_str(),
+        a.approved_by,
+        a.reference,
+        a.reason,
+        a.amount
+    );
+    if let Some(original) = a.counters {
+        let bad = |reason: &str| BookError::BadCounter {
+            adjustment_id: original,
+            reason: reason.to_owned(),
+        };
+        let (stored, countered) = book
+            .adjustments
+            .get(&original)
+            .ok_or_else(|| bad("no such adjustment in this partner's book"))?;
+        if *countered {
+            return Err(bad("it was countered already"));
+        }
+        let sum = stored
+            .amount
+            .checked_add(a.amount)
+            .map_err(|_| bad("it is in another currency"))?;
+        if !sum.is_zero() {
+            return Err(bad(&format!("its counter is {}", -stored.amount)));
+        }
+        line.push_str(&format!(" (counters adjustment {original})"));
+    }
+    let t = postings::adjustment(
+        txn_id(id_seed, "adjustment"),
+        a.occurred_at,
+        partner_id,
+        program_id,
+        a.amount,
+        Explanation::new(a.adjustment_id, line),
+    )?;
+    Ok(vec![BookEvent::Adjusted {
+        program_id,
+        adjustment: a.clone(),
+        transactions: vec![t],
+    }])
+}
 
 fn txn_id(seed: Uuid, what: &str) -> Uuid {
     Uuid::new_v5(&seed, what.as_bytes())
@@ -937,6 +1060,12 @@ impl Aggregate for Book {
                     transactions: vec![t],
                 }])
             }
+            BookCommand::Adjust {
+                program_id,
+                partner_id,
+                adjustment,
+                id_seed,
+            } => adjust(book, *program_id, *partner_id, adjustment, *id_seed),
             BookCommand::Credit {
                 credit,
                 program_id,
@@ -1201,6 +1330,15 @@ impl Book {
             BookEvent::PartnerCredited { credit, .. } => {
                 self.credits.insert(*credit);
             }
+            BookEvent::Adjusted { adjustment, .. } => {
+                if let Some(original) = adjustment.counters {
+                    if let Some((_, countered)) = self.adjustments.get_mut(&original) {
+                        *countered = true;
+                    }
+                }
+                self.adjustments
+                    .insert(adjustment.adjustment_id, (adjustment.clone(), false));
+            }
             BookEvent::PayoutSettled {
                 run_id, currency, ..
             }
@@ -1430,6 +1568,11 @@ mod tests {
                 },
                 transactions: vec![],
             },
+            BookEvent::Adjusted {
+                program_id: PROGRAM,
+                adjustment: adjustment(62, "-5.00", Some(Uuid::from_u128(63))),
+                transactions: vec![],
+            },
         ]);
         let mut seen = std::collections::BTreeSet::new();
         for (i, event) in events.iter().enumerate() {
@@ -1453,7 +1596,74 @@ mod tests {
             assert_eq!(&crate::book_codec::decode(&recorded).unwrap(), event);
             seen.insert(tag);
         }
-        assert_eq!(seen.len(), 10, "every variant: {seen:?}");
+        assert_eq!(seen.len(), 11, "every variant: {seen:?}");
+    }
+
+    fn adjustment(id: u128, amount: &str, counters: Option<Uuid>) -> Adjustment {
+        Adjustment {
+            adjustment_id: Uuid::from_u128(id),
+            kind: AdjustmentKind::Correction,
+            amount: usd(amount),
+            reason: "statement dispute settled".into(),
+            reference: "CASE-17".into(),
+            approved_by: "finance-lead".into(),
+            counters,
+            occurred_at: day(5),
+        }
+    }
+
+    fn adjust(id: u128, amount: &str, counters: Option<u128>) -> BookCommand {
+        BookCommand::Adjust {
+            program_id: PROGRAM,
+            partner_id: PARTNER,
+            adjustment: adjustment(id, amount, counters.map(Uuid::from_u128)),
+            id_seed: Uuid::from_u128(1000 + id),
+        }
+    }
+
+    #[test]
+    fn a_manual_adjustment_moves_the_payable_explained_and_only_a_counter_adjustment_undoes_it() {
+        let (book, credited) = run(Book::default(), &adjust(1, "50.00", None));
+        assert_eq!(balances(&credited).1, usd("50.00"));
+        let line = &credited[0].transactions()[0].explanation().line;
+        assert!(
+            line.contains("approved by finance-lead")
+                && line.contains("reference CASE-17")
+                && line.contains("statement dispute settled"),
+            "{line}"
+        );
+        // The same adjustment again changes nothing; its id with other details is refused.
+        assert!(Book::decide(&book, &adjust(1, "50.00", None))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            Book::decide(&book, &adjust(1, "60.00", None)),
+            Err(BookError::AdjustmentTaken(Uuid::from_u128(1)))
+        );
+        // A counter is exactly the opposite amount, once.
+        assert!(matches!(
+            Book::decide(&book, &adjust(2, "-40.00", Some(1))),
+            Err(BookError::BadCounter { .. })
+        ));
+        assert!(matches!(
+            Book::decide(&book, &adjust(2, "-50.00", Some(9))),
+            Err(BookError::BadCounter { .. })
+        ));
+        let (book, countered) = run(book, &adjust(2, "-50.00", Some(1)));
+        let all: Vec<BookEvent> = credited.iter().chain(&countered).cloned().collect();
+        assert_eq!(balances(&all).1, usd("0.00"));
+        assert!(countered[0].transactions()[0]
+            .explanation()
+            .line
+            .contains("counters adjustment"));
+        assert!(matches!(
+            Book::decide(&book, &adjust(3, "-50.00", Some(1))),
+            Err(BookError::BadCounter { .. })
+        ));
+        assert_eq!(
+            Book::decide(&book, &adjust(4, "0.00", None)),
+            Err(BookError::BadAdjustment(usd("0.00")))
+        );
     }
 
     /// given(events) / when(command) / then(events), folding the new events in.

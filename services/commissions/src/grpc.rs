@@ -263,6 +263,23 @@ fn period(
     Some((from, to))
 }
 
+/// A signed, non-zero amount in the currency's minor unit.
+fn adjustment_amount(m: &pl_proto::common::v1::Money) -> Result<pl_money::Money, FieldViolation> {
+    let currency = currency("amount.currency", &m.currency)?;
+    let amount = pl_money::Money::parse_exact(&m.amount, currency)
+        .map_err(|e| FieldViolation::new("amount.amount", e.to_string()))?;
+    if amount.is_zero() {
+        return Err(FieldViolation::new("amount.amount", "must not be zero"));
+    }
+    if amount.amount().abs() > pl_commission_engine::MAX_AMOUNT {
+        return Err(FieldViolation::new(
+            "amount.amount",
+            format!("at most {} in magnitude", pl_commission_engine::MAX_AMOUNT),
+        ));
+    }
+    Ok(amount)
+}
+
 fn money_pb(m: pl_money::Money) -> pl_proto::common::v1::Money {
     pl_proto::common::v1::Money {
         amount: m.amount().to_string(),
@@ -891,6 +908,107 @@ impl CommissionsApi for CommissionsService {
     }
 
     #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
+    async fn record_adjustment(
+        &self,
+        request: Request<pb::RecordAdjustmentRequest>,
+    ) -> Result<Response<pb::AdjustmentRecorded>, Status> {
+        const MAX_REASON_CHARS: usize = 500;
+        const MAX_NAME_CHARS: usize = 128;
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
+        let program_id = v.check(parse_uuid("program_id", &req.program_id));
+        let kind = match pb::AdjustmentKind::try_from(req.kind) {
+            Ok(pb::AdjustmentKind::Bonus) => Some(book::AdjustmentKind::Bonus),
+            Ok(pb::AdjustmentKind::Correction) => Some(book::AdjustmentKind::Correction),
+            _ => v.check(Err(FieldViolation::new(
+                "kind",
+                "ADJUSTMENT_KIND_BONUS or ADJUSTMENT_KIND_CORRECTION",
+            ))),
+        };
+        let amount = match &req.amount {
+            None => v.check(Err(FieldViolation::new("amount", "required"))),
+            Some(m) => v.check(adjustment_amount(m)),
+        };
+        let reason = v.check(parse_text("reason", &req.reason, MAX_REASON_CHARS));
+        let reference = v.check(parse_text("reference", &req.reference, MAX_NAME_CHARS));
+        let approved_by = v.check(parse_text("approved_by", &req.approved_by, MAX_NAME_CHARS));
+        let counters = if req.counters_adjustment_id.is_empty() {
+            Some(None)
+        } else {
+            v.check(parse_uuid(
+                "counters_adjustment_id",
+                &req.counters_adjustment_id,
+            ))
+            .map(Some)
+        };
+        v.finish()?;
+        let (
+            Some(meta),
+            Some(partner_id),
+            Some(program_id),
+            Some(kind),
+            Some(amount),
+            Some(reason),
+            Some(reference),
+            Some(approved_by),
+            Some(counters),
+        ) = (
+            meta,
+            partner_id,
+            program_id,
+            kind,
+            amount,
+            reason,
+            reference,
+            approved_by,
+            counters,
+        )
+        else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let store = self.store.as_ref();
+        let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
+        let response =
+            idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
+                let adjustment_id = uuid::Uuid::new_v5(&meta.key.id_seed(), b"adjustment");
+                let cmd = BookCommand::Adjust {
+                    program_id,
+                    partner_id,
+                    adjustment: book::Adjustment {
+                        adjustment_id,
+                        kind,
+                        amount,
+                        reason,
+                        reference,
+                        approved_by,
+                        counters,
+                        occurred_at: meta.occurred_at,
+                    },
+                    id_seed: meta.key.id_seed(),
+                };
+                let done =
+                    execute::<Book>(store, &book::stream(partner_id), &cmd, &meta.command_meta())
+                        .await
+                        .map_err(book_error)?;
+                let transaction = done
+                    .events
+                    .iter()
+                    .flat_map(BookEvent::transactions)
+                    .next()
+                    .ok_or_else(|| ApiError::internal("adjustment without its transaction"))?;
+                Ok(pb::AdjustmentRecorded {
+                    adjustment_id: adjustment_id.to_string(),
+                    transaction_id: transaction.id().to_string(),
+                    explanation: transaction.explanation().line.clone(),
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
     async fn mature_commissions(
         &self,
         request: Request<pb::MatureCommissionsRequest>,
@@ -1480,6 +1598,7 @@ impl CommissionsApi for CommissionsService {
                     campaign_fees: r.campaign_fees.amount().to_string(),
                     campaign_bonuses: r.campaign_bonuses.amount().to_string(),
                     mdf_reimbursements: r.mdf_reimbursements.amount().to_string(),
+                    adjustments: r.adjustments.amount().to_string(),
                     total_cost: total_cost.amount().to_string(),
                 })
             })

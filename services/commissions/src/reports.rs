@@ -560,6 +560,8 @@ pub struct ProgramRow {
     pub campaign_fees: Money,
     pub campaign_bonuses: Money,
     pub mdf_reimbursements: Money,
+    /// Manual adjustments of the partner's payable (bonuses and corrections, signed).
+    pub adjustments: Money,
 }
 
 impl ProgramRow {
@@ -577,15 +579,17 @@ impl ProgramRow {
             campaign_fees: Money::zero(currency),
             campaign_bonuses: Money::zero(currency),
             mdf_reimbursements: Money::zero(currency),
+            adjustments: Money::zero(currency),
         }
     }
 
-    /// Everything the partner cost in the row: commission, fees, bonuses and MDF.
+    /// Everything the partner cost in the row: commission, fees, bonuses, MDF, adjustments.
     pub fn total_cost(&self) -> Result<Money, ReportError> {
         [
             self.campaign_fees,
             self.campaign_bonuses,
             self.mdf_reimbursements,
+            self.adjustments,
         ]
         .into_iter()
         .try_fold(self.commission_cost, Money::checked_add)
@@ -795,6 +799,50 @@ impl ProgramReport {
                         *cost = cost.checked_add(transfer.amount).map_err(ledger_money)?;
                     }
                 }
+            }
+            E::Adjusted {
+                program_id,
+                adjustment,
+                ..
+            } if *program_id == self.program_id => {
+                let (Some(from), Some(to)) = (self.from, self.to) else {
+                    return Ok(());
+                };
+                let at = adjustment.occurred_at;
+                if at < from || at >= to || self.campaign.is_some() {
+                    return Ok(());
+                }
+                let Some(partner_id) = event
+                    .transactions()
+                    .iter()
+                    .flat_map(|t| t.transfers())
+                    .find_map(|t| match (&t.debit, &t.credit) {
+                        (pl_ledger::Account::PartnerPayable { partner_id, .. }, _)
+                        | (_, pl_ledger::Account::PartnerPayable { partner_id, .. }) => {
+                            Some(*partner_id)
+                        }
+                        _ => None,
+                    })
+                else {
+                    return Ok(());
+                };
+                if self.rows.len() >= MAX_REPORT_ROWS {
+                    return Err(ReportError::TooManyEntries);
+                }
+                let period_start = if self.monthly {
+                    month_start(at).max(from)
+                } else {
+                    from
+                };
+                let key = (period_start, partner_id, None, adjustment.amount.currency());
+                let row = self
+                    .rows
+                    .entry(key)
+                    .or_insert_with(|| ProgramRow::empty(key, partner_id));
+                row.adjustments = row
+                    .adjustments
+                    .checked_add(adjustment.amount)
+                    .map_err(ledger_money)?;
             }
             _ => {}
         }

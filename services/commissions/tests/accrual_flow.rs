@@ -2063,3 +2063,98 @@ async fn a_plan_with_a_misspelt_key_is_refused_by_its_path_and_nothing_is_writte
         .unwrap_err();
     assert_eq!(read.code(), tonic::Code::NotFound);
 }
+
+#[tokio::test]
+async fn a_manual_bonus_is_payable_explained_counted_in_the_program_report_and_undone_by_a_counter()
+{
+    let w = world().await;
+    let adjust = |key: &str, amount: &str, counters: &str| pb::RecordAdjustmentRequest {
+        context: ctx(key),
+        partner_id: PARTNER.to_string(),
+        program_id: PROGRAM.to_string(),
+        kind: pb::AdjustmentKind::Bonus as i32,
+        amount: Some(pl_proto::common::v1::Money {
+            amount: amount.into(),
+            currency: "USD".into(),
+        }),
+        reason: "launch week bonus outside the plan".into(),
+        reference: "MKT-88".into(),
+        approved_by: "head-of-partnerships".into(),
+        counters_adjustment_id: counters.into(),
+    };
+    let bonus = w
+        .api
+        .record_adjustment(Request::new(adjust("bonus-1", "25.00", "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        bonus
+            .explanation
+            .contains("approved by head-of-partnerships"),
+        "{}",
+        bonus.explanation
+    );
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("0.00".into(), "25.00".into())
+    );
+    let report = w
+        .api
+        .get_program_report(Request::new(pb::GetProgramReportRequest {
+            program_id: PROGRAM.to_string(),
+            from: Some(ts(at(1, 1))),
+            to: Some(ts(at(12, 31))),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.rows.len(), 1);
+    assert_eq!(report.rows[0].adjustments, "25.00");
+    assert_eq!(report.rows[0].total_cost, "25.00");
+
+    // Zero, or no approver, is refused with the field, and nothing is written.
+    let mut zero = adjust("bonus-0", "0.00", "");
+    zero.approved_by.clear();
+    let refused = w
+        .api
+        .record_adjustment(Request::new(zero))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("amount.amount") && refused.message().contains("approved_by"),
+        "{}",
+        refused.message()
+    );
+
+    // Undone by a counter adjustment, once; never edited.
+    w.api
+        .record_adjustment(Request::new(adjust(
+            "bonus-1-undo",
+            "-25.00",
+            &bonus.adjustment_id,
+        )))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.balances(PARTNER, None).await,
+        ("0.00".into(), "0.00".into())
+    );
+    let again = w
+        .api
+        .record_adjustment(Request::new(adjust(
+            "bonus-1-undo-again",
+            "-25.00",
+            &bonus.adjustment_id,
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        again.message().contains("countered already"),
+        "{}",
+        again.message()
+    );
+}
