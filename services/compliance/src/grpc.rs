@@ -178,6 +178,15 @@ fn hold_id(field: &str, value: &str, manual: bool) -> Result<String, FieldViolat
             "only [A-Za-z0-9._:-] are allowed",
         ));
     }
+    if manual && value.starts_with(crate::service::REQUIREMENT_HOLD_PREFIX) {
+        return Err(FieldViolation::new(
+            field,
+            format!(
+                "ids starting with {:?} are reserved for programs' required agreements",
+                crate::service::REQUIREMENT_HOLD_PREFIX
+            ),
+        ));
+    }
     if manual && value.starts_with(FLAG_HOLD_PREFIX) {
         return Err(FieldViolation::new(
             field,
@@ -366,8 +375,8 @@ fn rules_pb(r: &FraudRules) -> pb::FraudRules {
 
 // ----- views ----------------------------------------------------------------------------------
 
-fn verification_view(v: &Verification, index: usize) -> pb::Verification {
-    let kind = match v.kind {
+fn kind_pb(kind: VerificationKind) -> pb::VerificationKind {
+    match kind {
         VerificationKind::Kyc => pb::VerificationKind::Kyc,
         VerificationKind::Kyb => pb::VerificationKind::Kyb,
         VerificationKind::TaxFormW9 => pb::VerificationKind::TaxFormW9,
@@ -377,7 +386,11 @@ fn verification_view(v: &Verification, index: usize) -> pb::Verification {
         VerificationKind::DisclosureAcknowledgement => {
             pb::VerificationKind::DisclosureAcknowledgement
         }
-    };
+    }
+}
+
+fn verification_view(v: &Verification, index: usize) -> pb::Verification {
+    let kind = kind_pb(v.kind);
     let status = match v.status {
         VerificationStatus::Verified => pb::VerificationStatus::Verified,
         VerificationStatus::Rejected => pb::VerificationStatus::Rejected,
@@ -520,6 +533,11 @@ fn program_view(program_id: Uuid, s: &Settings, version: u64) -> pb::Program {
         jurisdictions: s.jurisdictions.clone(),
         rules: Some(rules_pb(&s.rules)),
         settings_version: version,
+        required_verifications: s
+            .required_verifications
+            .iter()
+            .map(|k| kind_pb(*k) as i32)
+            .collect(),
     }
 }
 
@@ -639,6 +657,14 @@ impl ComplianceApi for ComplianceService {
                     action: Action::Record(verification.clone()),
                 };
                 let done = c.run(&cmd, &meta.command_meta()).await.map_err(to_api)?;
+                // A required agreement now recorded (or revoked) lifts (or places) its hold.
+                c.enforce_requirements(
+                    verification.partner_id,
+                    meta.occurred_at,
+                    &crate::service::step(&meta.command_meta(), "requirements"),
+                )
+                .await
+                .map_err(to_api)?;
                 let recorded = done
                     .events
                     .iter()
@@ -854,11 +880,18 @@ impl ComplianceApi for ComplianceService {
             Some(r) => rules_of(r, &mut v),
             None => Some(FraudRules::default()),
         };
+        let required: Vec<VerificationKind> = req
+            .required_verifications
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| v.check(kind(&format!("required_verifications[{i}]"), *k)))
+            .collect();
         if let Some(rules) = rules.clone() {
             let settings = Settings {
                 regulated: req.regulated,
                 jurisdictions: req.jurisdictions.clone(),
                 rules,
+                required_verifications: required.clone(),
             };
             for (field, description) in settings.problems() {
                 v.add(field, description);
@@ -872,6 +905,7 @@ impl ComplianceApi for ComplianceService {
                 regulated: req.regulated,
                 jurisdictions: req.jurisdictions.clone(),
                 rules: need(rules)?,
+                required_verifications: required,
             },
             configured_by: need(by)?,
             occurred_at: meta.occurred_at,

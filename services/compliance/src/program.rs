@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::rules::FraudRules;
-use crate::verification::is_jurisdiction;
+use crate::verification::{is_jurisdiction, VerificationKind};
 
 pub const MAX_JURISDICTIONS: usize = 50;
 
@@ -20,7 +20,17 @@ pub struct Settings {
     pub regulated: bool,
     pub jurisdictions: Vec<String>,
     pub rules: FraudRules,
+    /// Agreements every partner must have recorded before it is paid (see
+    /// [`REQUIRABLE`]); a missing one holds the partner's payouts (`requirement-<kind>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_verifications: Vec<VerificationKind>,
 }
+
+/// The verifications a program may require of every partner before it is paid.
+pub const REQUIRABLE: &[VerificationKind] = &[
+    VerificationKind::DataSharingAgreement,
+    VerificationKind::DisclosureAcknowledgement,
+];
 
 impl Settings {
     /// Every problem as (field, description).
@@ -31,6 +41,19 @@ impl Settings {
             .into_iter()
             .map(|(f, d)| (format!("rules.{f}"), d))
             .collect();
+        for (i, kind) in self.required_verifications.iter().enumerate() {
+            if !REQUIRABLE.contains(kind) {
+                out.push((
+                    format!("required_verifications[{i}]"),
+                    "only a data-sharing agreement or a disclosure acknowledgement".into(),
+                ));
+            } else if self.required_verifications[..i].contains(kind) {
+                out.push((
+                    format!("required_verifications[{i}]"),
+                    "listed twice".into(),
+                ));
+            }
+        }
         if self.regulated && self.jurisdictions.is_empty() {
             out.push((
                 "jurisdictions".into(),

@@ -23,6 +23,7 @@ use crate::rules::{self, CustomerIdentity, Finding, PartnerIdentity, Rule};
 use crate::sanctions::SanctionsList;
 use crate::signals::{Claim, Clicks, Identity};
 use crate::streams;
+use crate::verification::VerificationKind;
 
 /// Streams kept in memory per kind.
 const CACHED_PARTNERS: usize = 16_384;
@@ -99,6 +100,14 @@ pub struct Compliance {
 
 /// A command's meta for one step of handling a consumed event (or a request), so each step's
 /// event ids are distinct and stable across redeliveries.
+/// The payout hold a missing required agreement of `kind` keeps in place.
+pub fn requirement_hold(kind: VerificationKind) -> String {
+    format!("{REQUIREMENT_HOLD_PREFIX}{}", kind.as_str())
+}
+
+/// Holds named so are placed and released by compliance's requirements, never by hand.
+pub const REQUIREMENT_HOLD_PREFIX: &str = "requirement-";
+
 pub fn step(meta: &CommandMeta, purpose: &str) -> CommandMeta {
     CommandMeta {
         id_seed: Uuid::new_v5(&meta.id_seed, purpose.as_bytes()),
@@ -192,6 +201,75 @@ impl Compliance {
             )
             .await
             .map_err(lift)?;
+        Ok(())
+    }
+
+    /// Holds the partner's payouts (`requirement-<kind>`) while an agreement its program
+    /// requires is not recorded as verified at `at`, and releases the hold once it is. Run
+    /// after whatever may change the answer: the partner's application (its program), and a
+    /// verification recorded.
+    pub async fn enforce_requirements(
+        &self,
+        partner_id: Uuid,
+        at: DateTime<Utc>,
+        meta: &CommandMeta,
+    ) -> Result<(), ServiceError> {
+        let ((program, missing_and_open), _) = self
+            .partner(partner_id, |f| {
+                let program = f.profile.as_ref().and_then(|p| p.program_id);
+                let state = |kind: VerificationKind| {
+                    let recorded = f
+                        .standing
+                        .verifications
+                        .iter()
+                        .filter(|v| v.kind == kind && v.occurred_at <= at)
+                        .max_by_key(|v| v.occurred_at)
+                        .is_some_and(|v| v.valid_at(at));
+                    let held = f
+                        .standing
+                        .holds
+                        .get(&requirement_hold(kind))
+                        .is_some_and(|h| h.in_place);
+                    (kind, !recorded, held)
+                };
+                (
+                    program,
+                    crate::program::REQUIRABLE
+                        .iter()
+                        .map(|k| state(*k))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .await?;
+        let Some(program) = program else {
+            return Ok(());
+        };
+        let (settings, _) = self.program(program).await?;
+        for (kind, missing, held) in missing_and_open {
+            let required = settings.required_verifications.contains(&kind);
+            let action = match (required && missing, held) {
+                (true, false) => Action::PlaceHold {
+                    hold_id: requirement_hold(kind),
+                    reason: format!(
+                        "program {program} requires a {} before payouts",
+                        kind.as_str()
+                    ),
+                    by: SYSTEM.to_owned(),
+                },
+                (false, true) => Action::ReleaseHold {
+                    hold_id: requirement_hold(kind),
+                    reason: format!("{} recorded, or no longer required", kind.as_str()),
+                    by: SYSTEM.to_owned(),
+                },
+                _ => continue,
+            };
+            let cmd = PartnerCommand {
+                partner_id,
+                at,
+                action,
+            };
+            self.run(&cmd, &step(meta, &requirement_hold(kind))).await?;
+        }
         Ok(())
     }
 
@@ -406,6 +484,8 @@ impl Compliance {
                 self.run_cached(&cmd, &step(meta, "screen")).await?;
             }
         }
+        self.enforce_requirements(a.partner_id, at, &step(meta, "requirements"))
+            .await?;
         Ok(())
     }
 

@@ -354,6 +354,7 @@ impl World {
                 jurisdictions: regulated.iter().map(|j| (*j).to_owned()).collect(),
                 rules,
                 configured_by: "ops".into(),
+                required_verifications: vec![],
             }))
             .await
             .unwrap()
@@ -786,6 +787,7 @@ async fn given_invalid_program_settings_then_every_problem_is_named() {
             jurisdictions: vec![],
             rules: Some(rules),
             configured_by: "ops".into(),
+            required_verifications: vec![],
         }))
         .await
         .unwrap_err();
@@ -1564,4 +1566,72 @@ async fn a_conversion_whose_flag_the_log_refused_is_listed_and_flagged_once_by_a
     assert!(!again.ran);
     assert_eq!(again.letter.unwrap().retries, 2);
     assert_eq!(w.flags(ALICE).await.len(), 1);
+}
+
+// ----- required agreements -------------------------------------------------------------------
+
+/// A program's required disclosure acknowledgement was only listed as outstanding: a partner
+/// without it was paid. Now it holds the partner's payouts (in compliance's eligibility and
+/// commissions' alike) until it is recorded.
+#[tokio::test]
+async fn given_a_program_requiring_a_disclosure_then_payouts_wait_for_it_and_a_manual_hold_cannot_take_its_name(
+) {
+    let w = World::new();
+    w.api
+        .configure_program(Request::new(pb::ConfigureProgramRequest {
+            context: w.ctx_at(day(1, 1)),
+            program_id: PROGRAM.to_string(),
+            regulated: false,
+            jurisdictions: vec![],
+            rules: None,
+            configured_by: "ops".into(),
+            required_verifications: vec![pb::VerificationKind::DisclosureAcknowledgement.into()],
+        }))
+        .await
+        .unwrap();
+    w.eligible_partner(ALICE).await;
+    w.applied(ALICE, "alice@creators.example", "Alice Creator")
+        .await;
+    let e = w.eligibility(ALICE, day(2, 1)).await;
+    assert_eq!(codes(&e), vec!["payout_hold"]);
+    let theirs = commissions_eligibility(&w, ALICE).await.blockers(day(2, 1));
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    assert!(
+        theirs[0]
+            .detail()
+            .contains("requirement-disclosure_acknowledgement")
+            && theirs[0]
+                .detail()
+                .contains("requires a disclosure_acknowledgement"),
+        "{}",
+        theirs[0].detail()
+    );
+
+    w.verify(
+        ALICE,
+        pb::VerificationKind::DisclosureAcknowledgement,
+        day(2, 2),
+        None,
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(w.eligibility(ALICE, day(2, 3)).await.eligible);
+    assert!(commissions_eligibility(&w, ALICE)
+        .await
+        .blockers(day(2, 3))
+        .is_empty());
+
+    let reserved = w
+        .api
+        .place_payout_hold(Request::new(pb::PlacePayoutHoldRequest {
+            context: w.ctx_at(day(2, 4)),
+            partner_id: ALICE.to_string(),
+            hold_id: "requirement-disclosure_acknowledgement".into(),
+            reason: "by hand".into(),
+            placed_by: "ops".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(reserved.code(), Code::InvalidArgument);
 }

@@ -223,6 +223,7 @@ impl Run {
                 jurisdictions: vec!["CY".into()],
                 rules: None,
                 configured_by: "compliance-officer".into(),
+                required_verifications: vec![],
             })
             .await
             .map_err(status("configure regulated program"))?;
