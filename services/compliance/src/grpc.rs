@@ -45,6 +45,8 @@ pub const MAX_REASSESS_PARTNERS: usize = 500;
 pub struct ComplianceService {
     compliance: Compliance,
     clock: Arc<dyn Clock>,
+    /// The sanctions list file `ReloadSanctionsList` reads; `None`: reloading is refused.
+    sanctions_path: Option<std::path::PathBuf>,
 }
 
 pub const SERVICE_NAME: &str =
@@ -64,7 +66,14 @@ impl ComplianceService {
         Self {
             compliance: Compliance::new(store, sanctions),
             clock,
+            sanctions_path: None,
         }
+    }
+
+    /// The file `ReloadSanctionsList` reads the list from again.
+    pub fn with_sanctions_path(mut self, path: std::path::PathBuf) -> Self {
+        self.sanctions_path = Some(path);
+        self
     }
 
     /// The application services, shared with the bus consumer (same caches).
@@ -1025,6 +1034,54 @@ impl ComplianceApi for ComplianceService {
         Ok(Response::new(response))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn reload_sanctions_list(
+        &self,
+        request: Request<pb::ReloadSanctionsListRequest>,
+    ) -> Result<Response<pb::SanctionsListStatus>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let meta = self.meta(req.context.as_ref(), &mut v);
+        let by = v.check(parse_text("loaded_by", &req.loaded_by, MAX_TEXT_CHARS));
+        v.finish()?;
+        let (meta, by) = (need(meta)?, need(by)?);
+        let Some(path) = self.sanctions_path.clone() else {
+            return Err(ApiError::rule(
+                "no sanctions list file is configured: start the service with --sanctions-list \
+                 (PL_SANCTIONS_LIST)",
+            )
+            .into());
+        };
+        let fp = fingerprint(&req, |r| r.context.as_mut());
+        let c = &self.compliance;
+        let response = idempotency::run_once(
+            c.store.as_ref(),
+            &meta.key,
+            fp,
+            meta.occurred_at,
+            || async {
+                // Up to 64 MiB read and parsed: off the async threads.
+                let list = tokio::task::spawn_blocking(move || SanctionsList::load(&path))
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(|e| ApiError::rule(format!("the sanctions list file: {e}")))?;
+                let loaded = c
+                    .load_list(list, &by, meta.occurred_at, &meta.command_meta())
+                    .await
+                    .map_err(to_api)?;
+                Ok(pb::SanctionsListStatus {
+                    list_sha256: loaded.sha256,
+                    list_entries: loaded.entries,
+                    changed: loaded.changed,
+                    partners_screened: loaded.partners_screened,
+                    matches_pending: loaded.matches_pending,
+                })
+            },
+        )
+        .await?;
+        Ok(Response::new(response))
+    }
+
     #[tracing::instrument(skip_all, fields(partner_id = %request.get_ref().partner_id))]
     async fn screen_partner(
         &self,
@@ -1048,7 +1105,7 @@ impl ComplianceApi for ComplianceService {
         v.finish()?;
         let (meta, partner_id, name, by) = (need(meta)?, need(partner_id)?, need(name)?, need(by)?);
         let c = &self.compliance;
-        if c.sanctions.is_none() {
+        if c.list().is_none() {
             return Err(ApiError::rule(
                 "no sanctions list is loaded: start the service with --sanctions-list (PL_SANCTIONS_LIST)",
             )

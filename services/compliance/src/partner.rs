@@ -1017,6 +1017,39 @@ fn decide_action(
                 return Err(PartnerError::Full { what: "screenings" });
             }
             let mut events = vec![PartnerEvent::SanctionsScreened(s.clone())];
+            // Entries a reviewer cleared as false positives for this partner stay cleared: a
+            // new list version (or a repeat screening) finding only those is cleared at once,
+            // naming the review it rests on.
+            let cleared_by = |entry: &str| {
+                standing.screenings.iter().find_map(|x| {
+                    let review = x.review.as_ref()?;
+                    (review.outcome == ReviewOutcome::FalsePositive
+                        && x.screening.matches.iter().any(|m| m.entry_id == entry))
+                    .then_some(x.screening.screening_id)
+                })
+            };
+            let earlier: Vec<Uuid> = s
+                .matches
+                .iter()
+                .map(|m| cleared_by(&m.entry_id))
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default();
+            if !s.matches.is_empty() && earlier.len() == s.matches.len() {
+                events.push(PartnerEvent::SanctionsScreeningReviewed(
+                    ScreeningReviewed {
+                        screening_id: s.screening_id,
+                        partner_id: p,
+                        outcome: ReviewOutcome::FalsePositive,
+                        reviewer: SYSTEM.to_owned(),
+                        reason: format!(
+                            "every matching entry was cleared as a false positive in screening {}",
+                            earlier[0]
+                        ),
+                        occurred_at: s.occurred_at,
+                    },
+                ));
+                return Ok(events);
+            }
             if !s.matches.is_empty() {
                 events.push(PartnerEvent::SanctionsStatusChanged(SanctionsStatus {
                     partner_id: p,

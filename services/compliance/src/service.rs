@@ -94,12 +94,11 @@ pub(crate) fn lift<E: Into<ServiceError>>(e: ExecuteError<E>) -> ServiceError {
 pub struct Compliance {
     pub store: SharedStore,
     pub caches: Arc<Caches>,
-    /// The sanctions list loaded at start; `None` when none is configured.
-    pub sanctions: Option<Arc<SanctionsList>>,
+    /// The sanctions list in use (loaded at start, replaced by [`Compliance::load_list`]);
+    /// `None` when none is configured.
+    pub sanctions: Arc<std::sync::RwLock<Option<Arc<SanctionsList>>>>,
 }
 
-/// A command's meta for one step of handling a consumed event (or a request), so each step's
-/// event ids are distinct and stable across redeliveries.
 /// The payout hold a missing required agreement of `kind` keeps in place.
 pub fn requirement_hold(kind: VerificationKind) -> String {
     format!("{REQUIREMENT_HOLD_PREFIX}{}", kind.as_str())
@@ -108,6 +107,31 @@ pub fn requirement_hold(kind: VerificationKind) -> String {
 /// Holds named so are placed and released by compliance's requirements, never by hand.
 pub const REQUIREMENT_HOLD_PREFIX: &str = "requirement-";
 
+/// Where each sanctions list version loaded after start is recorded (`SanctionsListLoaded`).
+pub const SANCTIONS_LISTS_STREAM: &str = "sanctions-lists";
+
+/// What loading a sanctions list did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListLoaded {
+    pub sha256: String,
+    pub entries: u64,
+    /// False when the list was the one in use: nothing recorded, nobody screened.
+    pub changed: bool,
+    pub partners_screened: u64,
+    /// Screenings that found a match still to be reviewed.
+    pub matches_pending: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ListLoadedRecord<'a> {
+    list_sha256: &'a str,
+    list_entries: u64,
+    loaded_by: &'a str,
+    occurred_at: DateTime<Utc>,
+}
+
+/// A command's meta for one step of handling a consumed event (or a request), so each step's
+/// event ids are distinct and stable across redeliveries.
 pub fn step(meta: &CommandMeta, purpose: &str) -> CommandMeta {
     CommandMeta {
         id_seed: Uuid::new_v5(&meta.id_seed, purpose.as_bytes()),
@@ -120,8 +144,127 @@ impl Compliance {
         Self {
             store,
             caches: Arc::default(),
-            sanctions,
+            sanctions: Arc::new(std::sync::RwLock::new(sanctions)),
         }
+    }
+
+    /// The sanctions list in use.
+    pub fn list(&self) -> Option<Arc<SanctionsList>> {
+        self.sanctions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `list` in use, unless it is the one in use already: records its version and
+    /// checksum (`SanctionsListLoaded` in [`SANCTIONS_LISTS_STREAM`]) and screens every partner
+    /// compliance knows by name against it. A match on entries the partner was cleared of as
+    /// a false positive stays cleared (the screening's decider).
+    pub async fn load_list(
+        &self,
+        list: SanctionsList,
+        loaded_by: &str,
+        at: DateTime<Utc>,
+        meta: &CommandMeta,
+    ) -> Result<ListLoaded, ServiceError> {
+        let sha256 = list.sha256().to_owned();
+        let entries = u64::try_from(list.entries()).unwrap_or(u64::MAX);
+        if self.list().is_some_and(|l| l.sha256() == sha256) {
+            return Ok(ListLoaded {
+                sha256,
+                entries,
+                changed: false,
+                partners_screened: 0,
+                matches_pending: 0,
+            });
+        }
+        let record = ListLoadedRecord {
+            list_sha256: &sha256,
+            list_entries: entries,
+            loaded_by,
+            occurred_at: at,
+        };
+        let event = pl_eventlog::NewEvent::json(
+            Uuid::new_v5(&meta.id_seed, b"sanctions-list-loaded"),
+            "SanctionsListLoaded",
+            1,
+            &record,
+            pl_eventlog::EventMetadata::at(at),
+        )
+        .map_err(ServiceError::Store)?;
+        self.store
+            .append(
+                SANCTIONS_LISTS_STREAM,
+                pl_eventlog::ExpectedVersion::Any,
+                vec![event],
+            )
+            .await
+            .map_err(ServiceError::Store)?;
+        *self
+            .sanctions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(list));
+        let mut screened = 0u64;
+        let mut pending = 0u64;
+        for (partner_id, name) in self.named_partners().await? {
+            let id = Uuid::new_v5(&meta.id_seed, format!("screen/{partner_id}").as_bytes());
+            let Some(s) = self.screening(partner_id, id, &name, SYSTEM, at) else {
+                continue;
+            };
+            let cmd = PartnerCommand {
+                partner_id,
+                at,
+                action: Action::Screen(s),
+            };
+            let done = self
+                .run(&cmd, &step(meta, &format!("screen/{partner_id}")))
+                .await?;
+            screened += 1;
+            let awaits_review = done.events.iter().any(|e| {
+                matches!(e, PartnerEvent::SanctionsStatusChanged(c)
+                    if c.status == crate::partner::SanctionsState::MatchPendingReview)
+            });
+            pending += u64::from(awaits_review);
+        }
+        tracing::info!(list_sha256 = %sha256, entries, screened, pending, "sanctions list loaded");
+        Ok(ListLoaded {
+            sha256,
+            entries,
+            changed: true,
+            partners_screened: screened,
+            matches_pending: pending,
+        })
+    }
+
+    /// Every partner whose name compliance was told (partner CRM's applications), with the
+    /// latest name, read from the partners' files in the log.
+    async fn named_partners(&self) -> Result<Vec<(Uuid, String)>, ServiceError> {
+        let mut names = std::collections::BTreeMap::new();
+        let mut files = pl_eventlog::Subscription::new(
+            self.store.clone(),
+            0,
+            pl_eventlog::SubscriptionFilter::StreamPrefix(streams::PARTNER_PREFIX.into()),
+        );
+        loop {
+            let batch = files.poll_batch().await.map_err(ServiceError::Store)?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch
+                .iter()
+                .filter(|e| e.event_type == "PartnerProfileRecorded")
+            {
+                let Ok(PartnerEvent::PartnerProfileRecorded(p)) =
+                    pl_runtime::aggregate::decode_event::<PartnerEvent>(e)
+                else {
+                    continue;
+                };
+                if let Some(name) = p.profile.display_name {
+                    names.insert(p.partner_id, name);
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
     }
 
     /// The program's settings in force (the defaults when never configured) and their version.
@@ -282,7 +425,7 @@ impl Compliance {
         screened_by: &str,
         at: DateTime<Utc>,
     ) -> Option<Screening> {
-        let list = self.sanctions.as_ref()?;
+        let list = self.list()?;
         Some(Screening {
             screening_id,
             partner_id,

@@ -1635,3 +1635,87 @@ async fn given_a_program_requiring_a_disclosure_then_payouts_wait_for_it_and_a_m
         .unwrap_err();
     assert_eq!(reserved.code(), Code::InvalidArgument);
 }
+
+/// The sanctions list was read once at start: a partner listed in a later version was never
+/// screened against it. A reload records the version, screens every partner on file, and a
+/// partner cleared as a false positive stays cleared for the same entry.
+#[tokio::test]
+async fn given_a_new_list_version_when_reloaded_then_every_partner_is_screened_again_and_a_cleared_entry_stays_cleared(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sanctions.txt");
+    std::fs::write(&path, SANCTIONS).unwrap();
+    let mut w = World::with_sanctions();
+    w.api = w.api.clone().with_sanctions_path(path.clone());
+    for p in [ALICE, BOB] {
+        w.eligible_partner(p).await;
+    }
+    w.applied(ALICE, "ivan@acme.io", "Petrov Ivan").await;
+    w.applied(BOB, "bob@example.com", "Robert Brown").await;
+    let first = w
+        .api
+        .list_sanctions_screenings(Request::new(pb::ListSanctionsScreeningsRequest {
+            partner_id: ALICE.to_string(),
+            page: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .screenings;
+    w.api
+        .review_sanctions_screening(Request::new(pb::ReviewSanctionsScreeningRequest {
+            context: w.ctx_at(day(2, 2)),
+            partner_id: ALICE.to_string(),
+            screening_id: first[0].screening_id.clone(),
+            outcome: pb::ReviewOutcome::FalsePositive.into(),
+            reviewer: "mlro".into(),
+            reason: "different person: date of birth differs".into(),
+        }))
+        .await
+        .unwrap();
+    assert!(w.eligibility(BOB, day(3, 1)).await.eligible);
+
+    // The next version lists Bob too.
+    std::fs::write(&path, format!("{SANCTIONS}SDN-2\tBrown, Robert\n")).unwrap();
+    let reload = |at| pb::ReloadSanctionsListRequest {
+        context: w.ctx_at(at),
+        loaded_by: "compliance-desk".into(),
+    };
+    let loaded = w
+        .api
+        .reload_sanctions_list(Request::new(reload(day(3, 1))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(loaded.changed);
+    assert_eq!(loaded.list_entries, 2);
+    assert_eq!((loaded.partners_screened, loaded.matches_pending), (2, 1));
+    assert_eq!(
+        codes(&w.eligibility(BOB, day(3, 2)).await),
+        vec!["sanctions_match"]
+    );
+    assert!(
+        w.eligibility(ALICE, day(3, 2)).await.eligible,
+        "cleared stays cleared"
+    );
+    let theirs = commissions_eligibility(&w, BOB).await.blockers(day(3, 2));
+    assert_eq!(
+        theirs.iter().map(|b| b.code()).collect::<Vec<_>>(),
+        vec!["sanctions_review"]
+    );
+    let versions = w.store.read_stream("sanctions-lists", 0, 10).await.unwrap();
+    assert_eq!(versions.len(), 1);
+    let record: serde_json::Value = serde_json::from_slice(&versions[0].data).unwrap();
+    assert_eq!(record["list_sha256"], loaded.list_sha256);
+    assert_eq!(record["loaded_by"], "compliance-desk");
+
+    // The same file again: nothing recorded, nobody screened.
+    let again = w
+        .api
+        .reload_sanctions_list(Request::new(reload(day(3, 3))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.changed);
+    assert_eq!(again.partners_screened, 0);
+}

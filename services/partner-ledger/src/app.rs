@@ -361,11 +361,14 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
                     )),
                     None => None,
                 };
-                let svc = pl_compliance::ComplianceService::with_sanctions(
+                let mut svc = pl_compliance::ComplianceService::with_sanctions(
                     plan.store.clone(),
                     clock.clone(),
                     list,
                 );
+                if let Some(path) = &plan.server.sanctions_list {
+                    svc = svc.with_sanctions_path(path.clone());
+                }
                 compliance = Some(svc.compliance());
                 routes.add_service(svc.into_server(max));
                 names.push(pl_compliance::grpc::SERVICE_NAME);

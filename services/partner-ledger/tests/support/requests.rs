@@ -162,6 +162,10 @@ const LEFT_EMPTY: &[&str] = &[
     "regulated",
     // Only tax forms are signed.
     "signed_at",
+    // A program requiring agreements holds its partners' payouts, another story again.
+    "required_verifications",
+    // A counter adjustment needs its original: a plausible adjustment is a first one.
+    "counters_adjustment_id",
 ];
 
 fn id_for(field: &str) -> String {
