@@ -130,6 +130,27 @@ struct ListLoadedRecord<'a> {
     occurred_at: DateTime<Utc>,
 }
 
+/// A screening of `name` against `list`.
+fn screen_with(
+    list: &SanctionsList,
+    partner_id: Uuid,
+    screening_id: Uuid,
+    name: &str,
+    screened_by: &str,
+    at: DateTime<Utc>,
+) -> Screening {
+    Screening {
+        screening_id,
+        partner_id,
+        name: name.to_owned(),
+        list_sha256: list.sha256().to_owned(),
+        list_entries: u64::try_from(list.entries()).unwrap_or(u64::MAX),
+        matches: list.screen(name),
+        screened_by: screened_by.to_owned(),
+        occurred_at: at,
+    }
+}
+
 /// A command's meta for one step of handling a consumed event (or a request), so each step's
 /// event ids are distinct and stable across redeliveries.
 pub fn step(meta: &CommandMeta, purpose: &str) -> CommandMeta {
@@ -178,6 +199,29 @@ impl Compliance {
                 matches_pending: 0,
             });
         }
+        // Every partner first, against the new list, then the record and the swap: a load
+        // that fails part way leaves the old list in use and nothing recorded, and its retry
+        // does it all again (each screening's id is derived from the request, so one already
+        // made is not made twice).
+        let mut screened = 0u64;
+        let mut pending = 0u64;
+        for (partner_id, name) in self.named_partners().await? {
+            let id = Uuid::new_v5(&meta.id_seed, format!("screen/{partner_id}").as_bytes());
+            let cmd = PartnerCommand {
+                partner_id,
+                at,
+                action: Action::Screen(screen_with(&list, partner_id, id, &name, SYSTEM, at)),
+            };
+            let done = self
+                .run(&cmd, &step(meta, &format!("screen/{partner_id}")))
+                .await?;
+            screened += 1;
+            let awaits_review = done.events.iter().any(|e| {
+                matches!(e, PartnerEvent::SanctionsStatusChanged(c)
+                    if c.status == crate::partner::SanctionsState::MatchPendingReview)
+            });
+            pending += u64::from(awaits_review);
+        }
         let record = ListLoadedRecord {
             list_sha256: &sha256,
             list_entries: entries,
@@ -204,28 +248,6 @@ impl Compliance {
             .sanctions
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(list));
-        let mut screened = 0u64;
-        let mut pending = 0u64;
-        for (partner_id, name) in self.named_partners().await? {
-            let id = Uuid::new_v5(&meta.id_seed, format!("screen/{partner_id}").as_bytes());
-            let Some(s) = self.screening(partner_id, id, &name, SYSTEM, at) else {
-                continue;
-            };
-            let cmd = PartnerCommand {
-                partner_id,
-                at,
-                action: Action::Screen(s),
-            };
-            let done = self
-                .run(&cmd, &step(meta, &format!("screen/{partner_id}")))
-                .await?;
-            screened += 1;
-            let awaits_review = done.events.iter().any(|e| {
-                matches!(e, PartnerEvent::SanctionsStatusChanged(c)
-                    if c.status == crate::partner::SanctionsState::MatchPendingReview)
-            });
-            pending += u64::from(awaits_review);
-        }
         tracing::info!(list_sha256 = %sha256, entries, screened, pending, "sanctions list loaded");
         Ok(ListLoaded {
             sha256,
@@ -426,16 +448,14 @@ impl Compliance {
         at: DateTime<Utc>,
     ) -> Option<Screening> {
         let list = self.list()?;
-        Some(Screening {
-            screening_id,
+        Some(screen_with(
+            &list,
             partner_id,
-            name: name.to_owned(),
-            list_sha256: list.sha256().to_owned(),
-            list_entries: u64::try_from(list.entries()).unwrap_or(u64::MAX),
-            matches: list.screen(name),
-            screened_by: screened_by.to_owned(),
-            occurred_at: at,
-        })
+            screening_id,
+            name,
+            screened_by,
+            at,
+        ))
     }
 
     // ----- consumed events --------------------------------------------------------------------

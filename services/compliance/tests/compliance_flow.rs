@@ -1719,3 +1719,53 @@ async fn given_a_new_list_version_when_reloaded_then_every_partner_is_screened_a
     assert!(!again.changed);
     assert_eq!(again.partners_screened, 0);
 }
+
+/// A reload that fails part way (a partner's file refused an append) leaves the old list in
+/// use and records nothing; the same request again screens everyone and puts the list in use.
+#[tokio::test]
+async fn given_a_reload_that_fails_part_way_when_retried_then_it_completes_and_nothing_was_half_done(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sanctions.txt");
+    std::fs::write(&path, SANCTIONS).unwrap();
+    let store = flaky_log(Flaky {
+        stream: format!("verification-{BOB}"),
+        failures: AtomicU64::new(0),
+        refuse: false,
+    });
+    let mut w = World::on(
+        store.clone(),
+        Some(Arc::new(
+            SanctionsList::parse(SANCTIONS.as_bytes()).unwrap(),
+        )),
+    );
+    w.api = w.api.clone().with_sanctions_path(path.clone());
+    w.applied(BOB, "bob@example.com", "Robert Brown").await;
+    std::fs::write(&path, format!("{SANCTIONS}SDN-2\tBrown, Robert\n")).unwrap();
+    store.hooks.failures.store(1, Ordering::SeqCst);
+    let request = || pb::ReloadSanctionsListRequest {
+        context: w.ctx_at(day(3, 1)).map(|mut c| {
+            c.idempotency_key = "reload-v2".into();
+            c
+        }),
+        loaded_by: "compliance-desk".into(),
+    };
+    let failed = w.api.reload_sanctions_list(Request::new(request())).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(store
+        .inner
+        .read_stream("sanctions-lists", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let done = w
+        .api
+        .reload_sanctions_list(Request::new(request()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(done.changed);
+    assert_eq!(done.matches_pending, 1);
+    assert!(codes(&w.eligibility(BOB, day(3, 2)).await).contains(&"sanctions_match"));
+}
