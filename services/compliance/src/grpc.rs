@@ -558,14 +558,7 @@ fn outstanding(f: &PartnerFile, at: DateTime<Utc>) -> Vec<String> {
         _ => None,
     };
     required
-        .filter(|kind| {
-            !f.standing
-                .verifications
-                .iter()
-                .filter(|v| v.kind == *kind && v.occurred_at <= at)
-                .max_by_key(|v| v.occurred_at)
-                .is_some_and(|v| v.valid_at(at))
-        })
+        .filter(|kind| !f.standing.holds_valid(*kind, at))
         .map(|k| vec![k.as_str().to_owned()])
         .unwrap_or_default()
 }

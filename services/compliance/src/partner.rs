@@ -410,6 +410,12 @@ impl Blocker {
 impl Standing {
     /// The latest verification of `kind` (and `jurisdiction`) that occurred by `at`: one
     /// recorded after the date does not count for it.
+    /// Whether the latest verification of `kind` (one that names no jurisdiction) by `at` is
+    /// valid at `at`.
+    pub fn holds_valid(&self, kind: VerificationKind, at: DateTime<Utc>) -> bool {
+        self.latest(kind, None, at).is_some_and(|v| v.valid_at(at))
+    }
+
     fn latest(
         &self,
         kind: VerificationKind,

@@ -383,13 +383,7 @@ impl Compliance {
             .partner(partner_id, |f| {
                 let program = f.profile.as_ref().and_then(|p| p.program_id);
                 let state = |kind: VerificationKind| {
-                    let recorded = f
-                        .standing
-                        .verifications
-                        .iter()
-                        .filter(|v| v.kind == kind && v.occurred_at <= at)
-                        .max_by_key(|v| v.occurred_at)
-                        .is_some_and(|v| v.valid_at(at));
+                    let recorded = f.standing.holds_valid(kind, at);
                     let held = f
                         .standing
                         .holds

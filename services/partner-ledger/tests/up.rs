@@ -2,45 +2,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code fails loudly
 
+#[path = "support/up.rs"]
+mod support_up;
+
 use std::time::Duration;
 
-use partner_ledger::app::{self, Running};
-use partner_ledger::config::{Cli, Command};
 use pl_proto::commissions::v1::commissions_service_client::CommissionsServiceClient;
 use pl_proto::commissions::v1::GetPartnerAccountRequest;
 use pl_proto::common::v1::RequestContext;
 use pl_proto::crm::v1::partner_crm_service_client::PartnerCrmServiceClient;
 use pl_proto::crm::v1::{ApplyPartnerRequest, GetPartnerRequest, PartnerType};
-use tonic::transport::Channel;
+use support_up::start;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt;
 use uuid::Uuid;
-
-async fn start(dir: &std::path::Path) -> (Running, Channel) {
-    let cli = <Cli as clap::Parser>::try_parse_from([
-        "partner-ledger",
-        "up",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--grace-period-ms",
-        "2000",
-    ])
-    .unwrap();
-    let Command::Up(args) = cli.command else {
-        unreachable!()
-    };
-    let running = app::start_up(&args).await.unwrap();
-    let channel = Channel::from_shared(format!("http://{}", running.local_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (running, channel)
-}
 
 fn apply(key: &str, partner_id: Uuid, name: &str) -> ApplyPartnerRequest {
     ApplyPartnerRequest {

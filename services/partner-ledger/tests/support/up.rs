@@ -12,6 +12,8 @@ pub async fn start(dir: &std::path::Path) -> (Running, Channel) {
         "127.0.0.1:0",
         "--data-dir",
         dir.to_str().unwrap(),
+        "--grace-period-ms",
+        "2000",
     ])
     .unwrap();
     let Command::Up(args) = cli.command else {
