@@ -108,14 +108,13 @@ async fn history(dir: &std::path::Path) -> (Arc<EmbeddedLog>, CommissionsService
     }))
     .await
     .unwrap();
-    for (key, partner, parent) in [("a", ALICE, Some(PARENT)), ("p", PARENT, None)] {
+    for (key, partner) in [("a", ALICE), ("p", PARENT)] {
         api.assign_plan(Request::new(pb::AssignPlanRequest {
             context: ctx(key),
             partner_id: partner.to_string(),
             plan_id: PLAN.to_string(),
             effective_from: Some(ts(at(1, 1))),
-            partner_tier: String::new(),
-            parent_partner_id: parent.map(|p| p.to_string()).unwrap_or_default(),
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -128,6 +127,14 @@ async fn history(dir: &std::path::Path) -> (Arc<EmbeddedLog>, CommissionsService
                 .unwrap();
         }
     };
+    // Alice's parent, as partner CRM reports it (the subject is all the consumer routes on).
+    let parent = serde_json::json!({
+        "partner_id": ALICE, "program_id": PROGRAM, "parent_partner_id": PARENT,
+        "occurred_at": at(1, 1),
+    });
+    let mut parent = message(9, "PartnerParentChanged", parent, at(1, 1));
+    parent.subject = "pl.crm.PartnerParentChanged".into();
+    consume(parent).await;
     consume(message(
         1,
         "ConversionAttributed",

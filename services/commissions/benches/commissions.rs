@@ -232,6 +232,27 @@ fn conversion_message(j: u64, partner: Uuid) -> Message {
     }
 }
 
+/// Partner CRM's `PartnerParentChanged` for `partner`, from January 1st.
+fn parent_message(partner: Uuid, parent: Uuid) -> Message {
+    let event_id = Uuid::new_v5(&partner, b"parent");
+    let data = serde_json::json!({
+        "partner_id": partner, "program_id": PROGRAM,
+        "parent_partner_id": parent, "occurred_at": at(1, 1),
+    });
+    let envelope = serde_json::json!({
+        "id": event_id, "type": "PartnerParentChanged", "schema_version": 1,
+        "stream": format!("partner-hierarchy-{PROGRAM}"), "version": 0, "position": 0,
+        "occurred_at": at(1, 1), "recorded_at": at(1, 1),
+        "correlation_id": null, "causation_id": null, "data": data,
+    });
+    Message {
+        id: event_id,
+        subject: "pl.crm.PartnerParentChanged".into(),
+        payload: bytes::Bytes::from(serde_json::to_vec(&envelope).unwrap()),
+        headers: BTreeMap::new(),
+    }
+}
+
 /// One worker's partners: `(partner, its parent)`. Each partner has a parent of its own (one
 /// override level); the parents have none.
 fn worker_partners(partners: u64, workers: u64) -> Vec<Vec<(Uuid, Uuid)>> {
@@ -294,7 +315,7 @@ async fn accruals(
     let assignments = 2 * partners;
     let tasks: Vec<_> = (0..groups.len())
         .map(|w| {
-            let (api, groups) = (api.clone(), groups.clone());
+            let (api, groups, store) = (api.clone(), groups.clone(), store.clone());
             tokio::spawn(async move {
                 let mine = &groups[w];
                 let all = mine
@@ -310,11 +331,17 @@ async fn accruals(
                             seconds: at(1, 1).timestamp(),
                             nanos: 0,
                         }),
-                        partner_tier: String::new(),
-                        parent_partner_id: parent.map(|p| p.to_string()).unwrap_or_default(),
+                        ..Default::default()
                     }))
                     .await
                     .unwrap();
+                    // The parent, as partner CRM reports it.
+                    if let Some(parent) = parent {
+                        let m = parent_message(partner, parent);
+                        pl_commissions::consumer::handle(store.as_ref(), &api.caches(), m)
+                            .await
+                            .unwrap();
+                    }
                 }
             })
         })
@@ -482,6 +509,7 @@ fn group_round(plan: &PlanVersion, group: u64, round: u64) -> Vec<(String, Vec<N
             };
             let accrue = BookCommand::Accrue {
                 program_id: PROGRAM,
+                hierarchy_version: Some(0),
                 campaign_id: None,
                 facts,
                 versions: vec![plan.clone()].into(),
@@ -507,6 +535,7 @@ fn group_round(plan: &PlanVersion, group: u64, round: u64) -> Vec<(String, Vec<N
                 hold_days: *hold_days,
                 line,
                 source_event_id,
+                hierarchy_version: Some(0),
             };
             let overridden = Book::decide(&Book::default(), &over).unwrap().remove(0);
             events.push(new_event(12, n, &accrued, occurred_at));

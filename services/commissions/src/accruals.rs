@@ -22,6 +22,7 @@ use crate::contract::{
     SubscriptionCancelled,
 };
 use crate::fx_wait::{self, FxWaitCommand, FxWaiting, Waiting};
+use crate::network::{self, Network};
 use crate::pending::{self, Pending, PendingCommand};
 use crate::setup::{
     self, Accrued, Assignments, ConversionIndex, CustomerCredit, CustomerIndex, FxRates, Plan,
@@ -39,6 +40,8 @@ pub struct Caches {
     pub books: StateCache<Book>,
     pub plans: StateCache<Plan>,
     pub assignments: StateCache<Assignments>,
+    /// Programs' hierarchies and tiers (partner CRM's facts): every accrual reads its program's.
+    pub network: StateCache<Network>,
     pub fx: StateCache<FxRates>,
     pub fx_waiting: StateCache<FxWaiting>,
     pub visible: Waiters,
@@ -335,8 +338,15 @@ impl<T> Grouped<T> {
 }
 
 /// What the writes after an accrual need from the book: the plan that paid, the lines (the
-/// overrides among them go to the upline) and the hold the overrides inherit.
-type AccruedView = (Uuid, Vec<pl_commission_engine::AccrualLine>, u32);
+/// overrides among them go to the upline), the hold the overrides inherit and the network
+/// version the upline came from (as recorded: a redelivery passes on what the first accrual
+/// used, whatever CRM reported since).
+type AccruedView = (
+    Uuid,
+    Vec<pl_commission_engine::AccrualLine>,
+    u32,
+    Option<u64>,
+);
 
 fn accrued_view(b: &Book, conversion_id: Uuid) -> Option<AccruedView> {
     b.accruals.get(&conversion_id).map(|(accrual, _)| {
@@ -344,7 +354,12 @@ fn accrued_view(b: &Book, conversion_id: Uuid) -> Option<AccruedView> {
             .entries
             .get(&(conversion_id, book::EntryKey::Own))
             .map_or(0, |e| e.hold_days);
-        (accrual.plan_id, accrual.lines.clone(), hold_days)
+        (
+            accrual.plan_id,
+            accrual.lines.clone(),
+            hold_days,
+            b.hierarchy_versions.get(&conversion_id).copied(),
+        )
     })
 }
 
@@ -368,19 +383,10 @@ async fn accrue_command(
         return Ok(None);
     };
     let versions = Arc::clone(&reads.plan(assignment.plan_id).await?.0);
-    let mut upline = Vec::new();
-    let mut next = assignment.parent_partner_id;
-    while let Some(parent) = next {
-        if upline.len() == MAX_UPLINE || upline.contains(&parent) || parent == share.partner_id {
-            break;
-        }
-        upline.push(parent);
-        next = reads
-            .assignments(parent)
-            .await?
-            .at(c.occurred_at)
-            .and_then(|a| a.parent_partner_id);
-    }
+    // The upline and the tier in force at the conversion's business date, as partner CRM
+    // reported them; the version of the program's network names the facts used.
+    let (network, hierarchy_version) = reads.network(c.program_id).await?;
+    let standing = network.standing(share.partner_id, c.occurred_at, MAX_UPLINE);
     let payout_currency = versions
         .iter()
         .filter(|v| v.effective_from <= c.occurred_at)
@@ -423,15 +429,16 @@ async fn accrue_command(
             _ => None,
         },
         partner_id: share.partner_id,
-        partner_tier: assignment.partner_tier.clone(),
+        partner_tier: standing.tier,
         weight: share.weight,
         split: split_of(c, share),
         brand: c.brand.clone(),
-        upline,
+        upline: standing.upline,
         fx_rate,
     };
     Ok(Some(BookCommand::Accrue {
         program_id: c.program_id,
+        hierarchy_version,
         // The share's own campaign: in a multi-touch conversion each partner came through its
         // own (the conversion-level campaign is the top touchpoint's).
         campaign_id: share.campaign_id,
@@ -471,7 +478,7 @@ fn follow_from(
     event: &IntegrationEvent,
     c: &ConversionAttributed,
     partner_id: Uuid,
-    (plan_id, lines, hold_days): AccruedView,
+    (plan_id, lines, hold_days, hierarchy_version): AccruedView,
     credit_needed: bool,
     trace: &BTreeMap<String, String>,
 ) -> (Option<(CustomerCredit, CommandMeta)>, Vec<OverrideWrite>) {
@@ -503,6 +510,7 @@ fn follow_from(
             hold_days,
             line,
             source_event_id: event.id,
+            hierarchy_version,
         };
         overrides.push((stream, command, override_meta));
     }
@@ -733,6 +741,7 @@ struct SetupReads<'a> {
     caches: &'a Caches,
     assignments: std::collections::HashMap<Uuid, Assignments>,
     plans: std::collections::HashMap<Uuid, Plan>,
+    networks: std::collections::HashMap<Uuid, (Network, Option<u64>)>,
 }
 
 impl<'a> SetupReads<'a> {
@@ -742,7 +751,27 @@ impl<'a> SetupReads<'a> {
             caches,
             assignments: std::collections::HashMap::new(),
             plans: std::collections::HashMap::new(),
+            networks: std::collections::HashMap::new(),
         }
+    }
+
+    /// The program's network and its stream version (`None`: CRM reported nothing yet). A
+    /// shared handle, not a copy (see [`Network`]).
+    async fn network(&mut self, program_id: Uuid) -> Result<(&Network, Option<u64>), HandleError> {
+        use std::collections::hash_map::Entry;
+        let read = match self.networks.entry(program_id) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
+                let read = self
+                    .caches
+                    .network
+                    .read(self.store, &network::stream(program_id), Clone::clone)
+                    .await
+                    .map_err(outcome)?;
+                slot.insert(read)
+            }
+        };
+        Ok((&read.0, read.1))
     }
 
     async fn assignments(&mut self, partner_id: Uuid) -> Result<&Assignments, HandleError> {

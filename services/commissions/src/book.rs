@@ -66,6 +66,11 @@ pub enum BookEvent {
         /// The campaign the partner's credit came through (attribution's share), for reports.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         campaign_id: Option<Uuid>,
+        /// The version of the program's network (partner CRM's hierarchy and tiers, see
+        /// [`crate::network`]) the upline and the tier were taken from; `None` when CRM had
+        /// reported nothing for the program (and in accruals recorded before it was kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hierarchy_version: Option<u64>,
     },
     /// An override line of a downline partner's accrual.
     OverrideAccrued {
@@ -262,6 +267,10 @@ pub struct Book {
     pub engine: BTreeMap<Uuid, PartnerState>,
     /// Accruals of conversions credited to this partner, with their reversals so far.
     pub accruals: BTreeMap<Uuid, (Accrual, Vec<Reversal>)>,
+    /// The network version each accrual with override lines took its upline from, by
+    /// conversion: the overrides posted in the upline's books name it (kept apart from the
+    /// engine's accrual, and only where an upline was paid).
+    pub hierarchy_versions: BTreeMap<Uuid, u64>,
     pub entries: BTreeMap<(Uuid, EntryKey), Entry>,
     /// Refund and chargeback ids already applied: the same one twice changes nothing.
     pub reversals_seen: BTreeSet<Uuid>,
@@ -321,6 +330,8 @@ pub struct Payout {
 pub enum BookCommand {
     Accrue {
         program_id: Uuid,
+        /// The version of the program's network the facts' upline and tier come from.
+        hierarchy_version: Option<u64>,
         /// The campaign of the partner's credit, recorded for reports by campaign.
         campaign_id: Option<Uuid>,
         facts: ConversionFacts,
@@ -335,6 +346,8 @@ pub enum BookCommand {
         hold_days: u32,
         line: AccrualLine,
         source_event_id: Uuid,
+        /// The network version the downline's accrual took its upline from.
+        hierarchy_version: Option<u64>,
     },
     Reverse {
         reversal_id: Uuid,
@@ -638,6 +651,7 @@ impl Aggregate for Book {
         match command {
             BookCommand::Accrue {
                 program_id,
+                hierarchy_version,
                 campaign_id,
                 facts,
                 versions,
@@ -670,6 +684,17 @@ impl Aggregate for Book {
                         facts.source_event_id,
                         facts.conversion_id,
                     );
+                    // Which tier the rules were matched on, and where it came from.
+                    if let Some(tier) = &facts.partner_tier {
+                        why.inputs
+                            .other
+                            .insert("partner_tier".to_owned(), tier.clone());
+                    }
+                    if let Some(v) = hierarchy_version {
+                        why.inputs
+                            .other
+                            .insert("hierarchy_version".to_owned(), v.to_string());
+                    }
                     if accrual.lines.iter().any(|l| l.kind == LineKind::TierTopUp) {
                         why.line = accrual
                             .lines
@@ -699,6 +724,7 @@ impl Aggregate for Book {
                     accrual,
                     transactions,
                     campaign_id: *campaign_id,
+                    hierarchy_version: *hierarchy_version,
                 }])
             }
             BookCommand::AccrueOverride {
@@ -709,6 +735,7 @@ impl Aggregate for Book {
                 hold_days,
                 line,
                 source_event_id,
+                hierarchy_version,
             } => {
                 let LineKind::Override { level } = line.kind else {
                     return Ok(vec![]);
@@ -722,13 +749,18 @@ impl Aggregate for Book {
                 )) {
                     return Ok(vec![]);
                 }
+                let mut other = BTreeMap::from([
+                    ("downline_partner".to_owned(), from_partner.to_string()),
+                    ("level".to_owned(), level.to_string()),
+                ]);
+                // The chain this override was paid through: the program's network version.
+                if let Some(v) = hierarchy_version {
+                    other.insert("hierarchy_version".to_owned(), v.to_string());
+                }
                 let why = Explanation::new(*source_event_id, line.formula.text.clone())
                     .with_conversion(*conversion_id)
                     .with_inputs(FormulaInputs {
-                        other: BTreeMap::from([
-                            ("downline_partner".to_owned(), from_partner.to_string()),
-                            ("level".to_owned(), level.to_string()),
-                        ]),
+                        other,
                         ..FormulaInputs::default()
                     });
                 // The downline partner is part of the id: partners credited on one conversion
@@ -1188,9 +1220,19 @@ impl Book {
                 program_id,
                 hold_days,
                 accrual,
+                hierarchy_version,
                 ..
             } => {
                 self.partner_id.get_or_insert(accrual.partner_id);
+                if let Some(v) = hierarchy_version {
+                    if accrual
+                        .lines
+                        .iter()
+                        .any(|l| matches!(l.kind, LineKind::Override { .. }))
+                    {
+                        self.hierarchy_versions.insert(accrual.conversion_id, *v);
+                    }
+                }
                 let state = self
                     .engine
                     .entry(accrual.plan_id)
@@ -1414,6 +1456,7 @@ mod tests {
     fn sale(conversion: u128, gross: &str, at: DateTime<Utc>) -> BookCommand {
         BookCommand::Accrue {
             program_id: PROGRAM,
+            hierarchy_version: None,
             campaign_id: None,
             versions: vec![plan()].into(),
             facts: ConversionFacts {
@@ -1443,6 +1486,7 @@ mod tests {
     fn override_line_from(downline: Uuid) -> AccrualLine {
         let BookCommand::Accrue {
             program_id,
+            hierarchy_version: _,
             campaign_id,
             mut facts,
             versions,
@@ -1456,6 +1500,7 @@ mod tests {
             &Book::default(),
             &BookCommand::Accrue {
                 program_id,
+                hierarchy_version: None,
                 campaign_id,
                 facts,
                 versions,
@@ -1482,6 +1527,7 @@ mod tests {
             book,
             &BookCommand::AccrueOverride {
                 program_id: PROGRAM,
+                hierarchy_version: None,
                 conversion_id: Uuid::from_u128(1),
                 from_partner: downline,
                 occurred_at: day(2),
@@ -1735,6 +1781,7 @@ mod tests {
         let trade = |n: u128, lots: i64| {
             let BookCommand::Accrue {
                 program_id,
+                hierarchy_version: None,
                 campaign_id,
                 mut facts,
                 ..
@@ -1746,6 +1793,7 @@ mod tests {
             facts.upline = vec![];
             BookCommand::Accrue {
                 program_id,
+                hierarchy_version: None,
                 campaign_id,
                 facts,
                 versions: vec![tiered.clone()].into(),

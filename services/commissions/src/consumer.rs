@@ -15,11 +15,13 @@ use uuid::Uuid;
 use crate::accruals::{self, Caches};
 use crate::book::CreditKind;
 use crate::contract::{
-    ConversionAttributed, ConversionRejected, PartnerCredit, PayoutHold, Reversal,
-    SanctionsStatusChanged, SubscriptionCancelled, VerificationRecorded,
+    ConversionAttributed, ConversionRejected, ParentChanged, PartnerCredit, PayoutHold,
+    ProgramTiersChanged, Reversal, SanctionsStatusChanged, SubscriptionCancelled, TierChanged,
+    VerificationRecorded,
 };
 use crate::domain::{self, Account, Opening};
 use crate::eligibility::{self, Eligibility, EligibilityEvent};
+use crate::network::{self, NetworkEvent, TierGrant};
 
 /// The durable consumers of this service: (durable name, subject filter). One filter each,
 /// because NATS before 2.10 allows a single filter subject per consumer.
@@ -28,6 +30,18 @@ pub fn subscriptions(prefix: &str) -> Vec<(String, String)> {
         (
             "commissions-crm".to_owned(),
             format!("{prefix}.crm.PartnerApplied"),
+        ),
+        (
+            "commissions-crm-parents".to_owned(),
+            format!("{prefix}.crm.PartnerParentChanged"),
+        ),
+        (
+            "commissions-crm-tiers".to_owned(),
+            format!("{prefix}.crm.PartnerTierChanged"),
+        ),
+        (
+            "commissions-crm-program-tiers".to_owned(),
+            format!("{prefix}.crm.ProgramTiersChanged"),
         ),
         (
             "commissions-crm-campaign-fees".to_owned(),
@@ -200,6 +214,46 @@ pub async fn handle(
                 };
                 record_eligibility(store, &event, &fact, trace_context).await
             }
+            "PartnerParentChanged" => {
+                let p = ParentChanged::parse(event.data.get())
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                let fact = NetworkEvent::ParentRecorded {
+                    source_event_id: event.id,
+                    partner_id: p.partner_id,
+                    parent_partner_id: p.parent_partner_id,
+                    effective_from: p.occurred_at,
+                };
+                record_network(store, caches, &event, p.program_id, &fact, trace_context).await
+            }
+            "PartnerTierChanged" => {
+                let t = TierChanged::parse(event.data.get())
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                let fact = NetworkEvent::TierRecorded {
+                    source_event_id: event.id,
+                    partner_id: t.partner_id,
+                    tier: t.tier,
+                    effective_from: t.effective_from,
+                };
+                record_network(store, caches, &event, t.program_id, &fact, trace_context).await
+            }
+            "ProgramTiersChanged" => {
+                let t = ProgramTiersChanged::parse(event.data.get())
+                    .map_err(|e| HandleError::Permanent(e.to_string()))?;
+                let fact = NetworkEvent::TiersDefined {
+                    source_event_id: event.id,
+                    tiers: t
+                        .tiers
+                        .into_iter()
+                        .map(|t| TierGrant {
+                            code: t.code,
+                            rank: t.rank,
+                            plan_ids: t.access.plan_ids,
+                        })
+                        .collect(),
+                    occurred_at: t.occurred_at,
+                };
+                record_network(store, caches, &event, t.program_id, &fact, trace_context).await
+            }
             "SanctionsStatusChanged" => {
                 let c = SanctionsStatusChanged::parse(event.data.get())
                     .map_err(|e| HandleError::Permanent(e.to_string()))?;
@@ -305,6 +359,9 @@ pub async fn handle_batch(
 /// The event types [`handle`] acts on (keep in step with its `match`); any other it skips.
 pub const CONSUMED_EVENT_TYPES: &[&str] = &[
     "PartnerApplied",
+    "PartnerParentChanged",
+    "PartnerTierChanged",
+    "ProgramTiersChanged",
     "ConversionAttributed",
     "ConversionRefunded",
     "ChargebackReceived",
@@ -369,6 +426,41 @@ async fn open_account(
             Ok(())
         }
         Err(ExecuteError::Domain(never)) => match never {},
+        Err(ExecuteError::Conflict { stream, .. }) => {
+            Err(HandleError::Retry(format!("conflict on {stream}")))
+        }
+        Err(ExecuteError::Store(e)) if e.is_invalid_input() => {
+            Err(HandleError::Permanent(e.to_string()))
+        }
+        Err(ExecuteError::Store(e)) => Err(HandleError::Retry(e.to_string())),
+        Err(ExecuteError::Decode(e)) => Err(HandleError::Permanent(e)),
+    }
+}
+
+/// Keeps CRM's hierarchy or tier fact in the program's network projection, with an id derived
+/// from the consumed event (a redelivery appends nothing). Through the accruals' cache, so the
+/// next accrual of the program sees it without reading the stream again.
+async fn record_network(
+    store: &dyn EventStore,
+    caches: &Caches,
+    event: &IntegrationEvent,
+    program_id: Uuid,
+    fact: &NetworkEvent,
+    trace_context: BTreeMap<String, String>,
+) -> Result<(), HandleError> {
+    let meta = meta_for(event, "network", event.occurred_at, trace_context);
+    match caches
+        .network
+        .execute(store, &network::stream(program_id), fact, &meta, |n| {
+            n.facts()
+        })
+        .await
+    {
+        Ok(done) => {
+            tracing::info!(%program_id, event_type = %event.event_type, recorded = !done.events.is_empty(), facts = done.view, "network fact handled");
+            Ok(())
+        }
+        Err(ExecuteError::Domain(e)) => Err(HandleError::Permanent(e.to_string())),
         Err(ExecuteError::Conflict { stream, .. }) => {
             Err(HandleError::Retry(format!("conflict on {stream}")))
         }

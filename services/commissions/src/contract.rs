@@ -182,6 +182,118 @@ impl ConversionRejected {
     }
 }
 
+/// Partner CRM's `PartnerParentChanged`: the partner's parent from `occurred_at` on (`None`:
+/// no parent).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ParentChanged {
+    pub partner_id: Uuid,
+    pub program_id: Uuid,
+    #[serde(default, deserialize_with = "opt_uuid")]
+    pub parent_partner_id: Option<Uuid>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl ParentChanged {
+    pub fn parse(data: &str) -> Result<Self, ContractError> {
+        const T: &str = "PartnerParentChanged";
+        let p: Self = from_json(T, data)?;
+        if p.parent_partner_id == Some(p.partner_id) {
+            return Err(ContractError {
+                event_type: T.into(),
+                reason: "a partner cannot be its own parent".into(),
+            });
+        }
+        Ok(p)
+    }
+}
+
+/// Partner CRM's `PartnerTierChanged`: the partner's tier from `effective_from` on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TierChanged {
+    pub partner_id: Uuid,
+    pub program_id: Uuid,
+    pub tier: String,
+    pub effective_from: DateTime<Utc>,
+}
+
+impl TierChanged {
+    pub fn parse(data: &str) -> Result<Self, ContractError> {
+        const T: &str = "PartnerTierChanged";
+        let t: Self = from_json(T, data)?;
+        check_tier_code(T, &t.tier)?;
+        Ok(t)
+    }
+}
+
+/// Tiers one program may define, and plans one tier may grant: partner CRM's own limits are
+/// lower (20 tiers, 100 plans); these bound what a broken or hostile message can make this
+/// service keep.
+pub const MAX_TIERS: usize = 64;
+pub const MAX_TIER_PLANS: usize = 1_000;
+
+/// What commissions reads of one tier in `ProgramTiersChanged`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TierDefinition {
+    pub code: String,
+    pub rank: u32,
+    #[serde(default)]
+    pub access: TierAccess,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct TierAccess {
+    /// Plans the tier may be assigned; empty: any.
+    #[serde(default)]
+    pub plan_ids: Vec<Uuid>,
+}
+
+/// Partner CRM's `ProgramTiersChanged`: every tier of the program after a change.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ProgramTiersChanged {
+    pub program_id: Uuid,
+    #[serde(default)]
+    pub tiers: Vec<TierDefinition>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl ProgramTiersChanged {
+    pub fn parse(data: &str) -> Result<Self, ContractError> {
+        const T: &str = "ProgramTiersChanged";
+        let p: Self = from_json(T, data)?;
+        let broken = |reason: String| ContractError {
+            event_type: T.into(),
+            reason,
+        };
+        if p.tiers.len() > MAX_TIERS {
+            return Err(broken(format!("more than {MAX_TIERS} tiers")));
+        }
+        let mut codes = BTreeSet::new();
+        for t in &p.tiers {
+            check_tier_code(T, &t.code)?;
+            if !codes.insert(t.code.as_str()) {
+                return Err(broken(format!("tier {} is listed twice", t.code)));
+            }
+            if t.access.plan_ids.len() > MAX_TIER_PLANS {
+                return Err(broken(format!(
+                    "tier {} grants more than {MAX_TIER_PLANS} plans",
+                    t.code
+                )));
+            }
+        }
+        Ok(p)
+    }
+}
+
+fn check_tier_code(event_type: &str, code: &str) -> Result<(), ContractError> {
+    if code.is_empty() || code.chars().count() > MAX_ID_CHARS {
+        return Err(ContractError {
+            event_type: event_type.into(),
+            reason: format!("a tier code has 1 to {MAX_ID_CHARS} characters"),
+        });
+    }
+    Ok(())
+}
+
 /// Why a message breaks the contract.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{event_type} breaks its contract: {reason}")]
@@ -196,7 +308,7 @@ fn opt_uuid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Uuid>, D::E
         None | Some("") => Ok(None),
         Some(v) => Uuid::parse_str(v)
             .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("campaign_id: {e}"))),
+            .map_err(|e| serde::de::Error::custom(format!("not a uuid: {e}"))),
     }
 }
 

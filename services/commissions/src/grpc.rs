@@ -3,17 +3,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use pl_eventlog::{EventStore, SharedStore};
 use pl_ledger::{AsOf, BalanceFold, Ledger, Page, PartnerBalance, PartnerBalances, RecordingPoint};
 use pl_money::{Currency, Decimal};
 use pl_runtime::aggregate::{decode_event, execute};
 use pl_runtime::request::{to_datetime, Violations};
 use pl_runtime::{idempotency, Clock, FieldViolation, RequestMeta};
+use uuid::Uuid;
 
 use crate::accruals::{self, Caches};
 use crate::book::{self, Book, BookCommand, BookError, BookEvent};
 use crate::book_codec;
 use crate::fx_wait;
+use crate::network;
 use crate::setup::{self, Assignment, Assignments, FxRate, Plan, Publish};
 use crate::visible;
 use crate::SERVICE;
@@ -411,6 +414,54 @@ pub const SERVICE_NAME: &str =
     <CommissionsServiceServer<CommissionsService> as tonic::server::NamedService>::NAME;
 
 impl CommissionsService {
+    /// Refuses a plan that the partner's tier at `at` does not grant (partner CRM's
+    /// `TierAccess.plan_ids`, as CRM reported it to commissions). A partner whose account is
+    /// not open yet has no program known here, so nothing to check it against: CRM reports the
+    /// application before any tier, and the tier's grant is checked once both arrived.
+    async fn check_tier_grants(
+        &self,
+        partner_id: Uuid,
+        plan_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
+        let store = self.store.as_ref();
+        let account = load::<Account>(store, &domain::stream(partner_id))
+            .await
+            .map_err(to_api)?;
+        let Some(opening) = account.state.0 else {
+            return Ok(());
+        };
+        let (refusal, version) = self
+            .caches
+            .network
+            .read(store, &network::stream(opening.program_id), |n| {
+                let tier = n.tier(partner_id, at);
+                n.grants(tier, plan_id).err().map(|grant| {
+                    let granted: Vec<String> =
+                        grant.plan_ids.iter().map(Uuid::to_string).collect();
+                    let whose = match tier {
+                        Some(t) if t == grant.code => format!("is tier {t}"),
+                        Some(t) => format!("is tier {t}, which the program no longer defines, so has the lowest tier {}'s access", grant.code),
+                        None => format!("has no tier, so has the lowest tier {}'s access", grant.code),
+                    };
+                    format!(
+                        "partner {partner_id} {whose} at {at}; tier {} grants only plans [{}], not {plan_id}: assign one of them or change the tier in partner CRM",
+                        grant.code,
+                        granted.join(", ")
+                    )
+                })
+            })
+            .await
+            .map_err(domain::<network::NetworkError>("partner_id"))?;
+        match refusal {
+            Some(reason) => Err(ApiError::rule(format!(
+                "{reason} (hierarchy version {})",
+                version.unwrap_or(0)
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub fn new(store: SharedStore, clock: Arc<dyn Clock>) -> Self {
         Self {
             store,
@@ -533,20 +584,51 @@ impl CommissionsApi for CommissionsService {
         &self,
         request: Request<pb::GetPartnerAccountRequest>,
     ) -> Result<Response<pb::PartnerAccount>, Status> {
-        let partner_id = parse_uuid("partner_id", &request.get_ref().partner_id)
-            .map_err(|fv| ApiError::InvalidArgument(vec![fv]))?;
-        let loaded = load::<Account>(self.store.as_ref(), &domain::stream(partner_id))
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let partner_id = v.check(parse_uuid("partner_id", &req.partner_id));
+        let as_of = match &req.as_of {
+            Some(t) => v.check(to_datetime("as_of", t)),
+            None => Some(self.clock.now()),
+        };
+        v.finish()?;
+        let (Some(partner_id), Some(as_of)) = (partner_id, as_of) else {
+            return Err(ApiError::internal("validated fields missing").into());
+        };
+        let store = self.store.as_ref();
+        let loaded = load::<Account>(store, &domain::stream(partner_id))
             .await
             .map_err(to_api)?;
         let opening = loaded.state.0.ok_or(ApiError::NotFound {
             what: "partner account",
             id: partner_id.to_string(),
         })?;
+        let (standing, hierarchy_version) = self
+            .caches
+            .network
+            .read(store, &network::stream(opening.program_id), |n| {
+                n.standing(partner_id, as_of, setup::MAX_UPLINE)
+            })
+            .await
+            .map_err(domain::<network::NetworkError>("partner_id"))?;
+        let assignments = load::<Assignments>(store, &setup::assignment_stream(partner_id))
+            .await
+            .map_err(domain::<setup::AssignError>("partner_id"))?;
         Ok(Response::new(pb::PartnerAccount {
             partner_id: opening.partner_id.to_string(),
             program_id: opening.program_id.to_string(),
             opened_at: Some(to_timestamp(opening.opened_at)),
             opened_by_event_id: opening.source_event_id.to_string(),
+            tier: standing.tier.unwrap_or_default(),
+            upline: standing.upline.iter().map(Uuid::to_string).collect(),
+            hierarchy_version: hierarchy_version.unwrap_or(0),
+            hierarchy_known: hierarchy_version.is_some(),
+            plan_id: assignments
+                .state
+                .at(as_of)
+                .map(|a| a.plan_id.to_string())
+                .unwrap_or_default(),
+            as_of: Some(to_timestamp(as_of)),
         }))
     }
 
@@ -716,18 +798,25 @@ impl CommissionsApi for CommissionsService {
             Some(t) => v.check(to_datetime("effective_from", t)),
             None => v.check(Err(FieldViolation::new("effective_from", "required"))),
         };
-        let parent = if req.parent_partner_id.is_empty() {
-            Some(None)
-        } else {
-            v.check(parse_uuid("parent_partner_id", &req.parent_partner_id))
-                .map(Some)
-        };
-        if req.partner_tier.len() > 64 {
-            v.add("partner_tier", "at most 64 characters");
+        // The fields stay in the message so that an old client's values are refused, never
+        // silently dropped: the tier and the upline are partner CRM's.
+        #[allow(deprecated)]
+        let (tier, parent) = (&req.partner_tier, &req.parent_partner_id);
+        if !tier.is_empty() {
+            v.add(
+                "partner_tier",
+                "must be empty: the tier comes from partner CRM (ChangePartnerTier)",
+            );
+        }
+        if !parent.is_empty() {
+            v.add(
+                "parent_partner_id",
+                "must be empty: the upline comes from partner CRM (SetPartnerParent)",
+            );
         }
         v.finish()?;
-        let (Some(meta), Some(partner_id), Some(plan_id), Some(effective_from), Some(parent)) =
-            (meta, partner_id, plan_id, effective_from, parent)
+        let (Some(meta), Some(partner_id), Some(plan_id), Some(effective_from)) =
+            (meta, partner_id, plan_id, effective_from)
         else {
             return Err(ApiError::internal("validated fields missing").into());
         };
@@ -742,6 +831,8 @@ impl CommissionsApi for CommissionsService {
             }
             .into());
         }
+        self.check_tier_grants(partner_id, plan_id, effective_from)
+            .await?;
         let fingerprint = idempotency::request_fingerprint(&req, |r| r.context.as_mut());
         let response =
             idempotency::run_once(store, &meta.key, fingerprint, meta.occurred_at, || async {
@@ -749,8 +840,8 @@ impl CommissionsApi for CommissionsService {
                     partner_id,
                     plan_id,
                     effective_from,
-                    partner_tier: (!req.partner_tier.is_empty()).then(|| req.partner_tier.clone()),
-                    parent_partner_id: parent,
+                    partner_tier: None,
+                    parent_partner_id: None,
                 };
                 execute::<Assignments>(
                     store,
@@ -759,7 +850,7 @@ impl CommissionsApi for CommissionsService {
                     &meta.command_meta(),
                 )
                 .await
-                .map_err(domain("parent_partner_id"))?;
+                .map_err(domain("effective_from"))?;
                 Ok(pb::PlanAssigned {
                     partner_id: partner_id.to_string(),
                     plan_id: plan_id.to_string(),

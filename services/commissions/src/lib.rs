@@ -5,7 +5,8 @@
 //! events into commands with ids derived from the consumed event, so redelivery changes
 //! nothing; `grpc` answers queries and runs payouts (`payout_runs`). Its streams: `account-*`,
 //! `ledger-*` (partner books), `plan-*`, `assignment-*`, `fx-*`, `accrued-*`, `customer-*`,
-//! `eligibility-*` (its projection of compliance's events), `payout-*` (payout runs) and
+//! `eligibility-*` (its projection of compliance's events), `network-*` (its projection of
+//! partner CRM's hierarchy and tiers, per program: `network`), `payout-*` (payout runs) and
 //! `waiting-fx` (accruals parked until their FX rate is recorded, `fx_wait`) and
 //! `pending-reversals-*` (refunds and rejections that arrived before their accrual, `pending`). It
 //! reads no other service's streams — what it knows of partners arrives over the bus. `visible`
@@ -22,6 +23,7 @@ pub mod domain;
 pub mod eligibility;
 pub mod fx_wait;
 pub mod grpc;
+pub mod network;
 pub mod payout;
 pub mod payout_runs;
 pub mod pending;

@@ -354,6 +354,7 @@ mod tests {
     ) -> BookCommand {
         BookCommand::Accrue {
             program_id: Uuid::from_u128(9),
+            hierarchy_version: None,
             campaign_id: None,
             versions: versions.into(),
             facts: ConversionFacts {
@@ -890,6 +891,7 @@ mod program_tests {
         let plan = super::tests_support::plan_10_percent(at(1, 1));
         let sale = |n: u128, when| BookCommand::Accrue {
             program_id: Uuid::from_u128(9),
+            hierarchy_version: None,
             campaign_id: None,
             versions: vec![plan.clone()].into(),
             facts: super::tests_support::sale(n, when, "100.00"),
@@ -936,6 +938,7 @@ mod program_tests {
         let partner = Uuid::from_u128(1);
         let sale = |n: u128, when| BookCommand::Accrue {
             program_id: program,
+            hierarchy_version: None,
             campaign_id: None,
             versions: vec![plan.clone()].into(),
             facts: super::tests_support::sale(n, when, "100.00"),

@@ -1,5 +1,6 @@
 //! Configuration facts of the commissions context, each an aggregate of its own stream: plan
-//! versions (`plan-<id>`), which plan a partner is on (`assignment-<partner id>`), FX rates
+//! versions (`plan-<id>`), which plan a partner is on (`assignment-<partner id>`; its tier and
+//! upline are partner CRM's, see [`crate::network`]), FX rates
 //! (`fx-<FROM>-<TO>`), and which partners a conversion was accrued for
 //! (`accrued-<conversion id>`, so refunds find them). Pure decide/evolve: no I/O, no clock.
 
@@ -117,7 +118,11 @@ pub struct Assignment {
     pub partner_id: Uuid,
     pub plan_id: Uuid,
     pub effective_from: DateTime<Utc>,
+    /// Typed by hand into `AssignPlan` by earlier versions; never read now (the tier and the
+    /// upline come from partner CRM, see [`crate::network`]) and never written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partner_tier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_partner_id: Option<Uuid>,
 }
 
@@ -144,8 +149,6 @@ impl Assignments {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AssignError {
-    #[error("a partner cannot be its own parent")]
-    OwnParent,
     #[error("an assignment from {0} already exists; assign from a later date")]
     SameStart(DateTime<Utc>),
 }
@@ -157,9 +160,6 @@ impl Aggregate for Assignments {
     type Error = AssignError;
 
     fn decide(state: &Assignments, a: &Assignment) -> Result<Vec<AssignmentEvent>, AssignError> {
-        if a.parent_partner_id == Some(a.partner_id) {
-            return Err(AssignError::OwnParent);
-        }
         if let Some(existing) = state
             .0
             .iter()
@@ -489,20 +489,5 @@ mod tests {
         assert!(state
             .at(Utc.with_ymd_and_hms(2025, 12, 31, 0, 0, 0).unwrap())
             .is_none());
-    }
-
-    #[test]
-    fn a_partner_cannot_be_its_own_parent() {
-        let a = Assignment {
-            partner_id: Uuid::from_u128(1),
-            plan_id: Uuid::from_u128(2),
-            effective_from: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
-            partner_tier: None,
-            parent_partner_id: Some(Uuid::from_u128(1)),
-        };
-        assert_eq!(
-            Assignments::decide(&Assignments::default(), &a),
-            Err(AssignError::OwnParent)
-        );
     }
 }

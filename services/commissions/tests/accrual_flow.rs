@@ -112,6 +112,38 @@ fn message(
     }
 }
 
+/// Partner CRM's event `event_type` (message `id`), as the relay delivers it.
+fn crm(id: u128, event_type: &str, data: serde_json::Value) -> Message {
+    let mut m = message(id, event_type, data, at(1, 1));
+    m.subject = format!("pl.crm.{event_type}");
+    m
+}
+
+/// CRM's `PartnerParentChanged`: `partner`'s parent is `parent` from `from` on.
+fn parent_changed(id: u128, partner: Uuid, parent: Option<Uuid>, from: DateTime<Utc>) -> Message {
+    crm(
+        id,
+        "PartnerParentChanged",
+        serde_json::json!({
+            "partner_id": partner, "program_id": PROGRAM,
+            "parent_partner_id": parent.map(|p| p.to_string()).unwrap_or_default(),
+            "occurred_at": from,
+        }),
+    )
+}
+
+/// CRM's `PartnerTierChanged`: `partner` is in `tier` from `from` on.
+fn tier_changed(id: u128, partner: Uuid, tier: &str, from: DateTime<Utc>) -> Message {
+    crm(
+        id,
+        "PartnerTierChanged",
+        serde_json::json!({
+            "partner_id": partner, "program_id": PROGRAM, "tier": tier,
+            "effective_from": from, "occurred_at": from,
+        }),
+    )
+}
+
 fn sale(conversion: u128, gross: &str) -> serde_json::Value {
     serde_json::json!({
         "conversion_id": Uuid::from_u128(conversion), "program_id": PROGRAM,
@@ -141,23 +173,28 @@ async fn world_on(store: SharedStore) -> World {
         .await
         .unwrap();
     }
-    for (key, partner, plan_id, parent) in [
-        ("assign-p", PARTNER, PLAN, Some(PARENT)),
-        ("assign-q", PARENT, PLAN, None),
-        ("assign-s", SHARER, RECURRING_PLAN, None),
+    for (key, partner, plan_id) in [
+        ("assign-p", PARTNER, PLAN),
+        ("assign-q", PARENT, PLAN),
+        ("assign-s", SHARER, RECURRING_PLAN),
     ] {
         api.assign_plan(Request::new(pb::AssignPlanRequest {
             context: ctx(key),
             partner_id: partner.to_string(),
             plan_id: plan_id.to_string(),
             effective_from: Some(ts(at(1, 1))),
-            partner_tier: String::new(),
-            parent_partner_id: parent.map(|p| p.to_string()).unwrap_or_default(),
+            ..Default::default()
         }))
         .await
         .unwrap();
     }
-    World { store, api }
+    let world = World { store, api };
+    // The partner's parent, as partner CRM reports it.
+    world
+        .consume(parent_changed(0x9a_0001, PARTNER, Some(PARENT), at(1, 1)))
+        .await
+        .unwrap();
+    world
 }
 
 impl World {
@@ -176,6 +213,15 @@ impl World {
         ))
         .await
         .unwrap();
+    }
+
+    /// Consumes attribution's `ConversionAttributed` (message `id`) of the conversion `data`;
+    /// it must be accepted.
+    async fn sell_on(&self, id: u128, data: serde_json::Value) {
+        let when = data["occurred_at"].as_str().unwrap().parse().unwrap();
+        self.consume(message(id, "ConversionAttributed", data, when))
+            .await
+            .unwrap();
     }
 
     /// The partner's USD entries with their explanations (first page).
@@ -1007,8 +1053,7 @@ async fn a_conversion_waits_for_a_missing_rate_as_a_whole_before_any_partner_acc
             partner_id: EURO_PARTNER.to_string(),
             plan_id: EURO_PLAN.to_string(),
             effective_from: Some(ts(at(1, 1))),
-            partner_tier: String::new(),
-            parent_partner_id: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -1566,7 +1611,7 @@ async fn a_batch_reads_each_plan_and_assignment_once_and_accrues_as_one_at_a_tim
         let reads = store.hooks.reads.lock().unwrap();
         [
             pl_commissions::setup::assignment_stream(PARTNER),
-            pl_commissions::setup::assignment_stream(PARENT),
+            pl_commissions::network::stream(PROGRAM),
             pl_commissions::setup::plan_stream(PLAN),
         ]
         .map(|s| reads.get(&s).copied().unwrap_or(0))
@@ -1580,7 +1625,8 @@ async fn a_batch_reads_each_plan_and_assignment_once_and_accrues_as_one_at_a_tim
             .await;
     assert_eq!(outcomes, vec![Ok(()); 8]);
     let read = |now: [usize; 3], then: [usize; 3]| [0, 1, 2].map(|i| now[i] - then[i]);
-    // The partner's assignment, its parent's and the plan: once each for the whole batch.
+    // The partner's assignment, its program's network (its upline) and the plan: once each
+    // for the whole batch.
     assert_eq!(read(setup_reads(&batched), before.1), [1, 1, 1]);
     assert!(read(setup_reads(&one_by_one), before.0)[0] >= 8);
     assert_eq!(
@@ -1756,9 +1802,11 @@ async fn partners_sharing_a_parent_on_one_sale_each_pay_it_an_override_and_a_ref
             partner_id: SIBLING.to_string(),
             plan_id: PLAN.to_string(),
             effective_from: Some(ts(at(1, 1))),
-            partner_tier: String::new(),
-            parent_partner_id: PARENT.to_string(),
+            ..Default::default()
         }))
+        .await
+        .unwrap();
+    w.consume(parent_changed(0x9a_0002, SIBLING, Some(PARENT), at(1, 1)))
         .await
         .unwrap();
     let split = conversion(
@@ -1922,8 +1970,7 @@ async fn a_refused_conversion_is_listed_answered_and_accrued_once_by_a_retry_aft
         partner_id: TRADER.to_string(),
         plan_id: plan_id.to_string(),
         effective_from: Some(ts(from)),
-        partner_tier: String::new(),
-        parent_partner_id: String::new(),
+        ..Default::default()
     };
     w.api
         .assign_plan(Request::new(assign("assign-t1", LOTS_PLAN, at(1, 1))))
@@ -2156,5 +2203,281 @@ async fn a_manual_bonus_is_payable_explained_counted_in_the_program_report_and_u
         again.message().contains("countered already"),
         "{}",
         again.message()
+    );
+}
+
+// ----- partner CRM's hierarchy and tiers -------------------------------------------------------
+
+/// A sale of `gross` USD on `day` of January credited to `partner` alone.
+fn sale_on(conversion_id: u128, partner: Uuid, gross: &str, day: u32) -> serde_json::Value {
+    let mut c = conversion(conversion_id, "cust-h", gross, &[(partner, "1")]);
+    c["occurred_at"] = serde_json::json!(at(1, day));
+    c
+}
+
+/// The override entries of `partner`'s book: (conversion, amount, hierarchy version named).
+async fn overrides_of(w: &World, partner: Uuid) -> Vec<(String, String, String)> {
+    let mut found: Vec<_> = w
+        .explain(partner)
+        .await
+        .entries
+        .into_iter()
+        .filter(|e| e.inputs.contains_key("downline_partner"))
+        .map(|e| {
+            (
+                e.conversion_id,
+                e.amount,
+                e.inputs
+                    .get("hierarchy_version")
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn a_parent_change_mid_month_splits_overrides_at_its_effective_date_and_rewrites_nothing() {
+    const NEW_PARENT: Uuid = Uuid::from_u128(0xa4);
+    let w = world().await;
+    w.sell_on(1, sale_on(501, PARTNER, "100.00", 10)).await;
+    // CRM moves the partner under a new parent from the 15th on.
+    w.consume(parent_changed(
+        0x9a_0010,
+        PARTNER,
+        Some(NEW_PARENT),
+        at(1, 15),
+    ))
+    .await
+    .unwrap();
+    w.sell_on(2, sale_on(502, PARTNER, "200.00", 20)).await;
+    // A sale of the 12th that arrives after the change still pays the parent of the 12th.
+    w.sell_on(3, sale_on(503, PARTNER, "300.00", 12)).await;
+    // The program's network: version 0 holds the first link, version 1 the change.
+    let id = |n: u128| Uuid::from_u128(n).to_string();
+    assert_eq!(
+        overrides_of(&w, PARENT).await,
+        vec![
+            (id(501), "2.00".into(), "0".into()),
+            (id(503), "6.00".into(), "1".into()),
+        ],
+        "the parent keeps what it earned before the change and gets the late sale of the 12th"
+    );
+    assert_eq!(
+        overrides_of(&w, NEW_PARENT).await,
+        vec![(id(502), "4.00".into(), "1".into())]
+    );
+    // The partner's own line names the version too.
+    let own = w.explain(PARTNER).await.entries;
+    assert!(own
+        .iter()
+        .all(|e| e.inputs.contains_key("hierarchy_version")));
+    // What commissions holds is visible, at any date.
+    let account = |day: u32| pb::GetPartnerAccountRequest {
+        partner_id: PARTNER.to_string(),
+        as_of: Some(ts(at(1, day))),
+    };
+    // No account is open in this world (CRM's PartnerApplied never came): NOT_FOUND.
+    let missing = w.api.get_partner_account(Request::new(account(14))).await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+    w.consume(crm(
+        0x9a_0011,
+        "PartnerApplied",
+        serde_json::json!({ "partner_id": PARTNER, "program_id": PROGRAM }),
+    ))
+    .await
+    .unwrap();
+    let before = w
+        .api
+        .get_partner_account(Request::new(account(14)))
+        .await
+        .unwrap();
+    let after = w
+        .api
+        .get_partner_account(Request::new(account(15)))
+        .await
+        .unwrap();
+    assert_eq!(before.get_ref().upline, vec![PARENT.to_string()]);
+    assert_eq!(after.get_ref().upline, vec![NEW_PARENT.to_string()]);
+    assert_eq!(after.get_ref().hierarchy_version, 1);
+    assert!(after.get_ref().hierarchy_known);
+    assert_eq!(after.get_ref().plan_id, PLAN.to_string());
+}
+
+#[tokio::test]
+async fn a_tier_upgrade_picks_the_tiers_rule_from_its_effective_date() {
+    const TIERED_PLAN: Uuid = Uuid::from_u128(0xb7);
+    const GOLDIE: Uuid = Uuid::from_u128(0xa7);
+    let w = world().await;
+    let mut tiered = plan();
+    tiered.plan_id = TIERED_PLAN;
+    tiered.overrides = vec![];
+    let mut gold = tiered.rules[0].clone();
+    gold.id = "gold".into();
+    gold.conditions.partner_tier = Some("gold".into());
+    gold.reward = Reward::PercentOfGross(Percent::new(20).unwrap());
+    tiered.rules.push(gold);
+    w.api
+        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx("plan-tiered"),
+            plan_id: TIERED_PLAN.to_string(),
+            plan_json: serde_json::to_string(&tiered).unwrap(),
+        }))
+        .await
+        .unwrap();
+    w.api
+        .assign_plan(Request::new(pb::AssignPlanRequest {
+            context: ctx("assign-goldie"),
+            partner_id: GOLDIE.to_string(),
+            plan_id: TIERED_PLAN.to_string(),
+            effective_from: Some(ts(at(1, 1))),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    w.consume(tier_changed(0x9a_0020, GOLDIE, "silver", at(1, 1)))
+        .await
+        .unwrap();
+    w.sell_on(1, sale_on(601, GOLDIE, "100.00", 10)).await;
+    w.consume(tier_changed(0x9a_0021, GOLDIE, "gold", at(1, 15)))
+        .await
+        .unwrap();
+    w.sell_on(2, sale_on(602, GOLDIE, "100.00", 20)).await;
+    w.sell_on(3, sale_on(603, GOLDIE, "100.00", 14)).await;
+    let mut lines: Vec<_> = w
+        .explain(GOLDIE)
+        .await
+        .entries
+        .into_iter()
+        .map(|e| {
+            (
+                e.conversion_id,
+                e.rule_id,
+                e.amount,
+                e.inputs.get("partner_tier").cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    lines.sort();
+    let id = |n: u128| Uuid::from_u128(n).to_string();
+    assert_eq!(
+        lines,
+        vec![
+            (id(601), "sales".into(), "10.00".into(), "silver".into()),
+            (id(602), "gold".into(), "20.00".into(), "gold".into()),
+            (id(603), "sales".into(), "10.00".into(), "silver".into()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_plan_outside_the_tiers_grant_is_refused_with_the_tier_and_the_plans_it_grants() {
+    const SILVER_PLAN: Uuid = Uuid::from_u128(0xb8);
+    const NEWCOMER: Uuid = Uuid::from_u128(0xa8);
+    let w = world().await;
+    let mut silver = plan();
+    silver.plan_id = SILVER_PLAN;
+    w.api
+        .publish_plan_version(Request::new(pb::PublishPlanVersionRequest {
+            context: ctx("plan-silver"),
+            plan_id: SILVER_PLAN.to_string(),
+            plan_json: serde_json::to_string(&silver).unwrap(),
+        }))
+        .await
+        .unwrap();
+    // CRM: the program's silver tier may be on SILVER_PLAN only, gold on any plan; the
+    // newcomer applied and is silver.
+    w.consume(crm(
+        0x9a_0030,
+        "ProgramTiersChanged",
+        serde_json::json!({
+            "program_id": PROGRAM, "occurred_at": at(1, 1),
+            "tiers": [
+                { "code": "silver", "name": "Silver", "rank": 1,
+                  "access": { "plan_ids": [SILVER_PLAN], "mdf": false, "deal_registration": false } },
+                { "code": "gold", "name": "Gold", "rank": 2,
+                  "access": { "plan_ids": [], "mdf": true, "deal_registration": true } },
+            ],
+        }),
+    ))
+    .await
+    .unwrap();
+    w.consume(crm(
+        0x9a_0031,
+        "PartnerApplied",
+        serde_json::json!({ "partner_id": NEWCOMER, "program_id": PROGRAM }),
+    ))
+    .await
+    .unwrap();
+    w.consume(tier_changed(0x9a_0032, NEWCOMER, "silver", at(1, 1)))
+        .await
+        .unwrap();
+    let assign = |key: &str, plan: Uuid, day: u32| pb::AssignPlanRequest {
+        context: ctx(key),
+        partner_id: NEWCOMER.to_string(),
+        plan_id: plan.to_string(),
+        effective_from: Some(ts(at(1, day))),
+        ..Default::default()
+    };
+    let refused = w
+        .api
+        .assign_plan(Request::new(assign("assign-n1", PLAN, 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("is tier silver")
+            && refused.message().contains(&SILVER_PLAN.to_string()),
+        "{}",
+        refused.message()
+    );
+    w.api
+        .assign_plan(Request::new(assign("assign-n2", SILVER_PLAN, 1)))
+        .await
+        .unwrap();
+    // Gold from the 20th grants any plan from then on, not before.
+    w.consume(tier_changed(0x9a_0033, NEWCOMER, "gold", at(1, 20)))
+        .await
+        .unwrap();
+    let before = w
+        .api
+        .assign_plan(Request::new(assign("assign-n3", PLAN, 19)))
+        .await
+        .unwrap_err();
+    assert_eq!(before.code(), tonic::Code::FailedPrecondition);
+    w.api
+        .assign_plan(Request::new(assign("assign-n4", PLAN, 20)))
+        .await
+        .unwrap();
+    let stored: Vec<_> = w
+        .store
+        .read_stream(&format!("assignment-{NEWCOMER}"), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2, "refusals write nothing");
+}
+
+#[tokio::test]
+async fn a_tier_or_a_parent_typed_into_assign_plan_is_refused_not_ignored() {
+    let w = world().await;
+    #[allow(deprecated)]
+    let typed = pb::AssignPlanRequest {
+        context: ctx("assign-typed"),
+        partner_id: PARTNER.to_string(),
+        plan_id: PLAN.to_string(),
+        effective_from: Some(ts(at(2, 1))),
+        partner_tier: "gold".into(),
+        parent_partner_id: PARENT.to_string(),
+    };
+    let refused = w.api.assign_plan(Request::new(typed)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("partner_tier")
+            && refused.message().contains("parent_partner_id")
+            && refused.message().contains("partner CRM"),
+        "{}",
+        refused.message()
     );
 }

@@ -174,8 +174,7 @@ impl World {
                 partner_id: p.to_string(),
                 plan_id: plan_id.to_string(),
                 effective_from: Some(ts(at(1, 1))),
-                partner_tier: String::new(),
-                parent_partner_id: String::new(),
+                ..Default::default()
             }))
             .await
             .unwrap();
@@ -201,8 +200,7 @@ impl World {
                 partner_id: p.to_string(),
                 plan_id: plan_id.to_string(),
                 effective_from: Some(ts(from)),
-                partner_tier: String::new(),
-                parent_partner_id: String::new(),
+                ..Default::default()
             }))
             .await
             .unwrap();

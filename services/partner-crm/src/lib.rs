@@ -53,6 +53,7 @@ pub const INTEGRATION_EVENTS: &[&str] = &[
     "PartnerStatusChanged",
     "PartnerTierChanged",
     "PartnerParentChanged",
+    "ProgramTiersChanged",
     "TrackingLinkIssued",
     "TrackingLinkDeactivated",
     "CouponIssued",

@@ -86,10 +86,23 @@ pub enum ProgramEvent {
         settings: Settings,
         occurred_at: DateTime<Utc>,
     },
+    /// One tier (re)defined. Written by earlier versions, still read; a definition is now
+    /// recorded as [`ProgramEvent::ProgramTiersChanged`].
     TierDefined {
         tier: Tier,
         occurred_at: DateTime<Utc>,
     },
+    /// The `ProgramTiersChanged` contract: every tier of the program after a change (at
+    /// creation with tiers, and at each definition), so commissions can refuse a plan a
+    /// partner's tier does not grant without knowing the program's history.
+    ProgramTiersChanged(TiersChanged),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TiersChanged {
+    pub program_id: Uuid,
+    pub tiers: Vec<Tier>,
+    pub occurred_at: DateTime<Utc>,
 }
 
 impl DomainEvent for ProgramEvent {}
@@ -218,7 +231,15 @@ impl Aggregate for Program {
         match (command, &state.definition) {
             (ProgramCommand::Create(def), None) => {
                 check_tiers(&def.tiers)?;
-                Ok(vec![ProgramEvent::ProgramCreated(def.clone())])
+                let mut events = vec![ProgramEvent::ProgramCreated(def.clone())];
+                if !def.tiers.is_empty() {
+                    events.push(ProgramEvent::ProgramTiersChanged(TiersChanged {
+                        program_id: def.program_id,
+                        tiers: def.tiers.clone(),
+                        occurred_at: def.created_at,
+                    }));
+                }
+                Ok(events)
             }
             (ProgramCommand::Create(def), Some(_)) => {
                 Err(ProgramError::AlreadyExists(def.program_id))
@@ -245,10 +266,24 @@ impl Aggregate for Program {
                     .collect();
                 tiers.push(tier.clone());
                 check_tiers(&tiers)?;
-                Ok(vec![ProgramEvent::TierDefined {
-                    tier: tier.clone(),
+                // In definition order, the redefined tier in its old place.
+                let tiers = def
+                    .tiers
+                    .iter()
+                    .map(|t| if t.code == tier.code { tier } else { t })
+                    .chain(
+                        def.tiers
+                            .iter()
+                            .all(|t| t.code != tier.code)
+                            .then_some(tier),
+                    )
+                    .cloned()
+                    .collect();
+                Ok(vec![ProgramEvent::ProgramTiersChanged(TiersChanged {
+                    program_id: def.program_id,
+                    tiers,
                     occurred_at: *at,
-                }])
+                })])
             }
         }
     }
@@ -268,6 +303,11 @@ impl Aggregate for Program {
                         Some(existing) => *existing = tier.clone(),
                         None => def.tiers.push(tier.clone()),
                     }
+                }
+            }
+            ProgramEvent::ProgramTiersChanged(changed) => {
+                if let Some(def) = state.definition.as_mut() {
+                    def.tiers.clone_from(&changed.tiers);
                 }
             }
         }
@@ -380,6 +420,57 @@ mod tests {
         )
         .unwrap()
         .is_empty());
+    }
+
+    #[test]
+    fn every_tier_change_publishes_all_the_programs_tiers_with_the_redefined_one_in_its_place() {
+        let created = Program::decide(
+            &given(&[]),
+            &ProgramCommand::Create(definition(vec![
+                tier("bronze", 1, false),
+                tier("gold", 3, true),
+            ])),
+        )
+        .unwrap();
+        let [ProgramEvent::ProgramCreated(_), ProgramEvent::ProgramTiersChanged(at_creation)] =
+            created.as_slice()
+        else {
+            panic!("creation with tiers publishes them: {created:?}");
+        };
+        assert_eq!(at_creation.tiers.len(), 2);
+        let state = given(&created);
+        let mut bronze = tier("bronze", 1, true);
+        bronze.access.plan_ids = vec![Uuid::from_u128(7)];
+        let e = Program::decide(
+            &state,
+            &ProgramCommand::DefineTier {
+                tier: bronze.clone(),
+                at: at(),
+            },
+        )
+        .unwrap();
+        let [ProgramEvent::ProgramTiersChanged(changed)] = e.as_slice() else {
+            panic!("one change: {e:?}");
+        };
+        assert_eq!(changed.program_id, Uuid::from_u128(2));
+        assert_eq!(changed.tiers, vec![bronze.clone(), tier("gold", 3, true)]);
+        let state = Program::evolve(state, &e[0]);
+        assert_eq!(state.tier("bronze"), Some(&bronze));
+        let silver = tier("silver", 2, false);
+        let e = Program::decide(
+            &state,
+            &ProgramCommand::DefineTier {
+                tier: silver.clone(),
+                at: at(),
+            },
+        )
+        .unwrap();
+        let [ProgramEvent::ProgramTiersChanged(changed)] = e.as_slice() else {
+            panic!("one change: {e:?}");
+        };
+        assert_eq!(changed.tiers, vec![bronze, tier("gold", 3, true), silver]);
+        let flat = Program::decide(&given(&[]), &ProgramCommand::Create(definition(vec![])));
+        assert_eq!(flat.unwrap().len(), 1, "no tiers, nothing to publish");
     }
 
     #[test]

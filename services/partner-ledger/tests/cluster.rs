@@ -91,6 +91,7 @@ async fn a_partner_applied_on_one_process_opens_its_account_on_another_in_the_sa
         let got = client
             .get_partner_account(GetPartnerAccountRequest {
                 partner_id: partner_id.to_string(),
+                as_of: None,
             })
             .await;
         match got {

@@ -209,6 +209,7 @@ async fn a_partner_applied_in_crm_opens_an_account_in_commissions_through_the_bu
         match commissions
             .get_partner_account(GetPartnerAccountRequest {
                 partner_id: id.to_string(),
+                as_of: None,
             })
             .await
         {
@@ -311,6 +312,7 @@ async fn integration_events_that_died_with_the_process_are_delivered_after_resta
         match commissions
             .get_partner_account(GetPartnerAccountRequest {
                 partner_id: id.to_string(),
+                as_of: None,
             })
             .await
         {

@@ -359,12 +359,7 @@ impl Run {
                 partner_id: partner(name).to_string(),
                 plan_id: plan.to_string(),
                 effective_from: ts(t(1, 1)),
-                partner_tier: String::new(),
-                parent_partner_id: if name == "sub-ib" {
-                    partner("ib").to_string()
-                } else {
-                    String::new()
-                },
+                ..Default::default()
             })
             .await
             .map_err(status("assign plan"))?;
@@ -438,6 +433,9 @@ impl Run {
         })
         .await
         .map_err(status("set parent"))?;
+        // Overrides go to the upline commissions learnt from CRM.
+        self.upline_seen(partner("sub-ib"), &[partner("ib")])
+            .await?;
         // Regulated partners become active when CRM has consumed compliance's approval.
         for name in ["ib", "sub-ib"] {
             eventually(

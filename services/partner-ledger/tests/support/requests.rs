@@ -95,7 +95,10 @@ impl Api {
                 }
                 oneofs_filled.push(index);
             }
-            if LEFT_EMPTY.contains(&field.name()) {
+            // A deprecated field is one a current client leaves empty (AssignPlan refuses its
+            // old hand-typed tier and parent).
+            let deprecated = field.options.as_ref().and_then(|o| o.deprecated) == Some(true);
+            if deprecated || LEFT_EMPTY.contains(&field.name()) {
                 continue;
             }
             let number = u32::try_from(field.number()).unwrap();

@@ -6,7 +6,7 @@ use pl_proto::commissions::v1 as com;
 use pl_proto::crm::v1 as crm;
 use uuid::Uuid;
 
-use super::{link_of, status, t, ts, Run, ACCRUAL_WAIT_MS};
+use super::{eventually, link_of, status, t, ts, Run, ACCRUAL_WAIT_MS};
 
 /// A partner to enrol: applied and approved in `program`, on `plan` from January 1st (under
 /// `parent`, for overrides), with a tracking link when `link`.
@@ -93,11 +93,21 @@ impl Run {
                 partner_id: e.partner.to_string(),
                 plan_id: e.plan.to_string(),
                 effective_from: ts(t(1, 1)),
-                partner_tier: String::new(),
-                parent_partner_id: e.parent.map(|p| p.to_string()).unwrap_or_default(),
+                ..Default::default()
             })
             .await
             .map_err(status("assign plan"))?;
+        if let Some(parent) = e.parent {
+            // The upline is CRM's: commissions pays overrides to it once the change arrived.
+            crm.set_partner_parent(crm::SetPartnerParentRequest {
+                context: self.ctx(t(1, 1)),
+                partner_id: e.partner.to_string(),
+                parent_partner_id: parent.to_string(),
+            })
+            .await
+            .map_err(status("set parent"))?;
+            self.upline_seen(e.partner, &[parent]).await?;
+        }
         if e.link {
             crm.issue_tracking_link(crm::IssueTrackingLinkRequest {
                 context: self.ctx(t(1, 1)),
@@ -111,6 +121,31 @@ impl Run {
             .map_err(status("issue link"))?;
         }
         Ok(())
+    }
+
+    /// Waits until commissions has CRM's upline of `partner` on January 1st (what its
+    /// conversions accrue overrides with).
+    pub(super) async fn upline_seen(&self, partner: Uuid, upline: &[Uuid]) -> Result<(), String> {
+        let want: Vec<String> = upline.iter().map(Uuid::to_string).collect();
+        eventually(&format!("upline of {partner} in commissions"), || {
+            let mut com = self.c.commissions.clone();
+            let want = want.clone();
+            async move {
+                let account = match com
+                    .get_partner_account(com::GetPartnerAccountRequest {
+                        partner_id: partner.to_string(),
+                        as_of: ts(t(1, 1)),
+                    })
+                    .await
+                {
+                    Ok(a) => a.into_inner(),
+                    Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+                    Err(s) => return Err(status("get partner account")(s)),
+                };
+                Ok((account.upline == want).then_some(()))
+            }
+        })
+        .await
     }
 
     /// A partner's own commission on a conversion, net of reversals ("0.00" when it has none),
