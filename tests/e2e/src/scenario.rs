@@ -26,11 +26,15 @@ use uuid::Uuid;
 
 use crate::{Clients, Endpoints};
 
+mod disclosure;
 mod enrol;
+mod hierarchy;
 mod ngr;
 mod sanctions;
 mod split;
 
+pub use disclosure::DisclosureOutcome;
+pub use hierarchy::HierarchyOutcome;
 pub use ngr::{expected_lines, NgrOutcome, CASES as NGR_CASES};
 pub use sanctions::{SanctionsOutcome, SANCTIONS_LIST};
 pub use split::SplitOutcome;

@@ -193,3 +193,73 @@ async fn a_sanctions_match_stops_the_payout_until_cleared_in_one_process_and_ove
         assert_eq!(outcome.paid_after_review, "10.00");
     }
 }
+
+/// Partner CRM's hierarchy and tiers never reached commissions: overrides went to a parent typed
+/// into AssignPlan and rules matched a tier typed there. In one process and in four over NATS:
+/// a parent change and a tier upgrade on February 15th split the month at that date (a late
+/// sale of the 12th pays as of the 12th), and a plan outside the tier's grant is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_change_and_a_tier_upgrade_in_crm_split_the_month_in_one_process_and_over_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let system = InProcess::start(dir.path()).await.unwrap();
+    let run = scenario::Run::new(&system.endpoints, Box::new(|_| {})).unwrap();
+    let one = run.hierarchy_and_tiers_reach_commissions().await;
+    system.stop().await.unwrap();
+
+    let nats = NatsServer::start().await.unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(&nats.url(), base.path()).await.unwrap();
+    let run = scenario::Run::new(&cluster.endpoints, Box::new(|_| {})).unwrap();
+    let four = run.hierarchy_and_tiers_reach_commissions().await;
+    cluster.stop().await.unwrap();
+
+    for outcome in [one.unwrap(), four.unwrap()] {
+        let own: Vec<(&str, &str)> = outcome
+            .own
+            .iter()
+            .map(|(a, r)| (a.as_str(), r.as_str()))
+            .collect();
+        assert_eq!(
+            own,
+            [("10.00", "base"), ("20.00", "gold"), ("10.00", "base")],
+            "silver on the 10th and the 12th, gold on the 20th"
+        );
+        assert_eq!(
+            outcome.first_parent, "10.00",
+            "overrides of the 10th and the 12th"
+        );
+        assert_eq!(outcome.second_parent, "5.00", "the override of the 20th");
+        assert_eq!(outcome.other_plan_refused, "FailedPrecondition");
+    }
+}
+
+/// A program's required disclosure was only listed as outstanding and blocked nothing. In one
+/// process and in four over NATS: a regulated partner without its disclosure acknowledgement is
+/// skipped with the requirement's hold, and paid by the run after it is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regulated_partner_without_its_disclosure_is_skipped_then_paid_in_one_process_and_over_nats(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let system = InProcess::start(dir.path()).await.unwrap();
+    let run = scenario::Run::new(&system.endpoints, Box::new(|_| {})).unwrap();
+    let one = run.disclosure_holds_a_payout().await;
+    system.stop().await.unwrap();
+
+    let nats = NatsServer::start().await.unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(&nats.url(), base.path()).await.unwrap();
+    let run = scenario::Run::new(&cluster.endpoints, Box::new(|_| {})).unwrap();
+    let four = run.disclosure_holds_a_payout().await;
+    cluster.stop().await.unwrap();
+
+    for outcome in [one.unwrap(), four.unwrap()] {
+        assert_eq!(outcome.skipped_for.len(), 1, "{:?}", outcome.skipped_for);
+        assert!(
+            outcome.skipped_for[0].starts_with("payout_hold: ")
+                && outcome.skipped_for[0].contains("requirement-disclosure_acknowledgement"),
+            "{:?}",
+            outcome.skipped_for
+        );
+        assert_eq!(outcome.paid_after_acknowledgement, "10.00");
+    }
+}

@@ -136,8 +136,9 @@ impl Run {
         if screening.status != "pending_review" {
             return Err(format!("the screening found no match: {screening:?}"));
         }
-        self.eligible_in_commissions(false).await?;
-        let blocked = self.payout_item(t(3, 3)).await?;
+        self.blocked_in_commissions(PARTNER, &["sanctions_review"])
+            .await?;
+        let blocked = self.payout_item(PROGRAM, PARTNER, t(3, 3)).await?;
         let skipped_for = blocked
             .skip_reasons
             .iter()
@@ -155,40 +156,49 @@ impl Run {
             })
             .await
             .map_err(status("review"))?;
-        self.eligible_in_commissions(true).await?;
-        let paid = self.payout_item(t(3, 5)).await?;
+        self.blocked_in_commissions(PARTNER, &[]).await?;
+        let paid = self.payout_item(PROGRAM, PARTNER, t(3, 5)).await?;
         Ok(SanctionsOutcome {
             skipped_for,
             paid_after_review: paid.amount,
         })
     }
 
-    /// Waits until commissions' own eligibility of the partner says `eligible` (its facts
-    /// arrive over the bus).
-    async fn eligible_in_commissions(&self, eligible: bool) -> Result<(), String> {
+    /// Waits until commissions' own eligibility of `partner` on March 3rd is blocked by exactly
+    /// `blockers` (codes; none: eligible). Its facts arrive over the bus: waiting for "not
+    /// eligible" alone could pass before the verifications that clear the other blockers
+    /// arrived, and the run would then be skipped for those too.
+    pub(super) async fn blocked_in_commissions(
+        &self,
+        partner: Uuid,
+        blockers: &[&str],
+    ) -> Result<(), String> {
         eventually(
-            &format!("commissions seeing the partner as eligible={eligible}"),
+            &format!("commissions seeing {partner} blocked by {blockers:?}"),
             || async {
                 let e = self
                     .c
                     .commissions
                     .clone()
                     .get_payout_eligibility(com::GetPayoutEligibilityRequest {
-                        partner_id: PARTNER.to_string(),
+                        partner_id: partner.to_string(),
                         as_of: ts(t(3, 3)),
                     })
                     .await
                     .map_err(status("eligibility"))?
                     .into_inner();
-                Ok((e.eligible == eligible).then_some(()))
+                let codes: Vec<&str> = e.blockers.iter().map(|b| b.code.as_str()).collect();
+                Ok((codes == blockers && e.eligible == blockers.is_empty()).then_some(()))
             },
         )
         .await
     }
 
-    /// The partner's item in a payout run of the program dated `at`.
-    async fn payout_item(
+    /// `partner`'s item in a payout run of `program` dated `at`.
+    pub(super) async fn payout_item(
         &self,
+        program: Uuid,
+        partner: Uuid,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<com::PayoutItem, String> {
         let run = self
@@ -197,16 +207,16 @@ impl Run {
             .clone()
             .create_payout_run(com::CreatePayoutRunRequest {
                 context: self.ctx(at),
-                program_id: PROGRAM.to_string(),
+                program_id: program.to_string(),
                 as_of: ts(at),
-                partner_ids: vec![PARTNER.to_string()],
+                partner_ids: vec![partner.to_string()],
             })
             .await
             .map_err(status("payout run"))?
             .into_inner();
         run.items
             .into_iter()
-            .find(|i| i.partner_id == PARTNER.to_string())
+            .find(|i| i.partner_id == partner.to_string())
             .ok_or_else(|| "the partner is not in the run".to_owned())
     }
 }
