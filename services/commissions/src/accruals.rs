@@ -64,7 +64,7 @@ fn meta(event: &IntegrationEvent, purpose: &str, trace: &BTreeMap<String, String
 
 /// Maps a command failure to the bus outcome: conflicts and store outages are retried; broken
 /// facts are permanent (dead-lettered with the reason).
-fn outcome<E: std::fmt::Display>(e: ExecuteError<E>) -> HandleError {
+pub(crate) fn outcome<E: std::fmt::Display>(e: ExecuteError<E>) -> HandleError {
     match e {
         ExecuteError::Conflict { stream, .. } => {
             HandleError::Retry(format!("conflict on {stream}"))

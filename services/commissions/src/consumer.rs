@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use pl_bus::{derived_event_id, HandleError, IntegrationEvent, Message};
 use pl_eventlog::EventStore;
-use pl_runtime::aggregate::{execute, ExecuteError};
+use pl_runtime::aggregate::execute;
 use pl_runtime::CommandMeta;
 use serde::Deserialize;
 use tracing::Instrument;
@@ -425,15 +425,7 @@ async fn open_account(
             tracing::info!(partner_id = %applied.partner_id, opened = !done.events.is_empty(), "account opening handled");
             Ok(())
         }
-        Err(ExecuteError::Domain(never)) => match never {},
-        Err(ExecuteError::Conflict { stream, .. }) => {
-            Err(HandleError::Retry(format!("conflict on {stream}")))
-        }
-        Err(ExecuteError::Store(e)) if e.is_invalid_input() => {
-            Err(HandleError::Permanent(e.to_string()))
-        }
-        Err(ExecuteError::Store(e)) => Err(HandleError::Retry(e.to_string())),
-        Err(ExecuteError::Decode(e)) => Err(HandleError::Permanent(e)),
+        Err(e) => Err(accruals::outcome(e)),
     }
 }
 
@@ -460,15 +452,7 @@ async fn record_network(
             tracing::info!(%program_id, event_type = %event.event_type, recorded = !done.events.is_empty(), facts = done.view, "network fact handled");
             Ok(())
         }
-        Err(ExecuteError::Domain(e)) => Err(HandleError::Permanent(e.to_string())),
-        Err(ExecuteError::Conflict { stream, .. }) => {
-            Err(HandleError::Retry(format!("conflict on {stream}")))
-        }
-        Err(ExecuteError::Store(e)) if e.is_invalid_input() => {
-            Err(HandleError::Permanent(e.to_string()))
-        }
-        Err(ExecuteError::Store(e)) => Err(HandleError::Retry(e.to_string())),
-        Err(ExecuteError::Decode(e)) => Err(HandleError::Permanent(e)),
+        Err(e) => Err(accruals::outcome(e)),
     }
 }
 
@@ -484,15 +468,7 @@ async fn record_eligibility(
     let meta = meta_for(event, "eligibility", event.occurred_at, trace_context);
     match execute::<Eligibility>(store, &eligibility::stream(partner_id), fact, &meta).await {
         Ok(_) => Ok(()),
-        Err(ExecuteError::Domain(e)) => Err(HandleError::Permanent(e.to_string())),
-        Err(ExecuteError::Conflict { stream, .. }) => {
-            Err(HandleError::Retry(format!("conflict on {stream}")))
-        }
-        Err(ExecuteError::Store(e)) if e.is_invalid_input() => {
-            Err(HandleError::Permanent(e.to_string()))
-        }
-        Err(ExecuteError::Store(e)) => Err(HandleError::Retry(e.to_string())),
-        Err(ExecuteError::Decode(e)) => Err(HandleError::Permanent(e)),
+        Err(e) => Err(accruals::outcome(e)),
     }
 }
 

@@ -438,7 +438,7 @@ impl Run {
         .await
         .map_err(status("set parent"))?;
         // Overrides go to the upline commissions learnt from CRM.
-        self.upline_seen(partner("sub-ib"), &[partner("ib")])
+        self.standing_seen(partner("sub-ib"), t(1, 1), None, &[partner("ib")])
             .await?;
         // Regulated partners become active when CRM has consumed compliance's approval.
         for name in ["ib", "sub-ib"] {

@@ -106,7 +106,8 @@ impl Run {
             })
             .await
             .map_err(status("set parent"))?;
-            self.upline_seen(e.partner, &[parent]).await?;
+            self.standing_seen(e.partner, t(1, 1), None, &[parent])
+                .await?;
         }
         if e.link {
             crm.issue_tracking_link(crm::IssueTrackingLinkRequest {
@@ -123,28 +124,38 @@ impl Run {
         Ok(())
     }
 
-    /// Waits until commissions has CRM's upline of `partner` on January 1st (what its
-    /// conversions accrue overrides with).
-    pub(super) async fn upline_seen(&self, partner: Uuid, upline: &[Uuid]) -> Result<(), String> {
+    /// Waits until commissions has, from CRM, `partner` under `upline` at `at` (and in `tier`,
+    /// when given): what its conversions of that date accrue with.
+    pub(super) async fn standing_seen(
+        &self,
+        partner: Uuid,
+        at: chrono::DateTime<chrono::Utc>,
+        tier: Option<&str>,
+        upline: &[Uuid],
+    ) -> Result<(), String> {
         let want: Vec<String> = upline.iter().map(Uuid::to_string).collect();
-        eventually(&format!("upline of {partner} in commissions"), || {
-            let mut com = self.c.commissions.clone();
-            let want = want.clone();
-            async move {
-                let account = match com
-                    .get_partner_account(com::GetPartnerAccountRequest {
-                        partner_id: partner.to_string(),
-                        as_of: ts(t(1, 1)),
-                    })
-                    .await
-                {
-                    Ok(a) => a.into_inner(),
-                    Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
-                    Err(s) => return Err(status("get partner account")(s)),
-                };
-                Ok((account.upline == want).then_some(()))
-            }
-        })
+        eventually(
+            &format!("{partner} under {want:?} in tier {tier:?} in commissions"),
+            || {
+                let mut com = self.c.commissions.clone();
+                let want = want.clone();
+                async move {
+                    let account = match com
+                        .get_partner_account(com::GetPartnerAccountRequest {
+                            partner_id: partner.to_string(),
+                            as_of: ts(at),
+                        })
+                        .await
+                    {
+                        Ok(a) => a.into_inner(),
+                        Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+                        Err(s) => return Err(status("get partner account")(s)),
+                    };
+                    let tier_seen = tier.is_none_or(|t| account.tier == t);
+                    Ok((account.upline == want && tier_seen).then_some(()))
+                }
+            },
+        )
         .await
     }
 

@@ -118,7 +118,8 @@ impl Run {
         }
         // Approved without a tier named: CRM starts the seller in the lowest, silver. Once
         // commissions knows it, a plan silver is not granted is refused.
-        self.standing_seen(t(1, 1), "silver", FIRST_PARENT).await?;
+        self.standing_seen(SELLER, t(1, 1), Some("silver"), &[FIRST_PARENT])
+            .await?;
         let other_plan_refused = match self
             .c
             .commissions
@@ -155,7 +156,8 @@ impl Run {
         })
         .await
         .map_err(status("change tier"))?;
-        self.standing_seen(t(2, 15), "gold", SECOND_PARENT).await?;
+        self.standing_seen(SELLER, t(2, 15), Some("gold"), &[SECOND_PARENT])
+            .await?;
         let second = self.tiered_sale("tiered-20", visitor, t(2, 20)).await?;
         let late = self.tiered_sale("tiered-12", visitor, t(2, 12)).await?;
 
@@ -170,36 +172,6 @@ impl Run {
             second_parent: self.pending_reaches(SECOND_PARENT, "5.00").await?,
             other_plan_refused,
         })
-    }
-
-    /// Waits until commissions has the seller in `tier` under `parent` at `at`.
-    async fn standing_seen(
-        &self,
-        at: chrono::DateTime<chrono::Utc>,
-        tier: &str,
-        parent: Uuid,
-    ) -> Result<(), String> {
-        eventually(
-            &format!("the seller in {tier} under {parent} in commissions"),
-            || async {
-                let account = match self
-                    .c
-                    .commissions
-                    .clone()
-                    .get_partner_account(com::GetPartnerAccountRequest {
-                        partner_id: SELLER.to_string(),
-                        as_of: ts(at),
-                    })
-                    .await
-                {
-                    Ok(a) => a.into_inner(),
-                    Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
-                    Err(s) => return Err(status("get partner account")(s)),
-                };
-                Ok((account.tier == tier && account.upline == [parent.to_string()]).then_some(()))
-            },
-        )
-        .await
     }
 
     async fn tiered_sale(
