@@ -10,6 +10,8 @@
 
 mod layer;
 pub mod policy;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod token;
 
 use std::path::PathBuf;
@@ -93,17 +95,43 @@ pub struct Authorizer {
     /// Every RPC the process may serve: a policy that leaves one out is refused.
     rpcs: Vec<String>,
     current: RwLock<Arc<(Policy, Verifier)>>,
+    /// The files' modification times when last read, for [`Authorizer::reload_if_changed`].
+    read_at: std::sync::Mutex<[Option<std::time::SystemTime>; 2]>,
 }
 
 impl Authorizer {
     /// Loads the policy (which must name every one of `rpcs`) and the keys.
     pub fn load(settings: AuthSettings, rpcs: Vec<String>) -> Result<Self, AuthError> {
+        let read_at = std::sync::Mutex::new(Self::modified(&settings));
         let loaded = Self::read(&settings, &rpcs)?;
         Ok(Self {
             settings,
             rpcs,
             current: RwLock::new(Arc::new(loaded)),
+            read_at,
         })
+    }
+
+    fn modified(settings: &AuthSettings) -> [Option<std::time::SystemTime>; 2] {
+        [&settings.policy_path, &settings.token.jwks_path]
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    }
+
+    /// [`Authorizer::reload`] when either file changed since it was last read (a rotated key,
+    /// a policy edited through its ConfigMap). `Ok(true)` when it reloaded.
+    pub fn reload_if_changed(&self) -> Result<bool, AuthError> {
+        let now = Self::modified(&self.settings);
+        let mut read_at = self
+            .read_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *read_at == now {
+            return Ok(false);
+        }
+        // Recorded first: a broken file is reported once, not on every check until it changes.
+        *read_at = now;
+        drop(read_at);
+        self.reload().map(|()| true)
     }
 
     fn read(settings: &AuthSettings, rpcs: &[String]) -> Result<(Policy, Verifier), AuthError> {

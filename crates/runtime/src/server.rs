@@ -14,6 +14,15 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+/// The RPCs [`serve`] adds to every server besides the services' own: health and reflection
+/// (an authorization policy must name them too).
+pub const INFRASTRUCTURE_RPCS: [&str; 4] = [
+    "grpc.health.v1.Health/Check",
+    "grpc.health.v1.Health/Watch",
+    "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
 /// Limits and addresses of the gRPC server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

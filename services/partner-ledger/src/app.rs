@@ -102,8 +102,48 @@ fn open_embedded(
     Ok(Arc::new(EmbeddedLog::open(dir, options)?))
 }
 
+/// The authorizer the configuration asks for, loaded (policy checked against every RPC the
+/// binary can serve); `None` without authentication.
+fn authorizer(args: &ServerArgs) -> Result<Option<Arc<pl_auth::Authorizer>>, AppError> {
+    let Some(settings) = args.auth.settings().map_err(AppError::Config)? else {
+        return Ok(None);
+    };
+    let mut rpcs = pl_auth::policy::rpcs_of(pl_proto::FILE_DESCRIPTOR_SET)
+        .map_err(|e| AppError::Config(format!("descriptor set: {e}")))?;
+    rpcs.extend(server::INFRASTRUCTURE_RPCS.iter().map(|r| (*r).to_owned()));
+    let loaded = pl_auth::Authorizer::load(settings, rpcs)
+        .map_err(|e| AppError::Config(format!("authentication: {e}")))?;
+    Ok(Some(Arc::new(loaded)))
+}
+
+/// `up` runs without authentication only where nobody else can reach it: on a loopback
+/// address, said in one warning line. Elsewhere it needs authentication and a salt of its own.
+pub fn validate_up(args: &UpArgs) -> Result<(), AppError> {
+    let open = args
+        .server
+        .auth
+        .settings()
+        .map_err(AppError::Config)?
+        .is_none();
+    let loopback = args.server.listen.ip().is_loopback();
+    if !loopback && open {
+        return Err(AppError::Config(format!(
+            "up on {} (not a loopback address) needs authentication: --auth-policy, --auth-jwks, --auth-issuer and --auth-audience",
+            args.server.listen
+        )));
+    }
+    if !loopback && args.server.attribution_hash_salt.is_none() {
+        return Err(AppError::Config(format!(
+            "up on {} (not a loopback address) needs --attribution-hash-salt: the development salt is public",
+            args.server.listen
+        )));
+    }
+    Ok(())
+}
+
 /// `up`: everything in one process on the embedded log and the in-process bus.
 pub async fn start_up(args: &UpArgs) -> Result<Running, AppError> {
+    validate_up(args)?;
     let embedded = open_embedded(&args.data_dir, &args.log)?;
     let bus: SharedBus = Arc::new(InProcessBus::new(InProcessConfig::new(
         args.server.subject_prefix.clone(),
@@ -137,6 +177,17 @@ pub async fn start_up(args: &UpArgs) -> Result<Running, AppError> {
 /// Checks what the command line alone cannot: settings that depend on each other and on how
 /// the binary was built. `--check-config` runs exactly this.
 pub fn validate_serve(args: &ServeArgs) -> Result<(), AppError> {
+    if args
+        .server
+        .auth
+        .settings()
+        .map_err(AppError::Config)?
+        .is_none()
+    {
+        return Err(AppError::Config(
+            "serve never runs without authentication: --auth-policy, --auth-jwks, --auth-issuer and --auth-audience (PL_AUTH_*)".into(),
+        ));
+    }
     if args.service == ServiceName::Attribution && args.server.attribution_hash_salt.is_none() {
         return Err(AppError::Config(
             "serve attribution needs --attribution-hash-salt (PL_ATTRIBUTION_HASH_SALT)".into(),
@@ -314,6 +365,10 @@ fn relay_routes(service: ServiceName) -> Vec<Route> {
 async fn start(plan: Plan) -> Result<Running, AppError> {
     // Before any service (and its caches) is built, `up` and `serve` alike.
     pl_runtime::set_cached_events(plan.server.cache_events);
+    let auth = authorizer(&plan.server)?;
+    if auth.is_none() {
+        tracing::warn!(listen = %plan.server.listen, "authentication is off: every caller on this machine may call every rpc (loopback only; README, \"Authentication and authorization\")");
+    }
     let config = server_config(&plan.server);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let max = config.max_request_bytes;
@@ -567,18 +622,43 @@ async fn start(plan: Plan) -> Result<Running, AppError> {
         }
     }
 
+    if let Some(auth) = auth.clone() {
+        let (token, every) = (
+            background.clone(),
+            std::time::Duration::from_millis(plan.server.auth.auth_reload_ms),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(every) => {}
+                }
+                match auth.reload_if_changed() {
+                    Ok(true) => tracing::info!("authentication policy and keys reloaded"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "authentication files not reloaded; the ones in use stay"),
+                }
+            }
+        }));
+    }
+
     let bound = server::bind(config.listen).await?;
     let local_addr = bound.local_addr;
     let server_shutdown = shutdown.clone();
     let services = plan.services.clone();
     let embedded = plan.embedded.clone();
     let task = tokio::spawn(async move {
+        // Tracing outermost, so a refused call is traced too; then who may call what.
+        let layers = tower::ServiceBuilder::new()
+            .layer(pl_telemetry::GrpcTraceLayer::new())
+            .layer(pl_auth::AuthLayer::new(auth))
+            .into_inner();
         let served = server::serve(
             &config,
             bound,
             routes.routes(),
             names,
-            pl_telemetry::GrpcTraceLayer::new(),
+            layers,
             server_shutdown,
         )
         .await;

@@ -327,9 +327,77 @@ pub struct ServerArgs {
         value_parser = clap::value_parser!(u64).range(1_000..=1_000_000_000)
     )]
     pub cache_events: u64,
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// Validate the configuration, print it, and exit without serving.
     #[arg(long)]
     pub check_config: bool,
+}
+
+/// Who may call what (README, "Authentication and authorization"). `serve` never runs without
+/// it; `up` runs without it on a loopback address only, and says so.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// The policy file: the roles allowed per RPC (every RPC must be listed). The repository's
+    /// `deploy/base/policy.toml` is a starting point.
+    #[arg(long, env = "PL_AUTH_POLICY")]
+    pub auth_policy: Option<PathBuf>,
+    /// The JWKS file of the keys that sign bearer tokens (asymmetric keys only). Re-read, with
+    /// the policy, every `--auth-reload-ms` when either file changed.
+    #[arg(long, env = "PL_AUTH_JWKS")]
+    pub auth_jwks: Option<PathBuf>,
+    /// The `iss` every token must carry.
+    #[arg(long, env = "PL_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+    /// The `aud` every token must carry.
+    #[arg(long, env = "PL_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
+    /// Clock skew tolerated on a token's `exp` and `nbf`, in seconds (at most 300).
+    #[arg(
+        long,
+        env = "PL_AUTH_LEEWAY_S",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(0..=pl_auth::token::MAX_LEEWAY_S)
+    )]
+    pub auth_leeway_s: u64,
+    /// How often the policy and key files are checked for changes.
+    #[arg(
+        long,
+        env = "PL_AUTH_RELOAD_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1_000..=3_600_000)
+    )]
+    pub auth_reload_ms: u64,
+}
+
+impl AuthArgs {
+    /// The settings, when authentication is configured; an error when it is configured in
+    /// part (a policy without keys would refuse every call, keys without a policy allow none).
+    pub fn settings(&self) -> Result<Option<pl_auth::AuthSettings>, String> {
+        match (
+            &self.auth_policy,
+            &self.auth_jwks,
+            &self.auth_issuer,
+            &self.auth_audience,
+        ) {
+            (None, None, None, None) => Ok(None),
+            (Some(policy), Some(jwks), Some(issuer), Some(audience)) => {
+                Ok(Some(pl_auth::AuthSettings {
+                    policy_path: policy.clone(),
+                    token: pl_auth::TokenSettings {
+                        jwks_path: jwks.clone(),
+                        issuer: issuer.clone(),
+                        audience: audience.clone(),
+                        leeway_s: self.auth_leeway_s,
+                    },
+                }))
+            }
+            _ => Err(
+                "authentication needs all of --auth-policy, --auth-jwks, --auth-issuer and --auth-audience"
+                    .into(),
+            ),
+        }
+    }
 }
 
 /// How the embedded log writes, for `up` and `serve --store embedded`.

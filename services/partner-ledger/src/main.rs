@@ -94,7 +94,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
         let checked = match &cli.command {
-            Command::Up(_) => Ok(()),
+            Command::Up(args) => app::validate_up(args),
             Command::Serve(args) => app::validate_serve(args),
             Command::Audit(_) => Ok(()),
         };

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use partner_ledger::app::{self, Running};
 use partner_ledger::config::{Cli, Command};
+use pl_auth::testkit::{TestIssuer, ALL_ROLES};
 use pl_bus::testkit::NatsServer;
 use pl_eventlog::{EmbeddedLog, EmbeddedOptions, EventStore};
 use pl_proto::commissions::v1::commissions_service_client::CommissionsServiceClient;
@@ -20,8 +21,13 @@ use uuid::Uuid;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-async fn serve(service: &str, dir: &std::path::Path, nats: &NatsServer) -> (Running, Channel) {
-    let cli = <Cli as clap::Parser>::try_parse_from([
+async fn serve(
+    service: &str,
+    dir: &std::path::Path,
+    nats: &NatsServer,
+    issuer: &TestIssuer,
+) -> (Running, Channel) {
+    let mut args: Vec<String> = [
         "partner-ledger",
         "serve",
         service,
@@ -35,8 +41,11 @@ async fn serve(service: &str, dir: &std::path::Path, nats: &NatsServer) -> (Runn
         &nats.url(),
         "--grace-period-ms",
         "2000",
-    ])
-    .unwrap();
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(issuer.args());
+    let cli = <Cli as clap::Parser>::try_parse_from(args).unwrap();
     let Command::Serve(args) = cli.command else {
         unreachable!()
     };
@@ -56,9 +65,15 @@ async fn a_partner_applied_on_one_process_opens_its_account_on_another_in_the_sa
         pl_telemetry::init(&pl_telemetry::TelemetryConfig::new("cluster-test")).unwrap();
     let nats = NatsServer::start().await.unwrap();
     let (crm_dir, commissions_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (crm, crm_channel) = serve("crm", crm_dir.path(), &nats).await;
+    let keys = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(keys.path()).unwrap();
+    let (crm, crm_channel) = serve("crm", crm_dir.path(), &nats, &issuer).await;
     let (commissions, commissions_channel) =
-        serve("commissions", commissions_dir.path(), &nats).await;
+        serve("commissions", commissions_dir.path(), &nats, &issuer).await;
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", issuer.token("ops", &ALL_ROLES).unwrap())
+            .parse()
+            .unwrap();
 
     let partner_id = Uuid::from_u128(0xabc);
     let mut request = tonic::Request::new(ApplyPartnerRequest {
@@ -74,6 +89,9 @@ async fn a_partner_applied_on_one_process_opens_its_account_on_another_in_the_sa
         email: "team@northwind.example".into(),
         country: "GB".into(),
     });
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
     request.metadata_mut().insert(
         "traceparent",
         format!("00-{TRACE_ID}-00f067aa0ba902b7-01")
@@ -85,7 +103,13 @@ async fn a_partner_applied_on_one_process_opens_its_account_on_another_in_the_sa
         .await
         .unwrap();
 
-    let mut client = CommissionsServiceClient::new(commissions_channel);
+    let mut client = CommissionsServiceClient::with_interceptor(
+        commissions_channel,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        },
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let account = loop {
         let got = client

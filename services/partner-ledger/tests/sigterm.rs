@@ -46,10 +46,19 @@ fn sigterm_drains_flushes_the_log_and_exits_cleanly() {
     assert!(dir.path().join("index.snap").exists());
 }
 
+/// What `serve` needs to know to check tokens (`--check-config` reads no file).
+const AUTH_ENV: [(&str, &str); 4] = [
+    ("PL_AUTH_POLICY", "/etc/partner-ledger/policy.toml"),
+    ("PL_AUTH_JWKS", "/etc/partner-ledger/jwks.json"),
+    ("PL_AUTH_ISSUER", "https://id.example"),
+    ("PL_AUTH_AUDIENCE", "partner-ledger"),
+];
+
 #[test]
 fn check_config_validates_and_exits_without_serving() {
     let out = Command::new(env!("CARGO_BIN_EXE_partner-ledger"))
         .args(["serve", "attribution", "--bus", "nats", "--check-config"])
+        .envs(AUTH_ENV)
         .env("PL_ATTRIBUTION_HASH_SALT", "s3cret")
         .output()
         .unwrap();
@@ -60,12 +69,19 @@ fn check_config_validates_and_exits_without_serving() {
     );
     let no_salt = Command::new(env!("CARGO_BIN_EXE_partner-ledger"))
         .args(["serve", "attribution", "--check-config"])
+        .envs(AUTH_ENV)
         .env_remove("PL_ATTRIBUTION_HASH_SALT")
         .output()
         .unwrap();
     assert!(!no_salt.status.success());
     assert!(String::from_utf8_lossy(&no_salt.stderr).contains("attribution-hash-salt"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+    let no_auth = Command::new(env!("CARGO_BIN_EXE_partner-ledger"))
+        .args(["serve", "commissions", "--check-config"])
+        .output()
+        .unwrap();
+    assert!(!no_auth.status.success());
+    assert!(String::from_utf8_lossy(&no_auth.stderr).contains("authentication"));
     let bad = Command::new(env!("CARGO_BIN_EXE_partner-ledger"))
         .args([
             "serve",

@@ -31,6 +31,8 @@ pub struct Endpoints {
     pub attribution: String,
     pub commissions: String,
     pub compliance: String,
+    /// The bearer token every call presents, where the services check them (`serve`).
+    pub token: Option<String>,
 }
 
 impl Endpoints {
@@ -41,18 +43,40 @@ impl Endpoints {
             attribution: addr.to_owned(),
             commissions: addr.to_owned(),
             compliance: addr.to_owned(),
+            token: None,
         }
     }
 }
 
+/// Adds `authorization: Bearer <token>` to every call, when there is a token.
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry the endpoints' token.
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
 /// One client per service, over lazily connected channels.
 #[derive(Debug, Clone)]
 pub struct Clients {
-    pub crm: PartnerCrmServiceClient<Channel>,
-    pub attribution: AttributionServiceClient<Channel>,
-    pub commissions: CommissionsServiceClient<Channel>,
-    pub compliance: ComplianceServiceClient<Channel>,
-    pub audit: AuditServiceClient<Channel>,
+    pub crm: PartnerCrmServiceClient<Authed>,
+    pub attribution: AttributionServiceClient<Authed>,
+    pub commissions: CommissionsServiceClient<Authed>,
+    pub compliance: ComplianceServiceClient<Authed>,
+    pub audit: AuditServiceClient<Authed>,
 }
 
 /// Every call of the scenario is bounded by this.
@@ -73,16 +97,30 @@ fn channel(addr: &str) -> Result<Channel, String> {
 impl Clients {
     pub fn connect(e: &Endpoints) -> Result<Self, String> {
         let max = 16 * 1024 * 1024;
+        let bearer = Bearer(match &e.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| "the token is not a header value".to_owned())?,
+            ),
+            None => None,
+        });
+        let authed = |addr: &str| -> Result<Authed, String> {
+            Ok(tonic::service::interceptor::InterceptedService::new(
+                channel(addr)?,
+                bearer.clone(),
+            ))
+        };
         Ok(Self {
-            crm: PartnerCrmServiceClient::new(channel(&e.crm)?).max_decoding_message_size(max),
-            attribution: AttributionServiceClient::new(channel(&e.attribution)?)
+            crm: PartnerCrmServiceClient::new(authed(&e.crm)?).max_decoding_message_size(max),
+            attribution: AttributionServiceClient::new(authed(&e.attribution)?)
                 .max_decoding_message_size(max),
-            commissions: CommissionsServiceClient::new(channel(&e.commissions)?)
+            commissions: CommissionsServiceClient::new(authed(&e.commissions)?)
                 .max_decoding_message_size(max),
-            compliance: ComplianceServiceClient::new(channel(&e.compliance)?)
+            compliance: ComplianceServiceClient::new(authed(&e.compliance)?)
                 .max_decoding_message_size(max),
             // The audit API is served with commissions (the ledger's owner).
-            audit: AuditServiceClient::new(channel(&e.commissions)?).max_decoding_message_size(max),
+            audit: AuditServiceClient::new(authed(&e.commissions)?).max_decoding_message_size(max),
         })
     }
 }

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use clap_free::parse_up;
+use pl_auth::testkit::{TestIssuer, ALL_ROLES};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -110,9 +111,11 @@ async fn spawn_serve(
     service: &str,
     nats_url: &str,
     data_dir: &Path,
+    issuer: &TestIssuer,
 ) -> Result<(Child, String), String> {
     let mut child = Command::new(binary)
         .args(["serve", service, "--bus", "nats", "--nats-url", nats_url])
+        .args(issuer.args())
         .args(["--listen", "127.0.0.1:0", "--grace-period-ms", "2000"])
         .args([
             "--attribution-hash-salt",
@@ -149,12 +152,17 @@ async fn spawn_serve(
 impl Cluster {
     pub async fn start(nats_url: &str, base_dir: &Path) -> Result<Self, String> {
         let binary = binary()?;
+        // `serve` never runs without authentication: a key of the run's own, the repository's
+        // policy, and a token with every role for the scenario's calls.
+        std::fs::create_dir_all(base_dir).map_err(|e| e.to_string())?;
+        let issuer = TestIssuer::new(base_dir)?;
+        let token = issuer.token("e2e", &ALL_ROLES)?;
         let mut children = Vec::new();
         let mut addr = std::collections::BTreeMap::new();
         for service in ["crm", "attribution", "commissions", "compliance"] {
             let dir = base_dir.join(service);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let (child, a) = spawn_serve(&binary, service, nats_url, &dir).await?;
+            let (child, a) = spawn_serve(&binary, service, nats_url, &dir, &issuer).await?;
             children.push((service.to_owned(), child));
             addr.insert(service, a);
         }
@@ -165,6 +173,7 @@ impl Cluster {
                 attribution: get("attribution"),
                 commissions: get("commissions"),
                 compliance: get("compliance"),
+                token: Some(token),
             },
             children,
         })

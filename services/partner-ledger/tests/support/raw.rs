@@ -53,13 +53,28 @@ pub type Answer = Result<Vec<u8>, (Code, String)>;
 
 /// Calls `path` with `body`.
 pub async fn call(channel: Channel, path: String, body: Vec<u8>) -> Answer {
+    call_as(channel, path, body, None).await
+}
+
+/// `request` with `authorization: Bearer <token>` when a token is given.
+fn with_token(body: Vec<u8>, token: Option<&str>) -> tonic::Request<Vec<u8>> {
+    let mut request = tonic::Request::new(body);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().unwrap();
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// Calls `path` with `body`, presenting `token` when given.
+pub async fn call_as(channel: Channel, path: String, body: Vec<u8>, token: Option<&str>) -> Answer {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
         .map_err(|e| (Code::Unavailable, e.to_string()))?;
     let path = http::uri::PathAndQuery::try_from(path.as_str())
         .map_err(|e| (Code::Internal, e.to_string()))?;
-    grpc.unary(tonic::Request::new(body), path, Raw)
+    grpc.unary(with_token(body, token), path, Raw)
         .await
         .map(tonic::Response::into_inner)
         .map_err(|s| (s.code(), s.message().to_owned()))
@@ -68,6 +83,16 @@ pub async fn call(channel: Channel, path: String, body: Vec<u8>) -> Answer {
 /// Calls the server-streaming RPC `path` with `body` and reads the whole stream: the
 /// messages, concatenated, or the first error.
 pub async fn call_streaming(channel: Channel, path: String, body: Vec<u8>) -> Answer {
+    call_streaming_as(channel, path, body, None).await
+}
+
+/// [`call_streaming`], presenting `token` when given.
+pub async fn call_streaming_as(
+    channel: Channel,
+    path: String,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> Answer {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
@@ -76,7 +101,7 @@ pub async fn call_streaming(channel: Channel, path: String, body: Vec<u8>) -> An
         .map_err(|e| (Code::Internal, e.to_string()))?;
     let status = |s: Status| (s.code(), s.message().to_owned());
     let mut stream = grpc
-        .server_streaming(tonic::Request::new(body), path, Raw)
+        .server_streaming(with_token(body, token), path, Raw)
         .await
         .map_err(status)?
         .into_inner();
