@@ -17,21 +17,21 @@ pub mod token;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use layer::{AuthLayer, AuthService};
 pub use policy::{Policy, PolicyError, ANONYMOUS};
 pub use token::{TokenSettings, Verifier};
 
 /// Who made a call, as its credential proved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     /// The token's subject (`sub`); `anonymous` for a call the policy lets anyone make without
     /// a credential; `local` when the process runs without authentication (`up` on loopback).
     pub subject: String,
     pub roles: Vec<String>,
     /// Set for a partner-scoped token: the partner it speaks for.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partner_id: Option<String>,
     /// Which credential: the token's id (`jti`), else the first 16 hex digits of its SHA-256.
     pub credential: String,

@@ -1,9 +1,10 @@
 //! Idempotency keys for mutating RPCs.
 //!
 //! A request carries a caller-chosen key. The first successful response is recorded in the event
-//! log (stream `idempotency-<service>-<key>`, with a fingerprint of the request); a repeat with
-//! the same key and the same request returns that response unchanged, and the same key with a
-//! different request is rejected. Failed requests are not recorded, so a caller may retry them.
+//! log (stream `idempotency-<service>-<key>`, with a fingerprint of the request and the actor who
+//! made it: the token's subject, roles and id, or `local` in a process without authentication);
+//! a repeat with the same key and the same request returns that response unchanged, and the same
+//! key with a different request is rejected. Failed requests are not recorded, so a caller may retry them.
 //!
 //! The command's event ids derive from the key (see `CommandMeta::id_seed`), so a request
 //! retried after a crash between the command's append and the record cannot apply twice: the
@@ -106,6 +107,10 @@ pub fn request_fingerprint<M: prost::Message + Clone>(
 struct Record {
     request_sha256: String,
     response_hex: String,
+    /// Who made the request, as its credential proved (`pl_auth`): the log says who did each
+    /// thing. Absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    actor: Option<pl_auth::Actor>,
 }
 
 /// Keys in progress in this process, each with the lock its requests take turns on. An entry
@@ -181,6 +186,7 @@ where
     let record = Record {
         request_sha256: hex::encode(request_fingerprint),
         response_hex: hex::encode(response.encode_to_vec()),
+        actor: pl_auth::current_actor(),
     };
     let event = NewEvent::json(
         Uuid::new_v5(&key.id_seed(), b"response"),

@@ -179,3 +179,43 @@ fn serve_never_runs_and_up_off_loopback_never_runs_without_authentication() {
     let err = partner_ledger::app::validate_up(&half).unwrap_err();
     assert!(err.to_string().contains("needs all of"), "{err}");
 }
+
+/// Nothing in the log said who paid whom. Every request's record now names its actor: the
+/// token's subject, roles and id, hash-chained with the rest of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_records_who_made_each_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(dir.path()).unwrap();
+    let data = dir.path().join("data");
+    let (running, channel) = up::start_with(&data, &issuer.args()).await;
+    let api = Api::load();
+    let name = "partnerledger.crm.v1.PartnerCrmService/CreateProgram";
+    let rpc = api
+        .rpcs
+        .iter()
+        .find(|r| r.path == format!("/{name}"))
+        .unwrap();
+    let token = issuer.token("mia@partners", &["partner-manager"]).unwrap();
+    let answer = call_as(
+        channel.clone(),
+        rpc.path.clone(),
+        api.plausible(rpc, "actor-trail"),
+        Some(&token),
+    )
+    .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    running.shutdown();
+    running.wait().await.unwrap();
+    let (log, _) =
+        pl_eventlog::EmbeddedLog::open_read_only(&data, pl_eventlog::Limits::default()).unwrap();
+    let records = pl_eventlog::EventStore::read_stream(&log, "idempotency-crm-actor-trail", 0, 1)
+        .await
+        .unwrap();
+    let record: serde_json::Value = records[0].data_as().unwrap();
+    assert_eq!(record["actor"]["subject"], "mia@partners");
+    assert_eq!(
+        record["actor"]["roles"],
+        serde_json::json!(["partner-manager"])
+    );
+    assert_eq!(record["actor"]["credential"].as_str().unwrap().len(), 16);
+}
