@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod issue;
 mod layer;
 pub mod policy;
 #[cfg(feature = "testkit")]

@@ -54,6 +54,46 @@ pub enum Command {
     /// Audit the log directly (a data directory or an EventStoreDB connection): replay
     /// balances, verify chains and seals, seal, export, render statements.
     Audit(AuditArgs),
+    /// Credentials without an identity provider: the JWKS of an Ed25519 public key, and
+    /// tokens signed with its private key (`openssl genpkey -algorithm ed25519`).
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuthCommand {
+    /// Prints the JWKS document (for `--auth-jwks`) of a PEM Ed25519 public key.
+    Jwks {
+        /// `openssl pkey -in key.pem -pubout -out key.pub.pem`.
+        #[arg(long)]
+        public_key: PathBuf,
+        /// The key's id; tokens name it in their header.
+        #[arg(long)]
+        kid: String,
+    },
+    /// Prints a token for a person or a tool, signed with a PEM Ed25519 private key.
+    Token {
+        #[arg(long)]
+        private_key: PathBuf,
+        #[arg(long)]
+        kid: String,
+        /// Who the token is for (`sub`): a person's address, a tool's name.
+        #[arg(long)]
+        subject: String,
+        /// A role of the policy; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// For a partner-scoped token: the partner it speaks for.
+        #[arg(long)]
+        partner_id: Option<String>,
+        #[arg(long)]
+        issuer: String,
+        #[arg(long, default_value = "partner-ledger")]
+        audience: String,
+        /// Lifetime in seconds (at most a day).
+        #[arg(long, default_value_t = 3600)]
+        ttl_s: u64,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -183,6 +223,7 @@ impl Command {
             Command::Up(_) => "up",
             Command::Serve(_) => "serve",
             Command::Audit(_) => "audit",
+            Command::Auth(_) => "auth",
         }
     }
 }

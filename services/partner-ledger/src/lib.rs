@@ -11,3 +11,4 @@
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod credentials;

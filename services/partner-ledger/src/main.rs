@@ -20,6 +20,7 @@ fn telemetry_config(cli: &Cli) -> TelemetryConfig {
         Command::Up(_) => "partner-ledger",
         Command::Serve(args) => args.service.as_str(),
         Command::Audit(_) => "audit",
+        Command::Auth(_) => "auth",
     };
     let mut cfg = TelemetryConfig::new(name);
     cfg.log_format = match cli.telemetry.log_format {
@@ -66,6 +67,18 @@ async fn wait_for_signal(signals: Vec<(tokio::signal::unix::Signal, &'static str
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     partner_ledger::app::choose_tls_crypto();
+    if let Command::Auth(command) = &cli.command {
+        return match partner_ledger::credentials::run(command) {
+            Ok(printed) => {
+                println!("{printed}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("partner-ledger auth: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Audit(args) = &cli.command {
         // Read-only (but for `seal`) and short-lived: no telemetry, no signals; the outcome is
         // the exit code and what is printed.
@@ -79,7 +92,7 @@ async fn main() -> std::process::ExitCode {
         };
     }
     let check_only = match &cli.command {
-        Command::Audit(_) => false,
+        Command::Audit(_) | Command::Auth(_) => false,
         Command::Up(a) => a.server.check_config,
         Command::Serve(a) => a.server.check_config,
     };
@@ -96,7 +109,7 @@ async fn main() -> std::process::ExitCode {
         let checked = match &cli.command {
             Command::Up(args) => app::validate_up(args),
             Command::Serve(args) => app::validate_serve(args),
-            Command::Audit(_) => Ok(()),
+            Command::Audit(_) | Command::Auth(_) => Ok(()),
         };
         return match checked {
             Ok(()) => {
@@ -120,7 +133,7 @@ async fn main() -> std::process::ExitCode {
     let started = match &cli.command {
         Command::Up(args) => app::start_up(args).await,
         Command::Serve(args) => app::start_serve(args).await,
-        Command::Audit(_) => return std::process::ExitCode::SUCCESS,
+        Command::Audit(_) | Command::Auth(_) => return std::process::ExitCode::SUCCESS,
     };
     let running: Running = match started {
         Ok(r) => r,

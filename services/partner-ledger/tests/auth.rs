@@ -219,3 +219,91 @@ async fn the_log_records_who_made_each_request() {
     );
     assert_eq!(record["actor"]["credential"].as_str().unwrap().len(), 16);
 }
+
+/// An operator without an identity provider: an Ed25519 key pair (as `openssl genpkey` writes
+/// it), `partner-ledger auth jwks` for the service, `partner-ledger auth token` for a person;
+/// the token is accepted with the role it names, and only that role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_pair_the_auth_commands_turn_into_a_key_set_and_a_token_lets_a_person_in() {
+    use ed25519_dalek::pkcs8::{spki::EncodePublicKey, EncodePrivateKey};
+    let dir = tempfile::tempdir().unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[11; 32]);
+    let (private, public) = (dir.path().join("key.pem"), dir.path().join("key.pub.pem"));
+    std::fs::write(
+        &private,
+        key.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let public_pem = key
+        .verifying_key()
+        .to_public_key_pem(Default::default())
+        .unwrap();
+    std::fs::write(&public, public_pem).unwrap();
+    let bin = env!("CARGO_BIN_EXE_partner-ledger");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let jwks = run(&[
+        "auth",
+        "jwks",
+        "--public-key",
+        public.to_str().unwrap(),
+        "--kid",
+        "ops-1",
+    ]);
+    std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
+    let token = run(&[
+        "auth",
+        "token",
+        "--private-key",
+        private.to_str().unwrap(),
+        "--kid",
+        "ops-1",
+        "--subject",
+        "ana@example.com",
+        "--role",
+        "finance",
+        "--issuer",
+        "https://id.example.com",
+    ]);
+    let policy = pl_auth::testkit::repository_policy();
+    let args: Vec<String> = [
+        "--auth-policy",
+        policy.to_str().unwrap(),
+        "--auth-jwks",
+        dir.path().join("jwks.json").to_str().unwrap(),
+        "--auth-issuer",
+        "https://id.example.com",
+        "--auth-audience",
+        "partner-ledger",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (running, channel) = up::start_with(&dir.path().join("data"), &args).await;
+    let api = Api::load();
+    let call = |name: &str| {
+        let rpc = api
+            .rpcs
+            .iter()
+            .find(|r| r.path == format!("/{name}"))
+            .unwrap();
+        call_as(
+            channel.clone(),
+            rpc.path.clone(),
+            api.plausible(rpc, "ops"),
+            Some(&token),
+        )
+    };
+    let finance = call("partnerledger.commissions.v1.CommissionsService/GetPayoutRun").await;
+    assert_eq!(refused(&finance), None, "{finance:?}");
+    let crm = call("partnerledger.crm.v1.PartnerCrmService/ApplyPartner").await;
+    assert_eq!(refused(&crm), Some(Code::PermissionDenied), "{crm:?}");
+    running.shutdown();
+    running.wait().await.unwrap();
+}
