@@ -15,7 +15,7 @@
 //! interval; after a power loss by at most the sync interval; a lagging checkpoint is only a
 //! lower bound, never a false alarm.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -144,7 +144,7 @@ impl Writer {
     /// Opens (creating) the checkpoint file for writing; `after` is the sequence last read, so
     /// the next slot written is newer than any on disk.
     pub fn open(dir: &Path, after: u64) -> Result<Self, LogError> {
-        let file = OpenOptions::new()
+        let file = crate::embedded::private_file()
             .create(true)
             .truncate(false)
             .read(true)
@@ -182,6 +182,7 @@ mod tests {
     #![allow(clippy::unwrap_used)] // test code fails loudly
 
     use super::*;
+    use std::fs::OpenOptions;
 
     fn mark(events: u64) -> Mark {
         Mark {

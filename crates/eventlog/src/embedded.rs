@@ -32,7 +32,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -1035,11 +1035,39 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Mode of the directories the log creates: partner data and money are for the service's user
+/// alone.
+pub(crate) const DIR_MODE: u32 = 0o700;
+/// Mode of the files it creates.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` (and its parents) readable by the owner alone. An existing directory keeps its
+/// mode (a volume mounted for a group, as Kubernetes' `fsGroup` does, must stay usable); one
+/// open to others is reported.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), LogError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o007 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "the log's directory is open to every user of the machine; make it 0700");
+    }
+    Ok(())
+}
+
+/// Options that create a file readable by the owner alone.
+pub(crate) fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(FILE_MODE);
+    options
+}
+
 /// Creates the directory if needed, takes the writer's lock, opens the log for writing.
 /// Returns whether the log file was created (the directory then needs a sync).
 fn open_files(dir: &Path) -> Result<(Option<File>, File, bool), LogError> {
-    std::fs::create_dir_all(dir)?;
-    let lock = OpenOptions::new()
+    create_private_dir(dir)?;
+    let lock = private_file()
         .create(true)
         .truncate(false)
         .write(true)
@@ -1051,7 +1079,7 @@ fn open_files(dir: &Path) -> Result<(Option<File>, File, bool), LogError> {
     }
     let log_path = dir.join(LOG_FILE);
     let created = !log_path.exists();
-    let file = OpenOptions::new()
+    let file = private_file()
         .create(true)
         .truncate(false)
         .read(true)
@@ -1519,9 +1547,13 @@ fn any_valid_frame_after(
 
 fn quarantine(dir: &Path, file: &File, from: u64, end: u64) -> Result<(), LogError> {
     let qdir = dir.join(QUARANTINE_DIR);
-    std::fs::create_dir_all(&qdir)?;
+    create_private_dir(&qdir)?;
     let path = qdir.join(format!("events.log.{from}-{end}"));
-    let mut out = File::create(&path)?;
+    let mut out = private_file()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
     let mut src = file.try_clone()?;
     std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(from))?;
     std::io::copy(&mut src.take(end - from), &mut out)?;
@@ -1537,7 +1569,14 @@ fn write_snapshot(dir: &Path, file: &File, st: &State) -> Result<(), LogError> {
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     let mut hasher = Sha256::new();
     let mut w = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, File::create(&tmp)?),
+        inner: BufWriter::with_capacity(
+            1 << 20,
+            private_file()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&tmp)?,
+        ),
         hasher: &mut hasher,
     };
     w.put(SNAPSHOT_MAGIC)?;

@@ -1049,6 +1049,30 @@ async fn a_read_only_open_serves_a_torn_log_without_cutting_it_and_reports_the_t
     assert_eq!(std::fs::metadata(&path).unwrap().len(), torn_at);
 }
 
+/// Partner data and money sat in a directory every user of the machine could read. A log
+/// created now is the service user's alone: the directory 0700, every file 0600.
+#[tokio::test]
+async fn a_new_log_is_readable_by_its_owner_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("data");
+    let log = open(&dir).unwrap();
+    log.append("s-1", ExpectedVersion::Any, vec![ev("A", 1)])
+        .await
+        .unwrap();
+    log.close().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the directory");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() >= 3, "{files:?}");
+    for file in files {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+}
+
 mod damaged_files {
     //! The recovery scan on files nobody wrote: a closed log cut, extended or flipped at
     //! random. Opening never panics, and a log that opens serves only events that verify.
