@@ -179,21 +179,18 @@ impl Authorizer {
                 "{rpc} is not in the policy: nobody may call it"
             )));
         };
+        let anyone = allowed.iter().any(|r| r == ANONYMOUS);
         let token = match bearer(headers) {
             Ok(token) => token,
-            Err(reason) => {
-                if allowed.iter().any(|r| r == ANONYMOUS) && reason == Missing::None {
-                    return Ok(Actor::anonymous());
-                }
-                return Err(tonic::Status::unauthenticated(reason.message()));
-            }
+            // No credential where anyone may call; a malformed one is refused everywhere.
+            Err(Missing::None) if anyone => return Ok(Actor::anonymous()),
+            Err(reason) => return Err(tonic::Status::unauthenticated(reason.message())),
         };
         let actor = verifier.verify(token).map_err(|reason| {
             tracing::info!(rpc, %reason, "call refused: token");
             tonic::Status::unauthenticated(format!("token refused: {reason}"))
         })?;
-        let anonymous_allowed = allowed.iter().any(|r| r == ANONYMOUS);
-        if anonymous_allowed || actor.roles.iter().any(|r| allowed.contains(r)) {
+        if anyone || actor.roles.iter().any(|r| allowed.contains(r)) {
             return Ok(actor);
         }
         tracing::info!(rpc, subject = %actor.subject, roles = ?actor.roles, "call refused: role");

@@ -442,23 +442,7 @@ impl Run {
             .await?;
         // Regulated partners become active when CRM has consumed compliance's approval.
         for name in ["ib", "sub-ib"] {
-            eventually(
-                &format!("{name} activated after compliance approval"),
-                || {
-                    let mut crm = self.c.crm.clone();
-                    async move {
-                        let p = crm
-                            .get_partner(crm::GetPartnerRequest {
-                                partner_id: partner(name).to_string(),
-                            })
-                            .await
-                            .map_err(status("get partner"))?
-                            .into_inner();
-                        Ok((p.status == crm::PartnerStatus::Approved as i32).then_some(()))
-                    }
-                },
-            )
-            .await?;
+            self.approved_in_crm(partner(name)).await?;
         }
         Ok(())
     }

@@ -3,10 +3,6 @@
 //! recorded; commissions, told over the bus, skips the partner's payable balance with the hold
 //! named; once the acknowledgement is recorded, the run after pays.
 
-use pl_commission_engine::{
-    Conditions, NetRevenuePolicy, PlanVersion, Reward, Rule, VersionPolicy,
-};
-use pl_money::Currency;
 use pl_proto::attribution::v1 as att;
 use pl_proto::commissions::v1 as com;
 use pl_proto::compliance::v1 as cmp;
@@ -14,7 +10,7 @@ use pl_proto::crm::v1 as crm;
 use uuid::Uuid;
 
 use super::enrol::Enrolment;
-use super::{eventually, link_of, m, pc, status, t, ts, usd, Run};
+use super::{link_of, status, t, ts, usd, Run};
 
 const PROGRAM: Uuid = Uuid::from_u128(0x5000_0007);
 const PLAN: Uuid = Uuid::from_u128(0xb000_0040);
@@ -68,26 +64,7 @@ impl Run {
             })
             .await
             .map_err(status("configure program"))?;
-        self.publish(&PlanVersion {
-            plan_id: PLAN,
-            version: 1,
-            effective_from: t(1, 1),
-            payout_currency: Currency::USD,
-            hold_days: 0,
-            minimum_payout: m(0),
-            version_policy: VersionPolicy::Grandfathered,
-            net_revenue_policy: NetRevenuePolicy::CarryForwardNegative,
-            cpa_recovery: false,
-            overrides: vec![],
-            rules: vec![Rule {
-                id: "sales".into(),
-                conditions: Conditions::default(),
-                reward: Reward::PercentOfGross(pc(10)),
-                cap_per_conversion: None,
-                cap_per_period: None,
-            }],
-        })
-        .await?;
+        self.publish_ten_percent(PLAN).await?;
         self.enrol(Enrolment {
             program: PROGRAM,
             partner: PARTNER,
@@ -127,20 +104,7 @@ impl Run {
             })
             .await
             .map_err(status("grant compliance approval"))?;
-        eventually("the introducer activated after compliance approval", || {
-            let mut crm = self.c.crm.clone();
-            async move {
-                let p = crm
-                    .get_partner(crm::GetPartnerRequest {
-                        partner_id: PARTNER.to_string(),
-                    })
-                    .await
-                    .map_err(status("get partner"))?
-                    .into_inner();
-                Ok((p.status == crm::PartnerStatus::Approved as i32).then_some(()))
-            }
-        })
-        .await?;
+        self.approved_in_crm(PARTNER).await?;
         self.c
             .crm
             .clone()

@@ -1,12 +1,15 @@
 //! What the scenarios beyond the twelve-month program share: a program of their own, a plan
 //! published, partners enrolled on it with a tracking link, and the figures read back.
 
-use pl_commission_engine::PlanVersion;
+use pl_commission_engine::{
+    Conditions, NetRevenuePolicy, PlanVersion, Reward, Rule, VersionPolicy,
+};
+use pl_money::Currency;
 use pl_proto::commissions::v1 as com;
 use pl_proto::crm::v1 as crm;
 use uuid::Uuid;
 
-use super::{eventually, link_of, status, t, ts, Run, ACCRUAL_WAIT_MS};
+use super::{eventually, link_of, m, pc, status, t, ts, Run, ACCRUAL_WAIT_MS};
 
 /// A partner to enrol: applied and approved in `program`, on `plan` from January 1st (under
 /// `parent`, for overrides), with a tracking link when `link`.
@@ -48,6 +51,50 @@ impl Run {
             .await
             .map_err(status("create program"))?;
         Ok(())
+    }
+
+    /// Publishes a plan paying 10% of every sale, at once payable (no hold, no minimum), with
+    /// no overrides: the plan of the scenarios about who may be paid rather than how much.
+    pub(super) async fn publish_ten_percent(&self, plan_id: Uuid) -> Result<(), String> {
+        self.publish(&PlanVersion {
+            plan_id,
+            version: 1,
+            effective_from: t(1, 1),
+            payout_currency: Currency::USD,
+            hold_days: 0,
+            minimum_payout: m(0),
+            version_policy: VersionPolicy::Grandfathered,
+            net_revenue_policy: NetRevenuePolicy::CarryForwardNegative,
+            cpa_recovery: false,
+            overrides: vec![],
+            rules: vec![Rule {
+                id: "sales".into(),
+                conditions: Conditions::default(),
+                reward: Reward::PercentOfGross(pc(10)),
+                cap_per_conversion: None,
+                cap_per_period: None,
+            }],
+        })
+        .await
+    }
+
+    /// Waits until partner CRM has `partner` approved (a regulated program's partner is once
+    /// compliance's approval reached CRM).
+    pub(super) async fn approved_in_crm(&self, partner: Uuid) -> Result<(), String> {
+        eventually(&format!("{partner} approved in CRM"), || {
+            let mut crm = self.c.crm.clone();
+            async move {
+                let p = crm
+                    .get_partner(crm::GetPartnerRequest {
+                        partner_id: partner.to_string(),
+                    })
+                    .await
+                    .map_err(status("get partner"))?
+                    .into_inner();
+                Ok((p.status == crm::PartnerStatus::Approved as i32).then_some(()))
+            }
+        })
+        .await
     }
 
     pub(super) async fn publish(&self, plan: &PlanVersion) -> Result<(), String> {

@@ -3,17 +3,13 @@
 //! payable balance in a payout run with the reason; once compliance clears the match as a
 //! false positive, the run after pays.
 
-use pl_commission_engine::{
-    Conditions, NetRevenuePolicy, PlanVersion, Reward, Rule, VersionPolicy,
-};
-use pl_money::Currency;
 use pl_proto::attribution::v1 as att;
 use pl_proto::commissions::v1 as com;
 use pl_proto::compliance::v1 as cmp;
 use uuid::Uuid;
 
 use super::enrol::Enrolment;
-use super::{eventually, link_of, m, pc, status, t, ts, usd, Run};
+use super::{eventually, link_of, status, t, ts, usd, Run};
 
 const PROGRAM: Uuid = Uuid::from_u128(0x5000_0005);
 const PLAN: Uuid = Uuid::from_u128(0xb000_0020);
@@ -40,26 +36,7 @@ impl Run {
     pub async fn sanctions_stop_a_payout(&self) -> Result<SanctionsOutcome, String> {
         self.open_program(PROGRAM, "Screened partners", "saas")
             .await?;
-        self.publish(&PlanVersion {
-            plan_id: PLAN,
-            version: 1,
-            effective_from: t(1, 1),
-            payout_currency: Currency::USD,
-            hold_days: 0,
-            minimum_payout: m(0),
-            version_policy: VersionPolicy::Grandfathered,
-            net_revenue_policy: NetRevenuePolicy::CarryForwardNegative,
-            cpa_recovery: false,
-            overrides: vec![],
-            rules: vec![Rule {
-                id: "sales".into(),
-                conditions: Conditions::default(),
-                reward: Reward::PercentOfGross(pc(10)),
-                cap_per_conversion: None,
-                cap_per_period: None,
-            }],
-        })
-        .await?;
+        self.publish_ten_percent(PLAN).await?;
         self.enrol(Enrolment {
             program: PROGRAM,
             partner: PARTNER,
